@@ -1,0 +1,1 @@
+//! Criterion benchmarks of the workspace crates; see `benches/` and `docs/benchmarks.md`.

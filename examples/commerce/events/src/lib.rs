@@ -1,0 +1,1 @@
+//! Reference commerce system, events crate: not yet implemented (see the project issues).

@@ -1,0 +1,1 @@
+//! Reference commerce system, payment crate: not yet implemented (see the project issues).

@@ -1,0 +1,1 @@
+//! Reference commerce system, product crate: not yet implemented (see the project issues).

@@ -1,0 +1,66 @@
+//! The crate's error type.
+
+/// A `Result` whose error defaults to this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when claiming, renewing, completing or releasing a lease.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A table or column name is not a plain SQL identifier.
+    #[error(
+        "invalid {what} {value:?}: identifiers must match [A-Za-z_][A-Za-z0-9_]* and be at most 63 bytes (a table may be schema-qualified)"
+    )]
+    InvalidIdentifier {
+        /// Which identifier was rejected (`"table"`, `"id column"`, ...).
+        what: &'static str,
+        /// The rejected value.
+        value: String,
+    },
+    /// A configuration value is out of range (zero ttl, renew interval not shorter than the ttl, ...).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The database returned an error or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl Error {
+    /// Whether retrying the same operation may succeed: serialization failures, deadlocks, lost or
+    /// refused connections, pool timeouts and server shutdowns.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Database(e) => is_retriable_sqlx(e),
+            Error::InvalidIdentifier { .. } | Error::InvalidConfig(_) => false,
+        }
+    }
+}
+
+/// Whether a sqlx error is transient. Shared with crates built on this one through
+/// [`Error::is_retriable`].
+fn is_retriable_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 40001 serialization_failure, 40P01 deadlock_detected, 08xxx connection exceptions,
+            // 57P01..57P03 admin/crash shutdown and cannot_connect_now, 53300 too_many_connections.
+            code == "40001"
+                || code == "40P01"
+                || code.starts_with("08")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_errors() {
+        assert!(Error::Database(sqlx::Error::PoolTimedOut).is_retriable());
+        assert!(!Error::Database(sqlx::Error::RowNotFound).is_retriable());
+        assert!(!Error::InvalidConfig("x".into()).is_retriable());
+    }
+}

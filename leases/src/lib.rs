@@ -1,0 +1,96 @@
+//! Lease claiming over PostgreSQL: the one mechanism behind a job queue's workers, an outbox
+//! relay, an idempotency key's in-flight lock and a singleton job's leader election.
+//!
+//! - **Row leases** ([`RowLeases`]) over any table with the lease columns ([`TableSpec`]): claim a
+//!   batch of due rows for an owner in one `FOR UPDATE SKIP LOCKED` statement; each claim carries
+//!   a fencing token; renew, release (optionally with a delay, for backoff) and complete check
+//!   owner and token in the same statement. Batch forms take arrays: one round trip per batch.
+//! - **Heartbeats** ([`Heartbeat`]) renew row leases while long work runs and report the ones lost.
+//! - **Named leases** ([`NamedLeases`], [`LeaseKeeper`]): one row per name for singleton jobs and
+//!   leader election, with the same fencing.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use leases::{RowLeases, TableSpec};
+//!
+//! # async fn run() -> leases::Result<()> {
+//! let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
+//! leases::MIGRATOR.run(&pool).await.map_err(sqlx::Error::from)?; // named leases' table
+//! sqlx::query(
+//!     "CREATE TABLE IF NOT EXISTS jobs (
+//!         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+//!         payload text NOT NULL,
+//!         lease_owner text, lease_token bigint NOT NULL DEFAULT 0, lease_expires_at timestamptz,
+//!         attempts int NOT NULL DEFAULT 0, next_attempt_at timestamptz DEFAULT now())",
+//! )
+//! .execute(&pool)
+//! .await?;
+//!
+//! let jobs = RowLeases::new(&TableSpec::builder("jobs").build()?, "worker-1");
+//! let batch: Vec<(leases::Lease<i64>, (String,))> =
+//!     jobs.claim_rows(&pool, 100, Duration::from_secs(30)).await?;
+//! let mut done = Vec::new();
+//! for (lease, (payload,)) in batch {
+//!     println!("job {} (attempt {}): {payload}", lease.id, lease.attempts);
+//!     done.push(lease);
+//! }
+//! // Only leases still held are completed; the rest were lost and are left alone.
+//! let completed = jobs.complete_many(&pool, &done).await?;
+//! # let _ = completed; Ok(()) }
+//! ```
+//!
+//! # Semantics
+//!
+//! **Due.** A row is claimable when `next_attempt_at <= now` and its lease is free
+//! (`lease_expires_at` is `NULL` or `<= now`). `next_attempt_at IS NULL` means never.
+//!
+//! **Claim.** One statement selects due rows in `(next_attempt_at, id)` order with
+//! `FOR UPDATE SKIP LOCKED` and updates them: owner set, token and attempts incremented, expiry set
+//! to `now + ttl`. Concurrent claimers skip each other's rows instead of waiting, and a row cannot
+//! be claimed twice while its lease is valid.
+//!
+//! **Fencing.** The token of a row increases by one on every claim, so a later claim always has a
+//! greater token. `renew`, `release` and `complete` match on id, owner and token and on the lease
+//! not being finished; a worker whose lease expired *and was claimed again* gets "lost" (`false`,
+//! `None`, or the id missing from a batch result) and changes nothing. A lease that expired but
+//! was not claimed again is still the worker's: renewing or completing it succeeds.
+//!
+//! **Time and clock skew.** Expiry is decided by the database clock:
+//! every statement uses `coalesce($now, statement_timestamp())`, with `$now` `NULL` under the
+//! default [`DatabaseClock`], so the workers' own clocks never matter for who may claim what. A
+//! worker must still treat its lease as lost once a `ttl` has passed since it sent its last
+//! successful renewal, which [`Heartbeat`] and [`LeaseKeeper`] do; this assumes only that the
+//! worker's and the database's clocks run at the same *rate*. Tests inject a [`ManualClock`].
+//!
+//! **What a lease does not do.** It does not make the work exactly-once: a worker that stalls past
+//! its expiry may still be running when another claims the row. The token is what lets the effects
+//! be fenced (check it in the same transaction as the effect, or complete in that transaction).
+//!
+//! # Errors
+//!
+//! One [`Error`] type; [`Error::is_retriable`] tells transient database failures (serialization
+//! failure, deadlock, lost connection) from permanent ones.
+
+#![forbid(unsafe_code)]
+
+mod clock;
+mod error;
+mod heartbeat;
+mod keeper;
+mod named;
+mod row;
+mod table;
+
+pub use clock::{Clock, DatabaseClock, ManualClock};
+pub use error::{Error, Result};
+pub use heartbeat::Heartbeat;
+pub use keeper::LeaseKeeper;
+pub use named::{NamedLease, NamedLeases};
+pub use row::{Lease, LeaseId, RowLeases};
+pub use table::{Completion, TableSpec, TableSpecBuilder};
+
+/// The crate's migrations: the `leases_named` table for named leases. Row leases live in the
+/// user's own tables (see [`TableSpec`]).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

@@ -1,0 +1,241 @@
+//! Which table holds the leases, and under which column names.
+
+use crate::{Error, Result};
+
+/// What [`RowLeases::complete`](crate::RowLeases::complete) does with a finished row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Completion {
+    /// Delete the row (queues, outboxes that do not keep history). The default.
+    #[default]
+    Delete,
+    /// Keep the row, clear its expiry and set its next attempt to `NULL` so it is never due again.
+    /// The owner and token stay, as a record of who finished it.
+    Keep,
+}
+
+/// A table that carries lease columns, with validated names.
+///
+/// The table needs these columns (names configurable, defaults shown):
+///
+/// | column            | type          | meaning                                                 |
+/// |-------------------|---------------|---------------------------------------------------------|
+/// | `id`              | any key type  | the row's primary key (bound as a Rust value `I`)       |
+/// | `lease_owner`     | `text NULL`   | who holds (or last held) the lease                      |
+/// | `lease_token`     | `bigint NOT NULL DEFAULT 0` | the fencing token, +1 on every claim      |
+/// | `lease_expires_at`| `timestamptz NULL` | when the lease runs out; `NULL` when not leased    |
+/// | `attempts`        | `int NOT NULL DEFAULT 0` | how many times the row was claimed           |
+/// | `next_attempt_at` | `timestamptz NULL DEFAULT now()` | when the row is due; `NULL`: never    |
+///
+/// To add them to an existing table:
+///
+/// ```sql
+/// ALTER TABLE jobs
+///     ADD COLUMN lease_owner      text,
+///     ADD COLUMN lease_token      bigint NOT NULL DEFAULT 0,
+///     ADD COLUMN lease_expires_at timestamptz,
+///     ADD COLUMN attempts         int NOT NULL DEFAULT 0,
+///     ADD COLUMN next_attempt_at  timestamptz DEFAULT now();
+/// -- the claim scans due rows in (next_attempt_at, id) order:
+/// CREATE INDEX jobs_due ON jobs (next_attempt_at, id) WHERE next_attempt_at IS NOT NULL;
+/// ```
+///
+/// Names must be plain identifiers (`[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes; the table may be
+/// `schema.table`); they are also double-quoted in every statement, so no name can inject SQL.
+///
+/// ```
+/// use leases::TableSpec;
+///
+/// let spec = TableSpec::builder("jobs").id_column("job_id").build()?;
+/// assert_eq!(spec.table(), "\"jobs\"");
+/// assert!(TableSpec::builder("jobs; DROP TABLE jobs").build().is_err());
+/// # Ok::<(), leases::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub(crate) table: String,
+    pub(crate) id: String,
+    pub(crate) owner: String,
+    pub(crate) token: String,
+    pub(crate) expires_at: String,
+    pub(crate) attempts: String,
+    pub(crate) next_attempt_at: String,
+    pub(crate) completion: Completion,
+    pub(crate) claim_filter: Option<&'static str>,
+}
+
+impl TableSpec {
+    /// Starts a spec for `table` with the default column names.
+    pub fn builder(table: &str) -> TableSpecBuilder {
+        TableSpecBuilder {
+            table: table.to_owned(),
+            id: "id".into(),
+            owner: "lease_owner".into(),
+            token: "lease_token".into(),
+            expires_at: "lease_expires_at".into(),
+            attempts: "attempts".into(),
+            next_attempt_at: "next_attempt_at".into(),
+            completion: Completion::default(),
+            claim_filter: None,
+        }
+    }
+
+    /// The quoted table name, as it appears in statements.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+}
+
+/// Builds a [`TableSpec`]; every name is checked by [`build`](Self::build).
+#[derive(Debug, Clone)]
+pub struct TableSpecBuilder {
+    table: String,
+    id: String,
+    owner: String,
+    token: String,
+    expires_at: String,
+    attempts: String,
+    next_attempt_at: String,
+    completion: Completion,
+    claim_filter: Option<&'static str>,
+}
+
+impl TableSpecBuilder {
+    /// The primary key column. Default: `id`.
+    pub fn id_column(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.id);
+        self
+    }
+
+    /// The owner column. Default: `lease_owner`.
+    pub fn owner_column(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.owner);
+        self
+    }
+
+    /// The fencing token column. Default: `lease_token`.
+    pub fn token_column(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.token);
+        self
+    }
+
+    /// The expiry column. Default: `lease_expires_at`.
+    pub fn expires_at_column(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.expires_at);
+        self
+    }
+
+    /// The attempts counter column. Default: `attempts`.
+    pub fn attempts_column(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.attempts);
+        self
+    }
+
+    /// The due-time column. Default: `next_attempt_at`.
+    pub fn next_attempt_at_column(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.next_attempt_at);
+        self
+    }
+
+    /// What completing a lease does to its row. Default: [`Completion::Delete`].
+    pub fn completion(mut self, completion: Completion) -> Self {
+        self.completion = completion;
+        self
+    }
+
+    /// An extra SQL predicate a row must satisfy to be claimed, over the candidate row aliased `c`
+    /// (for example `"NOT EXISTS (SELECT 1 FROM jobs o WHERE o.group_id = c.group_id AND o.id < c.id)"`).
+    /// It is a `&'static str` on purpose: it is code written by the crate's user, never input.
+    /// Default: none.
+    pub fn claim_filter(mut self, predicate: &'static str) -> Self {
+        self.claim_filter = Some(predicate);
+        self
+    }
+
+    /// Validates every name and returns the spec.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidIdentifier`] naming the first identifier that is not a plain SQL identifier.
+    pub fn build(self) -> Result<TableSpec> {
+        Ok(TableSpec {
+            table: quote_table(&self.table)?,
+            id: quote("id column", &self.id)?,
+            owner: quote("owner column", &self.owner)?,
+            token: quote("token column", &self.token)?,
+            expires_at: quote("expires_at column", &self.expires_at)?,
+            attempts: quote("attempts column", &self.attempts)?,
+            next_attempt_at: quote("next_attempt_at column", &self.next_attempt_at)?,
+            completion: self.completion,
+            claim_filter: self.claim_filter,
+        })
+    }
+}
+
+fn quote_table(name: &str) -> Result<String> {
+    let invalid = || Error::InvalidIdentifier {
+        what: "table",
+        value: name.to_owned(),
+    };
+    match name.split_once('.') {
+        Some((schema, table)) => Ok(format!(
+            "{}.{}",
+            quote("table", schema).map_err(|_| invalid())?,
+            quote("table", table).map_err(|_| invalid())?
+        )),
+        None => quote("table", name),
+    }
+}
+
+/// Checks that `name` is a plain identifier and returns it double-quoted.
+fn quote(what: &'static str, name: &str) -> Result<String> {
+    let mut chars = name.chars();
+    let valid_start = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let valid_rest = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid_start && valid_rest && name.len() <= 63 {
+        Ok(format!("\"{name}\""))
+    } else {
+        Err(Error::InvalidIdentifier {
+            what,
+            value: name.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_and_schema_qualified_names() {
+        let spec = TableSpec::builder("app.jobs").build().expect("valid");
+        assert_eq!(spec.table, "\"app\".\"jobs\"");
+        assert_eq!(spec.next_attempt_at, "\"next_attempt_at\"");
+    }
+
+    #[test]
+    fn rejects_injection_and_odd_names() {
+        for bad in [
+            "",
+            "1jobs",
+            "jobs\"; DROP TABLE x; --",
+            "a.b.c",
+            "jobs ",
+            "j\u{e9}",
+            &"x".repeat(64),
+        ] {
+            let err = TableSpec::builder(bad).build().expect_err(bad);
+            assert!(
+                matches!(err, Error::InvalidIdentifier { what: "table", .. }),
+                "{bad}"
+            );
+        }
+        let err = TableSpec::builder("jobs")
+            .owner_column("owner--")
+            .build()
+            .expect_err("bad column");
+        assert!(err.to_string().contains("owner column"), "{err}");
+    }
+}

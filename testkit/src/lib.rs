@@ -1,0 +1,32 @@
+//! Real-service fixtures shared by the workspace's tests: a fresh PostgreSQL database per test with
+//! a crate's migrations applied, a fresh Kafka topic per test, a Redis connection, and a manual
+//! clock.
+//!
+//! Each service's address comes from the environment (`DATABASE_URL`, `KAFKA_BOOTSTRAP_SERVERS`,
+//! `REDIS_URL`, as printed by `scripts/services up`). When a variable is unset and a Docker engine
+//! is reachable, the fixture starts a container with `testcontainers` (once per test process);
+//! otherwise it panics with a message that says which script to run.
+
+#![forbid(unsafe_code)]
+
+mod docker;
+pub mod kafka;
+pub mod postgres;
+pub mod redis;
+
+pub use leases::ManualClock;
+pub use postgres::{TestDb, database};
+
+/// Resolves a service address: the environment variable, else a container, else a clear panic.
+async fn service_url(var: &str, container: docker::Service) -> String {
+    if let Ok(url) = std::env::var(var) {
+        return url;
+    }
+    if docker::available() {
+        return docker::start(container).await;
+    }
+    panic!(
+        "{var} is not set and no Docker engine is reachable. Start the services with \
+         `eval \"$(scripts/services up)\"` (or run the whole suite with `scripts/test`)."
+    )
+}

@@ -1,0 +1,79 @@
+//! A fresh PostgreSQL database per test, with migrations applied, dropped when the test ends.
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+use crate::docker::Service;
+
+/// The server's URL: `DATABASE_URL`, or a container.
+pub async fn database_url() -> String {
+    crate::service_url("DATABASE_URL", Service::Postgres).await
+}
+
+/// A database that exists for one test. Dropping it drops the database (even when the test
+/// panics), closing any connection still open.
+#[derive(Debug)]
+pub struct TestDb {
+    /// A pool on the database (10 connections).
+    pub pool: PgPool,
+    /// Connection options for the database, for tests that need their own pools or connections.
+    pub options: PgConnectOptions,
+    name: String,
+    admin: PgConnectOptions,
+}
+
+/// Creates a database named `test_<uuid>` on the server and runs `migrator` in it.
+///
+/// # Panics
+///
+/// When the server cannot be reached or a migration fails: this is a test fixture.
+pub async fn database(migrator: &Migrator) -> TestDb {
+    let admin: PgConnectOptions = database_url()
+        .await
+        .parse()
+        .expect("DATABASE_URL is a valid PostgreSQL URL");
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = admin.connect().await.expect("connect to PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create the test database");
+    conn.close().await.ok();
+    let options = admin.clone().database(&name);
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .connect_with(options.clone())
+        .await
+        .expect("connect to the test database");
+    migrator.run(&pool).await.expect("run migrations");
+    TestDb {
+        pool,
+        options,
+        name,
+        admin,
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = std::mem::take(&mut self.name);
+        // Drop runs inside the test's runtime; the cleanup needs its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect_with(&admin).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}

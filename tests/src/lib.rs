@@ -1,0 +1,1 @@
+//! End-to-end and fault tests across the workspace crates live in `tests/tests/` as they are written.
