@@ -30,15 +30,15 @@ impl Error {
     /// refused connections, pool timeouts and server shutdowns.
     pub fn is_retriable(&self) -> bool {
         match self {
-            Error::Database(e) => is_retriable_sqlx(e),
+            Error::Database(e) => is_retriable_db_error(e),
             Error::InvalidIdentifier { .. } | Error::InvalidConfig(_) => false,
         }
     }
 }
 
-/// Whether a sqlx error is transient. Shared with crates built on this one through
-/// [`Error::is_retriable`].
-fn is_retriable_sqlx(e: &sqlx::Error) -> bool {
+/// Whether a database error is transient: the classification behind [`Error::is_retriable`], for
+/// crates that run their own statements next to leases.
+pub fn is_retriable_db_error(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {

@@ -84,7 +84,7 @@ mod row;
 mod table;
 
 pub use clock::{Clock, DatabaseClock, ManualClock};
-pub use error::{Error, Result};
+pub use error::{Error, Result, is_retriable_db_error};
 pub use heartbeat::Heartbeat;
 pub use keeper::LeaseKeeper;
 pub use named::{NamedLease, NamedLeases};

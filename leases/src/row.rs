@@ -119,23 +119,28 @@ impl Statements {
         let lease_cols = format!(
             "t.{id} AS lease_id, t.{token} AS lease_token, t.{expires_at} AS lease_expires_at, t.{attempts} AS lease_attempts"
         );
-        // Statements over leases still held: `$1` ids, `$2` tokens, `$3` owner (then `$4` now and
-        // `$5` a duration in microseconds where needed).
+        // Statements over leases still held: `$1` ids, `$2` tokens (same positions), `$3` owner,
+        // `$4` now (then `$5` a duration in microseconds where needed). The rows are found
+        // through the key index (`id = ANY`), whatever the planner thinks of the other
+        // predicates; each row's token is then looked up by its position in `$1`.
         let held = format!(
-            "FROM unnest($1, $2::int8[]) AS x(id, token)
-             WHERE t.{id} = x.id AND t.{token} = x.token AND t.{owner} = $3 AND t.{expires_at} IS NOT NULL"
+            "WHERE t.{id} = ANY($1) AND t.{token} = ($2::int8[])[array_position($1, t.{id})]
+               AND t.{owner} = $3 AND t.{expires_at} IS NOT NULL"
         );
         let now4 = "coalesce($4::timestamptz, statement_timestamp())";
         let complete = match t.completion {
-            Completion::Delete => format!(
-                "DELETE FROM {table} AS t USING unnest($1, $2::int8[]) AS x(id, token)
-                 WHERE t.{id} = x.id AND t.{token} = x.token AND t.{owner} = $3 AND t.{expires_at} IS NOT NULL
-                 RETURNING t.{id}"
-            ),
-            Completion::Keep => format!(
-                "UPDATE {table} AS t SET {expires_at} = NULL, {next_attempt_at} = NULL
-                 {held} RETURNING t.{id}"
-            ),
+            Completion::Delete => format!("DELETE FROM {table} AS t {held} RETURNING t.{id}"),
+            Completion::Keep => {
+                let stamp = t
+                    .completed_at
+                    .as_ref()
+                    .map(|column| format!(", {column} = {now4}"))
+                    .unwrap_or_default();
+                format!(
+                    "UPDATE {table} AS t SET {expires_at} = NULL, {next_attempt_at} = NULL{stamp}
+                     {held} RETURNING t.{id}"
+                )
+            }
         };
         Statements {
             claim: claim(&lease_cols).into(),
@@ -271,7 +276,6 @@ impl RowLeases {
         let ttl = positive_micros("ttl", ttl)?;
         let rows = self
             .held_query(&self.sql.renew, leases)
-            .bind(self.clock.now())
             .bind(ttl)
             .fetch_all(executor)
             .await?;
@@ -313,7 +317,6 @@ impl RowLeases {
         let delay = micros("retry delay", retry_after)?;
         let rows = self
             .held_query(&self.sql.release, leases)
-            .bind(self.clock.now())
             .bind(delay)
             .fetch_all(executor)
             .await?;
@@ -357,7 +360,7 @@ impl RowLeases {
         ids(&rows)
     }
 
-    /// A statement over "leases still held": `$1` ids, `$2` tokens, `$3` owner.
+    /// A statement over "leases still held": `$1` ids, `$2` tokens, `$3` owner, `$4` now.
     fn held_query<I: LeaseId>(
         &self,
         sql: &Arc<str>,
@@ -369,6 +372,7 @@ impl RowLeases {
             .bind(ids)
             .bind(tokens)
             .bind(self.owner.to_string())
+            .bind(self.clock.now())
     }
 }
 

@@ -61,6 +61,7 @@ pub struct TableSpec {
     pub(crate) attempts: String,
     pub(crate) next_attempt_at: String,
     pub(crate) completion: Completion,
+    pub(crate) completed_at: Option<String>,
     pub(crate) claim_filter: Option<&'static str>,
 }
 
@@ -76,6 +77,7 @@ impl TableSpec {
             attempts: "attempts".into(),
             next_attempt_at: "next_attempt_at".into(),
             completion: Completion::default(),
+            completed_at: None,
             claim_filter: None,
         }
     }
@@ -97,6 +99,7 @@ pub struct TableSpecBuilder {
     attempts: String,
     next_attempt_at: String,
     completion: Completion,
+    completed_at: Option<String>,
     claim_filter: Option<&'static str>,
 }
 
@@ -143,6 +146,13 @@ impl TableSpecBuilder {
         self
     }
 
+    /// With [`Completion::Keep`], a `timestamptz` column set to the clock's now when a lease is
+    /// completed (for example `published_at`). Default: none.
+    pub fn completed_at_column(mut self, name: &str) -> Self {
+        self.completed_at = Some(name.to_owned());
+        self
+    }
+
     /// An extra SQL predicate a row must satisfy to be claimed, over the candidate row aliased `c`
     /// (for example `"NOT EXISTS (SELECT 1 FROM jobs o WHERE o.group_id = c.group_id AND o.id < c.id)"`).
     /// It is a `&'static str` on purpose: it is code written by the crate's user, never input.
@@ -167,6 +177,11 @@ impl TableSpecBuilder {
             attempts: quote("attempts column", &self.attempts)?,
             next_attempt_at: quote("next_attempt_at column", &self.next_attempt_at)?,
             completion: self.completion,
+            completed_at: self
+                .completed_at
+                .as_deref()
+                .map(|name| quote("completed_at column", name))
+                .transpose()?,
             claim_filter: self.claim_filter,
         })
     }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use leases::{
-    Completion, Heartbeat, Lease, LeaseKeeper, ManualClock, NamedLeases, RowLeases, TableSpec,
+    Clock, Completion, Heartbeat, Lease, LeaseKeeper, ManualClock, NamedLeases, RowLeases,
+    TableSpec,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -24,7 +25,8 @@ async fn jobs(rows: i64) -> (TestDb, TableSpec) {
             lease_token bigint NOT NULL DEFAULT 0,
             lease_expires_at timestamptz,
             attempts int NOT NULL DEFAULT 0,
-            next_attempt_at timestamptz DEFAULT now());
+            next_attempt_at timestamptz DEFAULT now(),
+            done_at timestamptz);
          CREATE INDEX jobs_due ON jobs (next_attempt_at, id) WHERE next_attempt_at IS NOT NULL;",
     )
     .execute(&db.pool)
@@ -206,6 +208,7 @@ async fn batch_complete_and_renew_report_exactly_the_leases_still_held() {
     let (db, _) = jobs(10).await;
     let spec = TableSpec::builder("jobs")
         .completion(Completion::Keep)
+        .completed_at_column("done_at")
         .build()
         .expect("spec");
     let clock = ManualClock::new(db_now(&db.pool).await);
@@ -226,8 +229,10 @@ async fn batch_complete_and_renew_report_exactly_the_leases_still_held() {
     let done = a.complete_many(&db.pool, &held).await.expect("complete");
     assert_eq!(done.len(), 7);
     let kept: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE next_attempt_at IS NULL AND lease_expires_at IS NULL AND lease_owner = 'a'",
+        "SELECT count(*) FROM jobs WHERE next_attempt_at IS NULL AND lease_expires_at IS NULL
+         AND lease_owner = 'a' AND done_at = $1",
     )
+    .bind(clock.now())
     .fetch_one(&db.pool)
     .await
     .expect("count");

@@ -37,3 +37,78 @@ pub async fn topic(partitions: i32) -> String {
     }
     name
 }
+
+/// Every message in `topic` at the moment of the call: reads all partitions from the beginning up
+/// to their high watermarks, so the result is exact (no waiting for stragglers).
+///
+/// # Panics
+///
+/// When the broker cannot be reached, or the messages are not all read within 60 s.
+pub async fn read_all(topic: &str) -> Vec<rdkafka::message::OwnedMessage> {
+    read_all_from(&bootstrap_servers().await, topic).await
+}
+
+/// [`read_all`] from the brokers at `bootstrap_servers` (a mock cluster, say).
+///
+/// # Panics
+///
+/// As [`read_all`].
+pub async fn read_all_from(
+    bootstrap_servers: &str,
+    topic: &str,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .set(
+            "group.id",
+            format!("read-all-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create a Kafka consumer");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .expect("topic metadata");
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = std::collections::HashMap::new();
+    for &p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, timeout)
+            .expect("watermarks");
+        if high > low {
+            remaining.insert(p, high);
+        }
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign partitions");
+    let mut messages = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !remaining.is_empty() {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("read_all({topic}) timed out; partitions left: {remaining:?}")
+            })
+            .expect("consume");
+        let (partition, offset) = (message.partition(), message.offset());
+        messages.push(message.detach());
+        if remaining
+            .get(&partition)
+            .is_some_and(|&high| offset + 1 >= high)
+        {
+            remaining.remove(&partition);
+        }
+    }
+    messages
+}
