@@ -1,1 +1,85 @@
-//! Transactional outbox for PostgreSQL with a lease-based relay to Kafka. Not yet implemented: see the project issues.
+//! A transactional outbox for PostgreSQL with a lease-based relay to Kafka.
+//!
+//! A service writes its business rows and the events that describe them in **one database
+//! transaction** ([`enqueue`], [`enqueue_many`]). A [`Relay`] claims committed events in batches
+//! with [`leases`] (owner, fencing token, expiry; `FOR UPDATE SKIP LOCKED`), publishes them
+//! through a [`Publisher`] ([`KafkaPublisher`]: idempotent producer, `acks=all`, key = aggregate
+//! id), and then marks each one published, schedules a retry with backoff, or moves it to the
+//! dead-letter table, every statement guarded by the lease.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use outbox::{KafkaPublisher, NewEvent, Relay, RelayConfig};
+//!
+//! # async fn run() -> outbox::Result<()> {
+//! let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
+//! outbox::MIGRATOR.run(&pool).await.map_err(sqlx::Error::from)?;
+//!
+//! // In the request handler: the event commits or rolls back with the business change.
+//! let mut tx = pool.begin().await?;
+//! // ... INSERT INTO orders ... on &mut *tx
+//! let event = NewEvent::json("orders", "order", "42", "OrderPlaced", &serde_json::json!({"total": 990}))?;
+//! outbox::enqueue(&mut tx, &event).await?;
+//! tx.commit().await?;
+//!
+//! // Once per process: publish everything committed, until shutdown.
+//! let relay = Relay::new(pool.clone(), KafkaPublisher::new("127.0.0.1:9092")?, RelayConfig::default())?;
+//! let handle = relay.spawn();
+//! // ...
+//! handle.shutdown().await; // finishes the batch in flight and holds no lease afterwards
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **No event lost.** An event is in the outbox if and only if its transaction committed. It
+//!   leaves the outbox only after the broker acknowledged it (with `acks=all`), or into the
+//!   dead-letter table. A relay that dies at any point holds its events only until their lease
+//!   expires; another relay then publishes them.
+//! - **At least once.** The broker may receive an event more than once: when a relay dies (or
+//!   loses its lease) after the broker acknowledged a message but before the mark, or when a
+//!   publish's outcome was unknown and is retried. Consumers deduplicate by the `event-id` header
+//!   (the `idempotency` crate's inbox does this).
+//! - **Per-aggregate order** (on by default, [`RelayConfig::ordered`]). An event is not claimed
+//!   while an older event of the same aggregate (same `aggregate_type` and `aggregate_id`) is
+//!   unpublished — pending, leased by any relay, or waiting for a retry — so one aggregate's events
+//!   first reach the broker in `seq` order, which is commit order when the aggregate's writers are
+//!   serialized (as they are by a lock on the aggregate's row). All of them go to one partition
+//!   (key = aggregate id). A failing event holds back its own aggregate only. A dead-lettered
+//!   event no longer holds its aggregate back: later events flow, and a replay publishes it after
+//!   them.
+//! - **Poison isolation.** A permanent failure (too large, invalid) or an event out of attempts
+//!   ([`Backoff`]) moves to `outbox_dead_letters` with its reason and last error; see
+//!   [`dead_letters`] to list, replay or discard.
+//! - **Fencing.** Marking, retrying and dead-lettering check the lease's owner and token, so a
+//!   relay whose lease expired and was re-claimed cannot change the new owner's state.
+//!
+//! # Operations
+//!
+//! New events wake relays through `LISTEN outbox_events` (a statement trigger sends `NOTIFY`), so
+//! an event is published milliseconds after its commit; the poll interval is only the fallback.
+//! Metrics (through the `metrics` facade): `outbox_published_total`, `outbox_retried_total`,
+//! `outbox_failed_total`, `outbox_dead_lettered_total`, `outbox_batch_seconds`, `outbox_pending`,
+//! `outbox_oldest_pending_age_seconds`. Each batch runs in an `outbox.batch` tracing span.
+
+#![forbid(unsafe_code)]
+
+pub mod dead_letters;
+mod error;
+mod event;
+mod publisher;
+mod relay;
+mod retry;
+mod stats;
+
+pub use error::{Error, Result};
+pub use event::{NewEvent, enqueue, enqueue_many};
+pub use publisher::kafka::KafkaPublisher;
+pub use publisher::{Event, PublishError, Publisher};
+pub use relay::{BatchOutcome, Relay, RelayConfig, RelayHandle, Retention};
+pub use retry::Backoff;
+pub use stats::purge_published;
+
+/// The outbox's migrations: `outbox_events`, `outbox_dead_letters` and the notify trigger.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

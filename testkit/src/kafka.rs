@@ -13,6 +13,20 @@ pub async fn bootstrap_servers() -> String {
     crate::service_url("KAFKA_BOOTSTRAP_SERVERS", Service::Kafka).await
 }
 
+/// Producer settings for the test broker: the bootstrap servers, and one record per batch.
+///
+/// tansu 0.6 miscounts offsets of record batches holding more than one record (its high
+/// watermark then stops at the batch's first record, and librdkafka consumers never read past
+/// it), so every producer in the tests sends single-record batches. Apache Kafka has no such
+/// limit; production settings should keep librdkafka's batching.
+pub async fn producer_config() -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap_servers().await)
+        .set("batch.num.messages", "1");
+    config
+}
+
 /// Creates a topic named `test-<uuid>` with `partitions` partitions and returns its name.
 ///
 /// # Panics
@@ -39,7 +53,8 @@ pub async fn topic(partitions: i32) -> String {
 }
 
 /// Every message in `topic` at the moment of the call: reads all partitions from the beginning up
-/// to their high watermarks, so the result is exact (no waiting for stragglers).
+/// to their high watermarks, so the result is exact without waiting for stragglers (produce with
+/// [`producer_config`]).
 ///
 /// # Panics
 ///

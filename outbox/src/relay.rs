@@ -1,0 +1,361 @@
+//! The relay: claims due events with leases, publishes them, and marks, retries or dead-letters
+//! each one, guarded by its lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use leases::{Completion, Lease, RowLeases, TableSpec};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::publisher::{Event, PublishError, Publisher};
+use crate::retry::Backoff;
+use crate::{Error, Result};
+
+/// Per-aggregate order: an event is claimable only when no older event of its aggregate is still
+/// in the outbox unpublished (pending, leased by a relay, or waiting for a retry).
+const ORDER_FILTER: &str = "NOT EXISTS (
+    SELECT 1 FROM outbox_events o
+    WHERE o.aggregate_type = c.aggregate_type AND o.aggregate_id = c.aggregate_id
+      AND o.seq < c.seq AND o.next_attempt_at IS NOT NULL)";
+
+/// What happens to a published event's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Retention {
+    /// Delete the row once the broker acknowledged it. The default.
+    #[default]
+    Delete,
+    /// Keep the row with `published_at` set; purge later with [`purge_published`](crate::purge_published).
+    Keep,
+}
+
+/// How a relay works. Every setter documents its default.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    owner: String,
+    batch_size: u32,
+    lease_ttl: Duration,
+    poll_interval: Duration,
+    backoff: Backoff,
+    ordered: bool,
+    retention: Retention,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            owner: format!("relay-{}", uuid::Uuid::now_v7()),
+            batch_size: 500,
+            lease_ttl: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            backoff: Backoff::default(),
+            ordered: true,
+            retention: Retention::default(),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The lease owner name. Default: `relay-<uuidv7>`, unique per relay.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// Events claimed per batch. Default: 500.
+    pub fn batch_size(mut self, n: u32) -> Self {
+        self.batch_size = n;
+        self
+    }
+
+    /// How long a batch's leases last: a relay that dies mid-batch holds its events this long
+    /// before another relay republishes them. Must exceed the publish timeout. Default: 30 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How often to look for due events when no notification arrives (new events wake the relay
+    /// through `LISTEN outbox_events` at once; polling catches retries and missed notifications).
+    /// Default: 1 s.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// The retry policy. Default: [`Backoff::default`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Whether to keep per-aggregate order (never publish an event while an older one of its
+    /// aggregate is unpublished). Default: `true`.
+    pub fn ordered(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
+    }
+
+    /// What to do with published rows. Default: [`Retention::Delete`].
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Events claimed.
+    pub claimed: usize,
+    /// Events acknowledged by the broker and marked published.
+    pub published: usize,
+    /// Events scheduled for another attempt.
+    pub retried: usize,
+    /// Events moved to the dead-letter table.
+    pub dead_lettered: usize,
+    /// Events whose lease was lost before they could be marked (another relay will publish them
+    /// again: a duplicate, never a loss).
+    pub lost: usize,
+}
+
+/// Publishes the outbox through a [`Publisher`]. Several relays, in one process or many, can run
+/// side by side: leases keep them off each other's events.
+#[derive(Debug)]
+pub struct Relay<P> {
+    pool: PgPool,
+    publisher: Arc<P>,
+    config: RelayConfig,
+    leases: RowLeases,
+}
+
+impl<P: Publisher> Relay<P> {
+    /// A relay over the outbox in `pool`'s database (run [`MIGRATOR`](crate::MIGRATOR) first).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a zero batch size, lease ttl or poll interval.
+    pub fn new(pool: PgPool, publisher: P, config: RelayConfig) -> Result<Self> {
+        if config.batch_size == 0 || config.lease_ttl.is_zero() || config.poll_interval.is_zero() {
+            return Err(Error::InvalidConfig(
+                "batch size, lease ttl and poll interval must be greater than zero".into(),
+            ));
+        }
+        let mut spec = TableSpec::builder("outbox_events").id_column("seq");
+        if config.ordered {
+            spec = spec.claim_filter(ORDER_FILTER);
+        }
+        if config.retention == Retention::Keep {
+            spec = spec
+                .completion(Completion::Keep)
+                .completed_at_column("published_at");
+        }
+        let leases = RowLeases::new(&spec.build()?, config.owner.clone());
+        Ok(Self {
+            pool,
+            publisher: Arc::new(publisher),
+            config,
+            leases,
+        })
+    }
+
+    /// Claims one batch, publishes it, and marks, retries or dead-letters every event in it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Lease`] or [`Error::Database`] when the database fails; events already claimed
+    /// are then republished after their lease expires.
+    pub async fn run_once(&self) -> Result<BatchOutcome> {
+        let started = Instant::now();
+        let span = tracing::info_span!("outbox.batch", owner = %self.config.owner, claimed = tracing::field::Empty);
+        let outcome = async {
+            let batch: Vec<(Lease<i64>, Event)> = self
+                .leases
+                .claim_rows(&self.pool, self.config.batch_size, self.config.lease_ttl)
+                .await?;
+            tracing::Span::current().record("claimed", batch.len());
+            if batch.is_empty() {
+                return Ok(BatchOutcome::default());
+            }
+            let results =
+                join_all(batch.iter().map(|(_, event)| self.publisher.publish(event))).await;
+            let mut outcome = BatchOutcome {
+                claimed: batch.len(),
+                ..BatchOutcome::default()
+            };
+            let mut published = Vec::with_capacity(batch.len());
+            for ((lease, event), result) in batch.into_iter().zip(results) {
+                match result {
+                    Ok(()) => published.push(lease),
+                    Err(error) => {
+                        metrics::counter!("outbox_failed_total").increment(1);
+                        self.fail(&lease, &event, &error, &mut outcome).await?;
+                    }
+                }
+            }
+            let marked = self.leases.complete_many(&self.pool, &published).await?;
+            outcome.published = marked.len();
+            outcome.lost += published.len() - marked.len();
+            Ok::<_, Error>(outcome)
+        }
+        .instrument(span)
+        .await?;
+        metrics::counter!("outbox_published_total").increment(outcome.published as u64);
+        metrics::counter!("outbox_retried_total").increment(outcome.retried as u64);
+        metrics::counter!("outbox_dead_lettered_total").increment(outcome.dead_lettered as u64);
+        metrics::histogram!("outbox_batch_seconds").record(started.elapsed().as_secs_f64());
+        if outcome.lost > 0 {
+            tracing::warn!(
+                lost = outcome.lost,
+                "outbox: leases lost before marking; those events will be published again"
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// Schedules a retry, or dead-letters a permanent failure or an event out of attempts.
+    async fn fail(
+        &self,
+        lease: &Lease<i64>,
+        event: &Event,
+        error: &PublishError,
+        outcome: &mut BatchOutcome,
+    ) -> Result<()> {
+        let attempts = u32::try_from(lease.attempts).unwrap_or(u32::MAX);
+        let reason = if !error.is_retriable() {
+            Some("permanent publish failure".to_owned())
+        } else if attempts >= self.config.backoff.max_attempts() {
+            Some(format!("attempts exhausted ({attempts})"))
+        } else {
+            None
+        };
+        let held = match reason {
+            Some(reason) => {
+                tracing::error!(event_id = %event.id, %reason, %error, "outbox: dead-lettering event");
+                let moved = crate::dead_letters::bury(
+                    &self.pool,
+                    lease,
+                    &self.config.owner,
+                    &reason,
+                    &error.to_string(),
+                )
+                .await?;
+                outcome.dead_lettered += usize::from(moved);
+                moved
+            }
+            None => {
+                let delay = self.config.backoff.delay(attempts);
+                tracing::warn!(event_id = %event.id, attempts, ?delay, %error, "outbox: publish failed; retrying");
+                sqlx::query(
+                    "UPDATE outbox_events SET last_error = $3 WHERE seq = $1 AND lease_token = $2",
+                )
+                .bind(lease.id)
+                .bind(lease.token)
+                .bind(error.to_string())
+                .execute(&self.pool)
+                .await?;
+                let released = self.leases.release(&self.pool, lease, delay).await?;
+                outcome.retried += usize::from(released);
+                released
+            }
+        };
+        outcome.lost += usize::from(!held);
+        Ok(())
+    }
+
+    /// Runs the relay in the background until [`RelayHandle::shutdown`].
+    ///
+    /// The relay claims batch after batch while there is work, then waits for a notification of
+    /// a new event, the poll interval, or the earliest scheduled retry. Database errors are logged
+    /// and retried after the poll interval; they never stop the relay.
+    pub fn spawn(self) -> RelayHandle {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(self.run(stop_rx));
+        RelayHandle { stop, task }
+    }
+
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut listener = match listen(&self.pool).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "outbox: LISTEN failed; polling only");
+                None
+            }
+        };
+        let mut last_stats = None::<Instant>;
+        while !*stop.borrow() {
+            if last_stats.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                last_stats = Some(Instant::now());
+                if let Err(error) = crate::stats::record(&self.pool).await {
+                    tracing::debug!(%error, "outbox: pending stats failed");
+                }
+            }
+            let wait = match self.run_once().await {
+                Ok(outcome) if outcome.claimed == self.config.batch_size as usize => continue,
+                Ok(outcome) if outcome.retried > 0 => self
+                    .config
+                    .backoff
+                    .ceiling(1)
+                    .min(self.config.poll_interval),
+                Ok(_) => self.config.poll_interval,
+                Err(error) => {
+                    tracing::warn!(%error, "outbox: batch failed");
+                    self.config.poll_interval
+                }
+            };
+            tokio::select! {
+                _ = stop.changed() => {}
+                () = notified(&mut listener) => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        tracing::info!(owner = %self.config.owner, "outbox: relay stopped");
+    }
+}
+
+async fn listen(pool: &PgPool) -> Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen("outbox_events").await?;
+    Ok(listener)
+}
+
+/// Resolves on the next notification; never without a listener. A broken listener reconnects on
+/// the next call.
+async fn notified(listener: &mut Option<PgListener>) {
+    match listener {
+        Some(l) => {
+            if let Err(error) = l.recv().await {
+                tracing::warn!(%error, "outbox: LISTEN connection failed; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// A running relay.
+#[derive(Debug)]
+pub struct RelayHandle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RelayHandle {
+    /// Graceful shutdown: stops claiming, lets the batch in flight finish (publish, then mark,
+    /// retry or dead-letter each event), and returns once the relay holds no lease.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+
+    /// Stops the relay at once, as a crash would: leases it holds stay until they expire.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}

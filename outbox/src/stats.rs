@@ -1,0 +1,50 @@
+//! Gauges of the outbox's backlog, and retention of published events.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::Result;
+
+/// Records `outbox_pending` (unpublished events) and `outbox_oldest_pending_age_seconds`.
+pub(crate) async fn record(pool: &PgPool) -> Result<()> {
+    let (pending, oldest): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8
+         FROM outbox_events WHERE next_attempt_at IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    metrics::gauge!("outbox_pending").set(pending as f64);
+    metrics::gauge!("outbox_oldest_pending_age_seconds").set(oldest.unwrap_or(0.0));
+    Ok(())
+}
+
+/// With [`Retention::Keep`](crate::Retention::Keep): deletes events published more than
+/// `older_than` ago, `chunk` rows per statement so no statement holds many locks for long.
+/// Returns how many were deleted.
+///
+/// # Errors
+///
+/// [`Error::Database`](crate::Error::Database) when a statement fails (chunks already deleted stay
+/// deleted).
+pub async fn purge_published(pool: &PgPool, older_than: Duration, chunk: i64) -> Result<u64> {
+    let older_than = i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM outbox_events WHERE seq IN (
+                SELECT seq FROM outbox_events
+                WHERE published_at < now() - $1::int8 * interval '1 microsecond'
+                LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(older_than)
+        .bind(chunk)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < u64::try_from(chunk).unwrap_or(0) {
+            return Ok(total);
+        }
+    }
+}
