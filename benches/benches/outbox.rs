@@ -1,0 +1,260 @@
+//! Outbox benchmarks against real PostgreSQL and the Kafka-protocol broker, printed as tables:
+//!
+//! 1. relay end to end: pre-enqueued events, all published and acknowledged (`acks=all`), with 1
+//!    and 2 relays;
+//! 2. claim and mark (no broker) with the crate, as a ratio of the same statements written by hand;
+//! 3. latency from commit to broker acknowledgement at a steady 1,000 events/s;
+//! 4. enqueue throughput, 1 and 100 events per transaction.
+//!
+//! Run: `eval "$(scripts/services up)"; cargo bench -p benches --bench outbox`. Under `cargo test`
+//! (no `--bench` argument) it runs a small smoke version of each.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use leases::{Lease, RowLeases, TableSpec};
+use outbox::{Event, KafkaPublisher, NewEvent, PublishError, Publisher, Relay, RelayConfig};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use sqlx::PgPool;
+
+struct Scale {
+    relay_events: usize,
+    claim_rows: usize,
+    latency_secs: u64,
+    enqueue_events: usize,
+}
+
+const FULL: Scale = Scale {
+    relay_events: 200_000,
+    claim_rows: 100_000,
+    latency_secs: 10,
+    enqueue_events: 20_000,
+};
+const SMOKE: Scale = Scale {
+    relay_events: 2_000,
+    claim_rows: 2_000,
+    latency_secs: 1,
+    enqueue_events: 200,
+};
+
+async fn enqueue(pool: &PgPool, topic: &str, events: usize, per_tx: usize, aggregates: usize) {
+    let mut n = 0;
+    while n < events {
+        let batch: Vec<NewEvent> = (n..(n + per_tx).min(events))
+            .map(|i| NewEvent::bytes(topic, "order", format!("o-{}", i % aggregates), "OrderPlaced", vec![7; 100]))
+            .collect();
+        n += batch.len();
+        let mut tx = pool.begin().await.expect("begin");
+        outbox::enqueue_many(&mut tx, &batch).await.expect("enqueue");
+        tx.commit().await.expect("commit");
+    }
+}
+
+async fn pending(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox_events").fetch_one(pool).await.expect("count")
+}
+
+async fn publisher() -> KafkaPublisher {
+    KafkaPublisher::from_config(&testkit::kafka::producer_config().await).expect("publisher")
+}
+
+/// Which broker the relay publishes to.
+#[derive(Clone, Copy)]
+enum Broker {
+    /// The test broker (tansu 0.6), with single-record batches (see `testkit::kafka::producer_config`).
+    Tansu,
+    /// librdkafka's in-process mock cluster with the publisher's default batching: the relay's own
+    /// capacity, with a broker that costs next to nothing.
+    Mock,
+}
+
+/// Events per second for `relays` relays draining `events` pre-enqueued events.
+async fn relay_end_to_end(scale: &Scale, relays: usize, broker: Broker) -> f64 {
+    let db = testkit::database(&outbox::MIGRATOR).await;
+    let mock = MockCluster::<'static, DefaultProducerContext>::new(1).expect("mock cluster");
+    let topic = match broker {
+        Broker::Tansu => testkit::kafka::topic(4).await,
+        Broker::Mock => {
+            mock.create_topic("bench", 4, 1).expect("topic");
+            "bench".to_owned()
+        }
+    };
+    // Interleaved aggregates, as live traffic is: 10,000 aggregates, 20 events each.
+    enqueue(&db.pool, &topic, scale.relay_events, 1000, scale.relay_events / 20).await;
+    sqlx::raw_sql("VACUUM ANALYZE outbox_events").execute(&db.pool).await.expect("analyze");
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..relays {
+        let config = RelayConfig::default().batch_size(1000).poll_interval(Duration::from_millis(20));
+        let handle = match broker {
+            Broker::Tansu => Relay::new(db.pool.clone(), publisher().await, config).expect("relay").spawn(),
+            Broker::Mock => {
+                let publisher = KafkaPublisher::new(&mock.bootstrap_servers()).expect("publisher");
+                Relay::new(db.pool.clone(), publisher, config).expect("relay").spawn()
+            }
+        };
+        handles.push(handle);
+    }
+    while pending(&db.pool).await > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = start.elapsed();
+    for handle in handles {
+        handle.shutdown().await;
+    }
+    scale.relay_events as f64 / elapsed.as_secs_f64()
+}
+
+/// Rows per second of claim (with the per-aggregate order filter) then mark, with the crate's
+/// leases and with the same statements by hand.
+async fn claim_and_mark(scale: &Scale) -> (f64, f64) {
+    let db = testkit::database(&outbox::MIGRATOR).await;
+    let spec = TableSpec::builder("outbox_events")
+        .id_column("seq")
+        .claim_filter(
+            "NOT EXISTS (SELECT 1 FROM outbox_events o WHERE o.aggregate_type = c.aggregate_type
+             AND o.aggregate_id = c.aggregate_id AND o.seq < c.seq AND o.next_attempt_at IS NOT NULL)",
+        )
+        .build()
+        .expect("spec");
+    let leases = RowLeases::new(&spec, "bench");
+    let mut rates = [0.0; 2];
+    for (i, rate) in rates.iter_mut().enumerate() {
+        enqueue(&db.pool, "t", scale.claim_rows, 1000, scale.claim_rows / 20).await;
+        sqlx::raw_sql("VACUUM ANALYZE outbox_events").execute(&db.pool).await.expect("analyze");
+        let start = Instant::now();
+        loop {
+            let done = if i == 0 {
+                let batch: Vec<(Lease<i64>, Event)> =
+                    leases.claim_rows(&db.pool, 1000, Duration::from_secs(30)).await.expect("claim");
+                leases.complete_many(&db.pool, &batch.into_iter().map(|(l, _)| l).collect::<Vec<_>>()).await.expect("mark").len()
+            } else {
+                claim_and_mark_by_hand(&db.pool).await
+            };
+            if done == 0 {
+                break;
+            }
+        }
+        *rate = scale.claim_rows as f64 / start.elapsed().as_secs_f64();
+    }
+    (rates[0], rates[1])
+}
+
+async fn claim_and_mark_by_hand(pool: &PgPool) -> usize {
+    let rows: Vec<Event> = sqlx::query_as(
+        "WITH due AS (
+            SELECT c.seq FROM outbox_events c
+            WHERE c.next_attempt_at <= now() AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
+              AND NOT EXISTS (SELECT 1 FROM outbox_events o WHERE o.aggregate_type = c.aggregate_type
+                  AND o.aggregate_id = c.aggregate_id AND o.seq < c.seq AND o.next_attempt_at IS NOT NULL)
+            ORDER BY c.next_attempt_at, c.seq LIMIT 1000 FOR UPDATE SKIP LOCKED)
+         UPDATE outbox_events t SET lease_owner = 'bench', lease_token = t.lease_token + 1,
+             attempts = t.attempts + 1, lease_expires_at = now() + interval '30 seconds'
+         FROM due WHERE t.seq = due.seq RETURNING t.*",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("claim");
+    if rows.is_empty() {
+        return 0;
+    }
+    let seqs: Vec<i64> = rows.iter().map(|e| e.seq).collect();
+    sqlx::query("DELETE FROM outbox_events WHERE seq = ANY($1) AND lease_owner = 'bench'")
+        .bind(&seqs)
+        .execute(pool)
+        .await
+        .expect("mark");
+    rows.len()
+}
+
+/// Records when each event was acknowledged.
+struct Timed {
+    inner: KafkaPublisher,
+    acked: Arc<Mutex<HashMap<uuid::Uuid, Instant>>>,
+}
+
+impl Publisher for Timed {
+    async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        self.inner.publish(event).await?;
+        self.acked.lock().expect("acked").insert(event.id, Instant::now());
+        Ok(())
+    }
+}
+
+/// p50 and p99 of commit-to-acknowledgement at a steady 1,000 events/s.
+async fn latency(scale: &Scale) -> (Duration, Duration, usize) {
+    let db = testkit::database(&outbox::MIGRATOR).await;
+    let topic = testkit::kafka::topic(4).await;
+    let acked = Arc::new(Mutex::new(HashMap::new()));
+    let relay = Relay::new(
+        db.pool.clone(),
+        Timed { inner: publisher().await, acked: Arc::clone(&acked) },
+        RelayConfig::default(),
+    )
+    .expect("relay")
+    .spawn();
+    let mut committed = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let stop = Instant::now() + Duration::from_secs(scale.latency_secs);
+    let mut n = 0;
+    while Instant::now() < stop {
+        tick.tick().await;
+        let event = NewEvent::bytes(&topic, "order", format!("o-{}", n % 1000), "OrderPlaced", vec![7; 100]);
+        n += 1;
+        let mut tx = db.pool.begin().await.expect("begin");
+        outbox::enqueue(&mut tx, &event).await.expect("enqueue");
+        tx.commit().await.expect("commit");
+        committed.insert(event.id, Instant::now());
+    }
+    while pending(&db.pool).await > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.shutdown().await;
+    let acked = acked.lock().expect("acked");
+    let mut latencies: Vec<Duration> =
+        committed.iter().filter_map(|(id, at)| acked.get(id).map(|ack| ack.saturating_duration_since(*at))).collect();
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    (pick(0.50), pick(0.99), committed.len())
+}
+
+async fn enqueue_rate(scale: &Scale, per_tx: usize) -> f64 {
+    let db = testkit::database(&outbox::MIGRATOR).await;
+    let start = Instant::now();
+    enqueue(&db.pool, "t", scale.enqueue_events, per_tx, 1000).await;
+    scale.enqueue_events as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench") && std::env::var_os("BENCH_SMOKE").is_none();
+    let scale = if full { FULL } else { SMOKE };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        println!("outbox benchmarks ({})", if full { "full" } else { "smoke run; pass --bench for figures" });
+        println!("\nrelay end to end, {} events (acks=all, durable commits)", scale.relay_events);
+        println!("{:>7} | {:>22} | {:>22}", "relays", "tansu events/s", "mock cluster events/s");
+        for relays in [1, 2] {
+            let tansu = relay_end_to_end(&scale, relays, Broker::Tansu).await;
+            let mock = relay_end_to_end(&scale, relays, Broker::Mock).await;
+            println!("{relays:>7} | {tansu:>22.0} | {mock:>22.0}");
+        }
+
+        let (ours, hand) = claim_and_mark(&scale).await;
+        println!("\nclaim (per-aggregate order) + mark, {} rows, batch 1000", scale.claim_rows);
+        println!("{:>14} | {:>14} | {:>6}", "leases rows/s", "by hand rows/s", "ratio");
+        println!("{ours:>14.0} | {hand:>14.0} | {:>6.2}", ours / hand);
+
+        let (p50, p99, n) = latency(&scale).await;
+        println!("\ncommit to broker acknowledgement at 1,000 events/s ({n} events)");
+        println!("p50 {:.1} ms | p99 {:.1} ms", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
+
+        let single = enqueue_rate(&scale, 1).await;
+        let hundred = enqueue_rate(&scale, 100).await;
+        println!("\nenqueue, {} events", scale.enqueue_events);
+        println!("{:>10} | {:>10}", "per tx", "events/s");
+        println!("{:>10} | {single:>10.0}", 1);
+        println!("{:>10} | {hundred:>10.0}", 100);
+    });
+}
