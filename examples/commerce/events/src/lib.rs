@@ -1,1 +1,459 @@
-//! Reference commerce system, events crate: not yet implemented (see the project issues).
+//! The commerce system's events: one envelope (`event_id`, `event_type`, `aggregate_id`,
+//! `occurred_at`, typed `payload`), the saga's payloads, and the topics they travel on.
+//!
+//! Decoding is an allowlist: [`decode`] reads the envelope, matches `event_type` against the
+//! types below and only then deserializes the payload into that type, rejecting unknown fields.
+//! An unknown type or a malformed payload is a [`DecodeError`], which consumers dead-letter.
+//!
+//! Topics are per producing service (`<prefix>.orders`, `<prefix>.inventory`,
+//! `<prefix>.payments`, see [`Topics`]); every consumer subscribes to the topics it needs with its
+//! own consumer group. The prefix (`commerce` by default) lets several stacks share a broker.
+
+#![forbid(unsafe_code)]
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The topic names of one stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// Events published by the order service.
+    pub orders: String,
+    /// Events published by the inventory service.
+    pub inventory: String,
+    /// Events published by the payment service.
+    pub payments: String,
+    /// Where consumers dead-letter poison messages.
+    pub dead_letters: String,
+}
+
+impl Topics {
+    /// `<prefix>.orders`, `<prefix>.inventory`, `<prefix>.payments`, `<prefix>.dead-letters`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            orders: format!("{prefix}.orders"),
+            inventory: format!("{prefix}.inventory"),
+            payments: format!("{prefix}.payments"),
+            dead_letters: format!("{prefix}.dead-letters"),
+        }
+    }
+
+    /// Every topic, for creating them at start-up.
+    pub fn all(&self) -> [&str; 4] {
+        [
+            &self.orders,
+            &self.inventory,
+            &self.payments,
+            &self.dead_letters,
+        ]
+    }
+
+    /// The topic `event` is published on (its producer's topic).
+    pub fn of(&self, event: &Event) -> &str {
+        match event {
+            Event::OrderPlaced { .. } | Event::OrderCancelled { .. } => &self.orders,
+            Event::PaymentApproved { .. }
+            | Event::PaymentDeclined { .. }
+            | Event::PaymentRefunded { .. } => &self.payments,
+            _ => &self.inventory,
+        }
+    }
+}
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Line {
+    /// The product.
+    pub product_id: Uuid,
+    /// How many units (at least one).
+    pub quantity: i32,
+    /// Unit price in cents, snapshotted when the order was placed.
+    pub unit_price_cents: i64,
+}
+
+/// Payloads, one per event type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Event {
+    /// A customer placed an order (order service).
+    OrderPlaced {
+        /// The order.
+        order_id: Uuid,
+        /// Who placed it.
+        customer_id: String,
+        /// What was ordered.
+        lines: Vec<Line>,
+        /// Sum of the lines, in cents.
+        total_cents: i64,
+    },
+    /// An order was cancelled before it was confirmed (order service).
+    OrderCancelled {
+        /// The order.
+        order_id: Uuid,
+        /// Why.
+        reason: String,
+    },
+    /// Every line of an order is reserved (inventory service).
+    StockReserved {
+        /// The order.
+        order_id: Uuid,
+        /// The order's total, for the payment.
+        total_cents: i64,
+        /// Who pays.
+        customer_id: String,
+    },
+    /// An order could not be reserved; nothing was (inventory service).
+    StockReservationFailed {
+        /// The order.
+        order_id: Uuid,
+        /// Why (for example which product was short).
+        reason: String,
+    },
+    /// A reservation became a sale (inventory service).
+    StockConfirmed {
+        /// The order.
+        order_id: Uuid,
+    },
+    /// A reservation was given back (inventory service).
+    StockReleased {
+        /// The order.
+        order_id: Uuid,
+        /// Why.
+        reason: String,
+    },
+    /// A product's stock figures changed, or their start-up snapshot (inventory service).
+    StockLevelChanged {
+        /// The product.
+        product_id: Uuid,
+        /// Units owned.
+        total: i32,
+        /// Units held by reservations.
+        reserved: i32,
+        /// `total - reserved`.
+        available: i32,
+        /// Increases with every change of this product, so caches keep only the newest figure.
+        version: i64,
+    },
+    /// The payment went through (payment service).
+    PaymentApproved {
+        /// The order.
+        order_id: Uuid,
+        /// The charge.
+        payment_id: Uuid,
+        /// Amount charged, in cents.
+        amount_cents: i64,
+    },
+    /// The payment was declined (payment service).
+    PaymentDeclined {
+        /// The order.
+        order_id: Uuid,
+        /// Why.
+        reason: String,
+    },
+    /// A charge was refunded after the order was cancelled (payment service).
+    PaymentRefunded {
+        /// The order.
+        order_id: Uuid,
+        /// The refunded charge.
+        payment_id: Uuid,
+    },
+}
+
+/// The allowlist: every event type a consumer will deserialize.
+pub const EVENT_TYPES: [&str; 10] = [
+    "OrderPlaced",
+    "OrderCancelled",
+    "StockReserved",
+    "StockReservationFailed",
+    "StockConfirmed",
+    "StockReleased",
+    "StockLevelChanged",
+    "PaymentApproved",
+    "PaymentDeclined",
+    "PaymentRefunded",
+];
+
+impl Event {
+    /// The event's type name, as in the envelope and the `event-type` header.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::OrderPlaced { .. } => "OrderPlaced",
+            Event::OrderCancelled { .. } => "OrderCancelled",
+            Event::StockReserved { .. } => "StockReserved",
+            Event::StockReservationFailed { .. } => "StockReservationFailed",
+            Event::StockConfirmed { .. } => "StockConfirmed",
+            Event::StockReleased { .. } => "StockReleased",
+            Event::StockLevelChanged { .. } => "StockLevelChanged",
+            Event::PaymentApproved { .. } => "PaymentApproved",
+            Event::PaymentDeclined { .. } => "PaymentDeclined",
+            Event::PaymentRefunded { .. } => "PaymentRefunded",
+        }
+    }
+
+    /// `(aggregate type, aggregate id)`: the order for saga events, the product for stock levels.
+    /// The aggregate id is the Kafka key, so one order's events stay in order.
+    pub fn aggregate(&self) -> (&'static str, String) {
+        match self {
+            Event::StockLevelChanged { product_id, .. } => ("product", product_id.to_string()),
+            Event::OrderPlaced { order_id, .. }
+            | Event::OrderCancelled { order_id, .. }
+            | Event::StockReserved { order_id, .. }
+            | Event::StockReservationFailed { order_id, .. }
+            | Event::StockConfirmed { order_id }
+            | Event::StockReleased { order_id, .. }
+            | Event::PaymentApproved { order_id, .. }
+            | Event::PaymentDeclined { order_id, .. }
+            | Event::PaymentRefunded { order_id, .. } => ("order", order_id.to_string()),
+        }
+    }
+
+    /// The event wrapped in a fresh envelope.
+    pub fn into_envelope(self) -> Envelope {
+        Envelope {
+            event_id: Uuid::now_v7(),
+            aggregate_id: self.aggregate().1,
+            occurred_at: Utc::now(),
+            event: self,
+        }
+    }
+}
+
+/// An event with its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Unique per event; the inbox deduplicates on it.
+    pub event_id: Uuid,
+    /// The aggregate's id (the Kafka key).
+    pub aggregate_id: String,
+    /// When the event happened.
+    pub occurred_at: DateTime<Utc>,
+    /// The typed payload.
+    pub event: Event,
+}
+
+/// The envelope on the wire.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire<P> {
+    event_id: Uuid,
+    event_type: String,
+    aggregate_id: String,
+    occurred_at: DateTime<Utc>,
+    payload: P,
+}
+
+impl Envelope {
+    /// The envelope as JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        let wire = Wire {
+            event_id: self.event_id,
+            event_type: self.event.event_type().to_owned(),
+            aggregate_id: self.aggregate_id.clone(),
+            occurred_at: self.occurred_at,
+            payload: &self.event,
+        };
+        // A struct of strings, numbers and uuids always serializes.
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// The envelope as an outbox event on its topic in `topics`, with its aggregate, type and id.
+    pub fn to_outbox(&self, topics: &Topics) -> outbox::NewEvent {
+        let (aggregate_type, aggregate_id) = self.event.aggregate();
+        let mut event = outbox::NewEvent::bytes(
+            topics.of(&self.event),
+            aggregate_type,
+            aggregate_id,
+            self.event.event_type(),
+            self.to_json(),
+        )
+        .header("content-type", "application/json");
+        event.id = self.event_id;
+        event
+    }
+}
+
+/// Why a message is not an acceptable event.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The bytes are not an envelope.
+    #[error("malformed envelope: {0}")]
+    Envelope(serde_json::Error),
+    /// `event_type` is not on the allowlist.
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    /// The payload does not match its type.
+    #[error("malformed {event_type} payload: {source}")]
+    Payload {
+        /// The declared type.
+        event_type: String,
+        /// What was wrong.
+        source: serde_json::Error,
+    },
+}
+
+/// Decodes an envelope, deserializing the payload only for allowlisted types.
+///
+/// # Errors
+///
+/// [`DecodeError`] for malformed JSON, an unknown event type or a payload that does not match
+/// its type (including unknown fields).
+pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+    let wire: Wire<Box<serde_json::value::RawValue>> =
+        serde_json::from_slice(bytes).map_err(DecodeError::Envelope)?;
+    let payload = wire.payload.get();
+    let parse = |result: Result<Event, serde_json::Error>| {
+        result.map_err(|source| DecodeError::Payload {
+            event_type: wire.event_type.clone(),
+            source,
+        })
+    };
+    let event = parse(match wire.event_type.as_str() {
+        "OrderPlaced" => from::<p::OrderPlaced>(payload),
+        "OrderCancelled" => from::<p::OrderCancelled>(payload),
+        "StockReserved" => from::<p::StockReserved>(payload),
+        "StockReservationFailed" => from::<p::StockReservationFailed>(payload),
+        "StockConfirmed" => from::<p::StockConfirmed>(payload),
+        "StockReleased" => from::<p::StockReleased>(payload),
+        "StockLevelChanged" => from::<p::StockLevelChanged>(payload),
+        "PaymentApproved" => from::<p::PaymentApproved>(payload),
+        "PaymentDeclined" => from::<p::PaymentDeclined>(payload),
+        "PaymentRefunded" => from::<p::PaymentRefunded>(payload),
+        other => return Err(DecodeError::UnknownType(other.to_owned())),
+    })?;
+    Ok(Envelope {
+        event_id: wire.event_id,
+        aggregate_id: wire.aggregate_id,
+        occurred_at: wire.occurred_at,
+        event,
+    })
+}
+
+fn from<T: for<'de> Deserialize<'de> + Into<Event>>(
+    json: &str,
+) -> Result<Event, serde_json::Error> {
+    serde_json::from_str::<T>(json).map(Into::into)
+}
+
+/// Strict payload shapes for decoding (`deny_unknown_fields`), one per variant of [`Event`].
+mod p {
+    use serde::Deserialize;
+    use uuid::Uuid;
+
+    use super::{Event, Line};
+
+    macro_rules! payloads {
+        ($($name:ident { $($field:ident : $ty:ty),* $(,)? })*) => {$(
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub(super) struct $name { $($field: $ty),* }
+            impl From<$name> for Event {
+                fn from(p: $name) -> Event { Event::$name { $($field: p.$field),* } }
+            }
+        )*};
+    }
+
+    payloads! {
+        OrderPlaced { order_id: Uuid, customer_id: String, lines: Vec<Line>, total_cents: i64 }
+        OrderCancelled { order_id: Uuid, reason: String }
+        StockReserved { order_id: Uuid, total_cents: i64, customer_id: String }
+        StockReservationFailed { order_id: Uuid, reason: String }
+        StockConfirmed { order_id: Uuid }
+        StockReleased { order_id: Uuid, reason: String }
+        StockLevelChanged { product_id: Uuid, total: i32, reserved: i32, available: i32, version: i64 }
+        PaymentApproved { order_id: Uuid, payment_id: Uuid, amount_cents: i64 }
+        PaymentDeclined { order_id: Uuid, reason: String }
+        PaymentRefunded { order_id: Uuid, payment_id: Uuid }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_every_event_type() {
+        let order_id = Uuid::now_v7();
+        let events = [
+            Event::OrderPlaced {
+                order_id,
+                customer_id: "alice".into(),
+                lines: vec![Line {
+                    product_id: Uuid::now_v7(),
+                    quantity: 2,
+                    unit_price_cents: 500,
+                }],
+                total_cents: 1000,
+            },
+            Event::OrderCancelled {
+                order_id,
+                reason: "r".into(),
+            },
+            Event::StockReserved {
+                order_id,
+                total_cents: 1,
+                customer_id: "c".into(),
+            },
+            Event::StockReservationFailed {
+                order_id,
+                reason: "r".into(),
+            },
+            Event::StockConfirmed { order_id },
+            Event::StockReleased {
+                order_id,
+                reason: "r".into(),
+            },
+            Event::StockLevelChanged {
+                product_id: order_id,
+                total: 3,
+                reserved: 1,
+                available: 2,
+                version: 7,
+            },
+            Event::PaymentApproved {
+                order_id,
+                payment_id: order_id,
+                amount_cents: 1,
+            },
+            Event::PaymentDeclined {
+                order_id,
+                reason: "r".into(),
+            },
+            Event::PaymentRefunded {
+                order_id,
+                payment_id: order_id,
+            },
+        ];
+        assert_eq!(events.len(), EVENT_TYPES.len());
+        for event in events {
+            assert!(EVENT_TYPES.contains(&event.event_type()));
+            let envelope = event.into_envelope();
+            let decoded = decode(&envelope.to_json()).expect("decodes");
+            assert_eq!(decoded, envelope);
+            let outbox = envelope.to_outbox(&Topics::new("t"));
+            assert_eq!(outbox.id, envelope.event_id);
+            assert!(outbox.topic.starts_with("t."));
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_types_unknown_fields_and_garbage() {
+        let id = Uuid::now_v7();
+        let unknown = format!(
+            r#"{{"event_id":"{id}","event_type":"Evil","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{}}}}"#
+        );
+        assert!(
+            matches!(decode(unknown.as_bytes()), Err(DecodeError::UnknownType(t)) if t == "Evil")
+        );
+        let extra = format!(
+            r#"{{"event_id":"{id}","event_type":"StockConfirmed","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{"order_id":"{id}","admin":true}}}}"#
+        );
+        assert!(matches!(
+            decode(extra.as_bytes()),
+            Err(DecodeError::Payload { .. })
+        ));
+        assert!(matches!(decode(b"not json"), Err(DecodeError::Envelope(_))));
+    }
+}

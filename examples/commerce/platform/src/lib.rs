@@ -1,0 +1,17 @@
+//! What every commerce service shares: configuration from the environment, JWT and API-key
+//! authentication, problem+json errors, health / readiness / metrics routes, JSON logs with request
+//! ids, and start-up of its database and topics.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod ops;
+pub mod problem;
+pub mod runtime;
+pub mod setup;
+
+pub use auth::{Admin, Authenticator, Caller, Claims, ServiceKey};
+pub use config::Config;
+pub use problem::ApiError;
+pub use runtime::Running;

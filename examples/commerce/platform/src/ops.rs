@@ -1,0 +1,117 @@
+//! Operations: JSON logs, request ids, `/health`, `/ready`, `/metrics`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+/// JSON logs to stdout, filtered by `RUST_LOG` (default `info`). Safe to call more than once.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_env_filter(filter)
+        .try_init();
+}
+
+/// The process's Prometheus recorder (installed on first use; shared by services in one process).
+pub fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// A readiness check: `Ok` when the dependency answers, `Err(name: reason)` otherwise.
+pub type Check =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// A check that the database answers `SELECT 1`.
+pub fn database_check(pool: sqlx::PgPool) -> Check {
+    Arc::new(move || {
+        let pool = pool.clone();
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&pool)
+                .await
+                .map(drop)
+                .map_err(|e| format!("database: {e}"))
+        })
+    })
+}
+
+/// A check that the broker answers a metadata request.
+pub fn broker_check(bootstrap: String) -> Check {
+    Arc::new(move || {
+        let bootstrap = bootstrap.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                use rdkafka::consumer::{BaseConsumer, Consumer};
+                let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .create()
+                    .map_err(|e| format!("broker: {e}"))?;
+                consumer
+                    .fetch_metadata(None, std::time::Duration::from_secs(2))
+                    .map(drop)
+                    .map_err(|e| format!("broker: {e}"))
+            })
+            .await
+            .map_err(|e| format!("broker: {e}"))?
+        })
+    })
+}
+
+async fn ready(State(checks): State<Arc<Vec<Check>>>) -> impl IntoResponse {
+    let mut failures = Vec::new();
+    for check in checks.iter() {
+        if let Err(e) = check().await {
+            failures.push(e);
+        }
+    }
+    if failures.is_empty() {
+        (StatusCode::OK, "ready".to_owned())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, failures.join("; "))
+    }
+}
+
+/// Adds `/health`, `/ready` (running `checks`), `/metrics`, request ids (`x-request-id`, made
+/// when absent and echoed) and a trace span per request carrying the id.
+pub fn with_operations(app: Router, checks: Vec<Check>) -> Router {
+    let handle = metrics();
+    let ops = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .with_state(Arc::new(checks))
+        .route("/metrics", get(move || std::future::ready(handle.render())));
+    app.merge(ops)
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                let request_id = request
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}

@@ -1,0 +1,103 @@
+//! RFC 9457 problem+json errors with stable codes; internals are logged, never sent.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An error a handler returns; the response is `application/problem+json`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the request is malformed or fails validation.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: missing or invalid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: valid credentials without the needed role.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such resource (or not the caller's).
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the resource is in a state that forbids the action.
+    #[error("{0}")]
+    Conflict(String),
+    /// 422: well-formed, but refers to something that cannot be used (an unknown product).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// 503: a dependency (database, another service) is unavailable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: anything else; the detail is logged, the client sees a generic message.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// `(status, stable code)`.
+    pub fn kind(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        ApiError::BadRequest(e.body_text())
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+}
+
+/// A problem+json response; `code` is stable and `type` is derived from it.
+pub fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
+    let body = Problem {
+        kind: format!("https://errors.commerce.example/{code}"),
+        title: status.canonical_reason().unwrap_or("Error"),
+        status: status.as_u16(),
+        detail: detail.into(),
+        code,
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.kind();
+        let detail = match &self {
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                "the server failed to handle the request".to_owned()
+            }
+            other => other.to_string(),
+        };
+        problem(status, code, detail)
+    }
+}

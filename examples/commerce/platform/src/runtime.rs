@@ -1,0 +1,154 @@
+//! Running a service: its outbox relay, its consumers, its background jobs and its HTTP server,
+//! and stopping them all gracefully.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use idempotency::{Consumer, ConsumerConfig, ConsumerHandle, Handler};
+use outbox::{KafkaPublisher, Relay, RelayConfig, RelayHandle};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::Config;
+
+/// A running service. [`shutdown`](Self::shutdown) stops it gracefully: the HTTP server finishes
+/// in-flight requests, consumers commit what they processed, the relay finishes its batch.
+#[derive(Debug)]
+pub struct Running {
+    /// The service's name.
+    pub name: &'static str,
+    /// Where the HTTP server listens (useful with port 0).
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    relay: RelayHandle,
+    consumers: Vec<ConsumerHandle>,
+    jobs: Vec<JoinHandle<()>>,
+}
+
+/// What a service is made of, handed to [`start`].
+#[derive(Debug)]
+pub struct Parts {
+    /// The HTTP API (operations routes are added by [`start`]).
+    pub router: Router,
+    /// Started consumers.
+    pub consumers: Vec<ConsumerHandle>,
+    /// Background jobs; each receives the stop signal and must return once it flips to `true`.
+    pub jobs: Vec<JoinHandle<()>>,
+}
+
+/// A stop signal for background jobs.
+pub fn stop_signal() -> (watch::Sender<bool>, watch::Receiver<bool>) {
+    watch::channel(false)
+}
+
+/// Starts a consumer of `topics` named `name` (its group and inbox name; use `<service>.<purpose>`),
+/// dead-lettering to the stack's dead-letter topic.
+///
+/// # Errors
+///
+/// When the consumer cannot be created.
+pub fn consume<H: Handler>(
+    config: &Config,
+    pool: &PgPool,
+    name: &str,
+    topics: &[&str],
+    handler: H,
+) -> Result<ConsumerHandle, idempotency::Error> {
+    let mut consumer = ConsumerConfig::new(name, config.consumer_config())
+        .dead_letter_topic(&config.topics.dead_letters)
+        .dead_letter_producer(config.producer_config())
+        .backoff(Duration::from_millis(100), Duration::from_secs(5));
+    for topic in topics {
+        consumer = consumer.topic(*topic);
+    }
+    Ok(Consumer::new(pool.clone(), consumer, handler)?.spawn())
+}
+
+/// Starts the relay for `pool`'s outbox and serves `parts.router` (with the operations routes) on
+/// `addr`.
+///
+/// # Errors
+///
+/// When the relay cannot be created or the address cannot be bound.
+pub async fn start(
+    name: &'static str,
+    config: &Config,
+    pool: &PgPool,
+    addr: SocketAddr,
+    parts: Parts,
+    stop: watch::Sender<bool>,
+) -> Result<Running, String> {
+    let publisher =
+        KafkaPublisher::from_config(&config.producer_config()).map_err(|e| e.to_string())?;
+    let relay = Relay::new(
+        pool.clone(),
+        publisher,
+        RelayConfig::default()
+            .owner(format!("{name}-relay-{}", uuid::Uuid::now_v7()))
+            .poll_interval(Duration::from_millis(500)),
+    )
+    .map_err(|e| e.to_string())?
+    .spawn();
+    let checks = vec![
+        crate::ops::database_check(pool.clone()),
+        crate::ops::broker_check(config.kafka.clone()),
+    ];
+    let app = crate::ops::with_operations(parts.router, checks);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("{name}: cannot listen on {addr}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut stopped = stop.subscribe();
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(service = name, %error, "http server failed");
+        }
+    });
+    tracing::info!(service = name, %addr, "service started");
+    Ok(Running {
+        name,
+        addr,
+        stop,
+        server,
+        relay,
+        consumers: parts.consumers,
+        jobs: parts.jobs,
+    })
+}
+
+impl Running {
+    /// Stops the service gracefully and waits until everything has stopped.
+    pub async fn shutdown(self) {
+        self.stop.send_replace(true);
+        let _ = self.server.await;
+        for consumer in self.consumers {
+            consumer.shutdown().await;
+        }
+        for job in self.jobs {
+            let _ = job.await;
+        }
+        self.relay.shutdown().await;
+        tracing::info!(service = self.name, "service stopped");
+    }
+
+    /// Stops everything at once, as a crash would (leases expire, uncommitted offsets are redelivered).
+    pub fn kill(self) {
+        self.server.abort();
+        for consumer in self.consumers {
+            consumer.abort();
+        }
+        for job in self.jobs {
+            job.abort();
+        }
+        self.relay.abort();
+    }
+}
