@@ -650,3 +650,51 @@ async fn broker_unavailable_for_a_while_then_everything_is_published() {
         "every event published once the broker is back"
     );
 }
+
+#[tokio::test]
+async fn keep_retention_marks_published_rows_and_purge_deletes_them_in_chunks() {
+    let db = outbox_db().await;
+    let topic = testkit::kafka::topic(1).await;
+    let mut tx = db.pool.begin().await.expect("begin");
+    let events: Vec<NewEvent> = (0..25)
+        .map(|i| NewEvent::bytes(&topic, "order", format!("{i}"), "OrderPlaced", vec![1]))
+        .collect();
+    outbox::enqueue_many(&mut tx, &events)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    let relay = Relay::new(
+        db.pool.clone(),
+        kafka().await,
+        RelayConfig::default().retention(outbox::Retention::Keep),
+    )
+    .expect("relay");
+    assert_eq!(relay.run_once().await.expect("batch").published, 25);
+    assert_eq!(
+        relay.run_once().await.expect("batch").claimed,
+        0,
+        "published rows are never claimed again"
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM outbox_events WHERE published_at IS NOT NULL AND next_attempt_at IS NULL").await,
+        25
+    );
+    assert_eq!(
+        outbox::purge_published(&db.pool, Duration::from_secs(3600), 10)
+            .await
+            .expect("purge"),
+        0,
+        "too recent"
+    );
+    assert_eq!(
+        outbox::purge_published(&db.pool, Duration::ZERO, 10)
+            .await
+            .expect("purge"),
+        25
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM outbox_events").await,
+        0
+    );
+    assert_eq!(testkit::kafka::read_all(&topic).await.len(), 25);
+}
