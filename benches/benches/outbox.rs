@@ -43,17 +43,30 @@ async fn enqueue(pool: &PgPool, topic: &str, events: usize, per_tx: usize, aggre
     let mut n = 0;
     while n < events {
         let batch: Vec<NewEvent> = (n..(n + per_tx).min(events))
-            .map(|i| NewEvent::bytes(topic, "order", format!("o-{}", i % aggregates), "OrderPlaced", vec![7; 100]))
+            .map(|i| {
+                NewEvent::bytes(
+                    topic,
+                    "order",
+                    format!("o-{}", i % aggregates),
+                    "OrderPlaced",
+                    vec![7; 100],
+                )
+            })
             .collect();
         n += batch.len();
         let mut tx = pool.begin().await.expect("begin");
-        outbox::enqueue_many(&mut tx, &batch).await.expect("enqueue");
+        outbox::enqueue_many(&mut tx, &batch)
+            .await
+            .expect("enqueue");
         tx.commit().await.expect("commit");
     }
 }
 
 async fn pending(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox_events").fetch_one(pool).await.expect("count")
+    sqlx::query_scalar("SELECT count(*) FROM outbox_events")
+        .fetch_one(pool)
+        .await
+        .expect("count")
 }
 
 async fn publisher() -> KafkaPublisher {
@@ -82,17 +95,33 @@ async fn relay_end_to_end(scale: &Scale, relays: usize, broker: Broker) -> f64 {
         }
     };
     // Interleaved aggregates, as live traffic is: 10,000 aggregates, 20 events each.
-    enqueue(&db.pool, &topic, scale.relay_events, 1000, scale.relay_events / 20).await;
-    sqlx::raw_sql("VACUUM ANALYZE outbox_events").execute(&db.pool).await.expect("analyze");
+    enqueue(
+        &db.pool,
+        &topic,
+        scale.relay_events,
+        1000,
+        scale.relay_events / 20,
+    )
+    .await;
+    sqlx::raw_sql("VACUUM ANALYZE outbox_events")
+        .execute(&db.pool)
+        .await
+        .expect("analyze");
     let start = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..relays {
-        let config = RelayConfig::default().batch_size(1000).poll_interval(Duration::from_millis(20));
+        let config = RelayConfig::default()
+            .batch_size(1000)
+            .poll_interval(Duration::from_millis(20));
         let handle = match broker {
-            Broker::Tansu => Relay::new(db.pool.clone(), publisher().await, config).expect("relay").spawn(),
+            Broker::Tansu => Relay::new(db.pool.clone(), publisher().await, config)
+                .expect("relay")
+                .spawn(),
             Broker::Mock => {
                 let publisher = KafkaPublisher::new(&mock.bootstrap_servers()).expect("publisher");
-                Relay::new(db.pool.clone(), publisher, config).expect("relay").spawn()
+                Relay::new(db.pool.clone(), publisher, config)
+                    .expect("relay")
+                    .spawn()
             }
         };
         handles.push(handle);
@@ -123,13 +152,25 @@ async fn claim_and_mark(scale: &Scale) -> (f64, f64) {
     let mut rates = [0.0; 2];
     for (i, rate) in rates.iter_mut().enumerate() {
         enqueue(&db.pool, "t", scale.claim_rows, 1000, scale.claim_rows / 20).await;
-        sqlx::raw_sql("VACUUM ANALYZE outbox_events").execute(&db.pool).await.expect("analyze");
+        sqlx::raw_sql("VACUUM ANALYZE outbox_events")
+            .execute(&db.pool)
+            .await
+            .expect("analyze");
         let start = Instant::now();
         loop {
             let done = if i == 0 {
-                let batch: Vec<(Lease<i64>, Event)> =
-                    leases.claim_rows(&db.pool, 1000, Duration::from_secs(30)).await.expect("claim");
-                leases.complete_many(&db.pool, &batch.into_iter().map(|(l, _)| l).collect::<Vec<_>>()).await.expect("mark").len()
+                let batch: Vec<(Lease<i64>, Event)> = leases
+                    .claim_rows(&db.pool, 1000, Duration::from_secs(30))
+                    .await
+                    .expect("claim");
+                leases
+                    .complete_many(
+                        &db.pool,
+                        &batch.into_iter().map(|(l, _)| l).collect::<Vec<_>>(),
+                    )
+                    .await
+                    .expect("mark")
+                    .len()
             } else {
                 claim_and_mark_by_hand(&db.pool).await
             };
@@ -178,7 +219,10 @@ struct Timed {
 impl Publisher for Timed {
     async fn publish(&self, event: &Event) -> Result<(), PublishError> {
         self.inner.publish(event).await?;
-        self.acked.lock().expect("acked").insert(event.id, Instant::now());
+        self.acked
+            .lock()
+            .expect("acked")
+            .insert(event.id, Instant::now());
         Ok(())
     }
 }
@@ -190,7 +234,10 @@ async fn latency(scale: &Scale) -> (Duration, Duration, usize) {
     let acked = Arc::new(Mutex::new(HashMap::new()));
     let relay = Relay::new(
         db.pool.clone(),
-        Timed { inner: publisher().await, acked: Arc::clone(&acked) },
+        Timed {
+            inner: publisher().await,
+            acked: Arc::clone(&acked),
+        },
         RelayConfig::default(),
     )
     .expect("relay")
@@ -201,7 +248,13 @@ async fn latency(scale: &Scale) -> (Duration, Duration, usize) {
     let mut n = 0;
     while Instant::now() < stop {
         tick.tick().await;
-        let event = NewEvent::bytes(&topic, "order", format!("o-{}", n % 1000), "OrderPlaced", vec![7; 100]);
+        let event = NewEvent::bytes(
+            &topic,
+            "order",
+            format!("o-{}", n % 1000),
+            "OrderPlaced",
+            vec![7; 100],
+        );
         n += 1;
         let mut tx = db.pool.begin().await.expect("begin");
         outbox::enqueue(&mut tx, &event).await.expect("enqueue");
@@ -213,8 +266,10 @@ async fn latency(scale: &Scale) -> (Duration, Duration, usize) {
     }
     relay.shutdown().await;
     let acked = acked.lock().expect("acked");
-    let mut latencies: Vec<Duration> =
-        committed.iter().filter_map(|(id, at)| acked.get(id).map(|ack| ack.saturating_duration_since(*at))).collect();
+    let mut latencies: Vec<Duration> = committed
+        .iter()
+        .filter_map(|(id, at)| acked.get(id).map(|ack| ack.saturating_duration_since(*at)))
+        .collect();
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     (pick(0.50), pick(0.99), committed.len())
@@ -228,13 +283,27 @@ async fn enqueue_rate(scale: &Scale, per_tx: usize) -> f64 {
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench") && std::env::var_os("BENCH_SMOKE").is_none();
+    let full =
+        std::env::args().any(|a| a == "--bench") && std::env::var_os("BENCH_SMOKE").is_none();
     let scale = if full { FULL } else { SMOKE };
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        println!("outbox benchmarks ({})", if full { "full" } else { "smoke run; pass --bench for figures" });
-        println!("\nrelay end to end, {} events (acks=all, durable commits)", scale.relay_events);
-        println!("{:>7} | {:>22} | {:>22}", "relays", "tansu events/s", "mock cluster events/s");
+        println!(
+            "outbox benchmarks ({})",
+            if full {
+                "full"
+            } else {
+                "smoke run; pass --bench for figures"
+            }
+        );
+        println!(
+            "\nrelay end to end, {} events (acks=all, durable commits)",
+            scale.relay_events
+        );
+        println!(
+            "{:>7} | {:>22} | {:>22}",
+            "relays", "tansu events/s", "mock cluster events/s"
+        );
         for relays in [1, 2] {
             let tansu = relay_end_to_end(&scale, relays, Broker::Tansu).await;
             let mock = relay_end_to_end(&scale, relays, Broker::Mock).await;
@@ -242,13 +311,23 @@ fn main() {
         }
 
         let (ours, hand) = claim_and_mark(&scale).await;
-        println!("\nclaim (per-aggregate order) + mark, {} rows, batch 1000", scale.claim_rows);
-        println!("{:>14} | {:>14} | {:>6}", "leases rows/s", "by hand rows/s", "ratio");
+        println!(
+            "\nclaim (per-aggregate order) + mark, {} rows, batch 1000",
+            scale.claim_rows
+        );
+        println!(
+            "{:>14} | {:>14} | {:>6}",
+            "leases rows/s", "by hand rows/s", "ratio"
+        );
         println!("{ours:>14.0} | {hand:>14.0} | {:>6.2}", ours / hand);
 
         let (p50, p99, n) = latency(&scale).await;
         println!("\ncommit to broker acknowledgement at 1,000 events/s ({n} events)");
-        println!("p50 {:.1} ms | p99 {:.1} ms", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
+        println!(
+            "p50 {:.1} ms | p99 {:.1} ms",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        );
 
         let single = enqueue_rate(&scale, 1).await;
         let hundred = enqueue_rate(&scale, 100).await;

@@ -1,1 +1,133 @@
-//! Idempotency-Key tower layer and consumer inbox over PostgreSQL. Not yet implemented: see the project issues.
+//! Every retry has its effect once: an `Idempotency-Key` middleware for HTTP (tower, made for
+//! axum), and an inbox with a Kafka consumer runner for events.
+//!
+//! - **HTTP**: [`IdempotencyLayer`] follows the IETF draft "The Idempotency-Key HTTP Header
+//!   Field" and Stripe's behaviour. A request with a key runs once; a retry gets the stored
+//!   response replayed (`Idempotent-Replayed: true`), a concurrent duplicate 409, a reuse of the
+//!   key for a different request 422. The in-flight lock is a lease of the [`leases`] crate,
+//!   separate from the key's retention. Keys live in PostgreSQL ([`PostgresStore`]) or in memory
+//!   ([`MemoryStore`]). With [`Tx`], the handler's writes and the stored response commit in one
+//!   transaction. Every error is [problem+json](problem).
+//! - **Events**: [`inbox::receive`] records `(consumer, event id)` in the handler's transaction
+//!   and says whether the event is fresh or a duplicate; [`Consumer`] runs the whole consume loop
+//!   (decode, one transaction with the inbox and the effects, then the offset; retries in
+//!   partition order; dead letters). It lives here, not in `outbox` nor copied into each
+//!   service, because its guarantee is the inbox's (see [`Consumer`]).
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use axum::{Json, Router, http::StatusCode, response::IntoResponse, routing::post};
+//! use idempotency::{IdempotencyLayer, PostgresStore, Tx};
+//!
+//! #[derive(Clone)]
+//! struct User(String); // inserted by your authentication layer
+//!
+//! async fn create_order(mut tx: Tx, Json(order): Json<serde_json::Value>) -> impl IntoResponse {
+//!     let inserted: Result<i64, _> =
+//!         sqlx::query_scalar("INSERT INTO orders (body) VALUES ($1) RETURNING id")
+//!             .bind(&order)
+//!             .fetch_one(&mut *tx)
+//!             .await;
+//!     match inserted {
+//!         // Stored, and committed together with the order row.
+//!         Ok(id) => {
+//!             (StatusCode::CREATED, [("location", format!("/orders/{id}"))]).into_response()
+//!         }
+//!         // Not stored: the transaction rolls back and the key is released for a retry.
+//!         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
+//! idempotency::MIGRATOR.run(&pool).await?;
+//!
+//! let store = PostgresStore::new(pool.clone());
+//! let layer = IdempotencyLayer::new(store.clone())
+//!     .required()
+//!     .scope(|parts| parts.extensions.get::<User>().map(|user| user.0.clone()));
+//! layer.validate()?;
+//! let app: Router = Router::new()
+//!     .route("/orders", post(create_order))
+//!     .route_layer(layer); // after routing: the route is part of the key's scope
+//!
+//! // Once an hour or so, forget keys past their retention:
+//! store.purge_expired(1000).await?;
+//! # let _ = app; Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! For requests with a key, on a method that is not safe, per (scope, route, key):
+//!
+//! - **At most one running.** While a request holds the key's lease, another request with the
+//!   key gets 409 and does not run. The lease is renewed while the handler runs; if its process
+//!   dies (or stalls without renewing), the key is free again after the lease ttl (30 s by
+//!   default), not after the retention. (With [`PostgresStore`], a crash of PostgreSQL itself
+//!   can lose a lock taken a fraction of a second before it, unless
+//!   [`synchronous_locks`](PostgresStore::synchronous_locks) is on; with [`Tx`] that cannot
+//!   duplicate an effect.)
+//! - **Fencing.** Storing the response checks the lease's owner and token in the same
+//!   statement, so a request that lost its lease (it stalled past the ttl and a retry took the
+//!   key) cannot overwrite the retry's outcome.
+//! - **Exactly-once effect, with [`Tx`].** The handler's writes and the stored response commit
+//!   in one transaction, and the commit is fenced by the lease: either both are there or
+//!   neither. A client retrying the same request until it gets a response other than 409 or
+//!   503 sees the effect happen once and always the same response, for as long as the key is
+//!   retained (24 h by default). A response that is not stored (5xx, a refusal, a panic, a
+//!   cancellation) rolls the writes back.
+//! - **At-least-once-but-not-concurrently, without [`Tx`].** Effects outside the transaction
+//!   (calls to other services, writes on other connections) happen before the response is
+//!   stored: if the process dies in between, or the store fails then, a retry after the lease
+//!   expires runs the handler again. The 5xx, cancellation and panic outcomes release the key
+//!   by default, which also lets a retry run again: configure
+//!   [`release_on_cancel`](IdempotencyLayer::release_on_cancel) and
+//!   [`store_server_errors`](IdempotencyLayer::store_server_errors) when that is wrong for you.
+//! - **Same request.** A key replays only for a request with the same [`Fingerprint`] (method,
+//!   path, canonical query, content type and body); any other gets 422.
+//! - **Fail closed.** When the store cannot be reached, requests with a key get 503 and do not
+//!   run (unless [`fail_open`](IdempotencyLayer::fail_open)).
+//!
+//! For consumers using [`inbox::receive`] (or the [`Consumer`]) on an at-least-once broker:
+//! **exactly-once effect** per (consumer, event id) as long as the effects are written in the
+//! transaction that records the event, and the inbox record is kept longer than the broker may
+//! redeliver ([`inbox::purge`]).
+//!
+//! # Errors
+//!
+//! One [`Error`] type for stores, the inbox and the consumer runner, with
+//! [`Error::is_retriable`]; client mistakes are [`Problem`] responses, never errors.
+
+#![forbid(unsafe_code)]
+
+mod body;
+mod consumer;
+mod error;
+mod fingerprint;
+pub mod inbox;
+mod key;
+mod layer;
+pub mod problem;
+mod service;
+mod store;
+mod tx;
+
+pub use consumer::{
+    Consumer, ConsumerConfig, ConsumerHandle, ConsumerStats, DeadLetterReason, Handler,
+    HandlerError, Message,
+};
+pub use error::{Error, Result};
+pub use fingerprint::{Fingerprint, FingerprintOptions};
+pub use key::{IDEMPOTENCY_KEY, IdempotencyKey, KeyError, MAX_KEY_LEN};
+pub use layer::{IdempotencyLayer, KeyPolicy, stores_by_default, stores_server_errors_too};
+pub use problem::Problem;
+pub use service::{IDEMPOTENT_REPLAYED, Idempotency, ResponseFuture};
+pub use store::memory::MemoryStore;
+pub use store::postgres::PostgresStore;
+pub use store::{Acquire, Record, RecordState, ScopedKey, Store, StoredResponse};
+pub use tx::Tx;
+
+/// The crate's migrations: `idempotency_keys` (keys, their leases and stored responses) and
+/// `idempotency_inbox`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

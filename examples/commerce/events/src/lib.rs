@@ -18,6 +18,8 @@ use uuid::Uuid;
 /// The topic names of one stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
+    /// The prefix (also used to keep consumer groups of different stacks apart).
+    pub prefix: String,
     /// Events published by the order service.
     pub orders: String,
     /// Events published by the inventory service.
@@ -32,6 +34,7 @@ impl Topics {
     /// `<prefix>.orders`, `<prefix>.inventory`, `<prefix>.payments`, `<prefix>.dead-letters`.
     pub fn new(prefix: &str) -> Self {
         Self {
+            prefix: prefix.to_owned(),
             orders: format!("{prefix}.orders"),
             inventory: format!("{prefix}.inventory"),
             payments: format!("{prefix}.payments"),

@@ -1,1 +1,137 @@
-//! Reference commerce system, inventory crate: not yet implemented (see the project issues).
+//! The commerce system's inventory service: stock per product, all-or-nothing reservations for
+//! orders, confirmation and release of reservations, a movement for every change, and a
+//! `StockLevelChanged` event for every change (plus a snapshot of every product at start-up).
+//!
+//! Run it with `cargo run -p commerce-launcher -- inventory` (it listens on `INVENTORY_ADDR`,
+//! default `127.0.0.1:8082`, and uses the database `<COMMERCE_DB_PREFIX>_inventory`; see
+//! `docs/commerce.md`).
+//!
+//! - **Saga** ([`Saga`], consumer `inventory.saga` of the orders and payments topics):
+//!   `OrderPlaced` reserves every line or none and publishes `StockReserved` or
+//!   `StockReservationFailed`; `PaymentApproved` confirms the reservation (`StockConfirmed`);
+//!   `PaymentDeclined` and `OrderCancelled` release it (`StockReleased`).
+//! - **Admin API** ([`app`], bearer JWT with the `admin` role): `GET /api/v1/stock/{id}`,
+//!   `POST /api/v1/stock/{id}/add`, `PUT /api/v1/stock/{id}`,
+//!   `GET /api/v1/stock/{id}/movements`, and the OpenAPI document at `GET /openapi.json`.
+//!
+//! # Guarantees
+//!
+//! - **Never negative, never oversold.** The arithmetic ([`domain`]) refuses any change that
+//!   would make a total or a reservation negative or reserve more than is owned, and the
+//!   `stock` table's `CHECK (reserved >= 0 AND reserved <= total AND total >= 0)` refuses to
+//!   commit one anyway. Concurrent reservations serialize on the stock rows' locks, taken in
+//!   `product_id` order so they cannot deadlock.
+//! - **All or nothing.** An order's reservations, movements, stock figures and outgoing events
+//!   commit in one transaction, together with the inbox record of the `OrderPlaced` that caused
+//!   them.
+//! - **Once per event.** The consumer runs on `idempotency::Consumer`: a redelivered event is a
+//!   duplicate in the inbox and changes nothing. Events are published at least once through the
+//!   outbox; `StockLevelChanged` carries a per-product `version` so readers keep the newest.
+
+#![forbid(unsafe_code)]
+
+pub mod domain;
+mod error;
+pub mod events;
+pub mod http;
+mod repo;
+
+use std::time::Duration;
+
+use commerce_platform::Config;
+use commerce_platform::runtime::{self, Parts, Running};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::sync::watch;
+
+pub use error::{Error, Result};
+pub use events::{Saga, publish_snapshot};
+pub use http::{AppState, app};
+
+/// The service's own migrations (`stock`, `reservations`, `movements`; versions 20260302...).
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Everything the service's database needs: the `leases`, `idempotency` and `outbox` migrations
+/// and [`MIGRATOR`], in version order.
+pub fn migrator() -> Migrator {
+    commerce_platform::setup::merge(&[
+        &leases::MIGRATOR,
+        &idempotency::MIGRATOR,
+        &outbox::MIGRATOR,
+        &MIGRATOR,
+    ])
+}
+
+/// The consumer (and consumer group, and inbox) name of the saga.
+pub const SAGA_CONSUMER: &str = "inventory.saga";
+
+/// How long inbox records are kept: longer than the broker may redeliver an event.
+const INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// Starts the service: its database (created and migrated), the stock snapshot, the saga
+/// consumer, an hourly purge of old inbox records, the outbox relay and the HTTP server.
+///
+/// # Errors
+///
+/// A message saying which part could not start.
+pub async fn start(config: &Config) -> Result<Running, String> {
+    let pool = commerce_platform::setup::database(
+        config,
+        "inventory",
+        &[
+            &leases::MIGRATOR,
+            &idempotency::MIGRATOR,
+            &outbox::MIGRATOR,
+            &MIGRATOR,
+        ],
+    )
+    .await
+    .map_err(|e| format!("inventory: database: {e}"))?;
+    publish_snapshot(&pool, &config.topics)
+        .await
+        .map_err(|e| format!("inventory: snapshot: {e}"))?;
+    let (stop_tx, stop_rx) = runtime::stop_signal();
+    let saga = runtime::consume(
+        config,
+        &pool,
+        SAGA_CONSUMER,
+        &[&config.topics.orders, &config.topics.payments],
+        Saga::new(config.topics.clone()),
+    )
+    .map_err(|e| format!("inventory: consumer: {e}"))?;
+    let purge = tokio::spawn(purge_inbox(pool.clone(), stop_rx));
+    let state = AppState {
+        pool: pool.clone(),
+        auth: config.authenticator(),
+        topics: config.topics.clone(),
+    };
+    runtime::start(
+        "inventory",
+        config,
+        &pool,
+        config.addrs.inventory,
+        Parts {
+            router: app(state),
+            consumers: vec![saga],
+            jobs: vec![purge],
+        },
+        stop_tx,
+    )
+    .await
+}
+
+/// Deletes inbox records older than [`INBOX_RETENTION`] once an hour until `stop` flips.
+async fn purge_inbox(pool: PgPool, mut stop: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(60 * 60));
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match idempotency::inbox::purge(&pool, INBOX_RETENTION, 1000).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "inventory: purged old inbox records"),
+            Err(error) => tracing::warn!(%error, "inventory: purging the inbox failed"),
+        }
+    }
+}

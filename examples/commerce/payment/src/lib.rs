@@ -1,1 +1,139 @@
-//! Reference commerce system, payment crate: not yet implemented (see the project issues).
+//! The commerce system's payment service: charges an order once its stock is reserved, at most
+//! once per order, through a deterministic fake provider, and refunds it if the order is then
+//! cancelled (see `docs/commerce.md`).
+//!
+//! Run it (with the other services) with `cargo run -p commerce-launcher -- payment`; it listens
+//! on `PAYMENT_ADDR` (default `127.0.0.1:8083`) and keeps its state in the `commerce_payment`
+//! database.
+//!
+//! # What it does
+//!
+//! One consumer, `payment.saga`, reads the inventory and orders topics ([`Saga`]):
+//!
+//! - `StockReserved` -> a `PENDING` payment, then the [provider]'s answer: `APPROVED`
+//!   and `PaymentApproved`, `DECLINED` and `PaymentDeclined`, or no answer (the payment stays
+//!   `PENDING` and nothing is published; the order service's reservation expiry cancels the
+//!   order).
+//! - `OrderCancelled` -> the order is recorded as cancelled; an `APPROVED` payment is refunded
+//!   (`REFUNDED`, `PaymentRefunded`), a `PENDING` one is abandoned (`DECLINED`, "order
+//!   cancelled").
+//!
+//! The HTTP API only reads: `GET /api/v1/payments/{order_id}` (admin bearer token), plus
+//! `GET /openapi.json` and the operations routes (`/health`, `/ready`, `/metrics`).
+//!
+//! # Guarantees
+//!
+//! - **At most one charge per order.** The `payments` table's primary key is the order id, so
+//!   no second payment row can exist, whether the same `StockReserved` is redelivered (the
+//!   inbox skips it anyway) or two different events ask for the same order.
+//! - **Never a charge after a cancellation.** Cancellations are recorded in `cancelled_orders`,
+//!   and a reservation for a recorded order is not charged. Both handlers take a per-order
+//!   advisory lock first, so a reservation and a cancellation of the same order handled at
+//!   the same time (they travel on different topics) are serialized: either the charge comes
+//!   first and the cancellation refunds it, or the cancellation comes first and there is no
+//!   charge.
+//! - **Exactly-once effect per event.** Each event's effects (payment row, cancellation record,
+//!   published events through the outbox) commit in one transaction with the consumer's inbox
+//!   record; the events then reach Kafka at least once through the outbox relay.
+//!
+//! The fake provider is called inside that transaction: it is instantaneous and has no side
+//! effects. A real provider would be called with the payment id as its idempotency key, so
+//! that a transaction retried after the call cannot charge twice.
+
+#![forbid(unsafe_code)]
+
+pub mod domain;
+pub mod events;
+mod http;
+pub mod provider;
+mod repo;
+
+use axum::Router;
+use axum::extract::FromRef;
+use commerce_platform::runtime::{self, Parts};
+use commerce_platform::{Authenticator, Config, Running, setup};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+pub use events::{CONSUMER, Saga};
+
+/// The service's own migrations (`payments`, `cancelled_orders`).
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Every migration the service's database needs: leases, idempotency (the inbox), outbox and
+/// [`MIGRATOR`], in version order.
+pub fn migrator() -> Migrator {
+    setup::merge(&[
+        &leases::MIGRATOR,
+        &idempotency::MIGRATOR,
+        &outbox::MIGRATOR,
+        &MIGRATOR,
+    ])
+}
+
+/// What the HTTP handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The service's database.
+    pub pool: PgPool,
+    /// Verifies bearer tokens.
+    pub auth: Authenticator,
+}
+
+impl FromRef<AppState> for Authenticator {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+/// The HTTP API (without the operations routes, which [`start`] adds).
+pub fn app(state: AppState) -> Router {
+    http::routes().with_state(state)
+}
+
+/// Starts the service: its database (created and migrated), the `payment.saga` consumer, the
+/// outbox relay and the HTTP server on `config.addrs.payment`.
+///
+/// # Errors
+///
+/// A message saying what could not be set up.
+pub async fn start(config: &Config) -> Result<Running, String> {
+    let pool = setup::database(
+        config,
+        "payment",
+        &[
+            &leases::MIGRATOR,
+            &idempotency::MIGRATOR,
+            &outbox::MIGRATOR,
+            &MIGRATOR,
+        ],
+    )
+    .await
+    .map_err(|e| format!("payment: database: {e}"))?;
+    let saga = runtime::consume(
+        config,
+        &pool,
+        CONSUMER,
+        &[&config.topics.inventory, &config.topics.orders],
+        Saga::new(config.topics.clone()),
+    )
+    .map_err(|e| format!("payment: consumer {CONSUMER}: {e}"))?;
+    let (stop, _) = runtime::stop_signal();
+    let state = AppState {
+        pool: pool.clone(),
+        auth: config.authenticator(),
+    };
+    runtime::start(
+        "payment",
+        config,
+        &pool,
+        config.addrs.payment,
+        Parts {
+            router: app(state),
+            consumers: vec![saga],
+            jobs: Vec::new(),
+        },
+        stop,
+    )
+    .await
+}

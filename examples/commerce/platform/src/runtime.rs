@@ -44,8 +44,8 @@ pub fn stop_signal() -> (watch::Sender<bool>, watch::Receiver<bool>) {
     watch::channel(false)
 }
 
-/// Starts a consumer of `topics` named `name` (its group and inbox name; use `<service>.<purpose>`),
-/// dead-lettering to the stack's dead-letter topic.
+/// Starts a consumer of `topics` named `name` (its inbox name; use `<service>.<purpose>`), in the
+/// consumer group `<topic prefix>.<name>`, dead-lettering to the stack's dead-letter topic.
 ///
 /// # Errors
 ///
@@ -58,6 +58,7 @@ pub fn consume<H: Handler>(
     handler: H,
 ) -> Result<ConsumerHandle, idempotency::Error> {
     let mut consumer = ConsumerConfig::new(name, config.consumer_config())
+        .group_id(format!("{}.{name}", config.topics.prefix))
         .dead_letter_topic(&config.topics.dead_letters)
         .dead_letter_producer(config.producer_config())
         .backoff(Duration::from_millis(100), Duration::from_secs(5));

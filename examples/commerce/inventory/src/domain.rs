@@ -1,0 +1,595 @@
+//! Stock arithmetic: plain functions over [`Level`]s, no I/O.
+//!
+//! Every function returns the new figures or says why the change is refused; none can produce a
+//! negative total, a negative reservation or more reserved than owned (the database's `CHECK`
+//! constraint backs this up).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use commerce_events::Line;
+use uuid::Uuid;
+
+/// The most units one admin request may add.
+pub const MAX_ADD: i32 = 1_000_000;
+
+/// A product's stock figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Level {
+    /// Units owned.
+    pub total: i32,
+    /// Units held by reservations (at most `total`).
+    pub reserved: i32,
+}
+
+impl Level {
+    /// An empty level (nothing owned, nothing reserved): a product's stock before its first add.
+    pub const EMPTY: Level = Level {
+        total: 0,
+        reserved: 0,
+    };
+
+    /// Units that can still be reserved: `total - reserved`.
+    pub fn available(self) -> i32 {
+        self.total - self.reserved
+    }
+
+    /// Whether the figures hold the invariant `0 <= reserved <= total`.
+    pub fn is_valid(self) -> bool {
+        self.reserved >= 0 && self.reserved <= self.total
+    }
+
+    /// `(delta_total, delta_reserved)` from `self` to `after`, as a movement records it.
+    pub fn delta_to(self, after: Level) -> (i32, i32) {
+        (after.total - self.total, after.reserved - self.reserved)
+    }
+}
+
+/// Why a change of one product's stock is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StockError {
+    /// A quantity that is zero, negative or too large for the operation.
+    #[error("invalid quantity {0}")]
+    InvalidQuantity(i64),
+    /// More units asked for than are available.
+    #[error("{requested} requested, {available} available")]
+    Insufficient {
+        /// Units asked for.
+        requested: i32,
+        /// Units available.
+        available: i32,
+    },
+    /// Settling (confirming or releasing) more units than are reserved: the data is inconsistent.
+    #[error("{requested} units to settle, only {reserved} reserved")]
+    NotReserved {
+        /// Units to settle.
+        requested: i32,
+        /// Units reserved.
+        reserved: i32,
+    },
+    /// A new total below what reservations hold.
+    #[error("total {total} is below the {reserved} reserved units")]
+    BelowReserved {
+        /// The requested total.
+        total: i64,
+        /// Units reserved.
+        reserved: i32,
+    },
+    /// The total would not fit the stock figure's range.
+    #[error("the total would exceed {}", i32::MAX)]
+    TooLarge,
+}
+
+fn positive(quantity: i32) -> Result<(), StockError> {
+    if quantity > 0 {
+        Ok(())
+    } else {
+        Err(StockError::InvalidQuantity(quantity.into()))
+    }
+}
+
+/// Adds `quantity` units (an admin restock): `total += quantity`, `1..=MAX_ADD` at a time.
+///
+/// # Errors
+///
+/// [`StockError::InvalidQuantity`] outside `1..=MAX_ADD`, [`StockError::TooLarge`] on overflow.
+pub fn add(level: Level, quantity: i32) -> Result<Level, StockError> {
+    if !(1..=MAX_ADD).contains(&quantity) {
+        return Err(StockError::InvalidQuantity(quantity.into()));
+    }
+    let total = level
+        .total
+        .checked_add(quantity)
+        .ok_or(StockError::TooLarge)?;
+    Ok(Level { total, ..level })
+}
+
+/// Sets the total (an admin stock count): refused below what is reserved.
+///
+/// # Errors
+///
+/// [`StockError::BelowReserved`] when `total < reserved` (including any negative total),
+/// [`StockError::TooLarge`] beyond `i32::MAX`.
+pub fn adjust(level: Level, total: i64) -> Result<Level, StockError> {
+    if total < i64::from(level.reserved) || total < 0 {
+        return Err(StockError::BelowReserved {
+            total,
+            reserved: level.reserved,
+        });
+    }
+    let total = i32::try_from(total).map_err(|_| StockError::TooLarge)?;
+    Ok(Level { total, ..level })
+}
+
+/// Holds `quantity` units for an order: `reserved += quantity`, refused beyond what is available.
+///
+/// # Errors
+///
+/// [`StockError::InvalidQuantity`] for a quantity below one, [`StockError::Insufficient`]
+/// when fewer units are available.
+pub fn reserve(level: Level, quantity: i32) -> Result<Level, StockError> {
+    positive(quantity)?;
+    if quantity > level.available() {
+        return Err(StockError::Insufficient {
+            requested: quantity,
+            available: level.available(),
+        });
+    }
+    Ok(Level {
+        reserved: level.reserved + quantity,
+        ..level
+    })
+}
+
+/// Turns a reservation of `quantity` units into a sale: `total -= quantity`, `reserved -= quantity`.
+///
+/// # Errors
+///
+/// [`StockError::InvalidQuantity`] for a quantity below one, [`StockError::NotReserved`] when
+/// fewer units are reserved.
+pub fn confirm(level: Level, quantity: i32) -> Result<Level, StockError> {
+    positive(quantity)?;
+    if quantity > level.reserved {
+        return Err(StockError::NotReserved {
+            requested: quantity,
+            reserved: level.reserved,
+        });
+    }
+    Ok(Level {
+        total: level.total - quantity,
+        reserved: level.reserved - quantity,
+    })
+}
+
+/// Gives a reservation of `quantity` units back: `reserved -= quantity`.
+///
+/// # Errors
+///
+/// As [`confirm`].
+pub fn release(level: Level, quantity: i32) -> Result<Level, StockError> {
+    positive(quantity)?;
+    if quantity > level.reserved {
+        return Err(StockError::NotReserved {
+            requested: quantity,
+            reserved: level.reserved,
+        });
+    }
+    Ok(Level {
+        reserved: level.reserved - quantity,
+        ..level
+    })
+}
+
+/// Why an order cannot be reserved. Its [`Display`](fmt::Display) is the
+/// `StockReservationFailed` reason and names the product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The order has no lines.
+    NoLines,
+    /// A line's quantity is below one, or the lines of one product add up past `i32::MAX`.
+    InvalidQuantity {
+        /// The product.
+        product_id: Uuid,
+        /// The quantity.
+        quantity: i64,
+    },
+    /// The product has no stock row.
+    UnknownProduct {
+        /// The product.
+        product_id: Uuid,
+    },
+    /// Fewer units available than the order asks for.
+    Insufficient {
+        /// The product.
+        product_id: Uuid,
+        /// Units the order asks for.
+        requested: i32,
+        /// Units available.
+        available: i32,
+    },
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::NoLines => f.write_str("the order has no lines"),
+            Rejection::InvalidQuantity {
+                product_id,
+                quantity,
+            } => write!(f, "invalid quantity {quantity} for product {product_id}"),
+            Rejection::UnknownProduct { product_id } => {
+                write!(f, "no stock for product {product_id}")
+            }
+            Rejection::Insufficient {
+                product_id,
+                requested,
+                available,
+            } => write!(
+                f,
+                "insufficient stock for product {product_id}: {requested} requested, {available} available"
+            ),
+        }
+    }
+}
+
+/// What an order asks for, per product: lines of the same product summed, sorted by product id
+/// (the order in which their stock rows are locked).
+///
+/// # Errors
+///
+/// [`Rejection::NoLines`] for an empty order, [`Rejection::InvalidQuantity`] for a line below
+/// one unit or a product whose lines overflow.
+pub fn demand(lines: &[Line]) -> Result<Vec<(Uuid, i32)>, Rejection> {
+    if lines.is_empty() {
+        return Err(Rejection::NoLines);
+    }
+    let mut merged: BTreeMap<Uuid, i32> = BTreeMap::new();
+    for line in lines {
+        let invalid = || Rejection::InvalidQuantity {
+            product_id: line.product_id,
+            quantity: line.quantity.into(),
+        };
+        if line.quantity < 1 {
+            return Err(invalid());
+        }
+        let sum = merged.entry(line.product_id).or_insert(0);
+        *sum = sum.checked_add(line.quantity).ok_or_else(invalid)?;
+    }
+    Ok(merged.into_iter().collect())
+}
+
+/// One product's part of an accepted reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    /// The product.
+    pub product_id: Uuid,
+    /// Units reserved.
+    pub quantity: i32,
+    /// The figures before.
+    pub before: Level,
+    /// The figures after.
+    pub after: Level,
+}
+
+/// All or nothing: reserves every product of `demand` (from [`demand`]) against `levels`, or
+/// none. The first product (in `demand`'s order) that is unknown or short is the rejection.
+///
+/// # Errors
+///
+/// [`Rejection::UnknownProduct`] or [`Rejection::Insufficient`]; nothing is reserved then.
+pub fn can_reserve(
+    demand: &[(Uuid, i32)],
+    levels: &HashMap<Uuid, Level>,
+) -> Result<Vec<Hold>, Rejection> {
+    demand
+        .iter()
+        .map(|&(product_id, quantity)| {
+            let before = *levels
+                .get(&product_id)
+                .ok_or(Rejection::UnknownProduct { product_id })?;
+            let after = reserve(before, quantity).map_err(|e| match e {
+                StockError::Insufficient {
+                    requested,
+                    available,
+                } => Rejection::Insufficient {
+                    product_id,
+                    requested,
+                    available,
+                },
+                _ => Rejection::InvalidQuantity {
+                    product_id,
+                    quantity: quantity.into(),
+                },
+            })?;
+            Ok(Hold {
+                product_id,
+                quantity,
+                before,
+                after,
+            })
+        })
+        .collect()
+}
+
+/// The state of one product's reservation for one order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReservationState {
+    /// Units held, waiting for the payment.
+    Reserved,
+    /// Paid: the units are sold.
+    Confirmed,
+    /// Given back (payment declined, order cancelled).
+    Released,
+}
+
+impl ReservationState {
+    /// The value stored in the `state` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationState::Reserved => "RESERVED",
+            ReservationState::Confirmed => "CONFIRMED",
+            ReservationState::Released => "RELEASED",
+        }
+    }
+}
+
+/// How a reservation ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settlement {
+    /// The payment was approved: [`confirm`].
+    Confirm,
+    /// The payment was declined or the order cancelled: [`release`].
+    Release,
+}
+
+impl Settlement {
+    /// The reservation state it leads to, from [`ReservationState::Reserved`] (the only state
+    /// that can be settled; others are left as they are).
+    pub fn target(self) -> ReservationState {
+        match self {
+            Settlement::Confirm => ReservationState::Confirmed,
+            Settlement::Release => ReservationState::Released,
+        }
+    }
+
+    /// The movement it records.
+    pub fn kind(self) -> MovementKind {
+        match self {
+            Settlement::Confirm => MovementKind::Confirm,
+            Settlement::Release => MovementKind::Release,
+        }
+    }
+
+    /// Applies it to a product's level for `quantity` reserved units.
+    ///
+    /// # Errors
+    ///
+    /// As [`confirm`] and [`release`].
+    pub fn apply(self, level: Level, quantity: i32) -> Result<Level, StockError> {
+        match self {
+            Settlement::Confirm => confirm(level, quantity),
+            Settlement::Release => release(level, quantity),
+        }
+    }
+}
+
+/// What a movement records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MovementKind {
+    /// An admin added units.
+    Add,
+    /// An admin set the total.
+    Adjust,
+    /// An order reserved units.
+    Reserve,
+    /// A reservation was sold.
+    Confirm,
+    /// A reservation was given back.
+    Release,
+}
+
+impl MovementKind {
+    /// The value stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MovementKind::Add => "add",
+            MovementKind::Adjust => "adjust",
+            MovementKind::Reserve => "reserve",
+            MovementKind::Confirm => "confirm",
+            MovementKind::Release => "release",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(total: i32, reserved: i32) -> Level {
+        Level { total, reserved }
+    }
+
+    fn line(product_id: Uuid, quantity: i32) -> Line {
+        Line {
+            product_id,
+            quantity,
+            unit_price_cents: 100,
+        }
+    }
+
+    #[test]
+    fn reserve_takes_only_what_is_available() {
+        assert_eq!(reserve(level(10, 3), 7), Ok(level(10, 10)));
+        assert_eq!(
+            reserve(level(10, 3), 8),
+            Err(StockError::Insufficient {
+                requested: 8,
+                available: 7
+            })
+        );
+        assert_eq!(
+            reserve(level(10, 0), 0),
+            Err(StockError::InvalidQuantity(0))
+        );
+        assert_eq!(
+            reserve(level(10, 0), -1),
+            Err(StockError::InvalidQuantity(-1))
+        );
+    }
+
+    #[test]
+    fn confirm_sells_and_release_gives_back() {
+        assert_eq!(confirm(level(10, 4), 3), Ok(level(7, 1)));
+        assert_eq!(release(level(10, 4), 3), Ok(level(10, 1)));
+        assert_eq!(Settlement::Confirm.apply(level(5, 5), 5), Ok(level(0, 0)));
+        assert_eq!(Settlement::Release.apply(level(5, 5), 5), Ok(level(5, 0)));
+    }
+
+    #[test]
+    fn add_and_adjust() {
+        assert_eq!(add(Level::EMPTY, 5), Ok(level(5, 0)));
+        assert_eq!(add(level(1, 1), MAX_ADD), Ok(level(1 + MAX_ADD, 1)));
+        assert_eq!(add(level(1, 0), 0), Err(StockError::InvalidQuantity(0)));
+        assert_eq!(
+            add(level(1, 0), MAX_ADD + 1),
+            Err(StockError::InvalidQuantity((MAX_ADD + 1).into()))
+        );
+        assert_eq!(add(level(i32::MAX, 0), 1), Err(StockError::TooLarge));
+        assert_eq!(adjust(level(10, 4), 4), Ok(level(4, 4)));
+        assert_eq!(adjust(level(10, 4), 40), Ok(level(40, 4)));
+        assert_eq!(
+            adjust(level(10, 4), 3),
+            Err(StockError::BelowReserved {
+                total: 3,
+                reserved: 4
+            })
+        );
+        assert_eq!(
+            adjust(level(10, 0), i64::from(i32::MAX) + 1),
+            Err(StockError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn never_negative() {
+        // Whatever sequence of operations is tried, an accepted result keeps the invariant,
+        // and nothing takes a level below zero.
+        let quantities = [-2, -1, 0, 1, 2, 3, 5, 8, i32::MAX];
+        let mut levels = vec![Level::EMPTY, level(1, 0), level(1, 1), level(5, 2)];
+        for _ in 0..3 {
+            let mut next = Vec::new();
+            for &l in &levels {
+                for &q in &quantities {
+                    let results = [
+                        add(l, q),
+                        adjust(l, q.into()),
+                        reserve(l, q),
+                        confirm(l, q),
+                        release(l, q),
+                    ];
+                    for after in results.into_iter().flatten() {
+                        assert!(after.is_valid(), "{l:?} -> {after:?}");
+                        assert!(after.total >= 0 && after.reserved >= 0 && after.available() >= 0);
+                        next.push(after);
+                    }
+                }
+            }
+            next.sort_by_key(|l| (l.total, l.reserved));
+            next.dedup();
+            next.truncate(64);
+            levels = next;
+        }
+        assert_eq!(
+            release(level(3, 0), 1),
+            Err(StockError::NotReserved {
+                requested: 1,
+                reserved: 0
+            })
+        );
+        assert_eq!(
+            confirm(level(3, 1), 2),
+            Err(StockError::NotReserved {
+                requested: 2,
+                reserved: 1
+            })
+        );
+        assert!(matches!(
+            adjust(level(3, 0), -1),
+            Err(StockError::BelowReserved { .. })
+        ));
+    }
+
+    #[test]
+    fn demand_merges_lines_and_sorts_by_product() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        assert_eq!(
+            demand(&[line(b, 1), line(a, 2), line(b, 3)]),
+            Ok(vec![(a, 2), (b, 4)])
+        );
+        assert_eq!(demand(&[]), Err(Rejection::NoLines));
+        assert_eq!(
+            demand(&[line(a, 1), line(b, 0)]),
+            Err(Rejection::InvalidQuantity {
+                product_id: b,
+                quantity: 0
+            })
+        );
+        assert!(matches!(
+            demand(&[line(a, i32::MAX), line(a, 1)]),
+            Err(Rejection::InvalidQuantity { product_id, .. }) if product_id == a
+        ));
+    }
+
+    #[test]
+    fn can_reserve_is_all_or_nothing() {
+        let (a, b, c) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let levels = HashMap::from([(a, level(5, 0)), (b, level(2, 1))]);
+        let holds = can_reserve(&[(a, 5), (b, 1)], &levels).expect("enough of both");
+        assert_eq!(
+            holds,
+            vec![
+                Hold {
+                    product_id: a,
+                    quantity: 5,
+                    before: level(5, 0),
+                    after: level(5, 5)
+                },
+                Hold {
+                    product_id: b,
+                    quantity: 1,
+                    before: level(2, 1),
+                    after: level(2, 2)
+                },
+            ]
+        );
+        let short = can_reserve(&[(a, 1), (b, 2)], &levels);
+        assert_eq!(
+            short,
+            Err(Rejection::Insufficient {
+                product_id: b,
+                requested: 2,
+                available: 1
+            })
+        );
+        let reason = short.expect_err("short").to_string();
+        assert!(reason.contains(&b.to_string()), "{reason}");
+        let unknown = can_reserve(&[(a, 1), (c, 1)], &levels);
+        assert_eq!(unknown, Err(Rejection::UnknownProduct { product_id: c }));
+        assert!(
+            unknown
+                .expect_err("unknown")
+                .to_string()
+                .contains(&c.to_string())
+        );
+    }
+
+    #[test]
+    fn deltas_and_names() {
+        assert_eq!(level(10, 2).delta_to(level(7, 0)), (-3, -2));
+        assert_eq!(Settlement::Confirm.target(), ReservationState::Confirmed);
+        assert_eq!(Settlement::Release.kind().as_str(), "release");
+        assert_eq!(ReservationState::Reserved.as_str(), "RESERVED");
+    }
+}

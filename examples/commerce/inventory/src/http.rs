@@ -1,0 +1,372 @@
+//! The admin HTTP API: stock figures, restocks, counts and movements (bearer JWT with the `admin`
+//! role), and its OpenAPI document at `GET /openapi.json`.
+//!
+//! A change writes the stock row, its movement and a `StockLevelChanged` outbox event in one
+//! transaction. Bad input is a problem+json 4xx and writes nothing.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRef, Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use commerce_events::Topics;
+use commerce_platform::{Admin, ApiError, Authenticator};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::PgPool;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use uuid::Uuid;
+
+use crate::Error;
+use crate::domain::{self, MAX_ADD, MovementKind};
+use crate::events::{change, enqueue, level_changed};
+use crate::repo::{self, StockRow};
+
+/// What the HTTP handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The inventory database.
+    pub pool: PgPool,
+    /// Verifies bearer tokens.
+    pub auth: Authenticator,
+    /// Where `StockLevelChanged` events go.
+    pub topics: Topics,
+}
+
+impl FromRef<AppState> for Authenticator {
+    fn from_ref(state: &AppState) -> Self {
+        state.auth.clone()
+    }
+}
+
+/// The API's routes (the operations routes are added by `commerce_platform::runtime::start`).
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/api/v1/stock/{product_id}",
+            get(get_stock).put(adjust_stock),
+        )
+        .route("/api/v1/stock/{product_id}/add", post(add_stock))
+        .route("/api/v1/stock/{product_id}/movements", get(list_movements))
+        .route("/openapi.json", get(openapi))
+        .with_state(state)
+}
+
+/// `POST /api/v1/stock/{product_id}/add`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddStock {
+    /// Units to add, `1..=1_000_000`.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub quantity: i64,
+}
+
+/// `PUT /api/v1/stock/{product_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustStock {
+    /// The counted total, at least the reserved units.
+    #[schema(minimum = 0, maximum = 2_147_483_647)]
+    pub total: i64,
+}
+
+/// A product's stock figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StockView {
+    /// The product.
+    pub product_id: Uuid,
+    /// Units owned.
+    pub total: i32,
+    /// Units held by reservations.
+    pub reserved: i32,
+    /// `total - reserved`.
+    pub available: i32,
+    /// Increases with every change.
+    pub version: i64,
+}
+
+impl From<&StockRow> for StockView {
+    fn from(row: &StockRow) -> Self {
+        Self {
+            product_id: row.product_id,
+            total: row.level.total,
+            reserved: row.level.reserved,
+            available: row.level.available(),
+            version: row.version,
+        }
+    }
+}
+
+/// One change of a product's stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MovementView {
+    /// Increasing with time.
+    pub id: i64,
+    /// The order that caused it (reserve, confirm, release).
+    pub order_id: Option<Uuid>,
+    /// `add`, `adjust`, `reserve`, `confirm` or `release`.
+    pub kind: String,
+    /// Change of the total.
+    pub delta_total: i32,
+    /// Change of the reserved units.
+    pub delta_reserved: i32,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A product's movements, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MovementsView {
+    /// The product.
+    pub product_id: Uuid,
+    /// Newest first.
+    pub movements: Vec<MovementView>,
+}
+
+/// `GET /api/v1/stock/{product_id}/movements` query.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MovementsQuery {
+    /// How many, `1..=1000` (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+}
+
+/// An RFC 9457 problem, as every error is answered (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// `https://errors.commerce.example/<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The status's reason phrase.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong.
+    pub detail: String,
+    /// Stable: `bad-request`, `unauthorized`, `forbidden`, `not-found`, `conflict`, ...
+    pub code: String,
+}
+
+fn product(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
+    path.map(|Path(id)| id)
+        .map_err(|e| ApiError::BadRequest(format!("invalid product id: {}", e.body_text())))
+}
+
+/// The JSON body as `T`: an object (serde would also accept an array for a struct), with no
+/// unknown fields.
+fn object<T: DeserializeOwned>(body: Result<Json<Value>, JsonRejection>) -> Result<T, ApiError> {
+    let Json(value) = body?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+}
+
+fn no_stock(product_id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no stock for product {product_id}"))
+}
+
+/// A product's stock figures.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stock/{product_id}",
+    tag = "stock",
+    params(("product_id" = Uuid, Path, description = "The product")),
+    responses(
+        (status = 200, description = "The figures", body = StockView),
+        (status = 400, description = "Invalid product id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No stock for the product", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_stock(
+    State(state): State<AppState>,
+    _admin: Admin,
+    path: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<StockView>, ApiError> {
+    let product_id = product(path)?;
+    let mut conn = state.pool.acquire().await?;
+    let row = repo::stock(&mut conn, product_id)
+        .await?
+        .ok_or_else(|| no_stock(product_id))?;
+    Ok(Json(StockView::from(&row)))
+}
+
+/// Adds units (creating the product's stock at zero first if it has none).
+#[utoipa::path(
+    post,
+    path = "/api/v1/stock/{product_id}/add",
+    tag = "stock",
+    params(("product_id" = Uuid, Path, description = "The product")),
+    request_body = AddStock,
+    responses(
+        (status = 200, description = "The new figures", body = StockView),
+        (status = 400, description = "Invalid body or product id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The total would overflow", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn add_stock(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    path: Result<Path<Uuid>, PathRejection>,
+    json: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<StockView>, ApiError> {
+    let product_id = product(path)?;
+    let body: AddStock = object(json)?;
+    let quantity = i32::try_from(body.quantity)
+        .ok()
+        .filter(|q| (1..=MAX_ADD).contains(q))
+        .ok_or_else(|| ApiError::BadRequest(format!("quantity must be between 1 and {MAX_ADD}")))?;
+    let mut tx = state.pool.begin().await?;
+    repo::ensure_stock(&mut tx, product_id).await?;
+    let row = repo::lock_stock(&mut tx, &[product_id])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| no_stock(product_id))?;
+    let after = domain::add(row.level, quantity).map_err(Error::from)?;
+    let changed = change(&mut tx, row, after, MovementKind::Add, None).await?;
+    enqueue(&mut tx, &state.topics, vec![level_changed(&changed)]).await?;
+    tx.commit().await?;
+    tracing::info!(%product_id, admin = %admin.sub, quantity, version = changed.version, "inventory: stock added");
+    Ok(Json(StockView::from(&changed)))
+}
+
+/// Sets the total (a stock count); refused below the reserved units.
+#[utoipa::path(
+    put,
+    path = "/api/v1/stock/{product_id}",
+    tag = "stock",
+    params(("product_id" = Uuid, Path, description = "The product")),
+    request_body = AdjustStock,
+    responses(
+        (status = 200, description = "The new figures (unchanged, and nothing recorded, when the total is the same)", body = StockView),
+        (status = 400, description = "Invalid body or product id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No stock for the product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The total is below the reserved units", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn adjust_stock(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    path: Result<Path<Uuid>, PathRejection>,
+    json: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<StockView>, ApiError> {
+    let product_id = product(path)?;
+    let body: AdjustStock = object(json)?;
+    if !(0..=i64::from(i32::MAX)).contains(&body.total) {
+        return Err(ApiError::BadRequest(format!(
+            "total must be between 0 and {}",
+            i32::MAX
+        )));
+    }
+    let mut tx = state.pool.begin().await?;
+    let row = repo::lock_stock(&mut tx, &[product_id])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| no_stock(product_id))?;
+    let after = domain::adjust(row.level, body.total).map_err(Error::from)?;
+    if after == row.level {
+        return Ok(Json(StockView::from(&row)));
+    }
+    let changed = change(&mut tx, row, after, MovementKind::Adjust, None).await?;
+    enqueue(&mut tx, &state.topics, vec![level_changed(&changed)]).await?;
+    tx.commit().await?;
+    tracing::info!(%product_id, admin = %admin.sub, total = after.total, version = changed.version, "inventory: stock adjusted");
+    Ok(Json(StockView::from(&changed)))
+}
+
+/// A product's movements, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stock/{product_id}/movements",
+    tag = "stock",
+    params(("product_id" = Uuid, Path, description = "The product"), MovementsQuery),
+    responses(
+        (status = 200, description = "The movements", body = MovementsView),
+        (status = 400, description = "Invalid product id or limit", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No stock for the product", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_movements(
+    State(state): State<AppState>,
+    _admin: Admin,
+    path: Result<Path<Uuid>, PathRejection>,
+    query: Result<Query<MovementsQuery>, QueryRejection>,
+) -> Result<Json<MovementsView>, ApiError> {
+    let product_id = product(path)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 1000".into(),
+        ));
+    }
+    let mut conn = state.pool.acquire().await?;
+    if repo::stock(&mut conn, product_id).await?.is_none() {
+        return Err(no_stock(product_id));
+    }
+    let movements = repo::movements(&mut conn, product_id, limit)
+        .await?
+        .into_iter()
+        .map(|m| MovementView {
+            id: m.id,
+            order_id: m.order_id,
+            kind: m.kind,
+            delta_total: m.delta_total,
+            delta_reserved: m.delta_reserved,
+            at: m.at,
+        })
+        .collect();
+    Ok(Json(MovementsView {
+        product_id,
+        movements,
+    }))
+}
+
+/// The OpenAPI document of this API.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "commerce inventory",
+        description = "Stock of the reference commerce system: figures, restocks, counts and movements. Every route needs a bearer JWT with the admin role."
+    ),
+    paths(get_stock, add_stock, adjust_stock, list_movements),
+    components(schemas(AddStock, AdjustStock, StockView, MovementView, MovementsView, Problem)),
+    modifiers(&BearerAuth),
+    tags((name = "stock", description = "Stock figures and their changes"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.bearer_format = Some("JWT".into());
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

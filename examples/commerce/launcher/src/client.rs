@@ -1,0 +1,222 @@
+//! A small HTTP client for the stack's public API, used by the demo and the end-to-end tests.
+
+use std::time::Duration;
+
+use commerce_platform::{Authenticator, Claims, Config};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Calls the four services of a running stack.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    config: Config,
+    auth: Authenticator,
+}
+
+/// A response: status and JSON body (`Value::Null` when the body is not JSON).
+pub type Reply = (StatusCode, Value);
+
+impl Client {
+    /// A client for the stack configured by `config` (addresses and secrets).
+    pub fn new(config: &Config) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            config: config.clone(),
+            auth: config.authenticator(),
+        }
+    }
+
+    /// A bearer token for `sub` with `roles`, valid for an hour (the demo plays the identity provider).
+    pub fn token(&self, sub: &str, roles: &[&str]) -> String {
+        self.auth.issue(&Claims {
+            sub: sub.to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            exp: chrono::Utc::now().timestamp() + 3600,
+        })
+    }
+
+    /// `http://<address of service>`.
+    pub fn base(&self, service: &str) -> String {
+        let addr = match service {
+            "order" => self.config.addrs.order,
+            "inventory" => self.config.addrs.inventory,
+            "payment" => self.config.addrs.payment,
+            _ => self.config.addrs.product,
+        };
+        format!("http://{addr}")
+    }
+
+    /// Sends `request` and reads the reply.
+    ///
+    /// # Errors
+    ///
+    /// When the service cannot be reached.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Reply, String> {
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    }
+
+    /// A request to `service` at `path`, with a bearer token when given.
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        service: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let request = self
+            .http
+            .request(method, format!("{}{path}", self.base(service)));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Creates a product (admin).
+    ///
+    /// # Errors
+    ///
+    /// When the service cannot be reached or does not answer 201.
+    pub async fn create_product(
+        &self,
+        admin: &str,
+        sku: &str,
+        name: &str,
+        price_cents: i64,
+    ) -> Result<Uuid, String> {
+        let body =
+            json!({"sku": sku, "name": name, "description": name, "price_cents": price_cents});
+        let (status, reply) = self
+            .send(
+                self.request(
+                    reqwest::Method::POST,
+                    "product",
+                    "/api/v1/products",
+                    Some(admin),
+                )
+                .json(&body),
+            )
+            .await?;
+        if status != StatusCode::CREATED {
+            return Err(format!("create product {sku}: {status} {reply}"));
+        }
+        reply["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .ok_or_else(|| format!("no id in {reply}"))
+    }
+
+    /// Adds stock for a product (admin).
+    ///
+    /// # Errors
+    ///
+    /// When the service cannot be reached or refuses.
+    pub async fn add_stock(
+        &self,
+        admin: &str,
+        product: Uuid,
+        quantity: i32,
+    ) -> Result<Value, String> {
+        let path = format!("/api/v1/stock/{product}/add");
+        let (status, reply) = self
+            .send(
+                self.request(reqwest::Method::POST, "inventory", &path, Some(admin))
+                    .json(&json!({"quantity": quantity})),
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(format!("add stock: {status} {reply}"));
+        }
+        Ok(reply)
+    }
+
+    /// Places an order with an idempotency key.
+    ///
+    /// # Errors
+    ///
+    /// When the service cannot be reached.
+    pub async fn place_order(
+        &self,
+        customer: &str,
+        key: &str,
+        lines: &[(Uuid, i32)],
+    ) -> Result<Reply, String> {
+        let lines: Vec<Value> = lines
+            .iter()
+            .map(|(p, q)| json!({"product_id": p, "quantity": q}))
+            .collect();
+        self.send(
+            self.request(
+                reqwest::Method::POST,
+                "order",
+                "/api/v1/orders",
+                Some(customer),
+            )
+            .header("Idempotency-Key", key)
+            .json(&json!({"lines": lines})),
+        )
+        .await
+    }
+
+    /// Reads an order.
+    ///
+    /// # Errors
+    ///
+    /// When the service cannot be reached.
+    pub async fn order(&self, customer: &str, id: &str) -> Result<Reply, String> {
+        self.send(self.request(
+            reqwest::Method::GET,
+            "order",
+            &format!("/api/v1/orders/{id}"),
+            Some(customer),
+        ))
+        .await
+    }
+
+    /// Polls an order until it reaches a final state (CONFIRMED, CANCELLED, FAILED) or `limit` passes.
+    ///
+    /// # Errors
+    ///
+    /// When the service cannot be reached, or the order is not final in time.
+    pub async fn wait_final(
+        &self,
+        customer: &str,
+        id: &str,
+        limit: Duration,
+    ) -> Result<Value, String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (_, order) = self.order(customer, id).await?;
+            if matches!(
+                order["state"].as_str(),
+                Some("CONFIRMED" | "CANCELLED" | "FAILED")
+            ) {
+                return Ok(order);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("order {id} not final after {limit:?}: {order}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A product as the public API serves it (with available stock).
+    ///
+    /// # Errors
+    ///
+    /// When the service cannot be reached.
+    pub async fn product(&self, id: Uuid) -> Result<Reply, String> {
+        self.send(self.request(
+            reqwest::Method::GET,
+            "product",
+            &format!("/api/v1/products/{id}"),
+            None,
+        ))
+        .await
+    }
+}

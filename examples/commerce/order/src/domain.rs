@@ -1,0 +1,599 @@
+//! Orders: their states, what moves them, and what a new order must satisfy. No I/O.
+//!
+//! ```text
+//! PENDING --StockReserved--> RESERVED --PaymentApproved--> PAID --StockConfirmed--> CONFIRMED
+//! PENDING --StockReservationFailed--> FAILED(reason)
+//! PENDING | RESERVED --PaymentDeclined--> CANCELLED("payment declined: ...")
+//! RESERVED --expiry job--> CANCELLED("payment timeout") + OrderCancelled
+//! PENDING | RESERVED | PAID --customer--> CANCELLED("cancelled by customer") + OrderCancelled
+//! ```
+//!
+//! The order service reads the inventory and payments topics, and two topics are not ordered
+//! with respect to each other: a payment outcome may arrive before the `StockReserved` that caused
+//! it. So `PaymentApproved` and `PaymentDeclined` also apply to a `PENDING` order, `StockReserved`
+//! leaves a `PAID` order paid, and `StockConfirmed` (which inventory only sends after the payment
+//! was approved) confirms a `RESERVED` order too. An event that does not apply to the current
+//! state (a late `PaymentApproved` for a cancelled order, a redelivery) changes nothing.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use commerce_events::Event;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// The most lines an order may have.
+pub const MAX_LINES: usize = 50;
+/// The most units of one product per order.
+pub const MAX_QUANTITY: i32 = 100;
+/// The reason recorded when the customer cancels.
+pub const CANCELLED_BY_CUSTOMER: &str = "cancelled by customer";
+/// The reason recorded when a reservation waited too long for its payment.
+pub const PAYMENT_TIMEOUT: &str = "payment timeout";
+
+/// Where an order is in the saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OrderState {
+    /// Placed; waiting for the stock reservation.
+    Pending,
+    /// Stock reserved; waiting for the payment.
+    Reserved,
+    /// Paid; waiting for the stock confirmation.
+    Paid,
+    /// Paid and the stock is sold (final).
+    Confirmed,
+    /// Cancelled by the customer, a declined payment or a payment timeout (final).
+    Cancelled,
+    /// The stock could not be reserved (final).
+    Failed,
+}
+
+impl OrderState {
+    /// Every state.
+    pub const ALL: [OrderState; 6] = [
+        OrderState::Pending,
+        OrderState::Reserved,
+        OrderState::Paid,
+        OrderState::Confirmed,
+        OrderState::Cancelled,
+        OrderState::Failed,
+    ];
+
+    /// The name stored in the database and sent in JSON (`PENDING`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderState::Pending => "PENDING",
+            OrderState::Reserved => "RESERVED",
+            OrderState::Paid => "PAID",
+            OrderState::Confirmed => "CONFIRMED",
+            OrderState::Cancelled => "CANCELLED",
+            OrderState::Failed => "FAILED",
+        }
+    }
+
+    /// The state named `name` ([`as_str`](Self::as_str)'s inverse).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether nothing moves the order any more (`CONFIRMED`, `CANCELLED`, `FAILED`).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            OrderState::Confirmed | OrderState::Cancelled | OrderState::Failed
+        )
+    }
+}
+
+impl fmt::Display for OrderState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Something that happens to an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// Inventory reserved every line.
+    StockReserved,
+    /// Inventory could not reserve the order.
+    StockReservationFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The payment went through.
+    PaymentApproved,
+    /// The payment was declined.
+    PaymentDeclined {
+        /// Why.
+        reason: String,
+    },
+    /// The reservation became a sale.
+    StockConfirmed,
+    /// Inventory gave the reservation back (after a decline or a cancellation).
+    StockReleased {
+        /// Why.
+        reason: String,
+    },
+    /// The customer cancelled.
+    CustomerCancelled,
+    /// The reservation waited longer than the timeout for its payment.
+    ReservationExpired,
+}
+
+impl Input {
+    /// The order an event is about and what it means for it; `None` for events the order service
+    /// does not act on (its own, stock levels, refunds).
+    pub fn from_event(event: &Event) -> Option<(Uuid, Input)> {
+        match event {
+            Event::StockReserved { order_id, .. } => Some((*order_id, Input::StockReserved)),
+            Event::StockReservationFailed { order_id, reason } => Some((
+                *order_id,
+                Input::StockReservationFailed {
+                    reason: reason.clone(),
+                },
+            )),
+            Event::PaymentApproved { order_id, .. } => Some((*order_id, Input::PaymentApproved)),
+            Event::PaymentDeclined { order_id, reason } => Some((
+                *order_id,
+                Input::PaymentDeclined {
+                    reason: reason.clone(),
+                },
+            )),
+            Event::StockConfirmed { order_id } => Some((*order_id, Input::StockConfirmed)),
+            Event::StockReleased { order_id, reason } => Some((
+                *order_id,
+                Input::StockReleased {
+                    reason: reason.clone(),
+                },
+            )),
+            Event::OrderPlaced { .. }
+            | Event::OrderCancelled { .. }
+            | Event::StockLevelChanged { .. }
+            | Event::PaymentRefunded { .. } => None,
+        }
+    }
+
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Input::StockReserved => "StockReserved",
+            Input::StockReservationFailed { .. } => "StockReservationFailed",
+            Input::PaymentApproved => "PaymentApproved",
+            Input::PaymentDeclined { .. } => "PaymentDeclined",
+            Input::StockConfirmed => "StockConfirmed",
+            Input::StockReleased { .. } => "StockReleased",
+            Input::CustomerCancelled => "CustomerCancelled",
+            Input::ReservationExpired => "ReservationExpired",
+        }
+    }
+}
+
+/// A change of state, to be written with the order's row locked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// The new state.
+    pub to: OrderState,
+    /// The reason to record (`None` keeps the current one).
+    pub reason: Option<String>,
+    /// Whether the reservation clock starts now (`reserved_at`).
+    pub reserved: bool,
+    /// Whether the order service announces the cancellation (`OrderCancelled`), so that
+    /// inventory releases the stock and payment refunds a charge. Cancellations caused by a
+    /// declined payment are not announced: inventory and payment already act on the decline.
+    pub announce_cancellation: bool,
+}
+
+impl Transition {
+    fn to(to: OrderState) -> Self {
+        Self {
+            to,
+            reason: None,
+            reserved: false,
+            announce_cancellation: false,
+        }
+    }
+
+    fn cancelled(reason: String, announce_cancellation: bool) -> Self {
+        Self {
+            to: OrderState::Cancelled,
+            reason: Some(reason),
+            reserved: false,
+            announce_cancellation,
+        }
+    }
+}
+
+/// What `input` does to an order in `state`: a [`Transition`], or `None` when it does not apply
+/// (the order stays as it is).
+pub fn apply(state: OrderState, input: &Input) -> Option<Transition> {
+    use OrderState::{Paid, Pending, Reserved};
+    match (state, input) {
+        (Pending, Input::StockReserved) => Some(Transition {
+            reserved: true,
+            ..Transition::to(Reserved)
+        }),
+        (Pending, Input::StockReservationFailed { reason }) => Some(Transition {
+            reason: Some(reason.clone()),
+            ..Transition::to(OrderState::Failed)
+        }),
+        (Pending | Reserved, Input::PaymentApproved) => Some(Transition::to(Paid)),
+        (Pending | Reserved, Input::PaymentDeclined { reason }) => Some(Transition::cancelled(
+            format!("payment declined: {reason}"),
+            false,
+        )),
+        (Reserved | Paid, Input::StockConfirmed) => Some(Transition::to(OrderState::Confirmed)),
+        (Pending | Reserved | Paid, Input::CustomerCancelled) => Some(Transition::cancelled(
+            CANCELLED_BY_CUSTOMER.to_owned(),
+            true,
+        )),
+        (Reserved, Input::ReservationExpired) => {
+            Some(Transition::cancelled(PAYMENT_TIMEOUT.to_owned(), true))
+        }
+        // A release follows a decline or a cancellation, which moves the order itself.
+        (_, Input::StockReleased { .. }) => None,
+        _ => None,
+    }
+}
+
+/// One line of an order, with the unit price snapshotted when it was placed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OrderLine {
+    /// The product.
+    pub product_id: Uuid,
+    /// How many units (1 to 100).
+    pub quantity: i32,
+    /// The product's price when the order was placed, in cents.
+    pub unit_price_cents: i64,
+}
+
+/// An order, as stored and as the API returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Order {
+    /// The order's id (UUIDv7).
+    pub id: Uuid,
+    /// Who placed it (the token's `sub`).
+    pub customer_id: String,
+    /// Where it is in the saga.
+    pub state: OrderState,
+    /// Why it was cancelled or failed.
+    pub reason: Option<String>,
+    /// What was ordered.
+    pub lines: Vec<OrderLine>,
+    /// The sum of the lines, in cents.
+    pub total_cents: i64,
+    /// When it was placed.
+    pub created_at: DateTime<Utc>,
+    /// When its state last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Order {
+    /// The `OrderPlaced` event for this order.
+    pub fn placed_event(&self) -> Event {
+        Event::OrderPlaced {
+            order_id: self.id,
+            customer_id: self.customer_id.clone(),
+            lines: self
+                .lines
+                .iter()
+                .map(|line| commerce_events::Line {
+                    product_id: line.product_id,
+                    quantity: line.quantity,
+                    unit_price_cents: line.unit_price_cents,
+                })
+                .collect(),
+            total_cents: self.total_cents,
+        }
+    }
+}
+
+/// Why the lines of a new order are not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidOrder {
+    /// No lines, or more than [`MAX_LINES`].
+    #[error("an order has 1 to {MAX_LINES} lines, not {0}")]
+    LineCount(usize),
+    /// A quantity outside `1..=`[`MAX_QUANTITY`].
+    #[error("line {line}: the quantity must be 1 to {MAX_QUANTITY}, not {quantity}")]
+    Quantity {
+        /// The line's position (from 1).
+        line: usize,
+        /// The quantity asked for.
+        quantity: i32,
+    },
+    /// The same product on two lines.
+    #[error("product {0} appears on more than one line")]
+    DuplicateProduct(Uuid),
+}
+
+/// Checks the requested `(product, quantity)` lines of a new order.
+///
+/// # Errors
+///
+/// The first [`InvalidOrder`] found.
+pub fn validate_lines(lines: &[(Uuid, i32)]) -> Result<(), InvalidOrder> {
+    if lines.is_empty() || lines.len() > MAX_LINES {
+        return Err(InvalidOrder::LineCount(lines.len()));
+    }
+    let mut seen = HashSet::with_capacity(lines.len());
+    for (index, &(product_id, quantity)) in lines.iter().enumerate() {
+        if !(1..=MAX_QUANTITY).contains(&quantity) {
+            return Err(InvalidOrder::Quantity {
+                line: index + 1,
+                quantity,
+            });
+        }
+        if !seen.insert(product_id) {
+            return Err(InvalidOrder::DuplicateProduct(product_id));
+        }
+    }
+    Ok(())
+}
+
+/// The order's total in cents, or `None` if it overflows (or a price is negative).
+pub fn total_cents(lines: &[OrderLine]) -> Option<i64> {
+    lines.iter().try_fold(0_i64, |total, line| {
+        if line.unit_price_cents < 0 {
+            return None;
+        }
+        line.unit_price_cents
+            .checked_mul(i64::from(line.quantity))
+            .and_then(|amount| total.checked_add(amount))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use OrderState::*;
+
+    fn declined() -> Input {
+        Input::PaymentDeclined {
+            reason: "card declined".into(),
+        }
+    }
+
+    fn inputs() -> Vec<Input> {
+        vec![
+            Input::StockReserved,
+            Input::StockReservationFailed {
+                reason: "out of beans".into(),
+            },
+            Input::PaymentApproved,
+            declined(),
+            Input::StockConfirmed,
+            Input::StockReleased {
+                reason: "released".into(),
+            },
+            Input::CustomerCancelled,
+            Input::ReservationExpired,
+        ]
+    }
+
+    #[test]
+    fn the_happy_path_confirms() {
+        let mut state = Pending;
+        for input in [
+            Input::StockReserved,
+            Input::PaymentApproved,
+            Input::StockConfirmed,
+        ] {
+            state = apply(state, &input).expect("applies").to;
+        }
+        assert_eq!(state, Confirmed);
+        assert!(
+            apply(Pending, &Input::StockReserved)
+                .expect("reserves")
+                .reserved
+        );
+    }
+
+    #[test]
+    fn payment_outcomes_may_overtake_the_reservation() {
+        let paid = apply(Pending, &Input::PaymentApproved).expect("applies");
+        assert_eq!(paid.to, Paid);
+        assert_eq!(apply(Paid, &Input::StockReserved), None, "stays paid");
+        assert_eq!(
+            apply(Paid, &Input::StockConfirmed).map(|t| t.to),
+            Some(Confirmed)
+        );
+        let cancelled = apply(Pending, &declined()).expect("applies");
+        assert_eq!(cancelled.to, Cancelled);
+        assert_eq!(apply(Cancelled, &Input::StockReserved), None);
+        assert_eq!(
+            apply(Reserved, &Input::StockConfirmed).map(|t| t.to),
+            Some(Confirmed)
+        );
+    }
+
+    #[test]
+    fn failures_and_declines_record_their_reason() {
+        let failed = apply(
+            Pending,
+            &Input::StockReservationFailed {
+                reason: "out of beans".into(),
+            },
+        )
+        .expect("applies");
+        assert_eq!(failed.to, Failed);
+        assert_eq!(failed.reason.as_deref(), Some("out of beans"));
+        assert!(!failed.announce_cancellation);
+
+        let declined = apply(Reserved, &declined()).expect("applies");
+        assert_eq!(declined.to, Cancelled);
+        assert_eq!(
+            declined.reason.as_deref(),
+            Some("payment declined: card declined")
+        );
+        assert!(
+            !declined.announce_cancellation,
+            "inventory and payment act on the decline itself"
+        );
+    }
+
+    #[test]
+    fn customers_cancel_until_the_order_is_confirmed() {
+        for state in [Pending, Reserved, Paid] {
+            let t = apply(state, &Input::CustomerCancelled).expect("cancellable");
+            assert_eq!(t.to, Cancelled);
+            assert_eq!(t.reason.as_deref(), Some(CANCELLED_BY_CUSTOMER));
+            assert!(t.announce_cancellation);
+        }
+        for state in [Confirmed, Cancelled, Failed] {
+            assert_eq!(apply(state, &Input::CustomerCancelled), None, "{state}");
+        }
+    }
+
+    #[test]
+    fn only_reservations_expire() {
+        let t = apply(Reserved, &Input::ReservationExpired).expect("expires");
+        assert_eq!(t.to, Cancelled);
+        assert_eq!(t.reason.as_deref(), Some(PAYMENT_TIMEOUT));
+        assert!(t.announce_cancellation);
+        for state in [Pending, Paid, Confirmed, Cancelled, Failed] {
+            assert_eq!(apply(state, &Input::ReservationExpired), None, "{state}");
+        }
+    }
+
+    #[test]
+    fn final_states_never_move() {
+        for state in OrderState::ALL.into_iter().filter(|s| s.is_final()) {
+            for input in inputs() {
+                assert_eq!(apply(state, &input), None, "{state} on {input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_transition_is_to_the_same_state_and_redeliveries_change_nothing() {
+        for state in OrderState::ALL {
+            for input in inputs() {
+                if let Some(t) = apply(state, &input) {
+                    assert_ne!(t.to, state, "{state} on {input:?}");
+                    // Applying the same input again to the new state changes nothing.
+                    assert_eq!(apply(t.to, &input), None, "{state} on {input:?} twice");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn releases_never_move_an_order() {
+        let input = Input::StockReleased { reason: "x".into() };
+        for state in OrderState::ALL {
+            assert_eq!(apply(state, &input), None);
+        }
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for state in OrderState::ALL {
+            assert_eq!(OrderState::parse(state.as_str()), Some(state));
+            assert_eq!(
+                serde_json::to_value(state).expect("serializes"),
+                serde_json::json!(state.as_str())
+            );
+        }
+        assert_eq!(OrderState::parse("pending"), None);
+    }
+
+    #[test]
+    fn maps_events_to_inputs() {
+        let order_id = Uuid::now_v7();
+        let (id, input) = Input::from_event(&Event::PaymentDeclined {
+            order_id,
+            reason: "card declined".into(),
+        })
+        .expect("relevant");
+        assert_eq!(id, order_id);
+        assert_eq!(input, declined());
+        assert_eq!(
+            Input::from_event(&Event::OrderCancelled {
+                order_id,
+                reason: "r".into()
+            }),
+            None
+        );
+        assert_eq!(
+            Input::from_event(&Event::StockLevelChanged {
+                product_id: order_id,
+                total: 1,
+                reserved: 0,
+                available: 1,
+                version: 1
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn validates_lines() {
+        let a = Uuid::now_v7();
+        let b = Uuid::now_v7();
+        assert_eq!(validate_lines(&[(a, 1), (b, 100)]), Ok(()));
+        assert_eq!(validate_lines(&[]), Err(InvalidOrder::LineCount(0)));
+        let many: Vec<_> = (0..51).map(|_| (Uuid::now_v7(), 1)).collect();
+        assert_eq!(validate_lines(&many), Err(InvalidOrder::LineCount(51)));
+        assert_eq!(validate_lines(&many[..50]), Ok(()));
+        for quantity in [0, -1, 101] {
+            assert_eq!(
+                validate_lines(&[(a, 1), (b, quantity)]),
+                Err(InvalidOrder::Quantity { line: 2, quantity })
+            );
+        }
+        assert_eq!(
+            validate_lines(&[(a, 1), (b, 1), (a, 2)]),
+            Err(InvalidOrder::DuplicateProduct(a))
+        );
+    }
+
+    #[test]
+    fn totals_with_overflow_checks() {
+        let line = |quantity, unit_price_cents| OrderLine {
+            product_id: Uuid::now_v7(),
+            quantity,
+            unit_price_cents,
+        };
+        assert_eq!(total_cents(&[line(2, 450), line(1, 1299)]), Some(2199));
+        assert_eq!(total_cents(&[line(100, i64::MAX / 10)]), None);
+        assert_eq!(total_cents(&[line(1, i64::MAX), line(1, 1)]), None);
+        assert_eq!(total_cents(&[line(1, -5)]), None);
+    }
+
+    #[test]
+    fn the_placed_event_carries_the_snapshot() {
+        let order = Order {
+            id: Uuid::now_v7(),
+            customer_id: "alice".into(),
+            state: Pending,
+            reason: None,
+            lines: vec![OrderLine {
+                product_id: Uuid::now_v7(),
+                quantity: 2,
+                unit_price_cents: 450,
+            }],
+            total_cents: 900,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        let Event::OrderPlaced {
+            order_id,
+            customer_id,
+            lines,
+            total_cents,
+        } = order.placed_event()
+        else {
+            panic!("not OrderPlaced");
+        };
+        assert_eq!(order_id, order.id);
+        assert_eq!(customer_id, "alice");
+        assert_eq!(total_cents, 900);
+        assert_eq!(lines[0].unit_price_cents, 450);
+        assert_eq!(lines[0].quantity, 2);
+    }
+}

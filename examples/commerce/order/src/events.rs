@@ -1,0 +1,67 @@
+//! The saga's order side: an [`idempotency::Handler`] for the inventory and payments topics.
+
+use commerce_events::{DecodeError, Envelope, Topics};
+use idempotency::{Handler, HandlerError, Message};
+use sqlx::PgConnection;
+
+use crate::domain::Input;
+use crate::repo::{self, Outcome};
+
+/// Applies inventory and payment events to orders (`order.saga`): `StockReserved` -> `RESERVED`,
+/// `StockReservationFailed` -> `FAILED`, `PaymentApproved` -> `PAID`, `PaymentDeclined` ->
+/// `CANCELLED`, `StockConfirmed` -> `CONFIRMED` (see [`domain::apply`](crate::domain::apply));
+/// other event types are ignored. Run it on an [`idempotency::Consumer`], which applies each
+/// event once.
+///
+/// An event for an order this service does not have (another stack's, or one long archived) is
+/// logged and skipped: retrying cannot make the order appear.
+#[derive(Debug, Clone)]
+pub struct OrderSaga {
+    topics: Topics,
+}
+
+impl OrderSaga {
+    /// A handler publishing on `topics`.
+    pub fn new(topics: Topics) -> Self {
+        Self { topics }
+    }
+}
+
+impl Handler for OrderSaga {
+    type Event = Envelope;
+
+    fn decode(&self, message: &Message) -> Result<Envelope, HandlerError> {
+        let payload = message
+            .payload()
+            .ok_or_else(|| HandlerError::decode("the message has no payload"))?;
+        commerce_events::decode(payload).map_err(|error| match error {
+            DecodeError::UnknownType(event_type) => HandlerError::unknown_event_type(event_type),
+            other => HandlerError::decode(other),
+        })
+    }
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: Envelope,
+        _message: &Message,
+    ) -> Result<(), HandlerError> {
+        let Some((order_id, input)) = Input::from_event(&envelope.event) else {
+            return Ok(());
+        };
+        let event_id = envelope.event_id;
+        let event_type = input.name();
+        match repo::transition(conn, &self.topics, order_id, &input).await? {
+            Outcome::Applied(transition) => {
+                tracing::info!(%order_id, %event_id, event_type, state = %transition.to, "saga: order moved");
+            }
+            Outcome::Unchanged(state) => {
+                tracing::info!(%order_id, %event_id, event_type, %state, "saga: event does not apply to the order's state; ignored");
+            }
+            Outcome::Missing => {
+                tracing::warn!(%order_id, %event_id, event_type, "saga: no such order; event ignored");
+            }
+        }
+        Ok(())
+    }
+}

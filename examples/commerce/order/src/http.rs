@@ -1,0 +1,400 @@
+//! The HTTP API: routes, request and response shapes, validation, and the OpenAPI document.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use commerce_platform::problem::problem;
+use commerce_platform::{ApiError, Caller};
+use idempotency::{IdempotencyLayer, PostgresStore, Tx};
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use uuid::Uuid;
+
+use crate::catalog::PriceError;
+use crate::domain::{self, Input, Order, OrderLine, OrderState};
+use crate::{AppState, repo};
+
+/// The largest request body accepted, in bytes (an order of 50 lines is about 4 KiB).
+pub const MAX_BODY: usize = 64 * 1024;
+/// How many orders a list returns unless `limit` says otherwise.
+const DEFAULT_LIMIT: i64 = 50;
+/// The most orders one list returns.
+const MAX_LIMIT: i64 = 100;
+
+/// `POST /api/v1/orders`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    /// 1 to 50 lines, each product at most once.
+    pub lines: Vec<LineRequest>,
+}
+
+/// One requested line.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineRequest {
+    /// The product.
+    pub product_id: Uuid,
+    /// 1 to 100 units.
+    #[schema(minimum = 1, maximum = 100)]
+    pub quantity: i32,
+}
+
+/// `GET /api/v1/orders` query.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// How many orders (1 to 100, default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// Only orders older than this one (the last id of the previous page).
+    pub before: Option<Uuid>,
+}
+
+/// A problem+json body (RFC 9457), as every error response carries.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Problem)]
+#[allow(dead_code)] // Documentation of the shape only.
+struct ProblemDoc {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    kind: String,
+    /// The status's reason phrase.
+    title: String,
+    /// The HTTP status.
+    status: u16,
+    /// What went wrong, for people.
+    detail: String,
+    /// A stable code, for programs.
+    code: String,
+}
+
+/// A handler's error response: an [`ApiError`] or a problem response made elsewhere.
+struct Failure(Response);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        self.0
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(error: ApiError) -> Self {
+        Failure(error.into_response())
+    }
+}
+
+impl From<crate::Error> for Failure {
+    fn from(error: crate::Error) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+impl From<idempotency::Problem> for Failure {
+    fn from(problem: idempotency::Problem) -> Self {
+        Failure(problem.into_response())
+    }
+}
+
+/// Body rejections keep their status when it is 413 (too large) or 415 (not JSON); every other
+/// one (malformed JSON, an unknown field, a wrong type) is a 400.
+impl From<JsonRejection> for Failure {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Failure(problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                format!("the body must not exceed {MAX_BODY} bytes"),
+            )),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Failure(problem(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                rejection.body_text(),
+            )),
+            _ => ApiError::from(rejection).into(),
+        }
+    }
+}
+
+impl From<QueryRejection> for Failure {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text()).into()
+    }
+}
+
+/// A malformed order id names no order.
+impl From<PathRejection> for Failure {
+    fn from(_: PathRejection) -> Self {
+        not_found().into()
+    }
+}
+
+impl From<PriceError> for Failure {
+    fn from(error: PriceError) -> Self {
+        match error {
+            PriceError::Unknown(_) | PriceError::Inactive(_) => {
+                ApiError::Unprocessable(error.to_string()).into()
+            }
+            PriceError::Unavailable(detail) => {
+                tracing::warn!(%detail, "the product service is unavailable");
+                ApiError::Unavailable("the product service is unavailable; retry later".into())
+                    .into()
+            }
+        }
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("no such order".into())
+}
+
+/// The routes, with authentication on `/api/v1` and the idempotency layer on order creation.
+pub(crate) fn router(state: AppState) -> Router {
+    let idempotency = IdempotencyLayer::new(PostgresStore::new(state.pool.clone()))
+        .required()
+        .max_request_body(MAX_BODY)
+        .scope(|parts| {
+            parts
+                .extensions
+                .get::<Caller>()
+                .map(|Caller(claims)| claims.sub.clone())
+        });
+    Router::new()
+        .route(
+            "/api/v1/orders",
+            post(create_order).route_layer(idempotency).get(list_orders),
+        )
+        .route("/api/v1/orders/{id}", get(get_order))
+        .route("/api/v1/orders/{id}/cancel", post(cancel_order))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Verifies the bearer token (401 otherwise) and hands the caller to the idempotency layer's
+/// scope and to the handlers.
+async fn authenticate(caller: Caller, mut request: Request, next: Next) -> Response {
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// Places an order.
+///
+/// Prices are read from the product service and kept with the order. The order (`PENDING`) and
+/// its `OrderPlaced` event commit together with the idempotency key's stored response: a retry
+/// with the same key gets the same 201, and the order exists once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders",
+    tag = "orders",
+    request_body = CreateOrder,
+    params(("Idempotency-Key" = String, Header, description = "Required; one key per order the client means to place.")),
+    responses(
+        (status = 201, description = "Placed (or replayed, with `Idempotent-Replayed: true`)", body = Order,
+            headers(("location" = String, description = "/api/v1/orders/{id}"))),
+        (status = 400, description = "Malformed JSON, unknown fields, invalid lines, or no Idempotency-Key", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this key is in progress", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown or inactive product, or the key was used for another request", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The product service or the database is unavailable", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn create_order(
+    State(state): State<AppState>,
+    Extension(Caller(claims)): Extension<Caller>,
+    mut parts: Parts,
+    body: Result<Json<CreateOrder>, JsonRejection>,
+) -> Result<Response, Failure> {
+    let Json(request) = body?;
+    let requested: Vec<(Uuid, i32)> = request
+        .lines
+        .iter()
+        .map(|line| (line.product_id, line.quantity))
+        .collect();
+    domain::validate_lines(&requested).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let ids: Vec<Uuid> = requested.iter().map(|&(id, _)| id).collect();
+    // Before the transaction begins: no connection is held while the product service answers.
+    let products = state
+        .catalog
+        .products(&state.product_base_url, &state.api_key, &ids)
+        .await?;
+    let lines: Vec<OrderLine> = requested
+        .iter()
+        .zip(&products)
+        .map(|(&(product_id, quantity), product)| OrderLine {
+            product_id,
+            quantity,
+            unit_price_cents: product.price_cents,
+        })
+        .collect();
+    let total = domain::total_cents(&lines)
+        .ok_or_else(|| ApiError::Unprocessable("the order's total is too large".into()))?;
+
+    let mut tx = Tx::from_request_parts(&mut parts, &state).await?;
+    let order = repo::insert(&mut tx, Uuid::now_v7(), &claims.sub, &lines, total).await?;
+    let event = order.placed_event().into_envelope();
+    outbox::enqueue(&mut tx, &event.to_outbox(&state.topics))
+        .await
+        .map_err(crate::Error::from)?;
+    drop(tx);
+    tracing::info!(order_id = %order.id, event_id = %event.event_id, customer_id = %order.customer_id, total_cents = order.total_cents, "order placed (commits with the response)");
+    metrics::counter!("orders_placed_total").increment(1);
+    let location = format!("/api/v1/orders/{}", order.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(order),
+    )
+        .into_response())
+}
+
+/// Lists the caller's orders (live and archived), newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders",
+    tag = "orders",
+    params(ListParams),
+    responses(
+        (status = 200, description = "The caller's orders, newest first", body = [Order]),
+        (status = 400, description = "Invalid query", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_orders(
+    State(state): State<AppState>,
+    Extension(Caller(claims)): Extension<Caller>,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Json<Vec<Order>>, Failure> {
+    let Query(params) = query?;
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be 1 to {MAX_LIMIT}")).into());
+    }
+    let orders = repo::list(&state.pool, &claims.sub, params.before, limit).await?;
+    Ok(Json(orders))
+}
+
+/// Reads one of the caller's orders.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/{id}",
+    tag = "orders",
+    params(("id" = Uuid, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "The order", body = Order),
+        (status = 401, description = "Missing, invalid or expired token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or not the caller's", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn get_order(
+    State(state): State<AppState>,
+    Extension(Caller(claims)): Extension<Caller>,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<Order>, Failure> {
+    let Path(id) = id?;
+    let mut conn = state.pool.acquire().await?;
+    match repo::find(&mut conn, id).await? {
+        Some(order) if order.customer_id == claims.sub => Ok(Json(order)),
+        _ => Err(not_found().into()),
+    }
+}
+
+/// Cancels one of the caller's orders while it is `PENDING`, `RESERVED` or `PAID`: it becomes
+/// `CANCELLED` ("cancelled by customer") and `OrderCancelled` is published (inventory releases
+/// the stock, payment refunds a charge).
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders/{id}/cancel",
+    tag = "orders",
+    params(("id" = Uuid, Path, description = "The order's id")),
+    responses(
+        (status = 200, description = "Cancelled", body = Order),
+        (status = 401, description = "Missing, invalid or expired token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or not the caller's", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 409, description = "The order is CONFIRMED, CANCELLED or FAILED", body = ProblemDoc, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn cancel_order(
+    State(state): State<AppState>,
+    Extension(Caller(claims)): Extension<Caller>,
+    id: Result<Path<Uuid>, PathRejection>,
+) -> Result<Json<Order>, Failure> {
+    let Path(id) = id?;
+    let mut tx = state.pool.begin().await?;
+    let Some(locked) = repo::lock(&mut tx, id).await? else {
+        // Archived orders are finished.
+        return match repo::find(&mut tx, id).await? {
+            Some(order) if order.customer_id == claims.sub => Err(cannot_cancel(order.state)),
+            _ => Err(not_found().into()),
+        };
+    };
+    if locked.customer_id != claims.sub {
+        return Err(not_found().into());
+    }
+    let transition = domain::apply(locked.state, &Input::CustomerCancelled)
+        .ok_or_else(|| cannot_cancel(locked.state))?;
+    repo::write(&mut tx, &state.topics, &[id], &transition).await?;
+    let order = repo::find(&mut tx, id).await?.ok_or_else(not_found)?;
+    tx.commit().await?;
+    Ok(Json(order))
+}
+
+fn cannot_cancel(state: OrderState) -> Failure {
+    ApiError::Conflict(format!("an order in state {state} cannot be cancelled")).into()
+}
+
+/// The OpenAPI document of this API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "commerce order service",
+        description = "Orders of the reference commerce system: place (with an Idempotency-Key), read, cancel."
+    ),
+    paths(create_order, list_orders, get_order, cancel_order),
+    components(schemas(CreateOrder, LineRequest, Order, OrderLine, OrderState, ProblemDoc)),
+    modifiers(&BearerAuth),
+    tags((name = "orders", description = "A customer's orders"))
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+/// Declares the `bearer` security scheme (HS256 JWTs).
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

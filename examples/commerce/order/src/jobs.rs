@@ -1,0 +1,164 @@
+//! Singleton background jobs: reservation expiry (every second) and archiving (hourly).
+//!
+//! Each runs only in the instance holding its named lease (`order.expiry`, `order.archiver`,
+//! kept by a [`LeaseKeeper`]); the others wait to take over. The lease saves work, it is not what
+//! makes the jobs correct: both lock their rows (`FOR UPDATE SKIP LOCKED`) and re-check the
+//! state, so a deposed holder still finishing a chunk cannot cancel or archive an order twice. A
+//! run stops mid-way (its open transaction rolls back) when the lease is lost or the service
+//! stops.
+
+use std::future::Future;
+use std::time::Duration;
+
+use commerce_events::Topics;
+use idempotency::PostgresStore;
+use leases::{LeaseKeeper, NamedLeases};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::repo;
+
+/// The expiry job's named lease.
+pub const EXPIRY_LEASE: &str = "order.expiry";
+/// The archiver's named lease.
+pub const ARCHIVER_LEASE: &str = "order.archiver";
+/// How often the expiry job looks for stale reservations.
+pub const EXPIRY_EVERY: Duration = Duration::from_secs(1);
+/// How often the archiver runs.
+pub const ARCHIVE_EVERY: Duration = Duration::from_secs(60 * 60);
+/// Orders per transaction for both jobs.
+pub const CHUNK: i64 = 100;
+
+const LEASE_TTL: Duration = Duration::from_secs(10);
+const LEASE_RENEW: Duration = Duration::from_secs(3);
+
+/// Starts the expiry job: while this instance (`owner`) holds [`EXPIRY_LEASE`], every
+/// [`EXPIRY_EVERY`] it cancels `RESERVED` orders older than `timeout` ("payment timeout", with
+/// `OrderCancelled`), see [`repo::expire_reservations`]. Returns once `stop` turns `true`,
+/// releasing the lease.
+pub fn spawn_expiry(
+    pool: PgPool,
+    topics: Topics,
+    timeout: Duration,
+    owner: impl Into<String>,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let work_pool = pool.clone();
+    tokio::spawn(singleton(
+        pool,
+        EXPIRY_LEASE,
+        owner.into(),
+        EXPIRY_EVERY,
+        stop,
+        move || {
+            let pool = work_pool.clone();
+            let topics = topics.clone();
+            async move {
+                match repo::expire_reservations(&pool, &topics, timeout, CHUNK).await {
+                    Ok(0) => {}
+                    Ok(cancelled) => {
+                        tracing::info!(
+                            cancelled,
+                            "expiry: cancelled reservations waiting too long for payment"
+                        );
+                    }
+                    Err(error) => tracing::warn!(%error, "expiry: run failed; trying again"),
+                }
+            }
+        },
+    ))
+}
+
+/// Starts the archiver: while this instance (`owner`) holds [`ARCHIVER_LEASE`], every
+/// [`ARCHIVE_EVERY`] it moves finished orders older than `older_than` to the archive tables (see
+/// [`repo::archive_finished`]) and forgets idempotency keys past their retention. Returns once
+/// `stop` turns `true`, releasing the lease.
+pub fn spawn_archiver(
+    pool: PgPool,
+    older_than: Duration,
+    owner: impl Into<String>,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let work_pool = pool.clone();
+    tokio::spawn(singleton(
+        pool,
+        ARCHIVER_LEASE,
+        owner.into(),
+        ARCHIVE_EVERY,
+        stop,
+        move || {
+            let pool = work_pool.clone();
+            async move {
+                match repo::archive_finished(&pool, older_than, CHUNK).await {
+                    Ok(archived) => tracing::info!(archived, "archiver: run finished"),
+                    Err(error) => tracing::warn!(%error, "archiver: run failed; trying next time"),
+                }
+                if let Err(error) = PostgresStore::new(pool).purge_expired(1000).await {
+                    tracing::warn!(%error, "archiver: purging expired idempotency keys failed");
+                }
+            }
+        },
+    ))
+}
+
+/// Resolves when `stop` turns `true` or its sender is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Runs `work` every `every` while this instance holds the named lease `name`.
+async fn singleton<F, Fut>(
+    pool: PgPool,
+    name: &'static str,
+    owner: String,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+    mut work: F,
+) where
+    F: FnMut() -> Fut + Send,
+    Fut: Future<Output = ()> + Send,
+{
+    let keeper = match LeaseKeeper::start(
+        NamedLeases::new(),
+        pool,
+        name,
+        owner,
+        LEASE_TTL,
+        LEASE_RENEW,
+    ) {
+        Ok(keeper) => keeper,
+        Err(error) => {
+            tracing::error!(job = name, %error, "job: cannot keep its lease; not running");
+            return;
+        }
+    };
+    let mut held = keeper.subscribe();
+    loop {
+        // Wait to be the holder.
+        let holder = tokio::select! {
+            biased;
+            () = stopped(&mut stop) => false,
+            holder = async { held.wait_for(Option::is_some).await.is_ok() } => holder,
+        };
+        if !holder {
+            break;
+        }
+        // Work while holding it.
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => break,
+            () = async { let _ = held.wait_for(Option::is_none).await; } => {
+                tracing::warn!(job = name, "job: lease lost; run abandoned");
+                continue;
+            }
+            () = work() => {}
+        }
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => break,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+    keeper.shutdown().await;
+}

@@ -1,0 +1,323 @@
+//! What the order service's tests share: a fresh database, a stub product service (a real HTTP
+//! server on 127.0.0.1:0), tokens, and requests through `app(state).oneshot(..)`.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use commerce_order::domain::{OrderLine, OrderState};
+use commerce_order::{AppState, app};
+use commerce_platform::{Claims, Config};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use testkit::TestDb;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+/// A product the stub serves: `(price_cents, active)`.
+pub(crate) type Catalog = Arc<Mutex<HashMap<Uuid, (i64, bool)>>>;
+
+/// A stub of the product service's internal route, checking the API key.
+pub(crate) struct ProductStub {
+    pub(crate) addr: SocketAddr,
+    pub(crate) products: Catalog,
+}
+
+impl ProductStub {
+    pub(crate) async fn start(api_key: &str) -> Self {
+        let products: Catalog = Arc::default();
+        let key = api_key.to_owned();
+        let router = Router::new()
+            .route(
+                "/internal/v1/products/{id}",
+                get(
+                    |State((products, key)): State<(Catalog, String)>,
+                     headers: HeaderMap,
+                     Path(id): Path<Uuid>| async move {
+                        if headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some(&key) {
+                            return StatusCode::UNAUTHORIZED.into_response();
+                        }
+                        let found = products.lock().expect("catalog lock").get(&id).copied();
+                        match found {
+                            Some((price_cents, active)) => axum::Json(json!({
+                                "id": id, "sku": format!("SKU-{}", &id.simple().to_string()[..8]),
+                                "name": "a product", "price_cents": price_cents, "active": active,
+                            }))
+                            .into_response(),
+                            None => StatusCode::NOT_FOUND.into_response(),
+                        }
+                    },
+                ),
+            )
+            .with_state((products.clone(), key));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the stub");
+        let addr = listener.local_addr().expect("stub address");
+        tokio::spawn(async move {
+            axum::serve(listener, router).await.expect("stub serves");
+        });
+        Self { addr, products }
+    }
+
+    /// Adds a product and returns its id.
+    pub(crate) fn add(&self, price_cents: i64, active: bool) -> Uuid {
+        let id = Uuid::now_v7();
+        self.products
+            .lock()
+            .expect("catalog lock")
+            .insert(id, (price_cents, active));
+        id
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+pub(crate) struct Harness {
+    pub(crate) db: TestDb,
+    pub(crate) config: Config,
+    pub(crate) state: AppState,
+    pub(crate) products: ProductStub,
+}
+
+impl Harness {
+    pub(crate) async fn new() -> Self {
+        let db = testkit::database(&commerce_order::migrator()).await;
+        let config = Config::from_env().expect("config");
+        let products = ProductStub::start(&config.api_key).await;
+        let state = AppState::new(db.pool.clone(), &config)
+            .expect("state")
+            .with_product_base_url(products.url());
+        Self {
+            db,
+            config,
+            state,
+            products,
+        }
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.db.pool
+    }
+
+    /// A token for `sub`, valid for a minute (or expired a minute ago with `expired`).
+    pub(crate) fn token(&self, sub: &str) -> String {
+        token(&self.config, sub, 60)
+    }
+
+    pub(crate) fn expired_token(&self, sub: &str) -> String {
+        token(&self.config, sub, -60)
+    }
+
+    pub(crate) async fn send(&self, request: Request<Body>) -> Reply {
+        send(app(self.state.clone()), request).await
+    }
+
+    /// `POST /api/v1/orders` as `sub` with `key`.
+    pub(crate) async fn place(&self, sub: &str, key: &str, body: &Value) -> Reply {
+        self.send(
+            Request::post("/api/v1/orders")
+                .header("authorization", format!("Bearer {}", self.token(sub)))
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(Body::from(body.to_string()))
+                .expect("request"),
+        )
+        .await
+    }
+
+    /// Places an order of one unit of a new product priced 500 and returns its id.
+    pub(crate) async fn place_one(&self, sub: &str) -> Uuid {
+        let product = self.products.add(500, true);
+        let reply = self
+            .place(
+                sub,
+                &Uuid::new_v4().to_string(),
+                &json!({"lines": [{"product_id": product, "quantity": 1}]}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+        reply.id()
+    }
+
+    pub(crate) async fn get(&self, sub: &str, path: &str) -> Reply {
+        self.send(
+            Request::get(path)
+                .header("authorization", format!("Bearer {}", self.token(sub)))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+    }
+
+    pub(crate) async fn post(&self, sub: &str, path: &str) -> Reply {
+        self.send(
+            Request::post(path)
+                .header("authorization", format!("Bearer {}", self.token(sub)))
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+    }
+
+    pub(crate) async fn count(&self, table: &str) -> i64 {
+        count(self.pool(), table).await
+    }
+
+    /// Sets an order's state (and optionally how long ago it was reserved / last changed).
+    pub(crate) async fn set_state(&self, id: Uuid, state: OrderState) {
+        sqlx::query("UPDATE orders SET state = $2 WHERE id = $1")
+            .bind(id)
+            .bind(state.as_str())
+            .execute(self.pool())
+            .await
+            .expect("set state");
+    }
+
+    pub(crate) async fn state_of(&self, id: Uuid) -> (String, Option<String>) {
+        sqlx::query_as("SELECT state, reason FROM orders_all WHERE id = $1")
+            .bind(id)
+            .fetch_one(self.pool())
+            .await
+            .expect("order exists")
+    }
+
+    /// `(event_type, topic, aggregate_type, aggregate_id, payload)` of every outbox event, in order.
+    pub(crate) async fn outbox(&self) -> Vec<(String, String, String, String, Vec<u8>)> {
+        sqlx::query_as(
+            "SELECT event_type, topic, aggregate_type, aggregate_id, payload FROM outbox_events ORDER BY seq",
+        )
+        .fetch_all(self.pool())
+        .await
+        .expect("outbox")
+    }
+}
+
+pub(crate) fn token(config: &Config, sub: &str, expires_in: i64) -> String {
+    config.authenticator().issue(&Claims {
+        sub: sub.into(),
+        roles: vec!["customer".into()],
+        exp: chrono::Utc::now().timestamp() + expires_in,
+    })
+}
+
+pub(crate) async fn count(pool: &PgPool, table: &str) -> i64 {
+    let sql = format!("SELECT count(*) FROM {table}");
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+/// A response, its body parsed as JSON (`Value::Null` when empty or not JSON).
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Value,
+}
+
+impl Reply {
+    pub(crate) fn id(&self) -> Uuid {
+        self.body["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("no id in {}", self.body))
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a problem+json response with `status`.
+    pub(crate) fn assert_problem(&self, status: StatusCode) {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "{:?}",
+            self.headers
+        );
+        assert_eq!(self.body["status"], status.as_u16(), "{}", self.body);
+        assert!(self.body["code"].is_string(), "{}", self.body);
+    }
+}
+
+pub(crate) async fn send(app: Router, request: Request<Body>) -> Reply {
+    let response = app.oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Inserts an order directly (no HTTP) in `state`, whose last change was `age` ago.
+pub(crate) async fn insert_order(
+    pool: &PgPool,
+    customer: &str,
+    state: OrderState,
+    age: Duration,
+) -> Uuid {
+    let mut tx = pool.begin().await.expect("begin");
+    let id = Uuid::now_v7();
+    let lines = vec![OrderLine {
+        product_id: Uuid::now_v7(),
+        quantity: 2,
+        unit_price_cents: 250,
+    }];
+    commerce_order::repo::insert(&mut tx, id, customer, &lines, 500)
+        .await
+        .expect("insert");
+    sqlx::query(
+        "UPDATE orders SET state = $2,
+                updated_at = now() - $3::int8 * interval '1 second',
+                reserved_at = CASE WHEN $2 = 'RESERVED' THEN now() - $3::int8 * interval '1 second' END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state.as_str())
+    .bind(i64::try_from(age.as_secs()).expect("age"))
+    .execute(&mut *tx)
+    .await
+    .expect("age the order");
+    tx.commit().await.expect("commit");
+    id
+}
+
+/// Polls `check` until it is true or `limit` passes.
+pub(crate) async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

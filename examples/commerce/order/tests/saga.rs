@@ -1,0 +1,364 @@
+//! The saga's order side: `OrderSaga` through the inbox, and through a real
+//! `idempotency::Consumer` on a test topic of the broker.
+
+mod common;
+
+use std::time::Duration;
+
+use commerce_events::{Envelope, Event};
+use commerce_order::OrderSaga;
+use commerce_order::domain::OrderState;
+use common::{Harness, count, eventually, insert_order};
+use idempotency::inbox::{self, Delivery};
+use idempotency::{Consumer, ConsumerConfig, DeadLetterReason, Handler, Message};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn message(envelope: &Envelope) -> Message {
+    Message::new(
+        "test.inventory",
+        0,
+        0,
+        Some(envelope.aggregate_id.clone().into_bytes()),
+        Some(envelope.to_json()),
+        vec![
+            (
+                "event-id".into(),
+                Some(envelope.event_id.to_string().into_bytes()),
+            ),
+            (
+                "event-type".into(),
+                Some(envelope.event.event_type().as_bytes().to_vec()),
+            ),
+        ],
+    )
+}
+
+/// What the consumer runner does with one message: inbox and handler in one transaction.
+async fn deliver(pool: &PgPool, saga: &OrderSaga, envelope: &Envelope) -> Delivery {
+    let message = message(envelope);
+    let event = saga.decode(&message).expect("decodes");
+    let mut tx = pool.begin().await.expect("begin");
+    let delivery = inbox::receive(&mut tx, "order.saga", &envelope.event_id.to_string())
+        .await
+        .expect("inbox");
+    if delivery == Delivery::Fresh {
+        saga.handle(&mut tx, event, &message)
+            .await
+            .expect("handled");
+    }
+    tx.commit().await.expect("commit");
+    delivery
+}
+
+async fn state(pool: &PgPool, id: Uuid) -> (String, Option<String>, bool) {
+    sqlx::query_as("SELECT state, reason, reserved_at IS NOT NULL FROM orders WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("order")
+}
+
+#[tokio::test]
+async fn follows_the_happy_path_to_confirmed() {
+    let h = Harness::new().await;
+    let saga = OrderSaga::new(h.config.topics.clone());
+    let id = h.place_one("alice").await;
+    let events = [
+        Event::StockReserved {
+            order_id: id,
+            total_cents: 500,
+            customer_id: "alice".into(),
+        },
+        Event::PaymentApproved {
+            order_id: id,
+            payment_id: Uuid::now_v7(),
+            amount_cents: 500,
+        },
+        Event::StockConfirmed { order_id: id },
+    ];
+    let mut seen = Vec::new();
+    for event in events {
+        assert_eq!(
+            deliver(h.pool(), &saga, &event.into_envelope()).await,
+            Delivery::Fresh
+        );
+        seen.push(state(h.pool(), id).await);
+    }
+    assert_eq!(
+        seen,
+        [
+            ("RESERVED".into(), None, true),
+            ("PAID".into(), None, true),
+            ("CONFIRMED".into(), None, true),
+        ]
+    );
+    // Only the order's own OrderPlaced is in the outbox: the saga's moves publish nothing.
+    assert_eq!(h.count("outbox_events").await, 1);
+}
+
+#[tokio::test]
+async fn failures_and_declines_record_reasons_and_late_events_change_nothing() {
+    let h = Harness::new().await;
+    let saga = OrderSaga::new(h.config.topics.clone());
+
+    let failed = h.place_one("alice").await;
+    let delivery = deliver(
+        h.pool(),
+        &saga,
+        &Event::StockReservationFailed {
+            order_id: failed,
+            reason: "not enough stock for product x".into(),
+        }
+        .into_envelope(),
+    )
+    .await;
+    assert_eq!(delivery, Delivery::Fresh);
+    assert_eq!(
+        state(h.pool(), failed).await,
+        (
+            "FAILED".into(),
+            Some("not enough stock for product x".into()),
+            false
+        )
+    );
+
+    let declined = h.place_one("decline-carol").await;
+    for event in [
+        Event::StockReserved {
+            order_id: declined,
+            total_cents: 500,
+            customer_id: "decline-carol".into(),
+        },
+        Event::PaymentDeclined {
+            order_id: declined,
+            reason: "card declined".into(),
+        },
+        Event::StockReleased {
+            order_id: declined,
+            reason: "payment declined".into(),
+        },
+        // Late and out-of-place events: ignored.
+        Event::PaymentApproved {
+            order_id: declined,
+            payment_id: Uuid::now_v7(),
+            amount_cents: 500,
+        },
+        Event::StockConfirmed { order_id: declined },
+    ] {
+        assert_eq!(
+            deliver(h.pool(), &saga, &event.into_envelope()).await,
+            Delivery::Fresh
+        );
+    }
+    assert_eq!(
+        state(h.pool(), declined).await,
+        (
+            "CANCELLED".into(),
+            Some("payment declined: card declined".into()),
+            true
+        )
+    );
+    // A declined payment is not announced as OrderCancelled (inventory and payment act on it).
+    assert_eq!(h.count("outbox_events").await, 2);
+
+    // Events the order service does not act on, and events for orders it does not have.
+    for event in [
+        Event::PaymentRefunded {
+            order_id: declined,
+            payment_id: Uuid::now_v7(),
+        },
+        Event::StockLevelChanged {
+            product_id: Uuid::now_v7(),
+            total: 1,
+            reserved: 0,
+            available: 1,
+            version: 1,
+        },
+        Event::StockReserved {
+            order_id: Uuid::now_v7(),
+            total_cents: 1,
+            customer_id: "nobody".into(),
+        },
+    ] {
+        assert_eq!(
+            deliver(h.pool(), &saga, &event.into_envelope()).await,
+            Delivery::Fresh
+        );
+    }
+    assert_eq!(
+        state(h.pool(), declined).await.0,
+        "CANCELLED",
+        "refund changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_event_has_one_effect() {
+    let h = Harness::new().await;
+    let saga = OrderSaga::new(h.config.topics.clone());
+    let id = insert_order(h.pool(), "alice", OrderState::Pending, Duration::ZERO).await;
+    let reserved = Event::StockReserved {
+        order_id: id,
+        total_cents: 500,
+        customer_id: "alice".into(),
+    }
+    .into_envelope();
+    assert_eq!(deliver(h.pool(), &saga, &reserved).await, Delivery::Fresh);
+    let first: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT reserved_at FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_one(h.pool())
+            .await
+            .expect("reserved_at");
+    assert_eq!(
+        deliver(h.pool(), &saga, &reserved).await,
+        Delivery::Duplicate
+    );
+    let second: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT reserved_at FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_one(h.pool())
+            .await
+            .expect("reserved_at");
+    assert_eq!(first, second, "the reservation clock did not restart");
+}
+
+#[test]
+fn refuses_unknown_types_and_garbage() {
+    let saga = OrderSaga::new(commerce_events::Topics::new("t"));
+    let id = Uuid::now_v7();
+    let unknown = format!(
+        r#"{{"event_id":"{id}","event_type":"OrderShipped","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{}}}}"#
+    );
+    let decode = |payload: Option<Vec<u8>>| {
+        saga.decode(&Message::new("t", 0, 0, None, payload, vec![]))
+            .expect_err("refused")
+            .dead_letter_reason()
+    };
+    assert_eq!(
+        decode(Some(unknown.into_bytes())),
+        Some(DeadLetterReason::UnknownEventType)
+    );
+    assert_eq!(
+        decode(Some(b"not json".to_vec())),
+        Some(DeadLetterReason::DecodeFailed)
+    );
+    assert_eq!(decode(None), Some(DeadLetterReason::DecodeFailed));
+    let extra = format!(
+        r#"{{"event_id":"{id}","event_type":"StockConfirmed","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{"order_id":"{id}","admin":true}}}}"#
+    );
+    assert_eq!(
+        decode(Some(extra.into_bytes())),
+        Some(DeadLetterReason::DecodeFailed)
+    );
+}
+
+async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    event_id: &str,
+) {
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "event-id",
+        value: Some(event_id),
+    });
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produced");
+}
+
+#[tokio::test]
+async fn through_a_consumer_a_duplicate_is_skipped_and_poison_dead_lettered() {
+    let h = Harness::new().await;
+    let topic = testkit::kafka::topic(1).await;
+    let dead_letters = testkit::kafka::topic(1).await;
+    let id = insert_order(h.pool(), "alice", OrderState::Reserved, Duration::ZERO).await;
+    let declined = Event::PaymentDeclined {
+        order_id: id,
+        reason: "card declined".into(),
+    }
+    .into_envelope();
+
+    let producer: FutureProducer = testkit::kafka::producer_config()
+        .await
+        .create()
+        .expect("producer");
+    let event_id = declined.event_id.to_string();
+    produce(
+        &producer,
+        &topic,
+        &declined.aggregate_id,
+        &declined.to_json(),
+        &event_id,
+    )
+    .await;
+    produce(
+        &producer,
+        &topic,
+        &declined.aggregate_id,
+        &declined.to_json(),
+        &event_id,
+    )
+    .await;
+    produce(
+        &producer,
+        &topic,
+        &declined.aggregate_id,
+        b"{\"garbage\": true}",
+        &Uuid::now_v7().to_string(),
+    )
+    .await;
+
+    let mut kafka = rdkafka::ClientConfig::new();
+    kafka.set(
+        "bootstrap.servers",
+        testkit::kafka::bootstrap_servers().await,
+    );
+    let config = ConsumerConfig::new(format!("order.saga-{}", Uuid::now_v7()), kafka)
+        .topic(&topic)
+        .dead_letter_topic(&dead_letters)
+        .dead_letter_producer(testkit::kafka::producer_config().await)
+        .backoff(Duration::from_millis(50), Duration::from_millis(500));
+    let consumer = Consumer::new(
+        h.pool().clone(),
+        config,
+        OrderSaga::new(h.config.topics.clone()),
+    )
+    .expect("consumer")
+    .spawn();
+    eventually(Duration::from_secs(60), "three messages handled", || {
+        let stats = consumer.stats();
+        async move { stats.processed + stats.duplicates + stats.dead_lettered >= 3 }
+    })
+    .await;
+    let stats = consumer.shutdown().await;
+    assert_eq!(
+        (stats.processed, stats.duplicates, stats.dead_lettered),
+        (1, 1, 1)
+    );
+
+    assert_eq!(
+        state(h.pool(), id).await,
+        (
+            "CANCELLED".into(),
+            Some("payment declined: card declined".into()),
+            true
+        )
+    );
+    assert_eq!(count(h.pool(), "idempotency_inbox").await, 1);
+    let dead = testkit::kafka::read_all(&dead_letters).await;
+    assert_eq!(dead.len(), 1);
+}

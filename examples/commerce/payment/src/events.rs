@@ -1,0 +1,193 @@
+//! The saga consumer (`payment.saga`, on the inventory and orders topics): charges reserved
+//! orders at most once, refunds cancelled ones.
+
+use commerce_events::{DecodeError, Envelope, Event, Topics};
+use idempotency::{Handler, HandlerError, Message};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::{self, OnCancelled, OnReserved, Status};
+use crate::provider::{self, Charge};
+use crate::repo;
+
+/// The consumer's name: its consumer group and its inbox records.
+pub const CONSUMER: &str = "payment.saga";
+
+/// Decodes a message's envelope through the events allowlist: unknown types and malformed
+/// payloads are dead-lettered.
+///
+/// # Errors
+///
+/// [`HandlerError::unknown_event_type`] or [`HandlerError::decode`].
+pub fn decode(message: &Message) -> Result<Envelope, HandlerError> {
+    let payload = message
+        .payload()
+        .ok_or_else(|| HandlerError::decode("the message has no payload"))?;
+    commerce_events::decode(payload).map_err(|error| match error {
+        DecodeError::UnknownType(event_type) => HandlerError::unknown_event_type(event_type),
+        other => HandlerError::decode(other),
+    })
+}
+
+/// The saga handler. Every effect (the payment row, the cancellation record, the events it
+/// publishes through the outbox) is written in the consumer's transaction, together with the
+/// inbox record.
+///
+/// - `StockReserved`: unless the order was cancelled or already has a payment, inserts a
+///   `PENDING` payment and asks the [provider]: approved ->
+///   `APPROVED` + `PaymentApproved`; declined -> `DECLINED` + `PaymentDeclined`; no answer -> stays
+///   `PENDING`, nothing published.
+/// - `OrderCancelled`: records the cancellation (so the order is never charged afterwards); an
+///   `APPROVED` payment becomes `REFUNDED` + `PaymentRefunded`, a `PENDING` one
+///   `DECLINED("order cancelled")`.
+/// - Anything else: ignored.
+#[derive(Debug, Clone)]
+pub struct Saga {
+    topics: Topics,
+}
+
+impl Saga {
+    /// A handler publishing on `topics`.
+    pub fn new(topics: Topics) -> Self {
+        Self { topics }
+    }
+
+    async fn reserved(
+        &self,
+        conn: &mut PgConnection,
+        event_id: Uuid,
+        order_id: Uuid,
+        amount_cents: i64,
+        customer_id: &str,
+    ) -> Result<(), HandlerError> {
+        repo::lock_order(conn, order_id).await?;
+        let cancelled = repo::is_cancelled(conn, order_id).await?;
+        let existing = repo::payment_of(conn, order_id)
+            .await?
+            .map(|payment| payment.status);
+        match domain::on_stock_reserved(cancelled, existing) {
+            OnReserved::Cancelled => {
+                tracing::info!(%order_id, %event_id, "payment: order already cancelled; not charging");
+                return Ok(());
+            }
+            OnReserved::AlreadyCharged(status) => {
+                tracing::info!(%order_id, %event_id, %status, "payment: order already has a payment; not charging again");
+                return Ok(());
+            }
+            OnReserved::Charge => {}
+        }
+        let payment_id = Uuid::now_v7();
+        if !repo::insert_pending(conn, order_id, payment_id, customer_id, amount_cents).await? {
+            tracing::info!(%order_id, %event_id, "payment: order already has a payment; not charging again");
+            return Ok(());
+        }
+        let outcome = provider::charge(&Charge {
+            payment_id,
+            customer_id,
+            amount_cents,
+        });
+        let (status, reason) = domain::settle(&outcome);
+        tracing::info!(%order_id, %event_id, %payment_id, %status, reason, "payment: provider answered");
+        let event = match status {
+            Status::Approved => Event::PaymentApproved {
+                order_id,
+                payment_id,
+                amount_cents,
+            },
+            Status::Declined => Event::PaymentDeclined {
+                order_id,
+                reason: reason.unwrap_or_default().to_owned(),
+            },
+            // No answer: the payment waits; the order's reservation expiry cancels it.
+            Status::Pending | Status::Refunded => return Ok(()),
+        };
+        repo::set_status(conn, order_id, status, reason).await?;
+        self.publish(conn, event).await
+    }
+
+    async fn cancelled(
+        &self,
+        conn: &mut PgConnection,
+        event_id: Uuid,
+        order_id: Uuid,
+        reason: &str,
+    ) -> Result<(), HandlerError> {
+        repo::lock_order(conn, order_id).await?;
+        repo::record_cancellation(conn, order_id, reason).await?;
+        let Some(payment) = repo::payment_of(conn, order_id).await? else {
+            tracing::info!(%order_id, %event_id, "payment: order cancelled before any charge");
+            return Ok(());
+        };
+        match domain::on_order_cancelled(Some(payment.status)) {
+            OnCancelled::Refund => {
+                repo::set_status(conn, order_id, Status::Refunded, Some(reason)).await?;
+                tracing::info!(%order_id, %event_id, payment_id = %payment.payment_id, "payment: refunded");
+                self.publish(
+                    conn,
+                    Event::PaymentRefunded {
+                        order_id,
+                        payment_id: payment.payment_id,
+                    },
+                )
+                .await
+            }
+            OnCancelled::Abandon => {
+                repo::set_status(
+                    conn,
+                    order_id,
+                    Status::Declined,
+                    Some(domain::ABANDONED_REASON),
+                )
+                .await?;
+                tracing::info!(%order_id, %event_id, payment_id = %payment.payment_id, "payment: pending payment abandoned");
+                Ok(())
+            }
+            OnCancelled::Nothing => Ok(()),
+        }
+    }
+
+    async fn publish(&self, conn: &mut PgConnection, event: Event) -> Result<(), HandlerError> {
+        let envelope = event.into_envelope();
+        outbox::enqueue(conn, &envelope.to_outbox(&self.topics))
+            .await
+            .map(drop)
+            .map_err(|error| {
+                if error.is_retriable() {
+                    HandlerError::retriable(error)
+                } else {
+                    HandlerError::permanent(error)
+                }
+            })
+    }
+}
+
+impl Handler for Saga {
+    type Event = Envelope;
+
+    fn decode(&self, message: &Message) -> Result<Envelope, HandlerError> {
+        decode(message)
+    }
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: Envelope,
+        _message: &Message,
+    ) -> Result<(), HandlerError> {
+        let event_id = envelope.event_id;
+        match envelope.event {
+            Event::StockReserved {
+                order_id,
+                total_cents,
+                customer_id,
+            } => {
+                self.reserved(conn, event_id, order_id, total_cents, &customer_id)
+                    .await
+            }
+            Event::OrderCancelled { order_id, reason } => {
+                self.cancelled(conn, event_id, order_id, &reason).await
+            }
+            _ => Ok(()),
+        }
+    }
+}

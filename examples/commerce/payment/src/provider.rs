@@ -1,0 +1,97 @@
+//! The fake payment provider: deterministic by customer id, no I/O.
+//!
+//! | customer id starts with | answer                                   |
+//! |-------------------------|------------------------------------------|
+//! | `decline`               | [`Outcome::Declined`] (`card declined`)  |
+//! | `timeout`               | [`Outcome::NoAnswer`]                    |
+//! | anything else           | [`Outcome::Approved`]                    |
+//!
+//! An amount that is not positive is declined (`invalid amount`) whoever the customer is, as a
+//! real provider would refuse it.
+
+use uuid::Uuid;
+
+/// A charge request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge<'a> {
+    /// The payment's id. A real provider would receive it as the request's idempotency key, so
+    /// that a charge retried after a crash is not made twice.
+    pub payment_id: Uuid,
+    /// Who pays.
+    pub customer_id: &'a str,
+    /// How much, in cents.
+    pub amount_cents: i64,
+}
+
+/// What the provider answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The money was taken.
+    Approved,
+    /// The charge was refused, with the provider's reason.
+    Declined(String),
+    /// No answer: the payment stays pending (until the order is cancelled).
+    NoAnswer,
+}
+
+/// Asks the fake provider to charge `request`.
+pub fn charge(request: &Charge<'_>) -> Outcome {
+    if request.amount_cents <= 0 {
+        Outcome::Declined("invalid amount".to_owned())
+    } else if request.customer_id.starts_with("decline") {
+        Outcome::Declined("card declined".to_owned())
+    } else if request.customer_id.starts_with("timeout") {
+        Outcome::NoAnswer
+    } else {
+        Outcome::Approved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(customer_id: &str, amount_cents: i64) -> Outcome {
+        charge(&Charge {
+            payment_id: Uuid::now_v7(),
+            customer_id,
+            amount_cents,
+        })
+    }
+
+    #[test]
+    fn answers_by_customer_id() {
+        assert_eq!(answer("alice", 1000), Outcome::Approved);
+        assert_eq!(
+            answer("decline-bob", 1000),
+            Outcome::Declined("card declined".into())
+        );
+        assert_eq!(
+            answer("declined", 1),
+            Outcome::Declined("card declined".into())
+        );
+        assert_eq!(answer("timeout-carol", 1000), Outcome::NoAnswer);
+        // Only a prefix counts.
+        assert_eq!(answer("carol-timeout", 1000), Outcome::Approved);
+        assert_eq!(answer("Decline", 1000), Outcome::Approved);
+    }
+
+    #[test]
+    fn declines_amounts_that_are_not_positive() {
+        assert_eq!(
+            answer("alice", 0),
+            Outcome::Declined("invalid amount".into())
+        );
+        assert_eq!(
+            answer("timeout-x", -5),
+            Outcome::Declined("invalid amount".into())
+        );
+    }
+
+    #[test]
+    fn is_deterministic() {
+        for customer in ["alice", "decline-1", "timeout-1"] {
+            assert_eq!(answer(customer, 10), answer(customer, 10));
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! SQL on the payment service's tables. Every function takes the caller's connection, so the
+//! saga's writes share the consumer's transaction.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::domain::Status;
+
+/// A payment, as stored and as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Payment {
+    pub(crate) order_id: Uuid,
+    pub(crate) payment_id: Uuid,
+    pub(crate) customer_id: String,
+    pub(crate) amount_cents: i64,
+    pub(crate) status: Status,
+    pub(crate) reason: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+}
+
+type PaymentRow = (
+    Uuid,
+    Uuid,
+    String,
+    i64,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+fn payment(row: PaymentRow) -> Result<Payment, sqlx::Error> {
+    let (order_id, payment_id, customer_id, amount_cents, status, reason, created_at, updated_at) =
+        row;
+    let status = Status::parse(&status)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown payment status {status:?}").into()))?;
+    Ok(Payment {
+        order_id,
+        payment_id,
+        customer_id,
+        amount_cents,
+        status,
+        reason,
+        created_at,
+        updated_at,
+    })
+}
+
+/// Serializes the saga's work on one order until the transaction ends: a reservation and a
+/// cancellation of the same order, handled at the same time (they come from different topics,
+/// possibly on different instances), would otherwise both miss the other's uncommitted row.
+pub(crate) async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<()> {
+    // Class 3 (payment saga) in the two-key advisory lock space; a hash collision only makes
+    // two orders wait for each other.
+    sqlx::query("SELECT pg_advisory_xact_lock(3, hashtext($1::text))")
+        .bind(order_id)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Whether the order was cancelled.
+pub(crate) async fn is_cancelled(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM cancelled_orders WHERE order_id = $1)")
+        .bind(order_id)
+        .fetch_one(conn)
+        .await
+}
+
+/// Records the cancellation (a second one changes nothing).
+pub(crate) async fn record_cancellation(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    reason: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO cancelled_orders (order_id, reason) VALUES ($1, $2)
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(reason)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+const SELECT_PAYMENT: &str =
+    "SELECT order_id, payment_id, customer_id, amount_cents, status, reason, created_at, updated_at
+     FROM payments WHERE order_id = $1";
+
+/// The order's payment, if it has one.
+pub(crate) async fn payment_of(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> sqlx::Result<Option<Payment>> {
+    sqlx::query_as::<_, PaymentRow>(SELECT_PAYMENT)
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await?
+        .map(payment)
+        .transpose()
+}
+
+/// Inserts a `PENDING` payment. Returns `false`, writing nothing, when the order already has
+/// one: the primary key on `order_id` is the last word on "at most one charge per order".
+pub(crate) async fn insert_pending(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    payment_id: Uuid,
+    customer_id: &str,
+    amount_cents: i64,
+) -> sqlx::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO payments (order_id, payment_id, customer_id, amount_cents, status)
+         VALUES ($1, $2, $3, $4, 'PENDING')
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(payment_id)
+    .bind(customer_id)
+    .bind(amount_cents)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Sets the order's payment's status and reason.
+pub(crate) async fn set_status(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+    status: Status,
+    reason: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE payments SET status = $2, reason = coalesce($3, reason), updated_at = now()
+         WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .bind(status.as_str())
+    .bind(reason)
+    .execute(conn)
+    .await
+    .map(drop)
+}

@@ -1,0 +1,463 @@
+//! The saga consumer against a real PostgreSQL database: each event is delivered as the consumer
+//! runner delivers it (inbox record and handler in one transaction), plus one run of a real
+//! `idempotency::Consumer` over a test topic.
+
+use std::time::Duration;
+
+use commerce_events::{Envelope, Event, Topics};
+use commerce_payment::{CONSUMER, Saga};
+use idempotency::inbox::{self, Delivery};
+use idempotency::{DeadLetterReason, Handler, Message};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn saga() -> Saga {
+    Saga::new(Topics::new("test"))
+}
+
+fn message(envelope: &Envelope) -> Message {
+    Message::new(
+        "test.inventory",
+        0,
+        0,
+        Some(envelope.aggregate_id.clone().into_bytes()),
+        Some(envelope.to_json()),
+        vec![(
+            "event-id".into(),
+            Some(envelope.event_id.to_string().into_bytes()),
+        )],
+    )
+}
+
+/// What the consumer runner does with one message: decode, then inbox + handler in one
+/// transaction.
+async fn deliver(pool: &PgPool, saga: &Saga, envelope: &Envelope) -> Delivery {
+    let message = message(envelope);
+    let event = saga.decode(&message).expect("decodes");
+    let mut tx = pool.begin().await.expect("begin");
+    let delivery = inbox::receive(&mut tx, CONSUMER, &envelope.event_id.to_string())
+        .await
+        .expect("inbox");
+    if delivery == Delivery::Fresh {
+        saga.handle(&mut tx, event, &message)
+            .await
+            .expect("handled");
+    }
+    tx.commit().await.expect("commit");
+    delivery
+}
+
+/// [`deliver`] of an event that must be fresh.
+async fn apply(pool: &PgPool, envelope: &Envelope) {
+    assert_eq!(deliver(pool, &saga(), envelope).await, Delivery::Fresh);
+}
+
+fn reserved(order_id: Uuid, customer_id: &str, total_cents: i64) -> Envelope {
+    Event::StockReserved {
+        order_id,
+        total_cents,
+        customer_id: customer_id.into(),
+    }
+    .into_envelope()
+}
+
+fn cancelled(order_id: Uuid) -> Envelope {
+    Event::OrderCancelled {
+        order_id,
+        reason: "cancelled by customer".into(),
+    }
+    .into_envelope()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Row {
+    payment_id: Uuid,
+    amount_cents: i64,
+    status: String,
+    reason: Option<String>,
+}
+
+async fn payments(pool: &PgPool, order_id: Uuid) -> Vec<Row> {
+    sqlx::query_as::<_, (Uuid, i64, String, Option<String>)>(
+        "SELECT payment_id, amount_cents, status, reason FROM payments WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_all(pool)
+    .await
+    .expect("payments")
+    .into_iter()
+    .map(|(payment_id, amount_cents, status, reason)| Row {
+        payment_id,
+        amount_cents,
+        status,
+        reason,
+    })
+    .collect()
+}
+
+/// The events the service enqueued for `order_id`, in order, with their topics.
+async fn published(pool: &PgPool, order_id: Uuid) -> Vec<(String, Event)> {
+    sqlx::query_as::<_, (String, Vec<u8>)>(
+        "SELECT topic, payload FROM outbox_events WHERE aggregate_id = $1 ORDER BY seq",
+    )
+    .bind(order_id.to_string())
+    .fetch_all(pool)
+    .await
+    .expect("outbox")
+    .into_iter()
+    .map(|(topic, payload)| {
+        let envelope = commerce_events::decode(&payload).expect("a valid envelope");
+        (topic, envelope.event)
+    })
+    .collect()
+}
+
+async fn database() -> testkit::TestDb {
+    testkit::database(&commerce_payment::migrator()).await
+}
+
+#[tokio::test]
+async fn approves_and_publishes_payment_approved() {
+    let db = database().await;
+    let order_id = Uuid::now_v7();
+    apply(&db.pool, &reserved(order_id, "alice", 1500)).await;
+
+    let rows = payments(&db.pool, order_id).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "APPROVED");
+    assert_eq!(rows[0].amount_cents, 1500);
+    assert_eq!(
+        published(&db.pool, order_id).await,
+        [(
+            "test.payments".to_owned(),
+            Event::PaymentApproved {
+                order_id,
+                payment_id: rows[0].payment_id,
+                amount_cents: 1500,
+            }
+        )]
+    );
+}
+
+#[tokio::test]
+async fn declines_and_publishes_payment_declined() {
+    let db = database().await;
+    let order_id = Uuid::now_v7();
+    apply(&db.pool, &reserved(order_id, "decline-bob", 900)).await;
+
+    let rows = payments(&db.pool, order_id).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "DECLINED");
+    assert_eq!(rows[0].reason.as_deref(), Some("card declined"));
+    assert_eq!(
+        published(&db.pool, order_id).await,
+        [(
+            "test.payments".to_owned(),
+            Event::PaymentDeclined {
+                order_id,
+                reason: "card declined".into(),
+            }
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_provider_timeout_leaves_the_payment_pending_until_the_order_is_cancelled() {
+    let db = database().await;
+    let order_id = Uuid::now_v7();
+    apply(&db.pool, &reserved(order_id, "timeout-carol", 700)).await;
+
+    let rows = payments(&db.pool, order_id).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "PENDING");
+    assert_eq!(published(&db.pool, order_id).await, []);
+
+    // The order's reservation expires: the pending payment is abandoned, nothing is published.
+    apply(&db.pool, &cancelled(order_id)).await;
+    let rows = payments(&db.pool, order_id).await;
+    assert_eq!(rows[0].status, "DECLINED");
+    assert_eq!(rows[0].reason.as_deref(), Some("order cancelled"));
+    assert_eq!(published(&db.pool, order_id).await, []);
+}
+
+#[tokio::test]
+async fn the_same_event_twice_charges_once() {
+    let db = database().await;
+    let order_id = Uuid::now_v7();
+    let event = reserved(order_id, "alice", 1000);
+    assert_eq!(deliver(&db.pool, &saga(), &event).await, Delivery::Fresh);
+    assert_eq!(
+        deliver(&db.pool, &saga(), &event).await,
+        Delivery::Duplicate
+    );
+
+    assert_eq!(payments(&db.pool, order_id).await.len(), 1);
+    assert_eq!(published(&db.pool, order_id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn two_different_events_for_one_order_charge_once() {
+    let db = database().await;
+    let order_id = Uuid::now_v7();
+    assert_eq!(
+        deliver(&db.pool, &saga(), &reserved(order_id, "alice", 1000)).await,
+        Delivery::Fresh
+    );
+    assert_eq!(
+        deliver(&db.pool, &saga(), &reserved(order_id, "alice", 1000)).await,
+        Delivery::Fresh
+    );
+
+    let rows = payments(&db.pool, order_id).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "APPROVED");
+    let events = published(&db.pool, order_id).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+}
+
+#[tokio::test]
+async fn concurrent_events_for_one_order_charge_once() {
+    let db = database().await;
+    let orders: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
+    let deliveries = orders.iter().flat_map(|&order_id| {
+        let pool = db.pool.clone();
+        [0, 1].map(move |_| {
+            let pool = pool.clone();
+            tokio::spawn(
+                async move { deliver(&pool, &saga(), &reserved(order_id, "alice", 100)).await },
+            )
+        })
+    });
+    for delivery in futures_join(deliveries.collect()).await {
+        assert_eq!(delivery, Delivery::Fresh);
+    }
+    for order_id in orders {
+        assert_eq!(payments(&db.pool, order_id).await.len(), 1);
+        let events = published(&db.pool, order_id).await;
+        assert!(
+            matches!(events.as_slice(), [(_, Event::PaymentApproved { .. })]),
+            "{events:?}"
+        );
+    }
+}
+
+async fn futures_join<T: Send + 'static>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut results = Vec::with_capacity(handles.len());
+    for handle in handles {
+        results.push(handle.await.expect("task"));
+    }
+    results
+}
+
+#[tokio::test]
+async fn a_cancellation_after_the_charge_refunds_it_once() {
+    let db = database().await;
+    let order_id = Uuid::now_v7();
+    apply(&db.pool, &reserved(order_id, "alice", 2500)).await;
+    apply(&db.pool, &cancelled(order_id)).await;
+    // A second cancellation event (another event id) refunds nothing more.
+    apply(&db.pool, &cancelled(order_id)).await;
+
+    let rows = payments(&db.pool, order_id).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "REFUNDED");
+    assert_eq!(rows[0].reason.as_deref(), Some("cancelled by customer"));
+    let payment_id = rows[0].payment_id;
+    assert_eq!(
+        published(&db.pool, order_id).await,
+        [
+            (
+                "test.payments".to_owned(),
+                Event::PaymentApproved {
+                    order_id,
+                    payment_id,
+                    amount_cents: 2500,
+                }
+            ),
+            (
+                "test.payments".to_owned(),
+                Event::PaymentRefunded {
+                    order_id,
+                    payment_id
+                }
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_declined_payment_is_not_refunded() {
+    let db = database().await;
+    let order_id = Uuid::now_v7();
+    apply(&db.pool, &reserved(order_id, "decline-x", 100)).await;
+    apply(&db.pool, &cancelled(order_id)).await;
+
+    assert_eq!(payments(&db.pool, order_id).await[0].status, "DECLINED");
+    let events = published(&db.pool, order_id).await;
+    assert!(
+        matches!(events.as_slice(), [(_, Event::PaymentDeclined { .. })]),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_order_is_never_charged() {
+    let db = database().await;
+    let order_id = Uuid::now_v7();
+    apply(&db.pool, &cancelled(order_id)).await;
+    apply(&db.pool, &reserved(order_id, "alice", 1000)).await;
+
+    assert_eq!(payments(&db.pool, order_id).await, []);
+    assert_eq!(published(&db.pool, order_id).await, []);
+    let reason: String =
+        sqlx::query_scalar("SELECT reason FROM cancelled_orders WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_one(&db.pool)
+            .await
+            .expect("recorded");
+    assert_eq!(reason, "cancelled by customer");
+}
+
+#[tokio::test]
+async fn a_concurrent_reservation_and_cancellation_never_leave_a_charge() {
+    let db = database().await;
+    let orders: Vec<Uuid> = (0..20).map(|_| Uuid::now_v7()).collect();
+    let mut tasks = Vec::new();
+    for &order_id in &orders {
+        let (a, b) = (db.pool.clone(), db.pool.clone());
+        tasks.push(tokio::spawn(async move {
+            deliver(&a, &saga(), &reserved(order_id, "alice", 100)).await
+        }));
+        tasks.push(tokio::spawn(async move {
+            deliver(&b, &saga(), &cancelled(order_id)).await
+        }));
+    }
+    for delivery in futures_join(tasks).await {
+        assert_eq!(delivery, Delivery::Fresh);
+    }
+    for order_id in orders {
+        let rows = payments(&db.pool, order_id).await;
+        let events: Vec<&'static str> = published(&db.pool, order_id)
+            .await
+            .iter()
+            .map(|(_, e)| e.event_type())
+            .collect();
+        match rows.as_slice() {
+            // The cancellation came first: no charge at all.
+            [] => assert_eq!(events, Vec::<&str>::new()),
+            // The charge came first: refunded.
+            [row] => {
+                assert_eq!(row.status, "REFUNDED");
+                assert_eq!(events, ["PaymentApproved", "PaymentRefunded"]);
+            }
+            more => panic!("more than one payment: {more:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn ignores_other_events_and_refuses_unknown_ones() {
+    let db = database().await;
+    let order_id = Uuid::now_v7();
+    apply(
+        &db.pool,
+        &Event::StockConfirmed { order_id }.into_envelope(),
+    )
+    .await;
+    assert_eq!(payments(&db.pool, order_id).await, []);
+    assert_eq!(published(&db.pool, order_id).await, []);
+
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&reserved(order_id, "alice", 1).to_json()).expect("json");
+    json["event_type"] = "ChargeTwice".into();
+    let unknown = Message::new("t", 0, 0, None, Some(json.to_string().into_bytes()), vec![]);
+    let error = saga().decode(&unknown).expect_err("refused");
+    assert_eq!(
+        error.dead_letter_reason(),
+        Some(DeadLetterReason::UnknownEventType)
+    );
+    let garbage = Message::new("t", 0, 0, None, Some(b"{".to_vec()), vec![]);
+    assert_eq!(
+        saga()
+            .decode(&garbage)
+            .expect_err("refused")
+            .dead_letter_reason(),
+        Some(DeadLetterReason::DecodeFailed)
+    );
+}
+
+#[tokio::test]
+async fn a_real_consumer_charges_once_and_dead_letters_poison() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let db = database().await;
+    let topic = testkit::kafka::topic(1).await;
+    let dead_letters = testkit::kafka::topic(1).await;
+    let producer: FutureProducer = testkit::kafka::producer_config()
+        .await
+        .create()
+        .expect("producer");
+    let order_id = Uuid::now_v7();
+    let event = reserved(order_id, "alice", 4200);
+    let event_id = event.event_id.to_string();
+    let payloads = [
+        event.to_json(),
+        event.to_json(),
+        b"not an envelope".to_vec(),
+    ];
+    for payload in &payloads {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "event-id",
+            value: Some(event_id.as_str()),
+        });
+        producer
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&event.aggregate_id)
+                    .payload(payload)
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("produced");
+    }
+
+    let mut kafka = rdkafka::ClientConfig::new();
+    kafka.set(
+        "bootstrap.servers",
+        testkit::kafka::bootstrap_servers().await,
+    );
+    let config =
+        idempotency::ConsumerConfig::new(format!("payment-test-{}", Uuid::now_v7()), kafka)
+            .topic(&topic)
+            .dead_letter_topic(&dead_letters)
+            .dead_letter_producer(testkit::kafka::producer_config().await);
+    let consumer = idempotency::Consumer::new(db.pool.clone(), config, saga())
+        .expect("consumer")
+        .spawn();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = consumer.stats();
+        if stats.processed + stats.duplicates + stats.dead_lettered == 3 {
+            assert_eq!(
+                (stats.processed, stats.duplicates, stats.dead_lettered),
+                (1, 1, 1)
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the consumer did not finish: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consumer.shutdown().await;
+
+    let rows = payments(&db.pool, order_id).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, "APPROVED");
+    assert_eq!(published(&db.pool, order_id).await.len(), 1);
+    let dead = testkit::kafka::read_all(&dead_letters).await;
+    assert_eq!(dead.len(), 1);
+}

@@ -1,0 +1,239 @@
+//! Shared fixtures: a fresh database, a Redis prefix of its own, requests through `app`, and
+//! stock events delivered as the consumer runner delivers them.
+
+#![allow(dead_code)]
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use commerce_events::{Envelope, Event};
+use commerce_platform::{Authenticator, Claims};
+use commerce_product::{AppState, CONSUMER, StockCache, StockLevels, app};
+use http_body_util::BodyExt;
+use idempotency::inbox::{self, Delivery};
+use idempotency::{Handler, Message};
+use redis::AsyncCommands;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+pub(crate) const API_KEY: &str = "test-service-key";
+
+pub(crate) fn auth() -> Authenticator {
+    Authenticator::new(b"test-secret", API_KEY)
+}
+
+pub(crate) fn token(role: &str) -> String {
+    auth().issue(&Claims {
+        sub: format!("{role}-1"),
+        roles: vec![role.into()],
+        exp: chrono::Utc::now().timestamp() + 300,
+    })
+}
+
+pub(crate) struct Fixture {
+    pub(crate) db: testkit::TestDb,
+    pub(crate) state: AppState,
+    pub(crate) stock: StockLevels,
+    pub(crate) prefix: String,
+}
+
+pub(crate) async fn fixture() -> Fixture {
+    let db = testkit::database(&commerce_product::migrator()).await;
+    let prefix = format!("test-{}", Uuid::new_v4().simple());
+    let cache =
+        StockCache::open(&testkit::redis::redis_url().await, prefix.as_str()).expect("a Redis URL");
+    Fixture {
+        state: AppState {
+            pool: db.pool.clone(),
+            auth: auth(),
+            stock: cache.clone(),
+        },
+        stock: StockLevels::new(cache),
+        db,
+        prefix,
+    }
+}
+
+impl Fixture {
+    pub(crate) async fn send(&self, request: Request<Body>) -> Response {
+        send(&self.state, request).await
+    }
+
+    /// Delivers `envelope` as the consumer runner does: inbox record and handler in one
+    /// transaction.
+    pub(crate) async fn deliver(&self, envelope: &Envelope) -> Delivery {
+        let message = Message::new(
+            "test.inventory",
+            0,
+            0,
+            Some(envelope.aggregate_id.clone().into_bytes()),
+            Some(envelope.to_json()),
+            vec![(
+                "event-id".into(),
+                Some(envelope.event_id.to_string().into_bytes()),
+            )],
+        );
+        let event = self.stock.decode(&message).expect("decodes");
+        let mut tx = self.db.pool.begin().await.expect("begin");
+        let delivery = inbox::receive(&mut tx, CONSUMER, &envelope.event_id.to_string())
+            .await
+            .expect("inbox");
+        if delivery == Delivery::Fresh {
+            self.stock
+                .handle(&mut tx, event, &message)
+                .await
+                .expect("handled");
+        }
+        tx.commit().await.expect("commit");
+        delivery
+    }
+
+    /// [`deliver`](Self::deliver) of an event that must be fresh.
+    pub(crate) async fn apply(&self, envelope: &Envelope) {
+        assert_eq!(self.deliver(envelope).await, Delivery::Fresh);
+    }
+
+    /// `(available, version)` in Redis.
+    pub(crate) async fn cached(&self, product_id: Uuid) -> (Option<i64>, Option<i64>) {
+        let mut redis = testkit::redis::connection().await;
+        redis
+            .hmget(self.state.stock.key(product_id), &["available", "version"])
+            .await
+            .expect("HMGET")
+    }
+
+    /// `(available, version)` in `stock_levels`.
+    pub(crate) async fn stored(&self, product_id: Uuid) -> Option<(i32, i64)> {
+        sqlx::query_as("SELECT available, version FROM stock_levels WHERE product_id = $1")
+            .bind(product_id)
+            .fetch_optional(&self.db.pool)
+            .await
+            .expect("stock_levels")
+    }
+
+    pub(crate) async fn products(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM products")
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("count")
+    }
+
+    /// Deletes this test's Redis keys.
+    pub(crate) async fn cleanup(&self) {
+        let mut redis = testkit::redis::connection().await;
+        let keys: Vec<String> = redis
+            .keys(format!("{}:*", self.prefix))
+            .await
+            .expect("KEYS");
+        if !keys.is_empty() {
+            let _: () = redis.del(keys).await.expect("DEL");
+        }
+    }
+
+    /// Creates a product through the API and returns its id.
+    pub(crate) async fn create(&self, sku: &str, price_cents: i64) -> Uuid {
+        let response = self
+            .send(post(
+                "/api/v1/products",
+                Some(&token("admin")),
+                &serde_json::json!({ "sku": sku, "name": format!("{sku} name"), "price_cents": price_cents })
+                    .to_string(),
+            ))
+            .await;
+        assert_eq!(response.status, StatusCode::CREATED, "{:?}", response.json);
+        response.json["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .expect("an id")
+    }
+}
+
+pub(crate) fn level(product_id: Uuid, available: i32, version: i64) -> Envelope {
+    Event::StockLevelChanged {
+        product_id,
+        total: available + 1,
+        reserved: 1,
+        available,
+        version,
+    }
+    .into_envelope()
+}
+
+#[derive(Debug)]
+pub(crate) struct Response {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: String,
+    pub(crate) location: Option<String>,
+    pub(crate) json: serde_json::Value,
+}
+
+pub(crate) async fn send(state: &AppState, request: Request<Body>) -> Response {
+    let response = app(state.clone()).oneshot(request).await.expect("response");
+    let header = |name| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header(header::CONTENT_TYPE).unwrap_or_default();
+    let location = header(header::LOCATION);
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    Response {
+        status,
+        content_type,
+        location,
+        json,
+    }
+}
+
+fn with_token(
+    builder: axum::http::request::Builder,
+    token: Option<&str>,
+) -> axum::http::request::Builder {
+    match token {
+        Some(token) => builder.header(header::AUTHORIZATION, format!("Bearer {token}")),
+        None => builder,
+    }
+}
+
+pub(crate) fn get(uri: &str, token: Option<&str>) -> Request<Body> {
+    with_token(Request::get(uri), token)
+        .body(Body::empty())
+        .expect("request")
+}
+
+pub(crate) fn post(uri: &str, token: Option<&str>, body: &str) -> Request<Body> {
+    with_token(Request::post(uri), token)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .expect("request")
+}
+
+pub(crate) fn put(uri: &str, token: Option<&str>, body: &str) -> Request<Body> {
+    with_token(Request::put(uri), token)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_owned()))
+        .expect("request")
+}
+
+pub(crate) fn internal(uri: &str, key: Option<&str>) -> Request<Body> {
+    let mut builder = Request::get(uri);
+    if let Some(key) = key {
+        builder = builder.header("x-api-key", key);
+    }
+    builder.body(Body::empty()).expect("request")
+}
+
+/// Asserts a problem+json response with `status` and `code`.
+pub(crate) fn assert_problem(response: &Response, status: StatusCode, code: &str) {
+    assert_eq!(response.status, status, "{:?}", response.json);
+    assert_eq!(response.content_type, "application/problem+json");
+    assert_eq!(response.json["code"], code, "{:?}", response.json);
+}

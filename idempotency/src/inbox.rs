@@ -1,0 +1,109 @@
+//! The consumer inbox: which events a consumer has already applied.
+//!
+//! A consumer records an event's id in the same transaction as the event's effects. The record
+//! commits if and only if the effects do, so a redelivered event (the broker is at-least-once)
+//! finds its id and is skipped: its effect happens once. Two instances handling the same event at
+//! the same time serialize on the row: the second waits for the first's transaction, then sees a
+//! duplicate (or, if the first rolled back, applies the event itself).
+//!
+//! [`Consumer`](crate::Consumer) does this for every message; call [`receive`] directly when you
+//! consume events some other way.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+
+use crate::{Error, Result};
+
+/// Whether an event is new to a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a duplicate must not be applied again"]
+pub enum Delivery {
+    /// First time: apply the effects in the same transaction.
+    Fresh,
+    /// Already applied (by a committed transaction): skip it.
+    Duplicate,
+}
+
+/// Records that `consumer` received `event_id`, inside the caller's transaction on `conn`
+/// (`INSERT ... ON CONFLICT DO NOTHING` on `idempotency_inbox`). Duplicates are counted in the
+/// `idempotency_inbox_duplicates_total{consumer}` metric.
+///
+/// ```no_run
+/// use idempotency::inbox::{self, Delivery};
+///
+/// # async fn on_event(pool: sqlx::PgPool, event_id: &str) -> idempotency::Result<()> {
+/// let mut tx = pool.begin().await?;
+/// if inbox::receive(&mut tx, "inventory", event_id).await? == Delivery::Fresh {
+///     sqlx::query("UPDATE stock SET reserved = reserved + 1 WHERE sku = 'a'")
+///         .execute(&mut *tx)
+///         .await?;
+/// }
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Database`] when the insert fails (the caller's transaction is then aborted).
+pub async fn receive(conn: &mut PgConnection, consumer: &str, event_id: &str) -> Result<Delivery> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_inbox (consumer, event_id) VALUES ($1, $2)
+         ON CONFLICT (consumer, event_id) DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event_id)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        Ok(Delivery::Fresh)
+    } else {
+        metrics::counter!("idempotency_inbox_duplicates_total", "consumer" => consumer.to_owned())
+            .increment(1);
+        Ok(Delivery::Duplicate)
+    }
+}
+
+/// Deletes inbox records older than `older_than`, `batch_size` rows per statement, until none is
+/// left. Returns how many were deleted.
+///
+/// `older_than` must exceed the longest time the broker may redeliver an event (its retention,
+/// or how far back a consumer group may be reset): an event redelivered after its record was
+/// purged is applied again.
+///
+/// # Errors
+///
+/// [`Error::InvalidConfig`] for a zero `batch_size`; [`Error::Database`] when a statement fails
+/// (batches already deleted stay deleted).
+pub async fn purge(pool: &PgPool, older_than: Duration, batch_size: u32) -> Result<u64> {
+    if batch_size == 0 {
+        return Err(Error::InvalidConfig(
+            "purge batch size must be greater than zero".into(),
+        ));
+    }
+    // At most a century, so `now() - older_than` stays a valid timestamp.
+    const CENTURY_MICROS: i64 = 100 * 366 * 24 * 60 * 60 * 1_000_000;
+    let older_than = i64::try_from(older_than.as_micros())
+        .unwrap_or(i64::MAX)
+        .min(CENTURY_MICROS);
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM idempotency_inbox WHERE (consumer, event_id) IN (
+                SELECT consumer, event_id FROM idempotency_inbox
+                WHERE received_at < now() - $1::int8 * interval '1 microsecond'
+                ORDER BY received_at
+                LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(older_than)
+        .bind(i64::from(batch_size))
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < u64::from(batch_size) {
+            return Ok(total);
+        }
+    }
+}

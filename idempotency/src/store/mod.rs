@@ -1,0 +1,202 @@
+//! Where keys, their locks and their responses live: a [`Store`] per backend.
+
+pub(crate) mod memory;
+pub(crate) mod postgres;
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use leases::Lease;
+use sqlx::{PgConnection, PgPool};
+
+use crate::{Error, Fingerprint, IdempotencyKey, Result};
+
+/// A key in its scope: the same key sent by two principals, or to two routes, is two records.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ScopedKey {
+    /// The caller's scope (principal, tenant); empty when the layer has no scope function.
+    pub scope: String,
+    /// The route (axum's matched path, such as `/orders/{id}`), or empty when unknown.
+    pub route: String,
+    /// The client's key.
+    pub key: IdempotencyKey,
+}
+
+/// A response as stored and replayed: status, end-to-end headers in order, body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// The status code.
+    pub status: StatusCode,
+    /// The headers, repeated ones (`Set-Cookie`) included, in their order.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl StoredResponse {
+    /// Header names and values as two parallel lists (how the PostgreSQL store keeps them).
+    pub(crate) fn header_lists(&self) -> (Vec<String>, Vec<Vec<u8>>) {
+        self.headers
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+            .unzip()
+    }
+
+    /// The inverse of [`header_lists`](Self::header_lists).
+    pub(crate) fn from_lists(
+        status: i32,
+        names: Vec<String>,
+        values: Vec<Vec<u8>>,
+        body: Vec<u8>,
+    ) -> Result<Self> {
+        let corrupt = |what: &str| Error::Corrupt(what.to_owned());
+        let status = u16::try_from(status)
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .ok_or_else(|| corrupt("status"))?;
+        if names.len() != values.len() {
+            return Err(corrupt("header lists of different lengths"));
+        }
+        let mut headers = HeaderMap::with_capacity(names.len());
+        for (name, value) in names.into_iter().zip(values) {
+            headers.append(
+                HeaderName::try_from(name).map_err(|_| corrupt("header name"))?,
+                HeaderValue::from_bytes(&value).map_err(|_| corrupt("header value"))?,
+            );
+        }
+        Ok(Self {
+            status,
+            headers,
+            body: Bytes::from(body),
+        })
+    }
+}
+
+/// What [`Store::acquire`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire {
+    /// The key was free (new, released, past its retention, or its holder's lease expired on the
+    /// same request): the caller holds its lease and runs the request.
+    Acquired(Lease<i64>),
+    /// Another request with the key and the same fingerprint holds a valid lease.
+    InFlight {
+        /// When that lease runs out.
+        lease_expires_at: DateTime<Utc>,
+    },
+    /// The key completed with this response (within its retention).
+    Completed(StoredResponse),
+    /// The key was used with a different fingerprint (and is not released or past retention).
+    Mismatch,
+}
+
+/// The state of a stored key, for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The fingerprint of the request that took the key.
+    pub fingerprint: Fingerprint,
+    /// When the key was taken.
+    pub created_at: DateTime<Utc>,
+    /// When the key may be forgotten.
+    pub retain_until: DateTime<Utc>,
+    /// The current fencing token: how many times the key's lease was taken.
+    pub token: i64,
+    /// Where the key stands.
+    pub state: RecordState,
+}
+
+/// Where a stored key stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordState {
+    /// A request holds (or held, if expired) the lease and has not finished.
+    InFlight {
+        /// When the lease runs out.
+        lease_expires_at: DateTime<Utc>,
+    },
+    /// The lease was released (5xx, panic, cancellation): the key is free.
+    Released,
+    /// The request finished with this response.
+    Completed(StoredResponse),
+}
+
+/// A backend for idempotency keys: the in-flight lock is a lease with a fencing token, and
+/// completing, renewing or releasing checks it, so a request that lost its lease changes nothing.
+///
+/// Two implementations ship: [`PostgresStore`](crate::PostgresStore) and
+/// [`MemoryStore`](crate::MemoryStore).
+pub trait Store: Send + Sync + 'static {
+    /// Takes the key's lease for `lease_ttl` if the key is free, or reports why not. A key is
+    /// free when it is new, past its retention, released, or held by an expired lease of a
+    /// request with the same `fingerprint` (its holder died). A new key is retained for
+    /// `retention`.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached or refuses the operation; the layer answers 503.
+    fn acquire(
+        &self,
+        key: &ScopedKey,
+        fingerprint: &Fingerprint,
+        lease_ttl: Duration,
+        retention: Duration,
+    ) -> impl Future<Output = Result<Acquire>> + Send;
+
+    /// Extends a held lease to `ttl` from now. Returns `false` when the lease was lost.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached.
+    fn renew(&self, lease: &Lease<i64>, ttl: Duration)
+    -> impl Future<Output = Result<bool>> + Send;
+
+    /// Stores the response and ends the lease, if it is still held. Returns `false` (and stores
+    /// nothing) when the lease was lost.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached.
+    fn complete(
+        &self,
+        lease: &Lease<i64>,
+        response: &StoredResponse,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Frees the key (its next request runs, whatever its fingerprint), if the lease is still
+    /// held. Returns `false` when it was lost.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached.
+    fn release(&self, lease: &Lease<i64>) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The key's record, if it exists and is within its retention.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached.
+    fn get(&self, key: &ScopedKey) -> impl Future<Output = Result<Option<Record>>> + Send;
+
+    /// The pool that handlers' transactions ([`Tx`](crate::Tx)) come from; `None` (the default)
+    /// when the store cannot join a transaction.
+    fn pool(&self) -> Option<&PgPool> {
+        None
+    }
+
+    /// Like [`complete`](Self::complete), inside the transaction on `conn`, so the response
+    /// commits or rolls back with the handler's writes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] by default; a database error otherwise.
+    fn complete_in(
+        &self,
+        conn: &mut PgConnection,
+        lease: &Lease<i64>,
+        response: &StoredResponse,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        let _ = (conn, lease, response);
+        async { Err(Error::Unsupported("joining a transaction")) }
+    }
+}

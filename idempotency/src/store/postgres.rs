@@ -1,0 +1,387 @@
+//! [`PostgresStore`]: keys in the `idempotency_keys` table, locked with `leases` row leases.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use leases::{Clock, Completion, DatabaseClock, Lease, RowLeases, TableSpec};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
+
+use super::{Acquire, Record, RecordState, ScopedKey, Store, StoredResponse};
+use crate::{Error, Fingerprint, Result};
+
+/// Takes a key: inserts it, or takes over a row that is free (past retention, released, or
+/// leased by an expired holder of the same request). The lease columns follow the `leases`
+/// crate's rules (token +1 on every claim, expiry from `coalesce($1, statement_timestamp())`);
+/// this is the one lease statement that crate does not have, since it claims a row by key.
+const ACQUIRE: &str = "
+INSERT INTO idempotency_keys AS k
+    (scope, route, idempotency_key, fingerprint, created_at, retain_until,
+     lease_owner, lease_token, lease_expires_at, attempts, next_attempt_at)
+SELECT $2, $3, $4, $5, t.now, t.now + $8::int8 * interval '1 microsecond',
+       $6, 1, t.now + $7::int8 * interval '1 microsecond', 1, NULL
+FROM (SELECT coalesce($1::timestamptz, statement_timestamp()) AS now,
+             set_config('synchronous_commit', $9, true)) AS t
+ON CONFLICT (scope, route, idempotency_key) DO UPDATE SET
+    fingerprint = excluded.fingerprint, created_at = excluded.created_at,
+    retain_until = excluded.retain_until, lease_owner = excluded.lease_owner,
+    lease_token = k.lease_token + 1, lease_expires_at = excluded.lease_expires_at,
+    attempts = k.attempts + 1, next_attempt_at = NULL, completed_at = NULL, status = NULL,
+    header_names = NULL, header_values = NULL, body = NULL
+WHERE k.retain_until <= excluded.created_at
+   OR (k.completed_at IS NULL AND (k.lease_expires_at IS NULL
+       OR (k.lease_expires_at <= excluded.created_at AND k.fingerprint = excluded.fingerprint)))
+RETURNING k.id, k.lease_token, k.lease_expires_at, k.attempts";
+
+const LOOKUP: &str = "
+SELECT fingerprint, created_at, retain_until, lease_token, completed_at, lease_expires_at,
+       status, header_names, header_values, body,
+       coalesce($1::timestamptz, statement_timestamp()) AS now
+FROM idempotency_keys WHERE scope = $2 AND route = $3 AND idempotency_key = $4";
+
+/// Stores the response and ends the lease, if still held: the `leases` crate's completion
+/// (`Completion::Keep` with `completed_at`, fenced by id, token, owner and an unfinished lease)
+/// with the response columns written in the same statement, one round trip on the request's path.
+const COMPLETE: &str = "
+UPDATE idempotency_keys AS t
+SET lease_expires_at = NULL, next_attempt_at = NULL,
+    completed_at = coalesce($4::timestamptz, statement_timestamp()),
+    status = $5, header_names = $6, header_values = $7, body = $8
+WHERE t.id = $1 AND t.lease_token = $2 AND t.lease_owner = $3 AND t.lease_expires_at IS NOT NULL";
+
+const PURGE: &str = "
+DELETE FROM idempotency_keys WHERE id IN (
+    SELECT id FROM idempotency_keys
+    WHERE retain_until <= coalesce($1::timestamptz, statement_timestamp())
+      AND (lease_expires_at IS NULL OR lease_expires_at <= coalesce($1::timestamptz, statement_timestamp()))
+    ORDER BY retain_until
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED)";
+
+/// Idempotency keys in PostgreSQL (table `idempotency_keys`, created by
+/// [`MIGRATOR`](crate::MIGRATOR)).
+///
+/// The in-flight lock is a row lease of the [`leases`] crate on the key's row: the table has its
+/// lease columns (`lease_owner`, `lease_token`, `lease_expires_at`, `attempts`,
+/// `next_attempt_at`, see [`TableSpec`]), and renewing and releasing are [`RowLeases`]
+/// operations, fenced by owner and token. Taking a key and completing it are this store's own
+/// single statements with the same rules (the token grows by one on every claim; completing
+/// checks id, owner, token and an unfinished lease in the statement that writes the response),
+/// because `leases` claims due rows in batches rather than one row by key, and completes without
+/// a payload. The lease is separate from the key's retention (`retain_until`).
+///
+/// It supports the same-transaction mode ([`Tx`](crate::Tx)): the response is written in the
+/// handler's transaction.
+///
+/// Cloning is cheap; clones share the pool and the lease owner.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    leases: RowLeases,
+    clock: SharedClock,
+    synchronous_locks: bool,
+}
+
+/// A clock shared between this store's own statements and its [`RowLeases`].
+#[derive(Debug, Clone)]
+struct SharedClock(Arc<dyn Clock>);
+
+impl Clock for SharedClock {
+    fn now(&self) -> Option<DateTime<Utc>> {
+        self.0.now()
+    }
+}
+
+fn table_spec() -> TableSpec {
+    TableSpec::builder("idempotency_keys")
+        .completion(Completion::Keep)
+        .completed_at_column("completed_at")
+        .build()
+        .expect("the idempotency_keys table and column names are valid identifiers")
+}
+
+impl PostgresStore {
+    /// A store in `pool`'s database (run [`MIGRATOR`](crate::MIGRATOR) first), timed by the
+    /// database clock, holding leases under the owner name `idempotency-<uuidv7>`.
+    pub fn new(pool: PgPool) -> Self {
+        let clock = SharedClock(Arc::new(DatabaseClock));
+        let owner = format!("idempotency-{}", uuid::Uuid::now_v7());
+        Self {
+            leases: RowLeases::new(&table_spec(), owner).with_clock(clock.clone()),
+            pool,
+            clock,
+            synchronous_locks: false,
+        }
+    }
+
+    /// Replaces the clock (a [`ManualClock`](leases::ManualClock) in tests, to expire leases and
+    /// retention without waiting). Default: [`DatabaseClock`].
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = SharedClock(Arc::new(clock));
+        self.leases = self.leases.with_clock(self.clock.clone());
+        self
+    }
+
+    /// Replaces the lease owner name. It should be unique per process. Default:
+    /// `idempotency-<uuidv7>`.
+    pub fn with_owner(mut self, owner: impl Into<Arc<str>>) -> Self {
+        self.leases = RowLeases::new(&table_spec(), owner).with_clock(self.clock.clone());
+        self
+    }
+
+    /// Whether taking a key waits for its lock to be on disk (`synchronous_commit`) before the
+    /// handler runs. Default: `false`: the lock commits without waiting for a disk flush (a flush
+    /// per request saved), which only matters if PostgreSQL itself crashes within a fraction of
+    /// a second after a key was taken. For a handler that writes through [`Tx`](crate::Tx) that
+    /// cannot duplicate anything: its transaction's (synchronous) commit flushes the lock with
+    /// it, and a transaction that did not commit left nothing. For a handler with effects
+    /// outside its transaction, a lost lock lets a client's retry run while the first attempt
+    /// is still running; set `true` if that must not happen even then.
+    pub fn synchronous_locks(mut self, on: bool) -> Self {
+        self.synchronous_locks = on;
+        self
+    }
+
+    /// The pool the store (and [`Tx`](crate::Tx)) uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Deletes keys past their retention (and not leased), `batch_size` rows per statement so
+    /// no statement holds many locks for long, until none is left. Returns how many were
+    /// deleted. Run it periodically (hourly, say); keys past retention are ignored on read
+    /// anyway.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a zero `batch_size`; [`Error::Database`] when a statement
+    /// fails (batches already deleted stay deleted).
+    pub async fn purge_expired(&self, batch_size: u32) -> Result<u64> {
+        if batch_size == 0 {
+            return Err(Error::InvalidConfig(
+                "purge batch size must be greater than zero".into(),
+            ));
+        }
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(PURGE)
+                .bind(self.clock.now())
+                .bind(i64::from(batch_size))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += deleted;
+            if deleted < u64::from(batch_size) {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn lookup(&self, key: &ScopedKey) -> Result<Option<(KeyRow, DateTime<Utc>)>> {
+        let row = sqlx::query(LOOKUP)
+            .bind(self.clock.now())
+            .bind(&key.scope)
+            .bind(&key.route)
+            .bind(key.key.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| Ok((KeyRow::decode(&row)?, row.try_get("now")?)))
+            .transpose()
+    }
+
+    async fn complete_on(
+        &self,
+        conn: &mut PgConnection,
+        lease: &Lease<i64>,
+        response: &StoredResponse,
+    ) -> Result<bool> {
+        let (names, values) = response.header_lists();
+        let completed = sqlx::query(COMPLETE)
+            .bind(lease.id)
+            .bind(lease.token)
+            .bind(self.leases.owner())
+            .bind(self.clock.now())
+            .bind(i32::from(response.status.as_u16()))
+            .bind(names)
+            .bind(values)
+            .bind(response.body.as_ref())
+            .execute(conn)
+            .await?
+            .rows_affected();
+        Ok(completed == 1)
+    }
+}
+
+/// A key's row as read back.
+struct KeyRow {
+    fingerprint: Fingerprint,
+    created_at: DateTime<Utc>,
+    retain_until: DateTime<Utc>,
+    token: i64,
+    completed: bool,
+    lease_expires_at: Option<DateTime<Utc>>,
+    response: Option<StoredResponse>,
+}
+
+impl KeyRow {
+    fn decode(row: &PgRow) -> Result<Self> {
+        let fingerprint: Vec<u8> = row.try_get("fingerprint")?;
+        let fingerprint = <[u8; 32]>::try_from(fingerprint.as_slice())
+            .map_err(|_| Error::Corrupt("fingerprint".into()))?;
+        let completed_at: Option<DateTime<Utc>> = row.try_get("completed_at")?;
+        let status: Option<i32> = row.try_get("status")?;
+        let response = match status {
+            Some(status) => Some(StoredResponse::from_lists(
+                status,
+                row.try_get::<Option<Vec<String>>, _>("header_names")?
+                    .unwrap_or_default(),
+                row.try_get::<Option<Vec<Vec<u8>>>, _>("header_values")?
+                    .unwrap_or_default(),
+                row.try_get::<Option<Vec<u8>>, _>("body")?
+                    .unwrap_or_default(),
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            fingerprint: Fingerprint::from_bytes(fingerprint),
+            created_at: row.try_get("created_at")?,
+            retain_until: row.try_get("retain_until")?,
+            token: row.try_get("lease_token")?,
+            completed: completed_at.is_some(),
+            lease_expires_at: row.try_get("lease_expires_at")?,
+            response,
+        })
+    }
+
+    fn state(self) -> Result<RecordState> {
+        Ok(match (self.completed, self.lease_expires_at) {
+            (true, _) => RecordState::Completed(
+                self.response
+                    .ok_or_else(|| Error::Corrupt("completed key without a response".into()))?,
+            ),
+            (false, None) => RecordState::Released,
+            (false, Some(lease_expires_at)) => RecordState::InFlight { lease_expires_at },
+        })
+    }
+}
+
+fn micros(what: &str, d: Duration) -> Result<i64> {
+    if d.is_zero() {
+        return Err(Error::InvalidConfig(format!(
+            "{what} must be greater than zero"
+        )));
+    }
+    i64::try_from(d.as_micros())
+        .map_err(|_| Error::InvalidConfig(format!("{what} of {d:?} is too large")))
+}
+
+/// How many times `acquire` re-reads a row that changed under it before answering "in flight".
+const ACQUIRE_ATTEMPTS: usize = 5;
+
+impl Store for PostgresStore {
+    async fn acquire(
+        &self,
+        key: &ScopedKey,
+        fingerprint: &Fingerprint,
+        lease_ttl: Duration,
+        retention: Duration,
+    ) -> Result<Acquire> {
+        let ttl = micros("lease ttl", lease_ttl)?;
+        let retention = micros("retention", retention)?;
+        let mut last_seen = None;
+        for _ in 0..ACQUIRE_ATTEMPTS {
+            let acquired = sqlx::query(ACQUIRE)
+                .bind(self.clock.now())
+                .bind(&key.scope)
+                .bind(&key.route)
+                .bind(key.key.as_str())
+                .bind(fingerprint.as_bytes().as_slice())
+                .bind(self.leases.owner())
+                .bind(ttl)
+                .bind(retention)
+                .bind(if self.synchronous_locks { "on" } else { "off" })
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = acquired {
+                return Ok(Acquire::Acquired(Lease {
+                    id: row.try_get(0)?,
+                    token: row.try_get(1)?,
+                    expires_at: row.try_get(2)?,
+                    attempts: row.try_get(3)?,
+                }));
+            }
+            // The key is taken. Read it to say why; if it changed in between (released,
+            // expired, purged), try to take it again.
+            let Some((row, now)) = self.lookup(key).await? else {
+                continue;
+            };
+            last_seen = Some(now);
+            if row.retain_until <= now || (!row.completed && row.lease_expires_at.is_none()) {
+                continue;
+            }
+            if row.fingerprint != *fingerprint {
+                return Ok(Acquire::Mismatch);
+            }
+            match row.lease_expires_at {
+                Some(lease_expires_at) if !row.completed && lease_expires_at > now => {
+                    return Ok(Acquire::InFlight { lease_expires_at });
+                }
+                Some(_) => continue,
+                None => {
+                    if let RecordState::Completed(response) = row.state()? {
+                        return Ok(Acquire::Completed(response));
+                    }
+                }
+            }
+        }
+        Ok(Acquire::InFlight {
+            lease_expires_at: last_seen.unwrap_or_else(Utc::now),
+        })
+    }
+
+    async fn renew(&self, lease: &Lease<i64>, ttl: Duration) -> Result<bool> {
+        Ok(self.leases.renew(&self.pool, lease, ttl).await?.is_some())
+    }
+
+    async fn complete(&self, lease: &Lease<i64>, response: &StoredResponse) -> Result<bool> {
+        let mut conn = self.pool.acquire().await?;
+        self.complete_on(&mut conn, lease, response).await
+    }
+
+    async fn release(&self, lease: &Lease<i64>) -> Result<bool> {
+        Ok(self
+            .leases
+            .release(&self.pool, lease, Duration::ZERO)
+            .await?)
+    }
+
+    async fn get(&self, key: &ScopedKey) -> Result<Option<Record>> {
+        let Some((row, now)) = self.lookup(key).await? else {
+            return Ok(None);
+        };
+        if row.retain_until <= now {
+            return Ok(None);
+        }
+        Ok(Some(Record {
+            fingerprint: row.fingerprint,
+            created_at: row.created_at,
+            retain_until: row.retain_until,
+            token: row.token,
+            state: row.state()?,
+        }))
+    }
+
+    fn pool(&self) -> Option<&PgPool> {
+        Some(&self.pool)
+    }
+
+    async fn complete_in(
+        &self,
+        conn: &mut PgConnection,
+        lease: &Lease<i64>,
+        response: &StoredResponse,
+    ) -> Result<bool> {
+        self.complete_on(conn, lease, response).await
+    }
+}
