@@ -6,8 +6,9 @@ use commerce_platform::Config;
 
 #[tokio::main]
 async fn main() {
-    commerce_platform::ops::init_logging();
     let command = std::env::args().nth(1).unwrap_or_else(|| "all".to_owned());
+    // The demo prints its own story; its logs stay quiet unless RUST_LOG asks for more.
+    commerce_platform::ops::init_logging(if command == "demo" { "warn" } else { "info" });
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {

@@ -13,10 +13,11 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-/// JSON logs to stdout, filtered by `RUST_LOG` (default `info`). Safe to call more than once.
-pub fn init_logging() {
+/// JSON logs to stdout, filtered by `RUST_LOG` (default `default_level`, e.g. `info`). Safe to
+/// call more than once.
+pub fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let _ = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
