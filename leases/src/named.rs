@@ -72,7 +72,7 @@ impl NamedLeases {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a zero `ttl`; [`Error::Database`] when the statement fails.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a zero `ttl`; [`Error::Database`](crate::Error::Database) when the statement fails.
     pub async fn acquire<'e>(
         &self,
         executor: impl PgExecutor<'e>,
@@ -95,7 +95,7 @@ impl NamedLeases {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a zero `ttl`; [`Error::Database`] when the statement fails.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a zero `ttl`; [`Error::Database`](crate::Error::Database) when the statement fails.
     pub async fn renew<'e>(
         &self,
         executor: impl PgExecutor<'e>,
@@ -122,7 +122,7 @@ impl NamedLeases {
     ///
     /// # Errors
     ///
-    /// [`Error::Database`] when the statement fails.
+    /// [`Error::Database`](crate::Error::Database) when the statement fails.
     pub async fn release<'e>(
         &self,
         executor: impl PgExecutor<'e>,
@@ -144,7 +144,7 @@ impl NamedLeases {
     ///
     /// # Errors
     ///
-    /// [`Error::Database`] when the statement fails.
+    /// [`Error::Database`](crate::Error::Database) when the statement fails.
     pub async fn holder<'e>(
         &self,
         executor: impl PgExecutor<'e>,

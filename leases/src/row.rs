@@ -191,7 +191,7 @@ impl RowLeases {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a zero `ttl`; [`Error::Database`] when the statement fails.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a zero `ttl`; [`Error::Database`](crate::Error::Database) when the statement fails.
     pub async fn claim<'e, I: LeaseId>(
         &self,
         executor: impl PgExecutor<'e>,
@@ -210,7 +210,7 @@ impl RowLeases {
     ///
     /// # Errors
     ///
-    /// As [`claim`](Self::claim), plus [`Error::Database`] when a row does not decode as `R`.
+    /// As [`claim`](Self::claim), plus [`Error::Database`](crate::Error::Database) when a row does not decode as `R`.
     pub async fn claim_rows<'e, I, R>(
         &self,
         executor: impl PgExecutor<'e>,
@@ -248,7 +248,7 @@ impl RowLeases {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a zero `ttl`; [`Error::Database`] when the statement fails.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a zero `ttl`; [`Error::Database`](crate::Error::Database) when the statement fails.
     pub async fn renew<'e, I: LeaseId>(
         &self,
         executor: impl PgExecutor<'e>,
@@ -266,7 +266,7 @@ impl RowLeases {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a zero `ttl`; [`Error::Database`] when the statement fails.
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a zero `ttl`; [`Error::Database`](crate::Error::Database) when the statement fails.
     pub async fn renew_many<'e, I: LeaseId>(
         &self,
         executor: impl PgExecutor<'e>,
@@ -289,7 +289,7 @@ impl RowLeases {
     ///
     /// # Errors
     ///
-    /// [`Error::Database`] when the statement fails.
+    /// [`Error::Database`](crate::Error::Database) when the statement fails.
     pub async fn release<'e, I: LeaseId>(
         &self,
         executor: impl PgExecutor<'e>,
@@ -307,7 +307,7 @@ impl RowLeases {
     ///
     /// # Errors
     ///
-    /// [`Error::Database`] when the statement fails.
+    /// [`Error::Database`](crate::Error::Database) when the statement fails.
     pub async fn release_many<'e, I: LeaseId>(
         &self,
         executor: impl PgExecutor<'e>,
@@ -328,7 +328,7 @@ impl RowLeases {
     ///
     /// # Errors
     ///
-    /// [`Error::Database`] when the statement fails.
+    /// [`Error::Database`](crate::Error::Database) when the statement fails.
     pub async fn complete<'e, I: LeaseId>(
         &self,
         executor: impl PgExecutor<'e>,
@@ -347,7 +347,7 @@ impl RowLeases {
     ///
     /// # Errors
     ///
-    /// [`Error::Database`] when the statement fails.
+    /// [`Error::Database`](crate::Error::Database) when the statement fails.
     pub async fn complete_many<'e, I: LeaseId>(
         &self,
         executor: impl PgExecutor<'e>,

@@ -46,6 +46,7 @@ pub async fn run(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+type Lines = Vec<(Uuid, i32)>;
 type Outcome = (
     Vec<(String, serde_json::Value)>,
     Vec<(String, serde_json::Value)>,
@@ -65,7 +66,7 @@ async fn scenario(client: &Client) -> Result<Outcome, String> {
     println!("admin created 2 products: 50 bags of espresso beans, 2 grinders");
 
     let mut orders = Vec::new();
-    let plan: [(&str, Vec<(Uuid, i32)>, &str); 4] = [
+    let plan: [(&str, Lines, &str); 4] = [
         (
             "alice",
             vec![(beans, 2), (grinder, 1)],
