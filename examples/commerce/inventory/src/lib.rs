@@ -54,12 +54,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 /// Everything the service's database needs: the `leases`, `idempotency` and `outbox` migrations
 /// and [`MIGRATOR`], in version order.
 pub fn migrator() -> Migrator {
-    commerce_platform::setup::merge(&[
-        &leases::MIGRATOR,
-        &idempotency::MIGRATOR,
-        &outbox::MIGRATOR,
-        &MIGRATOR,
-    ])
+    commerce_platform::setup::with_toolkit(&MIGRATOR)
 }
 
 /// The consumer (and consumer group, and inbox) name of the saga.
@@ -75,18 +70,9 @@ const INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 ///
 /// A message saying which part could not start.
 pub async fn start(config: &Config) -> Result<Running, String> {
-    let pool = commerce_platform::setup::database(
-        config,
-        "inventory",
-        &[
-            &leases::MIGRATOR,
-            &idempotency::MIGRATOR,
-            &outbox::MIGRATOR,
-            &MIGRATOR,
-        ],
-    )
-    .await
-    .map_err(|e| format!("inventory: database: {e}"))?;
+    let pool = commerce_platform::setup::database(config, "inventory", &migrator())
+        .await
+        .map_err(|e| format!("inventory: database: {e}"))?;
     publish_snapshot(&pool, &config.topics)
         .await
         .map_err(|e| format!("inventory: snapshot: {e}"))?;

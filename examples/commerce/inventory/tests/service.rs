@@ -253,18 +253,10 @@ async fn start_publishes_the_snapshot_consumes_and_serves() {
         name: format!("{}_inventory", config.db_prefix),
     };
     // Stock that exists before the service starts, as after a restart.
-    let pool = commerce_platform::setup::database(
-        &config,
-        "inventory",
-        &[
-            &leases::MIGRATOR,
-            &idempotency::MIGRATOR,
-            &outbox::MIGRATOR,
-            &commerce_inventory::MIGRATOR,
-        ],
-    )
-    .await
-    .expect("database");
+    let pool =
+        commerce_platform::setup::database(&config, "inventory", &commerce_inventory::migrator())
+            .await
+            .expect("database");
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     seed(&pool, a, 4).await;
     seed(&pool, b, 7).await;

@@ -62,12 +62,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 /// Every migration the service's database needs: the `leases`, `idempotency` and `outbox`
 /// crates' and [`MIGRATOR`], in version order.
 pub fn migrator() -> Migrator {
-    setup::merge(&[
-        &leases::MIGRATOR,
-        &idempotency::MIGRATOR,
-        &outbox::MIGRATOR,
-        &MIGRATOR,
-    ])
+    setup::with_toolkit(&MIGRATOR)
 }
 
 /// What the HTTP handlers share.
@@ -157,18 +152,9 @@ pub fn archive_after_from_env() -> Result<Duration, String> {
 pub async fn start(config: &Config) -> Result<Running, String> {
     let archive_after = archive_after_from_env()?;
     let reservation_timeout = Duration::from_secs(config.reservation_timeout_secs);
-    let pool = setup::database(
-        config,
-        "order",
-        &[
-            &leases::MIGRATOR,
-            &idempotency::MIGRATOR,
-            &outbox::MIGRATOR,
-            &MIGRATOR,
-        ],
-    )
-    .await
-    .map_err(|e| format!("order: database: {e}"))?;
+    let pool = setup::database(config, "order", &migrator())
+        .await
+        .map_err(|e| format!("order: database: {e}"))?;
     let state = AppState::new(pool.clone(), config).map_err(|e| format!("order: {e}"))?;
     tracing::info!(
         service = "order",

@@ -63,12 +63,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 /// Every migration the service's database needs: leases, idempotency (the inbox), outbox and
 /// [`MIGRATOR`], in version order.
 pub fn migrator() -> Migrator {
-    setup::merge(&[
-        &leases::MIGRATOR,
-        &idempotency::MIGRATOR,
-        &outbox::MIGRATOR,
-        &MIGRATOR,
-    ])
+    setup::with_toolkit(&MIGRATOR)
 }
 
 /// What the HTTP handlers share.
@@ -98,18 +93,9 @@ pub fn app(state: AppState) -> Router {
 ///
 /// A message saying what could not be set up.
 pub async fn start(config: &Config) -> Result<Running, String> {
-    let pool = setup::database(
-        config,
-        "payment",
-        &[
-            &leases::MIGRATOR,
-            &idempotency::MIGRATOR,
-            &outbox::MIGRATOR,
-            &MIGRATOR,
-        ],
-    )
-    .await
-    .map_err(|e| format!("payment: database: {e}"))?;
+    let pool = setup::database(config, "payment", &migrator())
+        .await
+        .map_err(|e| format!("payment: database: {e}"))?;
     let saga = runtime::consume(
         config,
         &pool,

@@ -12,8 +12,8 @@ use sqlx::{ConnectOptions, PgPool};
 
 use crate::Config;
 
-/// Creates the database `<prefix>_<service>` if needed, connects, and applies `migrators` (the
-/// crates' and the service's own) as one ordered set.
+/// Creates the database `<prefix>_<service>` if needed, connects, and applies `migrator` (see
+/// [`with_toolkit`]).
 ///
 /// # Errors
 ///
@@ -21,7 +21,7 @@ use crate::Config;
 pub async fn database(
     config: &Config,
     service: &str,
-    migrators: &[&Migrator],
+    migrator: &Migrator,
 ) -> Result<PgPool, sqlx::Error> {
     let admin: PgConnectOptions = config.database_url.parse()?;
     let name = format!("{}_{service}", config.db_prefix);
@@ -49,8 +49,19 @@ pub async fn database(
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(admin.database(&name))
         .await?;
-    merge(migrators).run(&pool).await?;
+    migrator.run(&pool).await?;
     Ok(pool)
+}
+
+/// A service's migrator: the toolkit's (leases, idempotency, outbox) and the service's `own`,
+/// in version order.
+pub fn with_toolkit(own: &Migrator) -> Migrator {
+    merge(&[
+        &leases::MIGRATOR,
+        &idempotency::MIGRATOR,
+        &outbox::MIGRATOR,
+        own,
+    ])
 }
 
 /// One migrator applying `migrators` (the crates' and a service's own) in version order. Versions

@@ -74,12 +74,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 /// Every migration the service's database needs: leases, idempotency (the inbox), outbox and
 /// [`MIGRATOR`], in version order.
 pub fn migrator() -> Migrator {
-    setup::merge(&[
-        &leases::MIGRATOR,
-        &idempotency::MIGRATOR,
-        &outbox::MIGRATOR,
-        &MIGRATOR,
-    ])
+    setup::with_toolkit(&MIGRATOR)
 }
 
 /// What the HTTP handlers share.
@@ -111,18 +106,9 @@ pub fn app(state: AppState) -> Router {
 ///
 /// A message saying what could not be set up.
 pub async fn start(config: &Config) -> Result<Running, String> {
-    let pool = setup::database(
-        config,
-        "product",
-        &[
-            &leases::MIGRATOR,
-            &idempotency::MIGRATOR,
-            &outbox::MIGRATOR,
-            &MIGRATOR,
-        ],
-    )
-    .await
-    .map_err(|e| format!("product: database: {e}"))?;
+    let pool = setup::database(config, "product", &migrator())
+        .await
+        .map_err(|e| format!("product: database: {e}"))?;
     let stock = StockCache::open(&config.redis_url, config.topics.prefix.as_str())
         .map_err(|e| format!("product: REDIS_URL: {e}"))?;
     let consumer = runtime::consume(
