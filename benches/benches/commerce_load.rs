@@ -36,7 +36,7 @@ fn main() {
     let full =
         std::env::args().any(|a| a == "--bench") && std::env::var_os("BENCH_SMOKE").is_none();
     let (levels, per_level): (&[usize], usize) = if full {
-        (&[1, 4, 16, 32, 64], 400)
+        (&[1, 8, 32], 200)
     } else {
         (&[1, 4], 8)
     };

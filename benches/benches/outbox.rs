@@ -299,8 +299,8 @@ fn main() {
             }
         );
         println!(
-            "\nrelay end to end, {} events (acks=all, durable commits)",
-            scale.relay_events
+            "\nrelay end to end, acks=all, durable commits ({} events through tansu, {} through the mock cluster)",
+            scale.tansu_events, scale.relay_events
         );
         println!(
             "{:>7} | {:>22} | {:>22}",
