@@ -1,1 +1,1 @@
-//! End-to-end and fault tests across the workspace crates live in `tests/tests/` as they are written.
+//! End-to-end and fault tests of the commerce stack; they live in `tests/tests/` and run with `scripts/test`.
