@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use commerce_events::{DecodeError, Envelope, Event, Line, Topics};
+use commerce_events::{Envelope, Event, Line, Topics};
 use idempotency::{Handler, HandlerError, Message};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -49,13 +49,7 @@ impl Handler for Saga {
     type Event = Envelope;
 
     fn decode(&self, message: &Message) -> Result<Envelope, HandlerError> {
-        let payload = message
-            .payload()
-            .ok_or_else(|| HandlerError::decode("the message has no payload"))?;
-        commerce_events::decode(payload).map_err(|e| match e {
-            DecodeError::UnknownType(event_type) => HandlerError::unknown_event_type(event_type),
-            other => HandlerError::decode(other),
-        })
+        commerce_platform::runtime::decode(message)
     }
 
     async fn handle(

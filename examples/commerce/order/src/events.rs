@@ -1,6 +1,6 @@
 //! The saga's order side: an [`idempotency::Handler`] for the inventory and payments topics.
 
-use commerce_events::{DecodeError, Envelope, Topics};
+use commerce_events::{Envelope, Topics};
 use idempotency::{Handler, HandlerError, Message};
 use sqlx::PgConnection;
 
@@ -31,13 +31,7 @@ impl Handler for OrderSaga {
     type Event = Envelope;
 
     fn decode(&self, message: &Message) -> Result<Envelope, HandlerError> {
-        let payload = message
-            .payload()
-            .ok_or_else(|| HandlerError::decode("the message has no payload"))?;
-        commerce_events::decode(payload).map_err(|error| match error {
-            DecodeError::UnknownType(event_type) => HandlerError::unknown_event_type(event_type),
-            other => HandlerError::decode(other),
-        })
+        commerce_platform::runtime::decode(message)
     }
 
     async fn handle(

@@ -1,7 +1,7 @@
 //! The saga consumer (`payment.saga`, on the inventory and orders topics): charges reserved
 //! orders at most once, refunds cancelled ones.
 
-use commerce_events::{DecodeError, Envelope, Event, Topics};
+use commerce_events::{Envelope, Event, Topics};
 use idempotency::{Handler, HandlerError, Message};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -20,13 +20,7 @@ pub const CONSUMER: &str = "payment.saga";
 ///
 /// [`HandlerError::unknown_event_type`] or [`HandlerError::decode`].
 pub fn decode(message: &Message) -> Result<Envelope, HandlerError> {
-    let payload = message
-        .payload()
-        .ok_or_else(|| HandlerError::decode("the message has no payload"))?;
-    commerce_events::decode(payload).map_err(|error| match error {
-        DecodeError::UnknownType(event_type) => HandlerError::unknown_event_type(event_type),
-        other => HandlerError::decode(other),
-    })
+    commerce_platform::runtime::decode(message)
 }
 
 /// The saga handler. Every effect (the payment row, the cancellation record, the events it

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use idempotency::{Consumer, ConsumerConfig, ConsumerHandle, Handler};
+use commerce_events::{DecodeError, Envelope};
+use idempotency::{Consumer, ConsumerConfig, ConsumerHandle, Handler, HandlerError, Message};
 use outbox::{KafkaPublisher, Relay, RelayConfig, RelayHandle};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -42,6 +43,22 @@ pub struct Parts {
 /// A stop signal for background jobs.
 pub fn stop_signal() -> (watch::Sender<bool>, watch::Receiver<bool>) {
     watch::channel(false)
+}
+
+/// Decodes a message's envelope through the events allowlist, for every service's
+/// [`Handler::decode`]: unknown types and malformed payloads become errors the runner dead-letters.
+///
+/// # Errors
+///
+/// [`HandlerError::unknown_event_type`] or [`HandlerError::decode`].
+pub fn decode(message: &Message) -> Result<Envelope, HandlerError> {
+    let payload = message
+        .payload()
+        .ok_or_else(|| HandlerError::decode("the message has no payload"))?;
+    commerce_events::decode(payload).map_err(|error| match error {
+        DecodeError::UnknownType(event_type) => HandlerError::unknown_event_type(event_type),
+        other => HandlerError::decode(other),
+    })
 }
 
 /// Starts a consumer of `topics` named `name` (its inbox name; use `<service>.<purpose>`), in the

@@ -1,7 +1,7 @@
 //! The stock consumer (`product.stock`, on the inventory topic): keeps `stock_levels` and the
 //! Redis cache at the newest `StockLevelChanged` of each product.
 
-use commerce_events::{DecodeError, Envelope, Event};
+use commerce_events::{Envelope, Event};
 use idempotency::{Handler, HandlerError, Message};
 use sqlx::PgConnection;
 
@@ -18,13 +18,7 @@ pub const CONSUMER: &str = "product.stock";
 ///
 /// [`HandlerError::unknown_event_type`] or [`HandlerError::decode`].
 pub fn decode(message: &Message) -> Result<Envelope, HandlerError> {
-    let payload = message
-        .payload()
-        .ok_or_else(|| HandlerError::decode("the message has no payload"))?;
-    commerce_events::decode(payload).map_err(|error| match error {
-        DecodeError::UnknownType(event_type) => HandlerError::unknown_event_type(event_type),
-        other => HandlerError::decode(other),
-    })
+    commerce_platform::runtime::decode(message)
 }
 
 /// Applies `StockLevelChanged`: upserts `stock_levels` when the version is newer (in the
