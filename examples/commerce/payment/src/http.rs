@@ -87,23 +87,10 @@ pub(crate) fn document() -> serde_json::Value {
                         "updated_at": { "type": "string", "format": "date-time" }
                     }
                 },
-                "Problem": {
-                    "type": "object",
-                    "required": ["type", "title", "status", "detail", "code"],
-                    "properties": {
-                        "type": { "type": "string" },
-                        "title": { "type": "string" },
-                        "status": { "type": "integer" },
-                        "detail": { "type": "string" },
-                        "code": { "type": "string" }
-                    }
-                }
+                "Problem": commerce_platform::problem::openapi_schema()
             },
             "responses": {
-                "Problem": {
-                    "description": "An error (RFC 9457)",
-                    "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
-                }
+                "Problem": commerce_platform::problem::openapi_response()
             }
         }
     })

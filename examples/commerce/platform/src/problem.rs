@@ -101,3 +101,28 @@ impl IntoResponse for ApiError {
         problem(status, code, detail)
     }
 }
+
+/// The OpenAPI schema of a problem+json body, for services whose OpenAPI document is written by
+/// hand (`components.schemas.Problem`).
+pub fn openapi_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "required": ["type", "title", "status", "detail", "code"],
+        "properties": {
+            "type": { "type": "string" },
+            "title": { "type": "string" },
+            "status": { "type": "integer" },
+            "detail": { "type": "string" },
+            "code": { "type": "string" }
+        }
+    })
+}
+
+/// The OpenAPI response for a problem+json error (`components.responses.Problem`), referring to
+/// [`openapi_schema`] under `#/components/schemas/Problem`.
+pub fn openapi_response() -> serde_json::Value {
+    serde_json::json!({
+        "description": "An error (RFC 9457)",
+        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
+    })
+}
