@@ -1,7 +1,8 @@
-//! Outbox benchmarks against real PostgreSQL and the Kafka-protocol broker, printed as tables:
+//! Outbox benchmarks against real PostgreSQL and Apache Kafka, printed as tables:
 //!
 //! 1. relay end to end: pre-enqueued events, all published and acknowledged (`acks=all`), with 1
-//!    and 2 relays;
+//!    and 2 relays, through Apache Kafka and through librdkafka's mock cluster (the relay's own
+//!    capacity);
 //! 2. claim and mark (no broker) with the crate, as a ratio of the same statements written by hand;
 //! 3. latency from commit to broker acknowledgement at a steady 1,000 events/s;
 //! 4. enqueue throughput, 1 and 100 events per transaction.
@@ -21,9 +22,6 @@ use sqlx::PgPool;
 
 struct Scale {
     relay_events: usize,
-    /// The test broker publishes a few hundred single-record batches per second, so the relay
-    /// through it runs on fewer events.
-    tansu_events: usize,
     claim_rows: usize,
     latency_secs: u64,
     enqueue_events: usize,
@@ -31,14 +29,12 @@ struct Scale {
 
 const FULL: Scale = Scale {
     relay_events: 200_000,
-    tansu_events: 20_000,
     claim_rows: 100_000,
     latency_secs: 10,
     enqueue_events: 20_000,
 };
 const SMOKE: Scale = Scale {
     relay_events: 2_000,
-    tansu_events: 500,
     claim_rows: 2_000,
     latency_secs: 1,
     enqueue_events: 200,
@@ -81,8 +77,8 @@ async fn publisher() -> KafkaPublisher {
 /// Which broker the relay publishes to.
 #[derive(Clone, Copy)]
 enum Broker {
-    /// The test broker (tansu 0.6), with single-record batches (see `testkit::kafka::producer_config`).
-    Tansu,
+    /// Apache Kafka (`KAFKA_BOOTSTRAP_SERVERS`), with the publisher's default batching.
+    Kafka,
     /// librdkafka's in-process mock cluster with the publisher's default batching: the relay's own
     /// capacity, with a broker that costs next to nothing.
     Mock,
@@ -90,14 +86,11 @@ enum Broker {
 
 /// Events per second for `relays` relays draining pre-enqueued events.
 async fn relay_end_to_end(scale: &Scale, relays: usize, broker: Broker) -> f64 {
-    let events = match broker {
-        Broker::Tansu => scale.tansu_events,
-        Broker::Mock => scale.relay_events,
-    };
+    let events = scale.relay_events;
     let db = testkit::database(&outbox::MIGRATOR).await;
     let mock = MockCluster::<'static, DefaultProducerContext>::new(1).expect("mock cluster");
     let topic = match broker {
-        Broker::Tansu => testkit::kafka::topic(4).await,
+        Broker::Kafka => testkit::kafka::topic(4).await,
         Broker::Mock => {
             mock.create_topic("bench", 4, 1).expect("topic");
             "bench".to_owned()
@@ -116,7 +109,7 @@ async fn relay_end_to_end(scale: &Scale, relays: usize, broker: Broker) -> f64 {
             .batch_size(1000)
             .poll_interval(Duration::from_millis(20));
         let handle = match broker {
-            Broker::Tansu => Relay::new(db.pool.clone(), publisher().await, config)
+            Broker::Kafka => Relay::new(db.pool.clone(), publisher().await, config)
                 .expect("relay")
                 .spawn(),
             Broker::Mock => {
@@ -299,17 +292,17 @@ fn main() {
             }
         );
         println!(
-            "\nrelay end to end, acks=all, durable commits ({} events through tansu, {} through the mock cluster)",
-            scale.tansu_events, scale.relay_events
+            "\nrelay end to end, acks=all, durable commits ({} events each)",
+            scale.relay_events
         );
         println!(
             "{:>7} | {:>22} | {:>22}",
-            "relays", "tansu events/s", "mock cluster events/s"
+            "relays", "Apache Kafka events/s", "mock cluster events/s"
         );
         for relays in [1, 2] {
-            let tansu = relay_end_to_end(&scale, relays, Broker::Tansu).await;
+            let kafka = relay_end_to_end(&scale, relays, Broker::Kafka).await;
             let mock = relay_end_to_end(&scale, relays, Broker::Mock).await;
-            println!("{relays:>7} | {tansu:>22.0} | {mock:>22.0}");
+            println!("{relays:>7} | {kafka:>22.0} | {mock:>22.0}");
         }
 
         let (ours, hand) = claim_and_mark(&scale).await;

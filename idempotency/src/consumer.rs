@@ -399,7 +399,7 @@ impl ConsumerConfig {
     }
 
     /// The client configuration of the dead-letter producer (the runner sets
-    /// `enable.idempotence=true` on it). Default: the `kafka` configuration given to
+    /// `enable.idempotence=true` on it, and `partitioner=murmur2_random` unless it names one). Default: the `kafka` configuration given to
     /// [`new`](Self::new).
     pub fn dead_letter_producer(mut self, config: ClientConfig) -> Self {
         self.dead_letter_producer = Some(config);
@@ -650,13 +650,15 @@ impl<H: Handler> Consumer<H> {
             })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
-        let producer: FutureProducer = config
+        let mut dead_letters = config
             .dead_letter_producer
             .as_ref()
             .unwrap_or(&config.kafka)
-            .clone()
-            .set("enable.idempotence", "true")
-            .create()?;
+            .clone();
+        if dead_letters.get("partitioner").is_none() {
+            dead_letters.set("partitioner", "murmur2_random");
+        }
+        let producer: FutureProducer = dead_letters.set("enable.idempotence", "true").create()?;
         Ok(Self {
             pool,
             consumer,

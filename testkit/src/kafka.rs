@@ -1,4 +1,5 @@
-//! A unique Kafka topic per test, created explicitly (the test broker does not auto-create).
+//! A unique Kafka topic per test, created explicitly (the test broker does not auto-create), and
+//! producer settings as in production.
 
 use std::time::Duration;
 
@@ -13,17 +14,18 @@ pub async fn bootstrap_servers() -> String {
     crate::service_url("KAFKA_BOOTSTRAP_SERVERS", Service::Kafka).await
 }
 
-/// Producer settings for the test broker: the bootstrap servers, and one record per batch.
-///
-/// tansu 0.6 miscounts offsets of record batches holding more than one record (its high
-/// watermark then stops at the batch's first record, and librdkafka consumers never read past
-/// it), so every producer in the tests sends single-record batches. Apache Kafka has no such
-/// limit; production settings should keep librdkafka's batching.
+/// Producer settings for the test broker: the bootstrap servers, librdkafka's default batching
+/// and the Java client's partitioner (`murmur2_random`), as the workspace's producers use.
 pub async fn producer_config() -> ClientConfig {
+    producer_config_for(&bootstrap_servers().await)
+}
+
+/// [`producer_config`] for the brokers at `bootstrap_servers` (an [`OwnedBroker`](crate::OwnedBroker), say).
+pub fn producer_config_for(bootstrap_servers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
-        .set("bootstrap.servers", bootstrap_servers().await)
-        .set("batch.num.messages", "1");
+        .set("bootstrap.servers", bootstrap_servers)
+        .set("partitioner", "murmur2_random");
     config
 }
 
@@ -33,9 +35,18 @@ pub async fn producer_config() -> ClientConfig {
 ///
 /// When the broker cannot be reached or refuses the topic: this is a test fixture.
 pub async fn topic(partitions: i32) -> String {
+    topic_on(&bootstrap_servers().await, partitions).await
+}
+
+/// [`topic`] on the brokers at `bootstrap_servers`.
+///
+/// # Panics
+///
+/// As [`topic`].
+pub async fn topic_on(bootstrap_servers: &str, partitions: i32) -> String {
     let name = format!("test-{}", uuid::Uuid::new_v4().simple());
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap_servers().await)
+        .set("bootstrap.servers", bootstrap_servers)
         .create()
         .expect("create a Kafka admin client");
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

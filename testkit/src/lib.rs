@@ -1,6 +1,7 @@
 //! Real-service fixtures shared by the workspace's tests: a fresh PostgreSQL database per test with
-//! a crate's migrations applied, a fresh Kafka topic per test, a Redis connection, and a manual
-//! clock.
+//! a crate's migrations applied, a fresh Kafka topic per test, a Redis connection, a manual clock,
+//! and, for fault tests, an Apache Kafka broker or a PostgreSQL server owned by one test
+//! ([`OwnedBroker`], [`OwnedPostgres`]) that it may stop, kill and restart.
 //!
 //! Each service's address comes from the environment (`DATABASE_URL`, `KAFKA_BOOTSTRAP_SERVERS`,
 //! `REDIS_URL`, as printed by `scripts/services up`). When a variable is unset and a Docker engine
@@ -9,13 +10,19 @@
 
 #![forbid(unsafe_code)]
 
+mod broker;
 mod docker;
 pub mod kafka;
+mod pg_server;
 pub mod postgres;
+mod process;
 pub mod redis;
 
+pub use broker::OwnedBroker;
 pub use leases::ManualClock;
-pub use postgres::{TestDb, database};
+pub use pg_server::OwnedPostgres;
+pub use postgres::{TestDb, database, database_on};
+use process::free_port;
 
 /// Resolves a service address: the environment variable, else a container, else a clear panic.
 async fn service_url(var: &str, container: docker::Service) -> String {

@@ -29,10 +29,16 @@ pub struct TestDb {
 ///
 /// When the server cannot be reached or a migration fails: this is a test fixture.
 pub async fn database(migrator: &Migrator) -> TestDb {
-    let admin: PgConnectOptions = database_url()
-        .await
-        .parse()
-        .expect("DATABASE_URL is a valid PostgreSQL URL");
+    database_on(&database_url().await, migrator).await
+}
+
+/// [`database`] on the server at `server_url` (an [`OwnedPostgres`](crate::OwnedPostgres), say).
+///
+/// # Panics
+///
+/// As [`database`].
+pub async fn database_on(server_url: &str, migrator: &Migrator) -> TestDb {
+    let admin: PgConnectOptions = server_url.parse().expect("a valid PostgreSQL URL");
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
     let mut conn = admin.connect().await.expect("connect to PostgreSQL");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))

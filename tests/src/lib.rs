@@ -1,1 +1,5 @@
-//! End-to-end and fault tests of the commerce stack; they live in `tests/tests/` and run with `scripts/test`.
+//! End-to-end and fault tests across the workspace's crates; they live in `tests/tests/` and run
+//! with `scripts/test`. This library holds what the fault tests and their child process share: an
+//! outbox-to-inbox pipeline whose every applied effect is a row, so a test can count them.
+
+pub mod pipeline;

@@ -49,7 +49,6 @@ async fn config() -> Config {
     config.addrs.product = any;
     // Long enough for the saga under the load of the concurrent tests, short enough to test expiry.
     config.reservation_timeout_secs = 15;
-    config.single_record_batches = true;
     config
 }
 

@@ -18,7 +18,12 @@ use crate::Result;
 ///
 /// The producer is idempotent (`enable.idempotence=true`, which implies `acks=all` and ordered
 /// retries), so librdkafka's internal retries never duplicate or reorder within a partition. Many
-/// messages are in flight at once; each publish resolves on its delivery report.
+/// messages are in flight at once, batched by librdkafka (`linger.ms`, `batch.size`); each publish
+/// resolves on its delivery report.
+///
+/// Keys are partitioned with `partitioner=murmur2_random` (unless the configuration names
+/// another partitioner): the Java client's murmur2 hash, so an aggregate's events land on the
+/// partition that a JVM producer (Kafka Streams, Debezium, Spring) picks for the same key.
 #[derive(Clone)]
 pub struct KafkaPublisher {
     producer: FutureProducer,
@@ -46,14 +51,18 @@ impl KafkaPublisher {
         Self::from_config(&config)
     }
 
-    /// A publisher from a full client configuration; idempotence and `acks=all` are always set.
+    /// A publisher from a full client configuration; idempotence and `acks=all` are always set,
+    /// and `partitioner=murmur2_random` when the configuration sets no partitioner.
     ///
     /// # Errors
     ///
     /// [`Error::Kafka`](crate::Error::Kafka) when the client cannot be created.
     pub fn from_config(config: &ClientConfig) -> Result<Self> {
+        let mut config = config.clone();
+        if config.get("partitioner").is_none() {
+            config.set("partitioner", "murmur2_random");
+        }
         let producer = config
-            .clone()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()?;

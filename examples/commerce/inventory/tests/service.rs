@@ -50,7 +50,6 @@ async fn config(topics: Topics) -> Config {
     config.kafka = testkit::kafka::bootstrap_servers().await;
     config.database_url = testkit::postgres::database_url().await;
     config.topics = topics;
-    config.single_record_batches = true;
     config
 }
 

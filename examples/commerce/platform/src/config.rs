@@ -9,7 +9,7 @@ pub struct Config {
     pub database_url: String,
     /// `COMMERCE_DB_PREFIX` (default `commerce`).
     pub db_prefix: String,
-    /// `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:19092`).
+    /// `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`).
     pub kafka: String,
     /// `COMMERCE_TOPIC_PREFIX` (default `commerce`): topics are `<prefix>.orders` and so on.
     pub topics: commerce_events::Topics,
@@ -23,9 +23,11 @@ pub struct Config {
     pub addrs: Addrs,
     /// `RESERVATION_TIMEOUT_SECS`: how long a reservation may wait for payment (default 30).
     pub reservation_timeout_secs: u64,
-    /// `KAFKA_SINGLE_RECORD_BATCHES` (default `true`): produce one record per batch, which the
-    /// tansu test broker needs (it miscounts offsets in larger batches); set `false` for Apache Kafka.
-    pub single_record_batches: bool,
+    /// `COMMERCE_INSTANCE_ID` (default unset): when set, every consumer joins its group as a static
+    /// member (`group.instance.id = <group>.<instance id>`), so a restarted process gets its
+    /// partitions back at once instead of after the session timeout. Each running process needs
+    /// its own value: two live members with one id fence each other.
+    pub instance_id: Option<String>,
 }
 
 /// Where each service listens.
@@ -53,7 +55,7 @@ impl std::fmt::Debug for Config {
             .field("api_key", &"<redacted>")
             .field("addrs", &self.addrs)
             .field("reservation_timeout_secs", &self.reservation_timeout_secs)
-            .field("single_record_batches", &self.single_record_batches)
+            .field("instance_id", &self.instance_id)
             .finish()
     }
 }
@@ -87,7 +89,7 @@ impl Config {
                 "postgres://postgres@127.0.0.1:5432/postgres",
             ),
             db_prefix: var("COMMERCE_DB_PREFIX", "commerce"),
-            kafka: var("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092"),
+            kafka: var("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             topics: commerce_events::Topics::new(&var("COMMERCE_TOPIC_PREFIX", "commerce")),
             redis_url: var("REDIS_URL", "redis://127.0.0.1:6379"),
             jwt_secret: secret("JWT_SECRET", "development-jwt-secret-change-me"),
@@ -101,24 +103,30 @@ impl Config {
             reservation_timeout_secs: var("RESERVATION_TIMEOUT_SECS", "30")
                 .parse()
                 .map_err(|e| format!("RESERVATION_TIMEOUT_SECS: {e}"))?,
-            single_record_batches: var("KAFKA_SINGLE_RECORD_BATCHES", "true") != "false",
+            instance_id: std::env::var("COMMERCE_INSTANCE_ID")
+                .ok()
+                .filter(|id| !id.is_empty()),
         })
     }
 
-    /// Client settings for producers (the outbox relay, dead-letter producers).
+    /// Client settings for producers (the outbox relay, dead-letter producers): librdkafka's
+    /// batching, with the Java client's partitioner (`murmur2_random`).
     pub fn producer_config(&self) -> rdkafka::ClientConfig {
         let mut config = rdkafka::ClientConfig::new();
-        config.set("bootstrap.servers", &self.kafka);
-        if self.single_record_batches {
-            config.set("batch.num.messages", "1");
-        }
+        config
+            .set("bootstrap.servers", &self.kafka)
+            .set("partitioner", "murmur2_random");
         config
     }
 
-    /// Client settings for consumers.
-    pub fn consumer_config(&self) -> rdkafka::ClientConfig {
+    /// Client settings for a consumer in `group` (the runner sets `group.id` itself): static
+    /// membership when an instance id is set.
+    pub fn consumer_config(&self, group: &str) -> rdkafka::ClientConfig {
         let mut config = rdkafka::ClientConfig::new();
         config.set("bootstrap.servers", &self.kafka);
+        if let Some(instance) = &self.instance_id {
+            config.set("group.instance.id", format!("{group}.{instance}"));
+        }
         config
     }
 

@@ -74,8 +74,9 @@ pub fn consume<H: Handler>(
     topics: &[&str],
     handler: H,
 ) -> Result<ConsumerHandle, idempotency::Error> {
-    let mut consumer = ConsumerConfig::new(name, config.consumer_config())
-        .group_id(format!("{}.{name}", config.topics.prefix))
+    let group = format!("{}.{name}", config.topics.prefix);
+    let mut consumer = ConsumerConfig::new(name, config.consumer_config(&group))
+        .group_id(group)
         .dead_letter_topic(&config.topics.dead_letters)
         .dead_letter_producer(config.producer_config())
         .backoff(Duration::from_millis(100), Duration::from_secs(5));

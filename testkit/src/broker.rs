@@ -1,0 +1,230 @@
+//! An Apache Kafka broker owned by one test: its own process, ports and log directory, so the test
+//! can stop, kill and restart it without touching the shared broker other tests use.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+/// The broker's configuration template, shared with `scripts/services`.
+const SERVER_PROPERTIES: &str = include_str!("../../scripts/kafka/server.properties");
+/// The broker's logging configuration, shared with `scripts/services`.
+const LOG4J2: &str = include_str!("../../scripts/kafka/log4j2.yaml");
+
+/// A single-node KRaft broker (broker and controller in one JVM) on free loopback ports, with its
+/// data in a temporary directory that survives [`stop`](Self::stop) and [`kill`](Self::kill).
+/// Dropping it kills the process and removes the directory.
+///
+/// Its jars are the ones `scripts/services up` fetched (`OUTBOX_TOOLKIT_KAFKA_LIBS`).
+#[derive(Debug)]
+pub struct OwnedBroker {
+    dir: PathBuf,
+    libs: PathBuf,
+    port: u16,
+    process: Option<Child>,
+}
+
+impl OwnedBroker {
+    /// Formats a log directory and starts the broker; returns once a client got metadata.
+    ///
+    /// # Panics
+    ///
+    /// When `OUTBOX_TOOLKIT_KAFKA_LIBS` is unset, or the broker does not start within 60 s.
+    pub async fn start() -> Self {
+        let libs = PathBuf::from(std::env::var_os("OUTBOX_TOOLKIT_KAFKA_LIBS").expect(
+            "OUTBOX_TOOLKIT_KAFKA_LIBS is not set: run `eval \"$(scripts/services up)\"` first",
+        ));
+        let dir = std::env::temp_dir().join(format!(
+            "outbox-toolkit-kafka-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(dir.join("data")).expect("create the broker's directory");
+        let (port, controller_port) = (crate::free_port(), crate::free_port());
+        std::fs::write(
+            dir.join("server.properties"),
+            server_properties(port, controller_port, &dir.join("data")),
+        )
+        .expect("write server.properties");
+        std::fs::write(dir.join("log4j2.yaml"), LOG4J2).expect("write log4j2.yaml");
+        let mut broker = Self {
+            dir,
+            libs,
+            port,
+            process: None,
+        };
+        let cluster_id = broker.tool(&["random-uuid"]);
+        let cluster_id = cluster_id.lines().last().expect("a cluster id").trim();
+        let properties = broker.dir.join("server.properties");
+        let properties = properties.to_str().expect("UTF-8 path");
+        broker.tool(&["format", "-t", cluster_id, "-c", properties]);
+        broker.restart().await;
+        broker
+    }
+
+    /// The address clients dial (`127.0.0.1:<port>`).
+    pub fn bootstrap_servers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the broker with SIGTERM (a controlled shutdown) and waits until it exited.
+    ///
+    /// # Panics
+    ///
+    /// When it is not running or does not exit within 60 s.
+    pub fn stop(&mut self) {
+        let mut process = self.process.take().expect("the broker is running");
+        crate::process::terminate(&mut process, Duration::from_secs(60));
+    }
+
+    /// Kills the broker with SIGKILL (no shutdown at all) and waits until it is gone.
+    ///
+    /// # Panics
+    ///
+    /// When it is not running.
+    pub fn kill(&mut self) {
+        let mut process = self.process.take().expect("the broker is running");
+        process.kill().expect("SIGKILL the broker");
+        process.wait().expect("wait for the broker");
+    }
+
+    /// Starts the broker again on the same ports and data; returns once a client got metadata.
+    ///
+    /// # Panics
+    ///
+    /// When it is already running or does not answer within 60 s.
+    pub async fn restart(&mut self) {
+        assert!(self.process.is_none(), "the broker is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .expect("open the broker's log");
+        let process = Command::new("java")
+            .args(["-Xms128m", "-Xmx512m", "-XX:+UseG1GC"])
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                self.dir.join("log4j2.yaml").display()
+            ))
+            .arg("-cp")
+            .arg(self.classpath())
+            .arg("kafka.Kafka")
+            .arg(self.dir.join("server.properties"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start java (is a JDK 17+ installed?)");
+        self.process = Some(process);
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&mut self) {
+        let bootstrap = self.bootstrap_servers();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let probe = bootstrap.clone();
+            let answered = tokio::task::spawn_blocking(move || {
+                let consumer: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &probe)
+                    .create()
+                    .expect("metadata client");
+                consumer
+                    .fetch_metadata(None, Duration::from_secs(2))
+                    .is_ok_and(|m| !m.brokers().is_empty())
+            })
+            .await
+            .expect("metadata probe");
+            if answered {
+                return;
+            }
+            if let Some(status) = self
+                .process
+                .as_mut()
+                .and_then(|p| p.try_wait().expect("poll the broker"))
+            {
+                panic!("the broker exited with {status}; see {}", self.log());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the broker did not answer within 60 s; see {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Runs `kafka.tools.StorageTool` with `args` and returns what it printed.
+    fn tool(&self, args: &[&str]) -> String {
+        let output = Command::new("java")
+            .arg("-cp")
+            .arg(self.classpath())
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                self.dir.join("log4j2.yaml").display()
+            ))
+            .arg("kafka.tools.StorageTool")
+            .args(args)
+            .output()
+            .expect("run java (is a JDK 17+ installed?)");
+        assert!(
+            output.status.success(),
+            "StorageTool {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn classpath(&self) -> String {
+        format!("{}/*", self.libs.display())
+    }
+
+    fn log(&self) -> String {
+        self.dir.join("broker.log").display().to_string()
+    }
+}
+
+impl Drop for OwnedBroker {
+    fn drop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `scripts/kafka/server.properties` for a broker on `port` (and its controller on
+/// `controller_port`) with its log directory at `log_dir`.
+fn server_properties(port: u16, controller_port: u16, log_dir: &Path) -> String {
+    SERVER_PROPERTIES
+        .replace("@PORT@", &port.to_string())
+        .replace("@CONTROLLER_PORT@", &controller_port.to_string())
+        .replace("@LOG_DIR@", &log_dir.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_is_filled_in_for_a_one_node_cluster() {
+        let properties = server_properties(19_500, 19_501, Path::new("/tmp/x"));
+        for placeholder in ["@PORT@", "@CONTROLLER_PORT@", "@LOG_DIR@"] {
+            assert!(!properties.contains(placeholder), "{properties}");
+        }
+        for line in [
+            "listeners=PLAINTEXT://127.0.0.1:19500,CONTROLLER://127.0.0.1:19501",
+            "advertised.listeners=PLAINTEXT://127.0.0.1:19500",
+            "controller.quorum.voters=1@127.0.0.1:19501",
+            "log.dirs=/tmp/x",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "auto.create.topics.enable=false",
+            "group.initial.rebalance.delay.ms=0",
+        ] {
+            assert!(properties.lines().any(|l| l == line), "missing {line}");
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The pipeline the fault tests break: events written to an outbox in committed transactions, a
+//! relay publishing them, and consumer runners applying each one as a row of `effects` through the
+//! inbox. An effect applied twice shows up as two rows with one event id.
+
+use std::time::Duration;
+
+use idempotency::{Handler, HandlerError, Message};
+use outbox::NewEvent;
+use sqlx::{PgConnection, PgPool};
+
+/// The event type every pipeline event carries.
+pub const EVENT_TYPE: &str = "Applied";
+
+/// Creates the `effects` table (no unique key, so a double application would be seen).
+///
+/// # Errors
+///
+/// When the statement fails.
+pub async fn create_effects(pool: &PgPool) -> sqlx::Result<()> {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS effects (
+            seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            event_id text NOT NULL,
+            topic text NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .map(drop)
+}
+
+/// Applies every `Applied` event as one `effects` row; anything else is dead-lettered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Effects;
+
+impl Handler for Effects {
+    type Event = String;
+
+    fn decode(&self, message: &Message) -> Result<String, HandlerError> {
+        match message.header_str("event-type") {
+            Some(EVENT_TYPE) => message
+                .header_str("event-id")
+                .map(str::to_owned)
+                .ok_or_else(|| HandlerError::decode("no event-id header")),
+            other => Err(HandlerError::unknown_event_type(other.unwrap_or("(none)"))),
+        }
+    }
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        event_id: String,
+        message: &Message,
+    ) -> Result<(), HandlerError> {
+        sqlx::query("INSERT INTO effects (event_id, topic) VALUES ($1, $2)")
+            .bind(event_id)
+            .bind(message.topic())
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// What `effects` holds: rows, and distinct event ids among them.
+///
+/// # Errors
+///
+/// When the query fails.
+pub async fn applied(pool: &PgPool) -> sqlx::Result<(i64, i64)> {
+    sqlx::query_as("SELECT count(*), count(DISTINCT event_id) FROM effects")
+        .fetch_one(pool)
+        .await
+}
+
+/// Commits `count` events for `topic` in transactions of `per_transaction`, keyed over 50
+/// aggregates, pausing `pause` between transactions; returns their ids.
+///
+/// # Errors
+///
+/// When a transaction fails.
+pub async fn write(
+    pool: &PgPool,
+    topic: &str,
+    count: usize,
+    per_transaction: usize,
+    pause: Duration,
+) -> outbox::Result<Vec<uuid::Uuid>> {
+    let mut ids = Vec::with_capacity(count);
+    while ids.len() < count {
+        let events: Vec<NewEvent> = (ids.len()..count.min(ids.len() + per_transaction))
+            .map(|n| {
+                NewEvent::json(
+                    topic,
+                    "item",
+                    format!("item-{}", n % 50),
+                    EVENT_TYPE,
+                    &serde_json::json!({ "n": n }),
+                )
+            })
+            .collect::<outbox::Result<_>>()?;
+        let mut tx = pool.begin().await?;
+        outbox::enqueue_many(&mut tx, &events).await?;
+        tx.commit().await?;
+        ids.extend(events.iter().map(|e| e.id));
+        tokio::time::sleep(pause).await;
+    }
+    Ok(ids)
+}
+
+/// Polls `effects` until it holds `expected` distinct event ids, for at most `limit`; returns
+/// (rows, distinct ids) as last seen. Connection errors (a server restarting) count as not yet.
+pub async fn wait_applied(pool: &PgPool, expected: i64, limit: Duration) -> (i64, i64) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last = (0, 0);
+    loop {
+        if let Ok(seen) = applied(pool).await {
+            last = seen;
+            if seen.1 >= expected {
+                return seen;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

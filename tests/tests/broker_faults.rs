@@ -1,0 +1,118 @@
+//! Apache Kafka stopped (SIGTERM) and later killed (SIGKILL) while a relay publishes and a consumer
+//! runner consumes. The broker is one this test owns (`testkit::OwnedBroker`, its own ports and
+//! data), so tests running beside it are never hit.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use idempotency::{Consumer, ConsumerConfig};
+use outbox::{Backoff, KafkaPublisher, Relay, RelayConfig};
+use rdkafka::Message as _;
+use rdkafka::message::Headers;
+use testkit::OwnedBroker;
+use testkit::kafka::producer_config_for;
+use workspace_tests::pipeline::{self, Effects};
+
+const EVENTS: usize = 6_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stopped_then_killed_loses_no_event_and_applies_each_once() {
+    let mut broker = OwnedBroker::start().await;
+    let bootstrap = broker.bootstrap_servers();
+    let topic = testkit::kafka::topic_on(&bootstrap, 3).await;
+    let dead_letters = testkit::kafka::topic_on(&bootstrap, 1).await;
+    let source = testkit::database(&outbox::MIGRATOR).await;
+    let sink = testkit::database(&idempotency::MIGRATOR).await;
+    pipeline::create_effects(&sink.pool).await.expect("effects");
+
+    let publisher =
+        KafkaPublisher::from_config(&producer_config_for(&bootstrap)).expect("publisher");
+    let relay = Relay::new(
+        source.pool.clone(),
+        publisher,
+        RelayConfig::default()
+            .poll_interval(Duration::from_millis(50))
+            .backoff(
+                Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 1_000)
+                    .expect("backoff"),
+            ),
+    )
+    .expect("relay")
+    .spawn();
+    let mut kafka = rdkafka::ClientConfig::new();
+    kafka.set("bootstrap.servers", &bootstrap);
+    let consumer = Consumer::new(
+        sink.pool.clone(),
+        ConsumerConfig::new("effects", kafka)
+            .topic(&topic)
+            .dead_letter_topic(&dead_letters)
+            .backoff(Duration::from_millis(50), Duration::from_secs(1)),
+        Effects,
+    )
+    .expect("consumer")
+    .spawn();
+
+    let writer = {
+        let (pool, topic) = (source.pool.clone(), topic.clone());
+        tokio::spawn(async move {
+            pipeline::write(&pool, &topic, EVENTS, 20, Duration::from_millis(40)).await
+        })
+    };
+
+    // The outages last a few seconds each, while the writer keeps committing events.
+    let outage = Duration::from_secs(3);
+    wait_for_some(&sink.pool, 500).await;
+    broker.stop();
+    tokio::time::sleep(outage).await;
+    broker.restart().await;
+    wait_for_some(&sink.pool, 2_000).await;
+    broker.kill();
+    tokio::time::sleep(outage).await;
+    broker.restart().await;
+
+    let written = writer.await.expect("writer").expect("events written");
+    assert_eq!(written.len(), EVENTS);
+    let (rows, distinct) =
+        pipeline::wait_applied(&sink.pool, EVENTS as i64, Duration::from_secs(180)).await;
+    assert_eq!(distinct, EVENTS as i64, "every committed event is applied");
+    assert_eq!(rows, EVENTS as i64, "no event is applied twice");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_events")
+        .fetch_one(&source.pool)
+        .await
+        .expect("outbox");
+    assert_eq!(left, 0, "the outbox drained");
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_dead_letters")
+        .fetch_one(&source.pool)
+        .await
+        .expect("dead letters");
+    assert_eq!(dead, 0, "a broker outage dead-letters nothing");
+
+    let on_wire = testkit::kafka::read_all_from(&bootstrap, &topic).await;
+    let ids: HashSet<String> = on_wire
+        .iter()
+        .filter_map(|m| {
+            m.headers()?
+                .iter()
+                .find(|h| h.key == "event-id")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+        .collect();
+    let expected: HashSet<String> = written.iter().map(ToString::to_string).collect();
+    assert_eq!(ids, expected, "the wire holds exactly the committed events");
+    let stats = consumer.shutdown().await;
+    relay.shutdown().await;
+    assert_eq!(stats.dead_lettered, 0);
+    println!(
+        "broker stop + kill: {EVENTS} events, {} messages on the wire ({} duplicates), the inbox skipped {}",
+        on_wire.len(),
+        on_wire.len() - EVENTS,
+        stats.duplicates
+    );
+    assert!(on_wire.iter().all(|m| m.topic() == topic));
+}
+
+async fn wait_for_some(pool: &sqlx::PgPool, count: i64) {
+    let (_, distinct) = pipeline::wait_applied(pool, count, Duration::from_secs(120)).await;
+    assert!(distinct >= count, "only {distinct} events applied");
+}

@@ -1,0 +1,116 @@
+//! PostgreSQL restarted while a relay publishes, a consumer runner consumes and a named-lease keeper
+//! holds its lease. The server is one this test owns (`testkit::OwnedPostgres`, its own port and
+//! cluster), so tests running beside it are never hit.
+
+use std::time::Duration;
+
+use idempotency::{Consumer, ConsumerConfig};
+use leases::{LeaseKeeper, NamedLeases};
+use outbox::{Backoff, KafkaPublisher, Relay, RelayConfig};
+use testkit::OwnedPostgres;
+use workspace_tests::pipeline::{self, Effects};
+
+const BEFORE: usize = 3_000;
+const AFTER: usize = 1_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_consumer_and_lease_keeper_recover_from_database_restarts_on_their_own() {
+    let server = OwnedPostgres::start();
+    let url = server.url();
+    let source = testkit::database_on(&url, &outbox::MIGRATOR).await;
+    let sink = testkit::database_on(&url, &idempotency::MIGRATOR).await;
+    let leases_db = testkit::database_on(&url, &leases::MIGRATOR).await;
+    pipeline::create_effects(&sink.pool).await.expect("effects");
+    let topic = testkit::kafka::topic(3).await;
+    let dead_letters = testkit::kafka::topic(1).await;
+    let mut written = pipeline::write(&source.pool, &topic, BEFORE, 50, Duration::ZERO)
+        .await
+        .expect("events written");
+
+    let publisher =
+        KafkaPublisher::from_config(&testkit::kafka::producer_config().await).expect("publisher");
+    let relay = Relay::new(
+        source.pool.clone(),
+        publisher,
+        RelayConfig::default()
+            .batch_size(100)
+            .poll_interval(Duration::from_millis(50))
+            .backoff(
+                Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 1_000)
+                    .expect("backoff"),
+            ),
+    )
+    .expect("relay")
+    .spawn();
+    let mut kafka = rdkafka::ClientConfig::new();
+    kafka.set(
+        "bootstrap.servers",
+        testkit::kafka::bootstrap_servers().await,
+    );
+    let consumer = Consumer::new(
+        sink.pool.clone(),
+        ConsumerConfig::new("effects", kafka)
+            .group_id(format!("effects-{}", uuid::Uuid::new_v4().simple()))
+            .topic(&topic)
+            .dead_letter_topic(&dead_letters)
+            .backoff(Duration::from_millis(50), Duration::from_secs(1)),
+        Effects,
+    )
+    .expect("consumer")
+    .spawn();
+    let mut keeper = LeaseKeeper::start(
+        NamedLeases::new(),
+        leases_db.pool.clone(),
+        "archiver",
+        "keeper-1",
+        Duration::from_secs(3),
+        Duration::from_millis(500),
+    )
+    .expect("keeper");
+    tokio::time::timeout(Duration::from_secs(30), keeper.acquired())
+        .await
+        .expect("the keeper holds the lease");
+
+    for applied in [300, 1_500] {
+        let (_, distinct) =
+            pipeline::wait_applied(&sink.pool, applied, Duration::from_secs(120)).await;
+        assert!(distinct >= applied, "only {distinct} events applied");
+        tokio::task::block_in_place(|| server.restart());
+    }
+    written.extend(
+        pipeline::write(&source.pool, &topic, AFTER, 50, Duration::ZERO)
+            .await
+            .expect("events written after the restarts"),
+    );
+
+    let total = (BEFORE + AFTER) as i64;
+    let (rows, distinct) =
+        pipeline::wait_applied(&sink.pool, total, Duration::from_secs(180)).await;
+    assert_eq!(distinct, total, "every committed event is applied");
+    assert_eq!(rows, total, "no event is applied twice");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_events")
+        .fetch_one(&source.pool)
+        .await
+        .expect("outbox");
+    assert_eq!(left, 0, "the outbox drained");
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_dead_letters")
+        .fetch_one(&source.pool)
+        .await
+        .expect("dead letters");
+    assert_eq!(dead, 0, "a database restart dead-letters nothing");
+    let lease = tokio::time::timeout(Duration::from_secs(30), keeper.acquired())
+        .await
+        .expect("the keeper holds the lease again after the restarts");
+    let holder: Option<String> =
+        sqlx::query_scalar("SELECT owner FROM leases_named WHERE name = 'archiver'")
+            .fetch_one(&leases_db.pool)
+            .await
+            .expect("lease row");
+    assert_eq!(holder.as_deref(), Some("keeper-1"));
+    assert!(lease.token >= 1);
+    assert_eq!(written.len(), BEFORE + AFTER);
+    let stats = consumer.shutdown().await;
+    assert_eq!(stats.dead_lettered, 0);
+    relay.shutdown().await;
+    keeper.shutdown().await;
+}
