@@ -197,7 +197,7 @@ impl Drop for OwnedBroker {
 
 /// `scripts/kafka/server.properties` for a broker on `port` (and its controller on
 /// `controller_port`) with its log directory at `log_dir`.
-fn server_properties(port: u16, controller_port: u16, log_dir: &Path) -> String {
+pub(crate) fn server_properties(port: u16, controller_port: u16, log_dir: &Path) -> String {
     SERVER_PROPERTIES
         .replace("@PORT@", &port.to_string())
         .replace("@CONTROLLER_PORT@", &controller_port.to_string())

@@ -124,3 +124,23 @@ pub async fn wait_applied(pool: &PgPool, expected: i64, limit: Duration) -> (i64
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits (at most `limit`) until `expected` events are applied, then asserts that each was applied
+/// exactly once, that the outbox at `source` drained and that nothing was dead-lettered.
+///
+/// # Panics
+///
+/// When any of these does not hold: this is a test helper.
+pub async fn assert_settled(source: &PgPool, sink: &PgPool, expected: i64, limit: Duration) {
+    let (rows, distinct) = wait_applied(sink, expected, limit).await;
+    assert_eq!(distinct, expected, "every committed event is applied");
+    assert_eq!(rows, expected, "no event is applied twice");
+    let (left, dead): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM outbox_events), (SELECT count(*) FROM outbox_dead_letters)",
+    )
+    .fetch_one(source)
+    .await
+    .expect("outbox counts");
+    assert_eq!(left, 0, "the outbox drained");
+    assert_eq!(dead, 0, "the fault dead-lettered nothing");
+}

@@ -84,20 +84,7 @@ async fn relay_consumer_and_lease_keeper_recover_from_database_restarts_on_their
     );
 
     let total = (BEFORE + AFTER) as i64;
-    let (rows, distinct) =
-        pipeline::wait_applied(&sink.pool, total, Duration::from_secs(180)).await;
-    assert_eq!(distinct, total, "every committed event is applied");
-    assert_eq!(rows, total, "no event is applied twice");
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_events")
-        .fetch_one(&source.pool)
-        .await
-        .expect("outbox");
-    assert_eq!(left, 0, "the outbox drained");
-    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_dead_letters")
-        .fetch_one(&source.pool)
-        .await
-        .expect("dead letters");
-    assert_eq!(dead, 0, "a database restart dead-letters nothing");
+    pipeline::assert_settled(&source.pool, &sink.pool, total, Duration::from_secs(180)).await;
     let lease = tokio::time::timeout(Duration::from_secs(30), keeper.acquired())
         .await
         .expect("the keeper holds the lease again after the restarts");
