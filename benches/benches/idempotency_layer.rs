@@ -21,7 +21,7 @@ use axum::extract::State;
 use axum::http::{Request, StatusCode};
 use axum::routing::post;
 use criterion::{BenchmarkId, Criterion, Throughput};
-use idempotency::{IdempotencyLayer, PostgresStore, Tx};
+use idempotency::{IdempotencyLayer, KeyPolicy, PostgresStore, Tx};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tower::ServiceExt;
@@ -124,7 +124,9 @@ fn idempotency_layer(c: &mut Criterion) {
         .with_state(pool.clone());
     let with = Router::new()
         .route("/items", post(insert_in_request_tx))
-        .route_layer(IdempotencyLayer::new(PostgresStore::new(pool.clone())).required());
+        .route_layer(
+            IdempotencyLayer::new(PostgresStore::new(pool.clone())).key_policy(KeyPolicy::Required),
+        );
     let keys = AtomicU64::new(0);
 
     let mut group = c.benchmark_group("idempotency_layer");

@@ -23,6 +23,7 @@ pub enum Error {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// A Kafka client could not be created or subscribed.
+    #[cfg(feature = "kafka")]
     #[error("kafka client error: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     /// A stored record could not be decoded (a status or header that is not valid HTTP).
@@ -37,10 +38,9 @@ impl Error {
         match self {
             Error::Lease(e) => e.is_retriable(),
             Error::Database(e) => leases::is_retriable_db_error(e),
-            Error::InvalidConfig(_)
-            | Error::Unsupported(_)
-            | Error::Kafka(_)
-            | Error::Corrupt(_) => false,
+            Error::InvalidConfig(_) | Error::Unsupported(_) | Error::Corrupt(_) => false,
+            #[cfg(feature = "kafka")]
+            Error::Kafka(_) => false,
         }
     }
 }

@@ -18,7 +18,7 @@
 //!
 //! ```no_run
 //! use axum::{Json, Router, http::StatusCode, response::IntoResponse, routing::post};
-//! use idempotency::{IdempotencyLayer, PostgresStore, Tx};
+//! use idempotency::{IdempotencyLayer, KeyPolicy, PostgresStore, Tx};
 //!
 //! #[derive(Clone)]
 //! struct User(String); // inserted by your authentication layer
@@ -45,7 +45,7 @@
 //!
 //! let store = PostgresStore::new(pool.clone());
 //! let layer = IdempotencyLayer::new(store.clone())
-//!     .required()
+//!     .key_policy(KeyPolicy::Required)
 //!     .scope(|parts| parts.extensions.get::<User>().map(|user| user.0.clone()));
 //! layer.validate()?;
 //! let app: Router = Router::new()
@@ -83,7 +83,7 @@
 //!   expires runs the handler again. The 5xx, cancellation and panic outcomes release the key
 //!   by default, which also lets a retry run again: configure
 //!   [`release_on_cancel`](IdempotencyLayer::release_on_cancel) and
-//!   [`store_server_errors`](IdempotencyLayer::store_server_errors) when that is wrong for you.
+//!   [`store_if`](IdempotencyLayer::store_if) when that is wrong for you.
 //! - **Same request.** A key replays only for a request with the same [`Fingerprint`] (method,
 //!   path, canonical query, content type and body); any other gets 422.
 //! - **Fail closed.** When the store cannot be reached, requests with a key get 503 and do not
@@ -94,39 +94,45 @@
 //! transaction that records the event, and the inbox record is kept longer than the broker may
 //! redeliver ([`inbox::purge`]).
 //!
+//! # Features
+//!
+//! - `http` (default): the HTTP layer ([`IdempotencyLayer`], its stores, [`Tx`], [`Problem`]);
+//!   brings in axum, tower and http.
+//! - `kafka` (default): the consumer runner ([`Consumer`], [`Handler`], dead letters); brings in
+//!   rdkafka.
+//!
+//! The inbox ([`inbox::receive`]) and [`MIGRATOR`] are always there. A service that only wants
+//! the HTTP layer depends on `idempotency = { default-features = false, features = ["http"] }`
+//! and does not compile rdkafka.
+//!
 //! # Errors
 //!
 //! One [`Error`] type for stores, the inbox and the consumer runner, with
 //! [`Error::is_retriable`]; client mistakes are [`Problem`] responses, never errors.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod body;
-mod consumer;
 mod error;
-mod fingerprint;
+#[cfg(feature = "http")]
+mod http;
 pub mod inbox;
-mod key;
-mod layer;
-pub mod problem;
-mod service;
-mod store;
-mod tx;
+#[cfg(feature = "kafka")]
+mod kafka;
 
-pub use consumer::{
+#[cfg(feature = "http")]
+pub use self::http::{
+    Acquire, Fingerprint, FingerprintOptions, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Idempotency,
+    IdempotencyKey, IdempotencyLayer, KeyError, KeyPolicy, MAX_KEY_LEN, MemoryStore, PostgresStore,
+    Problem, Record, RecordState, ResponseFuture, ScopedKey, Store, StoredResponse, Tx, problem,
+    stores_by_default, stores_server_errors_too,
+};
+pub use error::{Error, Result};
+#[cfg(feature = "kafka")]
+pub use kafka::{
     Consumer, ConsumerConfig, ConsumerHandle, ConsumerStats, DeadLetterReason, Handler,
     HandlerError, Message,
 };
-pub use error::{Error, Result};
-pub use fingerprint::{Fingerprint, FingerprintOptions};
-pub use key::{IDEMPOTENCY_KEY, IdempotencyKey, KeyError, MAX_KEY_LEN};
-pub use layer::{IdempotencyLayer, KeyPolicy, stores_by_default, stores_server_errors_too};
-pub use problem::Problem;
-pub use service::{IDEMPOTENT_REPLAYED, Idempotency, ResponseFuture};
-pub use store::memory::MemoryStore;
-pub use store::postgres::PostgresStore;
-pub use store::{Acquire, Record, RecordState, ScopedKey, Store, StoredResponse};
-pub use tx::Tx;
 
 /// The crate's migrations: `idempotency_keys` (keys, their leases and stored responses) and
 /// `idempotency_inbox`.

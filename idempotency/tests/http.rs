@@ -16,8 +16,8 @@ use chrono::Utc;
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use idempotency::{
-    IDEMPOTENT_REPLAYED, IdempotencyKey, IdempotencyLayer, MemoryStore, PostgresStore, RecordState,
-    ScopedKey, Store, Tx,
+    IDEMPOTENT_REPLAYED, IdempotencyKey, IdempotencyLayer, KeyPolicy, MemoryStore, PostgresStore,
+    RecordState, ScopedKey, Store, Tx,
 };
 use sqlx::PgPool;
 use testkit::{ManualClock, TestDb};
@@ -891,7 +891,7 @@ async fn malformed_keys_are_refused_and_quoted_keys_equal_bare_ones() {
     let db = db().await;
     let harness = Harness::new(&db.pool);
     let app = orders_app(
-        IdempotencyLayer::new(PostgresStore::new(db.pool.clone())).required(),
+        IdempotencyLayer::new(PostgresStore::new(db.pool.clone())).key_policy(KeyPolicy::Required),
         &harness.app,
         Hold::No,
         false,
@@ -989,7 +989,13 @@ async fn server_errors_release_the_key_unless_configured_to_be_stored() {
         let calls = Arc::new(AtomicUsize::new(0));
         let app = Router::new()
             .route("/orders", post(flaky))
-            .route_layer(IdempotencyLayer::new(store.clone()).store_server_errors(store_them))
+            .route_layer(
+                IdempotencyLayer::new(store.clone()).store_if(if store_them {
+                    idempotency::stores_server_errors_too
+                } else {
+                    idempotency::stores_by_default
+                }),
+            )
             .with_state(Arc::clone(&calls));
         let key = format!("k-{store_them}");
         let first = send(&app, post_json("/orders", &key, "{}")).await;

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use commerce_platform::problem::problem;
 use commerce_platform::{ApiError, Caller};
-use idempotency::{IdempotencyLayer, PostgresStore, Tx};
+use idempotency::{IdempotencyLayer, KeyPolicy, PostgresStore, Tx};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
@@ -164,7 +164,7 @@ fn not_found() -> ApiError {
 /// The routes, with authentication on `/api/v1` and the idempotency layer on order creation.
 pub(crate) fn router(state: AppState) -> Router {
     let idempotency = IdempotencyLayer::new(PostgresStore::new(state.pool.clone()))
-        .required()
+        .key_policy(KeyPolicy::Required)
         .max_request_body(MAX_BODY)
         .scope(|parts| {
             parts

@@ -13,42 +13,25 @@ use axum::extract::MatchedPath;
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use futures::FutureExt;
-use http::header::{CONNECTION, CONTENT_TYPE};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response};
 use leases::Lease;
 use tokio::time::Instant;
 use tower::{BoxError, Service};
 
-use crate::body::{Limited, chain, read_limited};
-use crate::layer::Config;
-use crate::store::{Acquire, ScopedKey, Store, StoredResponse};
-use crate::tx::TxSlot;
+use super::body::{Limited, chain, read_limited};
+use super::config::Shared;
+use super::lease_guard::LeaseGuard;
+use super::outcome::{count, problem};
+use super::replay::{end_to_end, replay};
+use super::store::{Acquire, ScopedKey, Store, StoredResponse};
+use super::tx::{TxSlot, commit, rollback};
 use crate::{Error, Fingerprint, IdempotencyKey, KeyPolicy, Problem};
-
-/// The response header that marks a replayed response.
-pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1): never stored or replayed.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// The service [`IdempotencyLayer`](crate::IdempotencyLayer) wraps around an inner service.
 pub struct Idempotency<S, St> {
     inner: S,
     shared: Arc<Shared<St>>,
-}
-
-pub(crate) struct Shared<St> {
-    pub(crate) store: St,
-    pub(crate) config: Config,
 }
 
 impl<S, St> Idempotency<S, St> {
@@ -139,15 +122,6 @@ impl<S> BodyMapped<S> {
         let response = self.0.call(request).await?;
         Ok(response.map(Body::new))
     }
-}
-
-fn count(outcome: &'static str) {
-    metrics::counter!("idempotency_requests_total", "outcome" => outcome).increment(1);
-}
-
-fn problem(problem: Problem, outcome: &'static str) -> Response<Body> {
-    count(outcome);
-    problem.into_response()
 }
 
 async fn handle<S, St, ResBody>(
@@ -486,139 +460,9 @@ where
     Ok(response)
 }
 
-async fn commit(slot: Option<TxSlot>) -> Result<(), sqlx::Error> {
-    match slot {
-        Some(slot) => match slot.take().await {
-            Some(tx) => tx.commit().await,
-            None => Ok(()),
-        },
-        None => Ok(()),
-    }
-}
-
-async fn rollback(slot: Option<TxSlot>) {
-    if let Some(slot) = slot {
-        if let Some(tx) = slot.take().await {
-            if let Err(error) = tx.rollback().await {
-                tracing::debug!(
-                    %error,
-                    "idempotency: rollback failed (the connection is discarded)"
-                );
-            }
-        }
-    }
-}
-
-fn replay(stored: StoredResponse) -> Response<Body> {
-    let mut response = Response::new(Body::from(stored.body));
-    *response.status_mut() = stored.status;
-    *response.headers_mut() = stored.headers;
-    response
-        .headers_mut()
-        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    response
-}
-
-/// The headers worth replaying: all but hop-by-hop ones and those `Connection` names.
-fn end_to_end(headers: &HeaderMap) -> HeaderMap {
-    let named: Vec<String> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .collect();
-    let mut kept = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let name_str = name.as_str();
-        if !HOP_BY_HOP.contains(&name_str) && !named.iter().any(|n| n == name_str) {
-            kept.append(name.clone(), value.clone());
-        }
-    }
-    kept
-}
-
-/// Holds the lease of a running request; dropped before it is released or disarmed (the
-/// request's future was dropped), it releases the key in the background if configured to.
-struct LeaseGuard<St: Store> {
-    shared: Arc<Shared<St>>,
-    lease: Option<Lease<i64>>,
-}
-
-impl<St: Store> LeaseGuard<St> {
-    async fn release(mut self) {
-        if let Some(lease) = self.lease.take() {
-            release(&self.shared.store, &lease).await;
-        }
-    }
-
-    fn disarm(mut self) {
-        self.lease = None;
-    }
-}
-
-async fn release<St: Store>(store: &St, lease: &Lease<i64>) {
-    match store.release(lease).await {
-        Ok(true) => {}
-        Ok(false) => tracing::debug!("idempotency: key already released or taken over"),
-        Err(error) => {
-            tracing::warn!(%error, "idempotency: releasing the key failed; it is free once its lease expires");
-        }
-    }
-}
-
-impl<St: Store> Drop for LeaseGuard<St> {
-    fn drop(&mut self) {
-        let Some(lease) = self.lease.take() else {
-            return;
-        };
-        count("cancelled");
-        if !self.shared.config.release_on_cancel {
-            tracing::info!(
-                "idempotency: request cancelled; its key stays locked until its lease expires"
-            );
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let shared = Arc::clone(&self.shared);
-                runtime.spawn(async move { release(&shared.store, &lease).await });
-            }
-            Err(_) => tracing::warn!(
-                "idempotency: request cancelled outside a runtime; its key is free once its lease expires"
-            ),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::StatusCode;
-
-    #[test]
-    fn keeps_end_to_end_headers_in_order() {
-        let mut headers = HeaderMap::new();
-        headers.append("set-cookie", HeaderValue::from_static("a=1"));
-        headers.append("connection", HeaderValue::from_static("keep-alive, x-hop"));
-        headers.append("x-hop", HeaderValue::from_static("1"));
-        headers.append("transfer-encoding", HeaderValue::from_static("chunked"));
-        headers.append("set-cookie", HeaderValue::from_static("b=2"));
-        headers.append("location", HeaderValue::from_static("/x"));
-        let kept = end_to_end(&headers);
-        let pairs: Vec<_> = kept
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.to_str().expect("ascii")))
-            .collect();
-        assert_eq!(
-            pairs,
-            [
-                ("set-cookie", "a=1"),
-                ("set-cookie", "b=2"),
-                ("location", "/x")
-            ]
-        );
-    }
 
     #[test]
     fn reads_panic_payloads() {
@@ -626,22 +470,5 @@ mod tests {
         assert_eq!(panic_message(&*payload), "boom");
         let payload: Box<dyn std::any::Any + Send> = Box::new(String::from("bang"));
         assert_eq!(panic_message(&*payload), "bang");
-    }
-
-    #[test]
-    fn default_policy_stores_what_took_effect() {
-        use crate::layer::{stores_by_default, stores_server_errors_too};
-        for status in [200, 201, 202, 204, 302, 402, 404, 409, 410] {
-            assert!(stores_by_default(
-                StatusCode::from_u16(status).expect("status")
-            ));
-        }
-        for status in [400, 401, 403, 408, 413, 415, 422, 429, 500, 502, 503] {
-            assert!(!stores_by_default(
-                StatusCode::from_u16(status).expect("status")
-            ));
-        }
-        assert!(stores_server_errors_too(StatusCode::INTERNAL_SERVER_ERROR));
-        assert!(!stores_server_errors_too(StatusCode::UNPROCESSABLE_ENTITY));
     }
 }

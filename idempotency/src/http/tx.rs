@@ -54,7 +54,7 @@ impl TxSlot {
 ///
 /// ```
 /// use axum::{Json, Router, http::StatusCode, routing::post};
-/// use idempotency::{IdempotencyLayer, PostgresStore, Tx};
+/// use idempotency::{IdempotencyLayer, KeyPolicy, PostgresStore, Tx};
 ///
 /// async fn create_order(mut tx: Tx, Json(order): Json<serde_json::Value>) -> Result<StatusCode, StatusCode> {
 ///     sqlx::query("INSERT INTO orders (body) VALUES ($1)")
@@ -68,7 +68,7 @@ impl TxSlot {
 /// fn app(pool: sqlx::PgPool) -> Router {
 ///     Router::new()
 ///         .route("/orders", post(create_order))
-///         .route_layer(IdempotencyLayer::new(PostgresStore::new(pool)).required())
+///         .route_layer(IdempotencyLayer::new(PostgresStore::new(pool)).key_policy(KeyPolicy::Required))
 /// }
 /// ```
 ///
@@ -124,5 +124,30 @@ impl<S: Send + Sync> FromRequestParts<S> for Tx {
         OwnedMutexGuard::try_map(guard, Option::as_mut)
             .map(|guard| Tx { guard })
             .map_err(|_| Problem::transaction_unavailable("The transaction is gone."))
+    }
+}
+
+/// Commits the handler's transaction, if it took one.
+pub(super) async fn commit(slot: Option<TxSlot>) -> Result<(), sqlx::Error> {
+    match slot {
+        Some(slot) => match slot.take().await {
+            Some(tx) => tx.commit().await,
+            None => Ok(()),
+        },
+        None => Ok(()),
+    }
+}
+
+/// Rolls the handler's transaction back, if it took one.
+pub(super) async fn rollback(slot: Option<TxSlot>) {
+    if let Some(slot) = slot {
+        if let Some(tx) = slot.take().await {
+            if let Err(error) = tx.rollback().await {
+                tracing::debug!(
+                    %error,
+                    "idempotency: rollback failed (the connection is discarded)"
+                );
+            }
+        }
     }
 }

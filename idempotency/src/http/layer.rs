@@ -8,49 +8,9 @@ use http::StatusCode;
 use http::request::Parts;
 use tower::Layer;
 
-use crate::service::{Idempotency, Shared};
+use super::config::{Config, KeyPolicy, Shared, stores_by_default};
+use super::service::Idempotency;
 use crate::{Error, FingerprintOptions, Result};
-
-/// Whether a route takes an `Idempotency-Key`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum KeyPolicy {
-    /// A request without the header gets `400` (`idempotency-key-missing`).
-    Required,
-    /// A request without the header runs as if the layer were not there. The default.
-    #[default]
-    Optional,
-    /// The header is ignored: every request runs as if the layer were not there (handlers can
-    /// still take a [`Tx`](crate::Tx)).
-    Off,
-}
-
-/// A function from a request to its key scope (the principal or tenant); see
-/// [`IdempotencyLayer::scope`].
-pub(crate) type ScopeFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
-
-/// Whether a response with this status is stored (and, for a handler that took a
-/// [`Tx`](crate::Tx), whether its transaction commits): the default of
-/// [`IdempotencyLayer::store_if`].
-///
-/// Every status is stored except server errors (5xx: the key is released, so a retry runs the
-/// request again) and the client errors that mean the request was refused before it took effect:
-/// malformed or invalid (400, 413, 415, 422 — axum's extractor rejections among them), not
-/// authenticated or not allowed (401, 403), timed out or throttled (408, 429). A refused request
-/// does not consume its key: the client can fix it and send it again under the same key.
-pub fn stores_by_default(status: StatusCode) -> bool {
-    !status.is_server_error()
-        && !matches!(
-            status.as_u16(),
-            400 | 401 | 403 | 408 | 413 | 415 | 422 | 429
-        )
-}
-
-/// Like [`stores_by_default`], and server errors are stored too (see
-/// [`IdempotencyLayer::store_server_errors`]).
-pub fn stores_server_errors_too(status: StatusCode) -> bool {
-    status.is_server_error() || stores_by_default(status)
-}
 
 /// A [`tower::Layer`] that makes requests with an `Idempotency-Key` header take effect once.
 ///
@@ -73,14 +33,14 @@ pub fn stores_server_errors_too(status: StatusCode) -> bool {
 ///    handler's transaction if it took a [`Tx`](crate::Tx)); any other outcome releases the key.
 ///
 /// Safe methods (`GET`, `HEAD`, `OPTIONS`, `TRACE`) and requests without a key (unless the key
-/// is [required](Self::required)) pass through.
+/// is [required](KeyPolicy::Required)) pass through.
 ///
 /// ```
 /// use std::time::Duration;
-/// use idempotency::{IdempotencyLayer, MemoryStore};
+/// use idempotency::{IdempotencyLayer, KeyPolicy, MemoryStore};
 ///
 /// let layer = IdempotencyLayer::new(MemoryStore::new())
-///     .required()
+///     .key_policy(KeyPolicy::Required)
 ///     .lease_ttl(Duration::from_secs(10))
 ///     .scope(|parts| parts.headers.get("x-tenant")?.to_str().ok().map(str::to_owned));
 /// layer.validate()?;
@@ -90,21 +50,6 @@ pub fn stores_server_errors_too(status: StatusCode) -> bool {
 pub struct IdempotencyLayer<St> {
     pub(crate) store: St,
     pub(crate) config: Config,
-}
-
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) policy: KeyPolicy,
-    pub(crate) lease_ttl: Duration,
-    pub(crate) retention: Duration,
-    pub(crate) max_request_body: usize,
-    pub(crate) max_response_body: usize,
-    pub(crate) retry_after: Duration,
-    pub(crate) fail_open: bool,
-    pub(crate) fingerprint: FingerprintOptions,
-    pub(crate) release_on_cancel: bool,
-    pub(crate) store_if: fn(StatusCode) -> bool,
-    pub(crate) scope: Option<ScopeFn>,
 }
 
 impl<St> IdempotencyLayer<St> {
@@ -132,11 +77,6 @@ impl<St> IdempotencyLayer<St> {
     pub fn key_policy(mut self, policy: KeyPolicy) -> Self {
         self.config.policy = policy;
         self
-    }
-
-    /// Shorthand for [`key_policy`](Self::key_policy)`(KeyPolicy::Required)`.
-    pub fn required(self) -> Self {
-        self.key_policy(KeyPolicy::Required)
     }
 
     /// How long a request holds its key's in-flight lease; the layer renews it every third of
@@ -206,21 +146,11 @@ impl<St> IdempotencyLayer<St> {
     }
 
     /// Which responses are stored (and replayed); for the others the key is released. It also
-    /// decides whether a handler's [`Tx`](crate::Tx) commits. Default: [`stores_by_default`].
+    /// decides whether a handler's [`Tx`](crate::Tx) commits. Default: [`stores_by_default`];
+    /// [`stores_server_errors_too`](crate::stores_server_errors_too) also stores server errors (5xx, handler panics included).
     pub fn store_if(mut self, predicate: fn(StatusCode) -> bool) -> Self {
         self.config.store_if = predicate;
         self
-    }
-
-    /// Whether server errors (5xx, handler panics included) are stored and replayed instead of
-    /// releasing the key: [`store_if`](Self::store_if)`(`[`stores_server_errors_too`]`)`, or back
-    /// to [`stores_by_default`]. Default: `false`.
-    pub fn store_server_errors(self, on: bool) -> Self {
-        self.store_if(if on {
-            stores_server_errors_too
-        } else {
-            stores_by_default
-        })
     }
 
     /// The key's scope: a function from the request to the principal or tenant whose keys are
@@ -270,23 +200,6 @@ impl<St: fmt::Debug> fmt::Debug for IdempotencyLayer<St> {
             .field("store", &self.store)
             .field("config", &self.config)
             .finish()
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("policy", &self.policy)
-            .field("lease_ttl", &self.lease_ttl)
-            .field("retention", &self.retention)
-            .field("max_request_body", &self.max_request_body)
-            .field("max_response_body", &self.max_response_body)
-            .field("retry_after", &self.retry_after)
-            .field("fail_open", &self.fail_open)
-            .field("fingerprint", &self.fingerprint)
-            .field("release_on_cancel", &self.release_on_cancel)
-            .field("scoped", &self.scope.is_some())
-            .finish_non_exhaustive()
     }
 }
 

@@ -1,0 +1,139 @@
+//! [`ConsumerConfig`]: how a [`Consumer`](crate::Consumer) runs.
+
+use std::fmt;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+
+/// How a [`Consumer`](crate::Consumer) runs. Every setter documents its default.
+#[derive(Clone)]
+pub struct ConsumerConfig {
+    pub(super) name: String,
+    pub(super) group_id: Option<String>,
+    pub(super) topics: Vec<String>,
+    pub(super) dead_letter_topic: Option<String>,
+    pub(super) kafka: ClientConfig,
+    pub(super) dead_letter_producer: Option<ClientConfig>,
+    pub(super) event_id_header: String,
+    pub(super) initial_backoff: Duration,
+    pub(super) max_backoff: Duration,
+    pub(super) max_attempts: Option<u32>,
+}
+
+impl fmt::Debug for ConsumerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The client configs may hold credentials: not printed.
+        f.debug_struct("ConsumerConfig")
+            .field("name", &self.name)
+            .field("group_id", &self.resolved_group_id())
+            .field("topics", &self.topics)
+            .field("dead_letter_topic", &self.resolved_dead_letter_topic())
+            .field("event_id_header", &self.event_id_header)
+            .field("initial_backoff", &self.initial_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumerConfig {
+    /// A consumer named `name` (its inbox records are `(name, event id)`, and its default group
+    /// id), connecting with `kafka` (at least `bootstrap.servers`; security settings too). The
+    /// runner sets `group.id`, `enable.auto.commit=true`, `enable.auto.offset.store=false` and
+    /// `enable.partition.eof=false` itself, and `auto.offset.reset=earliest` and
+    /// `auto.commit.interval.ms=1000` unless `kafka` sets them.
+    pub fn new(name: impl Into<String>, kafka: ClientConfig) -> Self {
+        Self {
+            name: name.into(),
+            group_id: None,
+            topics: Vec::new(),
+            dead_letter_topic: None,
+            kafka,
+            dead_letter_producer: None,
+            event_id_header: "event-id".into(),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            max_attempts: None,
+        }
+    }
+
+    /// Adds a topic to consume. At least one is required. Default: none.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topics.push(topic.into());
+        self
+    }
+
+    /// The consumer group. Instances of one service share it (Kafka splits the partitions
+    /// between them); different services need different groups. Default: the name.
+    pub fn group_id(mut self, group_id: impl Into<String>) -> Self {
+        self.group_id = Some(group_id.into());
+        self
+    }
+
+    /// Where permanent failures go. The topic must exist. Default: `<name>.dead-letters`.
+    pub fn dead_letter_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dead_letter_topic = Some(topic.into());
+        self
+    }
+
+    /// The client configuration of the dead-letter producer (the runner sets
+    /// `enable.idempotence=true` on it, and `partitioner=murmur2_random` unless it names one). Default: the `kafka` configuration given to
+    /// [`new`](Self::new).
+    pub fn dead_letter_producer(mut self, config: ClientConfig) -> Self {
+        self.dead_letter_producer = Some(config);
+        self
+    }
+
+    /// The header holding the event id. Default: `event-id` (what `outbox` publishes).
+    pub fn event_id_header(mut self, name: impl Into<String>) -> Self {
+        self.event_id_header = name.into();
+        self
+    }
+
+    /// The delay before the first retry of a message, doubled on every further retry up to
+    /// `max`. Default: 100 ms, up to 30 s.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_backoff = initial;
+        self.max_backoff = max;
+        self
+    }
+
+    /// How many times a message may fail retriably before it is dead-lettered as
+    /// `attempts-exhausted`; `None` retries until it succeeds (a database outage then holds
+    /// the partition, which is what keeps its order). Default: `None`.
+    pub fn max_attempts(mut self, attempts: Option<u32>) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    pub(super) fn resolved_group_id(&self) -> &str {
+        self.group_id.as_deref().unwrap_or(&self.name)
+    }
+
+    pub(super) fn resolved_dead_letter_topic(&self) -> String {
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dead-letters", self.name))
+    }
+
+    pub(super) fn delay(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(31);
+        self.initial_backoff
+            .saturating_mul(1 << doublings)
+            .min(self.max_backoff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum() {
+        let config = ConsumerConfig::new("c", ClientConfig::new())
+            .backoff(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<_> = (1..=6).map(|a| config.delay(a).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(config.delay(u32::MAX), Duration::from_secs(1));
+    }
+}

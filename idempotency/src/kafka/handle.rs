@@ -1,0 +1,87 @@
+//! [`ConsumerHandle`]: a running consumer, its counters, and how it stops.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Counts of what a consumer did since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerStats {
+    /// Fresh events applied and committed.
+    pub processed: u64,
+    /// Events skipped as already applied.
+    pub duplicates: u64,
+    /// Messages published to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Retriable failures (each followed by a retry of the same message).
+    pub retries: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    pub(super) processed: AtomicU64,
+    pub(super) duplicates: AtomicU64,
+    pub(super) dead_lettered: AtomicU64,
+    pub(super) retries: AtomicU64,
+}
+
+impl Counters {
+    pub(super) fn snapshot(&self) -> ConsumerStats {
+        ConsumerStats {
+            processed: self.processed.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A running [`Consumer`](crate::Consumer).
+#[derive(Debug)]
+pub struct ConsumerHandle {
+    pub(super) stop: watch::Sender<bool>,
+    pub(super) task: JoinHandle<()>,
+    pub(super) counters: Arc<Counters>,
+}
+
+impl ConsumerHandle {
+    /// What the consumer did so far.
+    pub fn stats(&self) -> ConsumerStats {
+        self.counters.snapshot()
+    }
+
+    /// Graceful shutdown: stops polling, finishes the message in hand (a message waiting for a
+    /// retry is left for redelivery), commits the offsets, leaves the group, and returns.
+    pub async fn shutdown(self) -> ConsumerStats {
+        self.stop.send_replace(true);
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "consumer: task failed");
+        }
+        self.counters.snapshot()
+    }
+
+    /// Stops the consumer at once, as a crash would: offsets not yet committed are not, and
+    /// the messages after them are delivered again (to this group's next member).
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+/// Resolves once shutdown was requested; never if the handle was dropped without it.
+pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Sleeps for `delay`; returns `true` if shutdown was requested meanwhile.
+pub(super) async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => false,
+        () = stopped(stop) => true,
+    }
+}

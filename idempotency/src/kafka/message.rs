@@ -1,0 +1,131 @@
+//! [`Message`]: a consumed message as a [`Handler`](crate::Handler) sees it.
+
+use rdkafka::message::{BorrowedMessage, Headers, Message as _};
+
+/// A consumed message, as the runner hands it to a [`Handler`](crate::Handler).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    timestamp_millis: Option<i64>,
+}
+
+impl Message {
+    /// A message built by hand (for testing a handler without a broker).
+    pub fn new(
+        topic: impl Into<String>,
+        partition: i32,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
+        headers: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+            offset,
+            key,
+            payload,
+            headers,
+            timestamp_millis: None,
+        }
+    }
+
+    pub(super) fn from_kafka(message: &BorrowedMessage<'_>) -> Self {
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp_millis: message.timestamp().to_millis(),
+        }
+    }
+
+    /// The topic it was read from.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Its partition.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Its offset in the partition.
+    pub fn offset(&self) -> i64 {
+        self.offset
+    }
+
+    /// Its key.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+
+    /// Its value.
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.payload.as_deref()
+    }
+
+    /// The value of the first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| value.as_deref())
+    }
+
+    /// [`header`](Self::header) as UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every header, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.headers
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_deref()))
+    }
+
+    /// Its timestamp, in milliseconds since the Unix epoch, if it has one.
+    pub fn timestamp_millis(&self) -> Option<i64> {
+        self.timestamp_millis
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_headers() {
+        let message = Message::new(
+            "t",
+            0,
+            7,
+            None,
+            Some(b"{}".to_vec()),
+            vec![
+                ("event-id".into(), Some(b"e1".to_vec())),
+                ("empty".into(), None),
+            ],
+        );
+        assert_eq!(message.header_str("event-id"), Some("e1"));
+        assert_eq!(message.header("empty"), None);
+        assert_eq!(message.headers().count(), 2);
+    }
+}
