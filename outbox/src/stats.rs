@@ -20,14 +20,20 @@ pub(crate) async fn record(pool: &PgPool) -> Result<()> {
 }
 
 /// With [`Retention::Keep`](crate::Retention::Keep): deletes events published more than
-/// `older_than` ago, `chunk` rows per statement so no statement holds many locks for long.
-/// Returns how many were deleted.
+/// `older_than` ago, `batch_size` rows per statement so no statement holds many locks for long,
+/// until none is left. Returns how many were deleted.
 ///
 /// # Errors
 ///
-/// [`Error::Database`](crate::Error::Database) when a statement fails (chunks already deleted stay
-/// deleted).
-pub async fn purge_published(pool: &PgPool, older_than: Duration, chunk: i64) -> Result<u64> {
+/// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a zero `batch_size`;
+/// [`Error::Database`](crate::Error::Database) when a statement fails (batches already deleted
+/// stay deleted).
+pub async fn purge_published(pool: &PgPool, older_than: Duration, batch_size: u32) -> Result<u64> {
+    if batch_size == 0 {
+        return Err(crate::Error::InvalidConfig(
+            "purge batch size must be greater than zero".into(),
+        ));
+    }
     let older_than = i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
     let mut total = 0;
     loop {
@@ -38,12 +44,12 @@ pub async fn purge_published(pool: &PgPool, older_than: Duration, chunk: i64) ->
                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
         )
         .bind(older_than)
-        .bind(chunk)
+        .bind(i64::from(batch_size))
         .execute(pool)
         .await?
         .rows_affected();
         total += deleted;
-        if deleted < u64::try_from(chunk).unwrap_or(0) {
+        if deleted < u64::from(batch_size) {
             return Ok(total);
         }
     }

@@ -679,6 +679,13 @@ async fn keep_retention_marks_published_rows_and_purge_deletes_them_in_chunks() 
         count(&db.pool, "SELECT count(*) FROM outbox_events WHERE published_at IS NOT NULL AND next_attempt_at IS NULL").await,
         25
     );
+    assert!(
+        matches!(
+            outbox::purge_published(&db.pool, Duration::ZERO, 0).await,
+            Err(outbox::Error::InvalidConfig(_))
+        ),
+        "a zero batch size is refused, not looped on"
+    );
     assert_eq!(
         outbox::purge_published(&db.pool, Duration::from_secs(3600), 10)
             .await
