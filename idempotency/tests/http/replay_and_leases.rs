@@ -1,0 +1,176 @@
+//! Must show 3 and 4: a replay is byte for byte; a killed request and a stale owner.
+
+use super::*;
+
+/// Headers as (name, value bytes) in order.
+fn header_list(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+async fn raw_response() -> Response {
+    let mut response = (
+        StatusCode::CREATED,
+        [("location", "/orders/42"), ("x-order-id", "42")],
+        Body::from(vec![0_u8, 159, 146, 150, b'{', b'}', 255]),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    headers.append(
+        "set-cookie",
+        HeaderValue::from_static("session=abc; Path=/; HttpOnly"),
+    );
+    headers.append("set-cookie", HeaderValue::from_static("theme=dark"));
+    headers.append(
+        "x-opaque",
+        HeaderValue::from_bytes(b"caf\xe9").expect("obs-text"),
+    );
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    response
+}
+
+async fn replay_is_byte_identical<St: Store + Clone>(store: St) {
+    let app = Router::new()
+        .route("/orders", post(raw_response))
+        .route_layer(IdempotencyLayer::new(store));
+    let first = send(&app, post_json("/orders", "k", "{}")).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert!(!first.replayed());
+    for _ in 0..2 {
+        let replay = send(&app, post_json("/orders", "k", "{}")).await;
+        assert_eq!(replay.status, first.status);
+        assert!(replay.replayed());
+        let mut replayed = replay.headers.clone();
+        replayed.remove(IDEMPOTENT_REPLAYED);
+        assert_eq!(header_list(&replayed), header_list(&first.headers));
+        assert_eq!(
+            replay
+                .headers
+                .get_all("set-cookie")
+                .iter()
+                .map(|v| v.to_str().expect("ascii"))
+                .collect::<Vec<_>>(),
+            ["session=abc; Path=/; HttpOnly", "theme=dark"]
+        );
+        assert_eq!(replay.headers["location"], "/orders/42");
+        assert_eq!(replay.body, first.body);
+        assert_eq!(&replay.body[..], &[0_u8, 159, 146, 150, b'{', b'}', 255]);
+    }
+}
+
+#[tokio::test]
+async fn a_replay_is_byte_identical_and_marked() {
+    let db = db().await;
+    replay_is_byte_identical(PostgresStore::new(db.pool.clone())).await;
+    replay_is_byte_identical(MemoryStore::new()).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Must show 4: a request killed mid-handler; a stale owner.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_killed_mid_handler_holds_its_key_only_until_the_lease_expires() {
+    let db = db().await;
+    let clock = ManualClock::new(Utc::now());
+    let store = PostgresStore::new(db.pool.clone()).with_clock(clock.clone());
+    let mut harness = Harness::new(&db.pool);
+    let app = orders_app(
+        IdempotencyLayer::new(store.clone()).lease_ttl(Duration::from_secs(30)),
+        &harness.app,
+        Hold::Forever,
+        false,
+    );
+
+    // The first request reaches the handler, and then its process dies: nothing after this
+    // point runs for it, not even a destructor.
+    let mut doomed = Box::pin(send(&app, post_json("/orders", "k", "{}")));
+    tokio::select! {
+        reply = &mut doomed => panic!("the first request returned: {reply:?}"),
+        n = harness.entered() => assert_eq!(n, 0),
+    }
+    std::mem::forget(doomed);
+
+    // Before the lease expires: 409.
+    clock.advance(Duration::from_secs(29));
+    let retry = send(&app, post_json("/orders", "k", "{}")).await;
+    assert_eq!(retry.status, StatusCode::CONFLICT);
+    assert_eq!(retry.code(), "request-in-progress");
+    assert!(retry.headers.contains_key("retry-after"));
+    assert_eq!(harness.calls(), 1);
+
+    // After: the retry runs (the key was not held for the whole 24 h retention).
+    clock.advance(Duration::from_secs(2));
+    let retry = send(&app, post_json("/orders", "k", "{}")).await;
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert_eq!(retry.text(), r#"{"attempt":1}"#);
+    assert_eq!(harness.calls(), 2);
+    let record = store.get(&scoped("k")).await.expect("get").expect("record");
+    assert_eq!(record.token, 2, "the retry holds a newer lease");
+    assert!(matches!(record.state, RecordState::Completed(ref r) if r.body == retry.body));
+    assert!(send(&app, post_json("/orders", "k", "{}")).await.replayed());
+}
+
+async fn stale_owner_cannot_overwrite(tx_mode: bool) {
+    let db = db().await;
+    let clock = ManualClock::new(Utc::now());
+    let store = PostgresStore::new(db.pool.clone()).with_clock(clock.clone());
+    let mut harness = Harness::new(&db.pool);
+    let app = orders_app(
+        IdempotencyLayer::new(store.clone()).lease_ttl(Duration::from_secs(30)),
+        &harness.app,
+        Hold::UntilOpen,
+        tx_mode,
+    );
+
+    // The first request stalls in its handler past its lease...
+    let stale = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, post_json("/orders", "k", "{}")).await }
+    });
+    assert_eq!(harness.entered().await, 0);
+    clock.advance(Duration::from_secs(31));
+
+    // ... a retry takes the key over and completes ...
+    let retry = send(&app, post_json("/orders", "k", "{}")).await;
+    assert_eq!(retry.status, StatusCode::CREATED);
+    assert_eq!(retry.text(), r#"{"attempt":1}"#);
+
+    // ... and then the stale owner finishes: it cannot store its response.
+    harness.open.send_replace(true);
+    let stale = stale.await.expect("task");
+    if tx_mode {
+        // Its transaction was rolled back with its order row.
+        assert_eq!(stale.status, StatusCode::CONFLICT);
+        assert_eq!(stale.code(), "idempotency-key-superseded");
+        assert_eq!(count(&db.pool, "SELECT count(*) FROM orders").await, 1);
+    } else {
+        // Its effect happened (it had no transaction to undo), so its client gets its
+        // response; the stored one stays the retry's.
+        assert_eq!(stale.status, StatusCode::CREATED);
+        assert_eq!(stale.text(), r#"{"attempt":0}"#);
+    }
+    let record = store.get(&scoped("k")).await.expect("get").expect("record");
+    assert_eq!(record.token, 2);
+    match record.state {
+        RecordState::Completed(stored) => assert_eq!(stored.body, retry.body),
+        other => panic!("not completed: {other:?}"),
+    }
+    let replay = send(&app, post_json("/orders", "k", "{}")).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.text(), r#"{"attempt":1}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_owner_cannot_store_its_response() {
+    stale_owner_cannot_overwrite(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_owner_in_same_transaction_mode_is_rolled_back() {
+    stale_owner_cannot_overwrite(true).await;
+}
