@@ -1,0 +1,148 @@
+//! Security and bad input.
+
+use super::*;
+
+#[test]
+fn security_rejects_bad_tokens_wrong_roles_bad_keys_and_other_peoples_orders() {
+    run(async {
+        let stack = stack().await;
+        let world = World::new(stack);
+        let c = &world.client;
+        let product = world.product(100, 1).await;
+        let (_, frank) = world.customer("frank");
+        let id = world.place(&frank, &[(product, 1)]).await;
+        let path = format!("/api/v1/orders/{id}");
+
+        let expired = Config {
+            jwt_secret: stack.config.jwt_secret.clone(),
+            ..stack.config.clone()
+        }
+        .authenticator()
+        .issue(&commerce_platform::Claims {
+            sub: "frank".into(),
+            roles: vec![],
+            exp: 1_000,
+        });
+        let forged = Client::new(&Config {
+            jwt_secret: "not-the-secret".into(),
+            ..stack.config.clone()
+        })
+        .token("frank", &["admin"]);
+        let payload = frank.split('.').nth(1).expect("payload");
+        let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
+        for (what, token) in [
+            ("missing", None),
+            ("expired", Some(expired.as_str())),
+            ("wrong signature", Some(forged.as_str())),
+            ("alg none", Some(none.as_str())),
+        ] {
+            let (status, body) = c
+                .send(c.request(Method::GET, "order", &path, token))
+                .await
+                .expect("reply");
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
+            assert_eq!(body["status"], 401);
+        }
+        let body = json!({"sku": "X", "name": "x", "description": "x", "price_cents": 1});
+        let (status, _) = c
+            .send(
+                c.request(Method::POST, "product", "/api/v1/products", Some(&frank))
+                    .json(&body),
+            )
+            .await
+            .expect("reply");
+        assert_eq!(status, StatusCode::FORBIDDEN, "customer on an admin route");
+        let internal = format!("/internal/v1/products/{product}");
+        let (status, _) = c
+            .send(c.request(Method::GET, "product", &internal, None))
+            .await
+            .expect("reply");
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "missing api key");
+        let (status, _) = c
+            .send(
+                c.request(Method::GET, "product", &internal, None)
+                    .header("x-api-key", "wrong"),
+            )
+            .await
+            .expect("reply");
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "wrong api key");
+        let (status, _) = c
+            .send(
+                c.request(Method::GET, "product", &internal, None)
+                    .header("x-api-key", &stack.config.api_key),
+            )
+            .await
+            .expect("reply");
+        assert_eq!(status, StatusCode::OK, "right api key");
+        let (_, grace) = world.customer("grace");
+        let (status, _) = c
+            .send(c.request(Method::GET, "order", &path, Some(&grace)))
+            .await
+            .expect("reply");
+        assert_eq!(status, StatusCode::NOT_FOUND, "another user's order");
+    });
+}
+
+#[test]
+fn bad_input_gets_problem_json_and_writes_nothing() {
+    run(async {
+        let world = World::new(stack().await);
+        let c = &world.client;
+        let product = world.product(100, 5).await;
+        let (_, henry) = world.customer("henry");
+        let post = |body: String| {
+            c.request(Method::POST, "order", "/api/v1/orders", Some(&henry))
+                .header("Idempotency-Key", Uuid::new_v4().to_string())
+                .header("content-type", "application/json")
+                .body(body)
+        };
+        let cases = [
+            ("malformed json", "{\"lines\": [".to_owned()),
+            (
+                "unknown field",
+                json!({"lines": [{"product_id": product, "quantity": 1}], "discount": 99})
+                    .to_string(),
+            ),
+            (
+                "zero quantity",
+                json!({"lines": [{"product_id": product, "quantity": 0}]}).to_string(),
+            ),
+            (
+                "negative quantity",
+                json!({"lines": [{"product_id": product, "quantity": -1}]}).to_string(),
+            ),
+            (
+                "unknown product",
+                json!({"lines": [{"product_id": Uuid::new_v4(), "quantity": 1}]}).to_string(),
+            ),
+            // Over the order service's body limit, small enough to be sent whole before the reply.
+            (
+                "huge body",
+                format!("{{\"lines\": [], \"pad\": \"{}\"}}", "x".repeat(128 * 1024)),
+            ),
+        ];
+        for (what, body) in cases {
+            let response = post(body).send().await.expect("reply");
+            let status = response.status();
+            let content_type = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert!(status.is_client_error(), "{what}: {status}");
+            assert_eq!(content_type, "application/problem+json", "{what}");
+        }
+        let (status, orders) = c
+            .send(c.request(Method::GET, "order", "/api/v1/orders", Some(&henry)))
+            .await
+            .expect("list");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            orders.as_array().map(Vec::len),
+            Some(0),
+            "nothing written: {orders}"
+        );
+        assert_eq!(world.stock(product).await["reserved"], 0);
+    });
+}
