@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use idempotency::{Handler, HandlerError, Message};
-use outbox::NewEvent;
+use idempotency::{Consumer, ConsumerConfig, ConsumerHandle, Handler, HandlerError, Message};
+use outbox::{Backoff, KafkaPublisher, NewEvent, Relay, RelayConfig, RelayHandle};
 use sqlx::{PgConnection, PgPool};
 
 /// The event type every pipeline event carries.
@@ -143,4 +143,49 @@ pub async fn assert_settled(source: &PgPool, sink: &PgPool, expected: i64, limit
     .expect("outbox counts");
     assert_eq!(left, 0, "the outbox drained");
     assert_eq!(dead, 0, "the fault dead-lettered nothing");
+}
+
+/// A relay from the outbox at `source` to the brokers at `bootstrap`, claiming `batch_size` rows,
+/// polling every 50 ms and retrying a failed publish quickly (100 ms, doubling to 2 s) for as
+/// long as a fault test lasts.
+///
+/// # Panics
+///
+/// When the producer or the relay cannot be created: this is a test helper.
+pub fn spawn_relay(source: &PgPool, bootstrap: &str, batch_size: u32) -> RelayHandle {
+    let publisher = KafkaPublisher::from_config(&testkit::kafka::producer_config_for(bootstrap))
+        .expect("publisher");
+    let backoff =
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 1_000).expect("backoff");
+    let config = RelayConfig::default()
+        .batch_size(batch_size)
+        .poll_interval(Duration::from_millis(50))
+        .backoff(backoff);
+    Relay::new(source.clone(), publisher, config)
+        .expect("relay")
+        .spawn()
+}
+
+/// A consumer runner applying `topic` to `effects` at `sink` in a fresh consumer group, retrying
+/// quickly (50 ms, doubling to 1 s), dead letters to `dead_letters`.
+///
+/// # Panics
+///
+/// When the runner cannot be created: this is a test helper.
+pub fn spawn_consumer(
+    sink: &PgPool,
+    bootstrap: &str,
+    topic: &str,
+    dead_letters: &str,
+) -> ConsumerHandle {
+    let mut kafka = rdkafka::ClientConfig::new();
+    kafka.set("bootstrap.servers", bootstrap);
+    let config = ConsumerConfig::new("effects", kafka)
+        .group_id(format!("effects-{}", uuid::Uuid::new_v4().simple()))
+        .topic(topic)
+        .dead_letter_topic(dead_letters)
+        .backoff(Duration::from_millis(50), Duration::from_secs(1));
+    Consumer::new(sink.clone(), config, Effects)
+        .expect("consumer")
+        .spawn()
 }

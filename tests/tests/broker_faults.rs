@@ -5,13 +5,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use idempotency::{Consumer, ConsumerConfig};
-use outbox::{Backoff, KafkaPublisher, Relay, RelayConfig};
 use rdkafka::Message as _;
 use rdkafka::message::Headers;
 use testkit::OwnedBroker;
-use testkit::kafka::producer_config_for;
-use workspace_tests::pipeline::{self, Effects};
+use workspace_tests::pipeline;
 
 const EVENTS: usize = 6_000;
 
@@ -25,32 +22,8 @@ async fn a_broker_stopped_then_killed_loses_no_event_and_applies_each_once() {
     let sink = testkit::database(&idempotency::MIGRATOR).await;
     pipeline::create_effects(&sink.pool).await.expect("effects");
 
-    let publisher =
-        KafkaPublisher::from_config(&producer_config_for(&bootstrap)).expect("publisher");
-    let relay = Relay::new(
-        source.pool.clone(),
-        publisher,
-        RelayConfig::default()
-            .poll_interval(Duration::from_millis(50))
-            .backoff(
-                Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 1_000)
-                    .expect("backoff"),
-            ),
-    )
-    .expect("relay")
-    .spawn();
-    let mut kafka = rdkafka::ClientConfig::new();
-    kafka.set("bootstrap.servers", &bootstrap);
-    let consumer = Consumer::new(
-        sink.pool.clone(),
-        ConsumerConfig::new("effects", kafka)
-            .topic(&topic)
-            .dead_letter_topic(&dead_letters)
-            .backoff(Duration::from_millis(50), Duration::from_secs(1)),
-        Effects,
-    )
-    .expect("consumer")
-    .spawn();
+    let relay = pipeline::spawn_relay(&source.pool, &bootstrap, 500);
+    let consumer = pipeline::spawn_consumer(&sink.pool, &bootstrap, &topic, &dead_letters);
 
     let writer = {
         let (pool, topic) = (source.pool.clone(), topic.clone());

@@ -4,11 +4,9 @@
 
 use std::time::Duration;
 
-use idempotency::{Consumer, ConsumerConfig};
 use leases::{LeaseKeeper, NamedLeases};
-use outbox::{Backoff, KafkaPublisher, Relay, RelayConfig};
 use testkit::OwnedPostgres;
-use workspace_tests::pipeline::{self, Effects};
+use workspace_tests::pipeline;
 
 const BEFORE: usize = 3_000;
 const AFTER: usize = 1_000;
@@ -27,37 +25,9 @@ async fn relay_consumer_and_lease_keeper_recover_from_database_restarts_on_their
         .await
         .expect("events written");
 
-    let publisher =
-        KafkaPublisher::from_config(&testkit::kafka::producer_config().await).expect("publisher");
-    let relay = Relay::new(
-        source.pool.clone(),
-        publisher,
-        RelayConfig::default()
-            .batch_size(100)
-            .poll_interval(Duration::from_millis(50))
-            .backoff(
-                Backoff::new(Duration::from_millis(100), Duration::from_secs(2), 1_000)
-                    .expect("backoff"),
-            ),
-    )
-    .expect("relay")
-    .spawn();
-    let mut kafka = rdkafka::ClientConfig::new();
-    kafka.set(
-        "bootstrap.servers",
-        testkit::kafka::bootstrap_servers().await,
-    );
-    let consumer = Consumer::new(
-        sink.pool.clone(),
-        ConsumerConfig::new("effects", kafka)
-            .group_id(format!("effects-{}", uuid::Uuid::new_v4().simple()))
-            .topic(&topic)
-            .dead_letter_topic(&dead_letters)
-            .backoff(Duration::from_millis(50), Duration::from_secs(1)),
-        Effects,
-    )
-    .expect("consumer")
-    .spawn();
+    let bootstrap = testkit::kafka::bootstrap_servers().await;
+    let relay = pipeline::spawn_relay(&source.pool, &bootstrap, 100);
+    let consumer = pipeline::spawn_consumer(&sink.pool, &bootstrap, &topic, &dead_letters);
     let mut keeper = LeaseKeeper::start(
         NamedLeases::new(),
         leases_db.pool.clone(),
