@@ -34,9 +34,6 @@ pub struct IdempotencyKey(String);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
-    /// The header is absent on a route that requires it.
-    #[error("the Idempotency-Key header is required on this route")]
-    Missing,
     /// The header appears more than once.
     #[error("the Idempotency-Key header must appear once")]
     Repeated,

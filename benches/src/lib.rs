@@ -1,1 +1,0 @@
-//! Criterion benchmarks of the workspace crates; see `benches/` and `docs/benchmarks.md`.
