@@ -47,7 +47,6 @@
 //! let layer = IdempotencyLayer::new(store.clone())
 //!     .key_policy(KeyPolicy::Required)
 //!     .scope(|parts| parts.extensions.get::<User>().map(|user| user.0.clone()));
-//! layer.validate()?;
 //! let app: Router = Router::new()
 //!     .route("/orders", post(create_order))
 //!     .route_layer(layer); // after routing: the route is part of the key's scope

@@ -40,10 +40,10 @@ use crate::{Error, FingerprintOptions, Result};
 /// use idempotency::{IdempotencyLayer, KeyPolicy, MemoryStore};
 ///
 /// let layer = IdempotencyLayer::new(MemoryStore::new())
+///     .lifetimes(Duration::from_secs(10), Duration::from_secs(24 * 3600))?
 ///     .key_policy(KeyPolicy::Required)
-///     .lease_ttl(Duration::from_secs(10))
 ///     .scope(|parts| parts.headers.get("x-tenant")?.to_str().ok().map(str::to_owned));
-/// layer.validate()?;
+/// # let _ = layer;
 /// # Ok::<(), idempotency::Error>(())
 /// ```
 #[derive(Clone)]
@@ -79,23 +79,37 @@ impl<St> IdempotencyLayer<St> {
         self
     }
 
-    /// How long a request holds its key's in-flight lease; the layer renews it every third of
-    /// this while the handler runs. When a process dies mid-request, its key is free again this
-    /// long after the last renewal (not after the retention). A handler that stalls past it
-    /// loses the key to a retry, and its response is then refused. Must be greater than zero.
-    /// Default: 30 s.
-    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.config.lease_ttl = ttl;
-        self
-    }
-
-    /// How long a completed key is remembered (replayed, and refused for other requests),
-    /// from when the request began. Checked on every read; delete old rows with
-    /// [`PostgresStore::purge_expired`](crate::PostgresStore::purge_expired). Must be greater
-    /// than zero. Default: 24 h.
-    pub fn retention(mut self, retention: Duration) -> Self {
+    /// How long a request holds its key's in-flight lease, and how long a completed key is
+    /// remembered. Defaults: 30 s and 24 h.
+    ///
+    /// The layer renews the lease every third of `lease_ttl` while the handler runs. When a
+    /// process dies mid-request, its key is free again this long after the last renewal (not
+    /// after the retention). A handler that stalls past it loses the key to a retry, and its
+    /// response is then refused.
+    ///
+    /// `retention` counts from when the request began; within it the key's response is replayed
+    /// and other requests with the key are refused. Checked on every read; delete old rows with
+    /// [`PostgresStore::purge_expired`](crate::PostgresStore::purge_expired).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when either is zero or the retention is shorter than the lease
+    /// ttl: a layer is refused when it is built, never at its first request.
+    pub fn lifetimes(mut self, lease_ttl: Duration, retention: Duration) -> Result<Self> {
+        if lease_ttl.is_zero() || retention.is_zero() {
+            return Err(Error::InvalidConfig(
+                "the lease ttl and the retention must be greater than zero".into(),
+            ));
+        }
+        if retention < lease_ttl {
+            return Err(Error::InvalidConfig(format!(
+                "the retention ({retention:?}) must not be shorter than the lease ttl \
+                 ({lease_ttl:?})"
+            )));
+        }
+        self.config.lease_ttl = lease_ttl;
         self.config.retention = retention;
-        self
+        Ok(self)
     }
 
     /// The largest request body accepted with a key, in bytes (the body is read whole to
@@ -164,33 +178,6 @@ impl<St> IdempotencyLayer<St> {
     {
         self.config.scope = Some(Arc::new(scope));
         self
-    }
-
-    /// Checks the configuration. A layer that fails this answers every request with a key with
-    /// 500 (`idempotency-misconfigured`) and logs why; call it at startup.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`] for a zero lease ttl or retention, or a retention shorter than
-    /// the lease ttl.
-    pub fn validate(&self) -> Result<()> {
-        let Config {
-            lease_ttl,
-            retention,
-            ..
-        } = self.config;
-        if lease_ttl.is_zero() || retention.is_zero() {
-            return Err(Error::InvalidConfig(
-                "the lease ttl and the retention must be greater than zero".into(),
-            ));
-        }
-        if retention < lease_ttl {
-            return Err(Error::InvalidConfig(format!(
-                "the retention ({retention:?}) must not be shorter than the lease ttl \
-                 ({lease_ttl:?})"
-            )));
-        }
-        Ok(())
     }
 }
 

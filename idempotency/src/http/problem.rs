@@ -54,8 +54,9 @@
 //!
 //! ## idempotency-misconfigured
 //!
-//! 500: The layer's configuration is invalid (see
-//! [`IdempotencyLayer::validate`](crate::IdempotencyLayer::validate)).
+//! 500: The store refused the layer's settings (a [`Store`](crate::Store) with limits of its
+//! own). The layer's own settings cannot be invalid: they are checked when it is built
+//! ([`IdempotencyLayer::lifetimes`](crate::IdempotencyLayer::lifetimes)).
 //!
 //! ## store-unavailable
 //!

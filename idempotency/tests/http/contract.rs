@@ -250,7 +250,9 @@ async fn retention_is_checked_on_read_and_expired_keys_are_purged_in_batches() {
     let store = PostgresStore::new(db.pool.clone()).with_clock(clock.clone());
     let harness = Harness::new(&db.pool);
     let app = orders_app(
-        IdempotencyLayer::new(store.clone()).retention(Duration::from_secs(3600)),
+        IdempotencyLayer::new(store.clone())
+            .lifetimes(Duration::from_secs(30), Duration::from_secs(3600))
+            .expect("valid lifetimes"),
         &harness.app,
         Hold::No,
         false,
@@ -289,7 +291,9 @@ async fn retention_is_checked_on_read_and_expired_keys_are_purged_in_batches() {
 
     let memory = MemoryStore::new().with_clock(clock.clone());
     let app = orders_app(
-        IdempotencyLayer::new(memory.clone()).retention(Duration::from_secs(3600)),
+        IdempotencyLayer::new(memory.clone())
+            .lifetimes(Duration::from_secs(30), Duration::from_secs(3600))
+            .expect("valid lifetimes"),
         &harness.app,
         Hold::No,
         false,
@@ -301,15 +305,29 @@ async fn retention_is_checked_on_read_and_expired_keys_are_purged_in_batches() {
 }
 
 #[tokio::test]
-async fn a_misconfigured_layer_refuses_instead_of_running_unprotected() {
-    let layer = IdempotencyLayer::new(MemoryStore::new()).lease_ttl(Duration::ZERO);
-    assert!(layer.validate().is_err());
+async fn a_misconfigured_layer_is_refused_when_it_is_built() {
+    for (lease_ttl, retention) in [
+        (Duration::ZERO, Duration::from_secs(3600)),
+        (Duration::from_secs(30), Duration::ZERO),
+        (Duration::from_secs(60), Duration::from_secs(59)),
+    ] {
+        let refused = IdempotencyLayer::new(MemoryStore::new()).lifetimes(lease_ttl, retention);
+        assert!(
+            matches!(refused, Err(idempotency::Error::InvalidConfig(_))),
+            "{lease_ttl:?} / {retention:?} accepted"
+        );
+    }
+    // The bounds are inclusive: a retention equal to the lease ttl is a working layer.
+    let store = MemoryStore::new();
     let app = Router::new()
         .route("/orders", post(|| async { StatusCode::CREATED }))
-        .route_layer(layer);
+        .route_layer(
+            IdempotencyLayer::new(store)
+                .lifetimes(Duration::from_secs(30), Duration::from_secs(30))
+                .expect("equal lifetimes are valid"),
+        );
     let reply = send(&app, post_json("/orders", "k", "{}")).await;
-    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(reply.code(), "idempotency-misconfigured");
+    assert_eq!(reply.status, StatusCode::CREATED);
 }
 
 #[tokio::test]

@@ -80,7 +80,9 @@ async fn a_request_killed_mid_handler_holds_its_key_only_until_the_lease_expires
     let store = PostgresStore::new(db.pool.clone()).with_clock(clock.clone());
     let mut harness = Harness::new(&db.pool);
     let app = orders_app(
-        IdempotencyLayer::new(store.clone()).lease_ttl(Duration::from_secs(30)),
+        IdempotencyLayer::new(store.clone())
+            .lifetimes(Duration::from_secs(30), Duration::from_secs(24 * 3600))
+            .expect("valid lifetimes"),
         &harness.app,
         Hold::Forever,
         false,
@@ -121,7 +123,9 @@ async fn stale_owner_cannot_overwrite(tx_mode: bool) {
     let store = PostgresStore::new(db.pool.clone()).with_clock(clock.clone());
     let mut harness = Harness::new(&db.pool);
     let app = orders_app(
-        IdempotencyLayer::new(store.clone()).lease_ttl(Duration::from_secs(30)),
+        IdempotencyLayer::new(store.clone())
+            .lifetimes(Duration::from_secs(30), Duration::from_secs(24 * 3600))
+            .expect("valid lifetimes"),
         &harness.app,
         Hold::UntilOpen,
         tx_mode,
