@@ -62,6 +62,28 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
+    /// The key's record, if it exists and is within its retention: what an operator (or a test)
+    /// looks at; the layer itself never needs it.
+    ///
+    /// # Errors
+    ///
+    /// Never; a `Result` like [`PostgresStore::get`](crate::PostgresStore::get).
+    pub async fn get(&self, key: &ScopedKey) -> Result<Option<Record>> {
+        let now = self.now();
+        Ok(self
+            .lock()
+            .entries
+            .get(key)
+            .filter(|e| e.retain_until > now)
+            .map(|e| Record {
+                fingerprint: e.fingerprint,
+                created_at: e.created_at,
+                retain_until: e.retain_until,
+                token: e.token,
+                state: e.state(),
+            }))
+    }
+
     /// An empty store on the system clock.
     pub fn new() -> Self {
         Self {
@@ -223,21 +245,5 @@ impl Store for MemoryStore {
         Ok(self
             .with_lease(lease, |e| e.lease_expires_at = None)
             .is_some())
-    }
-
-    async fn get(&self, key: &ScopedKey) -> Result<Option<Record>> {
-        let now = self.now();
-        Ok(self
-            .lock()
-            .entries
-            .get(key)
-            .filter(|e| e.retain_until > now)
-            .map(|e| Record {
-                fingerprint: e.fingerprint,
-                created_at: e.created_at,
-                retain_until: e.retain_until,
-                token: e.token,
-                state: e.state(),
-            }))
     }
 }

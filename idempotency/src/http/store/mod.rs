@@ -171,13 +171,6 @@ pub trait Store: Send + Sync + 'static {
     /// When the store cannot be reached.
     fn release(&self, lease: &Lease<i64>) -> impl Future<Output = Result<bool>> + Send;
 
-    /// The key's record, if it exists and is within its retention.
-    ///
-    /// # Errors
-    ///
-    /// When the store cannot be reached.
-    fn get(&self, key: &ScopedKey) -> impl Future<Output = Result<Option<Record>>> + Send;
-
     /// The pool that handlers' transactions ([`Tx`](crate::Tx)) come from; `None` (the default)
     /// when the store cannot join a transaction.
     fn pool(&self) -> Option<&PgPool> {

@@ -102,6 +102,28 @@ fn table_spec() -> TableSpec {
 }
 
 impl PostgresStore {
+    /// The key's record, if it exists and is within its retention: what an operator (or a test)
+    /// looks at; the layer itself never needs it.
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be reached.
+    pub async fn get(&self, key: &ScopedKey) -> Result<Option<Record>> {
+        let Some((row, now)) = self.lookup(key).await? else {
+            return Ok(None);
+        };
+        if row.retain_until <= now {
+            return Ok(None);
+        }
+        Ok(Some(Record {
+            fingerprint: row.fingerprint,
+            created_at: row.created_at,
+            retain_until: row.retain_until,
+            token: row.token,
+            state: row.state()?,
+        }))
+    }
+
     /// A store in `pool`'s database (run [`MIGRATOR`](crate::MIGRATOR) first), timed by the
     /// database clock, holding leases under the owner name `idempotency-<uuidv7>`.
     pub fn new(pool: PgPool) -> Self {
@@ -354,22 +376,6 @@ impl Store for PostgresStore {
             .leases
             .release(&self.pool, lease, Duration::ZERO)
             .await?)
-    }
-
-    async fn get(&self, key: &ScopedKey) -> Result<Option<Record>> {
-        let Some((row, now)) = self.lookup(key).await? else {
-            return Ok(None);
-        };
-        if row.retain_until <= now {
-            return Ok(None);
-        }
-        Ok(Some(Record {
-            fingerprint: row.fingerprint,
-            created_at: row.created_at,
-            retain_until: row.retain_until,
-            token: row.token,
-            state: row.state()?,
-        }))
     }
 
     fn pool(&self) -> Option<&PgPool> {
