@@ -75,6 +75,7 @@
 
 #![forbid(unsafe_code)]
 
+mod backoff;
 mod clock;
 mod error;
 mod heartbeat;
@@ -83,6 +84,7 @@ mod named;
 mod row;
 mod table;
 
+pub use backoff::Backoff;
 pub use clock::{Clock, DatabaseClock, ManualClock};
 pub use error::{Error, Result, is_retriable_db_error};
 pub use heartbeat::Heartbeat;

@@ -70,15 +70,14 @@ mod error;
 mod event;
 mod publisher;
 mod relay;
-mod retry;
 mod stats;
 
 pub use error::{Error, Result};
 pub use event::{NewEvent, enqueue, enqueue_many};
+pub use leases::Backoff;
 pub use publisher::kafka::KafkaPublisher;
 pub use publisher::{Event, PublishError, Publisher};
 pub use relay::{BatchOutcome, Relay, RelayConfig, RelayHandle, Retention};
-pub use retry::Backoff;
 pub use stats::purge_published;
 
 /// The outbox's migrations: `outbox_events`, `outbox_dead_letters` and the notify trigger.

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::publisher::{Event, PublishError, Publisher};
-use crate::retry::Backoff;
 use crate::{Error, Result};
+use leases::Backoff;
 
 /// Per-aggregate order: an event is claimable only when no older event of its aggregate is still
 /// in the outbox unpublished (pending, leased by a relay, or waiting for a retry).

@@ -184,7 +184,10 @@ pub fn spawn_consumer(
         .group_id(format!("effects-{}", uuid::Uuid::new_v4().simple()))
         .topic(topic)
         .dead_letter_topic(dead_letters)
-        .backoff(Duration::from_millis(50), Duration::from_secs(1));
+        .backoff(
+            Backoff::new(Duration::from_millis(50), Duration::from_secs(1), u32::MAX)
+                .expect("backoff"),
+        );
     Consumer::new(sink.clone(), config, Effects)
         .expect("consumer")
         .spawn()

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use leases::Backoff;
 use rdkafka::ClientConfig;
 
 /// How a [`Consumer`](crate::Consumer) runs. Every setter documents its default.
@@ -15,9 +16,7 @@ pub struct ConsumerConfig {
     pub(super) kafka: ClientConfig,
     pub(super) dead_letter_producer: Option<ClientConfig>,
     pub(super) event_id_header: String,
-    pub(super) initial_backoff: Duration,
-    pub(super) max_backoff: Duration,
-    pub(super) max_attempts: Option<u32>,
+    pub(super) backoff: Backoff,
 }
 
 impl fmt::Debug for ConsumerConfig {
@@ -29,9 +28,7 @@ impl fmt::Debug for ConsumerConfig {
             .field("topics", &self.topics)
             .field("dead_letter_topic", &self.resolved_dead_letter_topic())
             .field("event_id_header", &self.event_id_header)
-            .field("initial_backoff", &self.initial_backoff)
-            .field("max_backoff", &self.max_backoff)
-            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
             .finish_non_exhaustive()
     }
 }
@@ -51,9 +48,12 @@ impl ConsumerConfig {
             kafka,
             dead_letter_producer: None,
             event_id_header: "event-id".into(),
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(30),
-            max_attempts: None,
+            backoff: Backoff::new(
+                Duration::from_millis(100),
+                Duration::from_secs(30),
+                u32::MAX,
+            )
+            .unwrap_or_default(),
         }
     }
 
@@ -90,19 +90,13 @@ impl ConsumerConfig {
         self
     }
 
-    /// The delay before the first retry of a message, doubled on every further retry up to
-    /// `max`. Default: 100 ms, up to 30 s.
-    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
-        self.initial_backoff = initial;
-        self.max_backoff = max;
-        self
-    }
-
-    /// How many times a message may fail retriably before it is dead-lettered as
-    /// `attempts-exhausted`; `None` retries until it succeeds (a database outage then holds
-    /// the partition, which is what keeps its order). Default: `None`.
-    pub fn max_attempts(mut self, attempts: Option<u32>) -> Self {
-        self.max_attempts = attempts;
+    /// How a message that failed retriably is retried: the delay before each retry (full
+    /// jitter, doubling up to the cap) and how many attempts it gets before it is dead-lettered
+    /// as `attempts-exhausted`. The partition waits meanwhile, which is what keeps its order.
+    /// Default: 100 ms doubling up to 30 s, `u32::MAX` attempts (in effect, until it succeeds:
+    /// a database outage holds the partition rather than dead-lettering everything in it).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
         self
     }
 
@@ -115,13 +109,6 @@ impl ConsumerConfig {
             .clone()
             .unwrap_or_else(|| format!("{}.dead-letters", self.name))
     }
-
-    pub(super) fn delay(&self, attempt: u32) -> Duration {
-        let doublings = attempt.saturating_sub(1).min(31);
-        self.initial_backoff
-            .saturating_mul(1 << doublings)
-            .min(self.max_backoff)
-    }
 }
 
 #[cfg(test)]
@@ -129,11 +116,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_maximum() {
-        let config = ConsumerConfig::new("c", ClientConfig::new())
-            .backoff(Duration::from_millis(100), Duration::from_secs(1));
-        let delays: Vec<_> = (1..=6).map(|a| config.delay(a).as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
-        assert_eq!(config.delay(u32::MAX), Duration::from_secs(1));
+    fn the_default_backoff_doubles_to_30_s_and_retries_until_it_succeeds() {
+        let config = ConsumerConfig::new("c", ClientConfig::new());
+        let ceilings: Vec<_> = [1, 2, 3, 10, u32::MAX]
+            .map(|a| config.backoff.ceiling(a).as_millis())
+            .to_vec();
+        assert_eq!(ceilings, [100, 200, 400, 30_000, 30_000]);
+        assert_eq!(config.backoff.max_attempts(), u32::MAX);
     }
 }

@@ -21,7 +21,7 @@ pub enum DeadLetterReason {
     MissingEventId,
     /// `rejected`: the handler said the event can never be applied.
     Rejected,
-    /// `attempts-exhausted`: retriable failures exceeded [`ConsumerConfig::max_attempts`](crate::ConsumerConfig::max_attempts).
+    /// `attempts-exhausted`: retriable failures used up the attempts of [`ConsumerConfig::backoff`](crate::ConsumerConfig::backoff).
     AttemptsExhausted,
 }
 

@@ -94,10 +94,10 @@ fn commit<C: rdkafka::consumer::Consumer<Cx>, Cx: ConsumerContext>(consumer: &C,
 ///    message; the inbox makes the redelivery a duplicate.
 ///
 /// Failures: a [retriable](HandlerError::retriable) one (a transient database error, a
-/// dependency down) rolls back and retries the same message with exponential backoff: the
+/// dependency down) rolls back and retries the same message with exponential backoff (a [`leases::Backoff`]): the
 /// partition waits, so order is kept. A permanent one (cannot decode, unknown event type, no
 /// event id, the handler [refuses](HandlerError::permanent) it, or retries exhausted when
-/// [`max_attempts`](ConsumerConfig::max_attempts) is set) rolls back, publishes the message
+/// the [`backoff`](ConsumerConfig::backoff) allows) rolls back, publishes the message
 /// unchanged to the dead-letter topic with headers `dlq-reason`, `dlq-error`,
 /// `dlq-original-topic`, `dlq-original-partition`, `dlq-original-offset` and `dlq-consumer`,
 /// waits for the broker's acknowledgement, and moves on: the partition keeps flowing.
@@ -172,16 +172,11 @@ impl<H: Handler> Consumer<H> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] without topics or with a zero backoff; [`Error::Kafka`] when a
+    /// [`Error::InvalidConfig`] without topics; [`Error::Kafka`] when a
     /// client cannot be created or the subscription fails.
     pub fn new(pool: PgPool, config: ConsumerConfig, handler: H) -> Result<Self> {
         if config.topics.is_empty() {
             return Err(Error::InvalidConfig("a consumer needs a topic".into()));
-        }
-        if config.initial_backoff.is_zero() || config.max_backoff < config.initial_backoff {
-            return Err(Error::InvalidConfig(
-                "the backoff must be greater than zero, and its maximum at least its start".into(),
-            ));
         }
         let mut client = config.kafka.clone();
         client
@@ -308,11 +303,11 @@ impl<H: Handler> Consumer<H> {
             };
             match failure.dead_letter {
                 Some(reason) => break (reason, failure.message),
-                None if self.config.max_attempts.is_some_and(|max| attempt >= max) => {
+                None if attempt >= self.config.backoff.max_attempts() => {
                     break (DeadLetterReason::AttemptsExhausted, failure.message);
                 }
                 None => {
-                    let delay = self.config.delay(attempt);
+                    let delay = self.config.backoff.delay(attempt);
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(
                         "idempotency_consumer_retries_total",
@@ -359,7 +354,7 @@ impl<H: Handler> Consumer<H> {
                     return Processed::Done;
                 }
                 Err(publish_error) => {
-                    let delay = self.config.delay(attempt);
+                    let delay = self.config.backoff.delay(attempt);
                     tracing::warn!(
                         consumer = %name,
                         error = %publish_error,

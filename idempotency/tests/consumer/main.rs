@@ -200,7 +200,14 @@ async fn configured(config: ConsumerConfig, topic: &str, dead_letters: &str) -> 
         .topic(topic)
         .dead_letter_topic(dead_letters)
         .dead_letter_producer(testkit::kafka::producer_config().await)
-        .backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .backoff(
+            leases::Backoff::new(
+                Duration::from_millis(10),
+                Duration::from_millis(100),
+                u32::MAX,
+            )
+            .expect("backoff"),
+        )
 }
 
 /// Polls the consumers' stats until `done` holds for their sum.

@@ -38,7 +38,14 @@ async fn main() {
             .group_id(group)
             .topic(topic)
             .dead_letter_topic(&dead_letters)
-            .backoff(Duration::from_millis(10), Duration::from_millis(200));
+            .backoff(
+                outbox::Backoff::new(
+                    Duration::from_millis(10),
+                    Duration::from_millis(200),
+                    u32::MAX,
+                )
+                .expect("backoff"),
+            );
         let runner = Consumer::new(pool.clone(), config, Effects)
             .expect("consumer runner")
             .spawn();

@@ -331,7 +331,14 @@ async fn through_a_consumer_a_duplicate_is_skipped_and_poison_dead_lettered() {
         .topic(&topic)
         .dead_letter_topic(&dead_letters)
         .dead_letter_producer(testkit::kafka::producer_config().await)
-        .backoff(Duration::from_millis(50), Duration::from_millis(500));
+        .backoff(
+            leases::Backoff::new(
+                Duration::from_millis(50),
+                Duration::from_millis(500),
+                u32::MAX,
+            )
+            .expect("backoff"),
+        );
     let consumer = Consumer::new(
         h.pool().clone(),
         config,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use commerce_events::{DecodeError, Envelope};
 use idempotency::{Consumer, ConsumerConfig, ConsumerHandle, Handler, HandlerError, Message};
-use outbox::{KafkaPublisher, Relay, RelayConfig, RelayHandle};
+use outbox::{Backoff, KafkaPublisher, Relay, RelayConfig, RelayHandle};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -79,7 +79,10 @@ pub fn consume<H: Handler>(
         .group_id(group)
         .dead_letter_topic(&config.topics.dead_letters)
         .dead_letter_producer(config.producer_config())
-        .backoff(Duration::from_millis(100), Duration::from_secs(5));
+        .backoff(
+            Backoff::new(Duration::from_millis(100), Duration::from_secs(5), u32::MAX)
+                .expect("a valid backoff"),
+        );
     for topic in topics {
         consumer = consumer.topic(*topic);
     }

@@ -1,21 +1,23 @@
-//! Exponential backoff with full jitter, and the attempt limit.
+//! [`Backoff`]: exponential backoff with full jitter, and the attempt limit: when a released
+//! lease may be claimed again, and when a consumer retries a message.
 
 use std::time::Duration;
 
 use crate::{Error, Result};
 
-/// When to retry a failed publish: attempt `n` (1-based) waits a uniformly random time in
-/// `[0, min(max, base * 2^(n-1))]` ("full jitter"), and after `max_attempts` the event is
-/// dead-lettered.
+/// When to retry a failed piece of work: attempt `n` (1-based) waits a uniformly random time in
+/// `[0, min(max, base * 2^(n-1))]` ("full jitter"), and after `max_attempts` the work is given
+/// up (the outbox relay and the consumer runner then dead-letter it). One type for every retry
+/// in the workspace: the relay's failed publishes and the consumer runner's failed messages.
 ///
 /// ```
 /// use std::time::Duration;
-/// use outbox::Backoff;
+/// use leases::Backoff;
 ///
 /// let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(60), 10)?;
 /// assert!(backoff.delay(3) <= Duration::from_millis(400));
 /// assert!(Backoff::new(Duration::ZERO, Duration::from_secs(1), 3).is_err());
-/// # Ok::<(), outbox::Error>(())
+/// # Ok::<(), leases::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
