@@ -86,11 +86,17 @@ async fn every_aggregate_lands_on_the_partition_a_java_producer_picks() {
     )
     .expect("relay")
     .spawn();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let messages = loop {
         let messages = testkit::kafka::read_all(&topic).await;
         if messages.len() >= KEYS {
             break messages;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {KEYS} events published within 60 s",
+            messages.len()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     relay.shutdown().await;

@@ -53,7 +53,7 @@ impl ConsumerConfig {
                 Duration::from_secs(30),
                 u32::MAX,
             )
-            .unwrap_or_default(),
+            .expect("100 ms to 30 s with u32::MAX attempts is a valid backoff"),
         }
     }
 
