@@ -138,8 +138,10 @@ async fn claim_and_mark(scale: &Scale) -> (f64, f64) {
     let spec = TableSpec::builder("outbox_events")
         .id_column("seq")
         .claim_filter(
-            "NOT EXISTS (SELECT 1 FROM outbox_events o WHERE o.aggregate_type = c.aggregate_type
-             AND o.aggregate_id = c.aggregate_id AND o.seq < c.seq AND o.next_attempt_at IS NOT NULL)",
+            "NOT EXISTS (SELECT 1 FROM outbox_events o
+             WHERE o.aggregate_type = outbox_events.aggregate_type
+               AND o.aggregate_id = outbox_events.aggregate_id
+               AND o.seq < outbox_events.seq AND o.next_attempt_at IS NOT NULL)",
         )
         .build()
         .expect("spec");

@@ -5,6 +5,11 @@
 //!   batch of due rows for an owner in one `FOR UPDATE SKIP LOCKED` statement; each claim carries
 //!   a fencing token; renew, release (optionally with a delay, for backoff) and complete check
 //!   owner and token in the same statement. Batch forms take arrays: one round trip per batch.
+//! - **Fenced statements with the caller's columns** ([`RowLeases::release_query`],
+//!   [`complete_query`](RowLeases::complete_query), [`move_query`](RowLeases::move_query),
+//!   [`claim_key_query`](RowLeases::claim_key_query)): release with a reason, complete with a
+//!   stored result, move a row to another table, or claim one row by key, each one statement with
+//!   the same fencing, on the caller's executor. Callers never write the "still held" predicate.
 //! - **Heartbeats** ([`Heartbeat`]) renew row leases while long work runs and report the ones lost.
 //! - **Named leases** ([`NamedLeases`], [`LeaseKeeper`]): one row per name for singleton jobs and
 //!   leader election, with the same fencing.
@@ -78,15 +83,18 @@
 mod backoff;
 mod clock;
 mod error;
+mod fenced;
 mod heartbeat;
 mod keeper;
 mod named;
 mod row;
+mod statements;
 mod table;
 
 pub use backoff::Backoff;
 pub use clock::{Clock, DatabaseClock, ManualClock};
 pub use error::{Error, Result, is_retriable_db_error};
+pub use fenced::{FencedQuery, KeyClaim};
 pub use heartbeat::Heartbeat;
 pub use keeper::LeaseKeeper;
 pub use named::{NamedLease, NamedLeases};

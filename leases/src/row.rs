@@ -7,9 +7,10 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgHasArrayType, PgRow};
 use sqlx::{AssertSqlSafe, FromRow, PgExecutor, Postgres, Row};
 
-use crate::Result;
 use crate::clock::{Clock, DatabaseClock, micros, positive_micros};
-use crate::table::{Completion, TableSpec};
+use crate::statements::Statements;
+use crate::table::TableSpec;
+use crate::{Error, Result};
 
 /// A type that can be a leased row's key: anything sqlx can bind and decode for PostgreSQL, and
 /// bind as an array (`i64`, `i32`, `uuid::Uuid`, `String`, ...).
@@ -65,100 +66,9 @@ pub struct Lease<I> {
 /// Cloning is cheap; clones share the prepared statement texts.
 #[derive(Debug, Clone)]
 pub struct RowLeases {
-    sql: Arc<Statements>,
-    owner: Arc<str>,
-    clock: Arc<dyn Clock>,
-}
-
-#[derive(Debug)]
-struct Statements {
-    claim: Arc<str>,
-    claim_rows: Arc<str>,
-    renew: Arc<str>,
-    release: Arc<str>,
-    complete: Arc<str>,
-}
-
-impl Statements {
-    fn new(t: &TableSpec) -> Self {
-        let TableSpec {
-            table,
-            id,
-            owner,
-            token,
-            expires_at,
-            attempts,
-            next_attempt_at,
-            ..
-        } = t;
-        let now = "coalesce($1::timestamptz, statement_timestamp())";
-        let filter = t
-            .claim_filter
-            .map(|f| format!("AND ({f})"))
-            .unwrap_or_default();
-        let claim = |returning: &str| {
-            format!(
-                "WITH due AS (
-                    SELECT c.{id} FROM {table} AS c
-                    WHERE c.{next_attempt_at} <= {now}
-                      AND (c.{expires_at} IS NULL OR c.{expires_at} <= {now})
-                      {filter}
-                    ORDER BY c.{next_attempt_at}, c.{id}
-                    LIMIT $3
-                    FOR UPDATE SKIP LOCKED
-                )
-                UPDATE {table} AS t
-                SET {owner} = $2, {token} = t.{token} + 1, {attempts} = t.{attempts} + 1,
-                    {expires_at} = {now} + $4::int8 * interval '1 microsecond'
-                FROM due WHERE t.{id} = due.{id}
-                RETURNING {returning}"
-            )
-        };
-        // The lease columns come back under fixed aliases so `Lease` decodes the same whatever
-        // the table calls them.
-        let lease_cols = format!(
-            "t.{id} AS lease_id, t.{token} AS lease_token, t.{expires_at} AS lease_expires_at, t.{attempts} AS lease_attempts"
-        );
-        // Statements over leases still held: `$1` ids, `$2` tokens (same positions), `$3` owner,
-        // `$4` now (then `$5` a duration in microseconds where needed). The rows are found
-        // through the key index (`id = ANY`), whatever the planner thinks of the other
-        // predicates; each row's token is then looked up by its position in `$1`.
-        let held = format!(
-            "WHERE t.{id} = ANY($1) AND t.{token} = ($2::int8[])[array_position($1, t.{id})]
-               AND t.{owner} = $3 AND t.{expires_at} IS NOT NULL"
-        );
-        let now4 = "coalesce($4::timestamptz, statement_timestamp())";
-        let complete = match t.completion {
-            Completion::Delete => format!("DELETE FROM {table} AS t {held} RETURNING t.{id}"),
-            Completion::Keep => {
-                let stamp = t
-                    .completed_at
-                    .as_ref()
-                    .map(|column| format!(", {column} = {now4}"))
-                    .unwrap_or_default();
-                format!(
-                    "UPDATE {table} AS t SET {expires_at} = NULL, {next_attempt_at} = NULL{stamp}
-                     {held} RETURNING t.{id}"
-                )
-            }
-        };
-        Statements {
-            claim: claim(&lease_cols).into(),
-            claim_rows: claim(&format!("t.*, {lease_cols}")).into(),
-            renew: format!(
-                "UPDATE {table} AS t SET {expires_at} = {now4} + $5::int8 * interval '1 microsecond'
-                 {held} RETURNING t.{id}, t.{expires_at}"
-            )
-            .into(),
-            release: format!(
-                "UPDATE {table} AS t SET {owner} = NULL, {expires_at} = NULL,
-                    {next_attempt_at} = {now4} + $5::int8 * interval '1 microsecond'
-                 {held} RETURNING t.{id}"
-            )
-            .into(),
-            complete: complete.into(),
-        }
-    }
+    pub(crate) sql: Arc<Statements>,
+    pub(crate) owner: Arc<str>,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl RowLeases {
@@ -199,7 +109,7 @@ impl RowLeases {
         ttl: Duration,
     ) -> Result<Vec<Lease<I>>> {
         let rows = self
-            .claim_query(&self.sql.claim, limit, ttl)?
+            .claim_query(self.sql.claim.as_ref(), limit, ttl)?
             .fetch_all(executor)
             .await?;
         rows.iter().map(lease_from_row).collect()
@@ -222,7 +132,7 @@ impl RowLeases {
         R: for<'r> FromRow<'r, PgRow>,
     {
         let rows = self
-            .claim_query(&self.sql.claim_rows, limit, ttl)?
+            .claim_query(self.sql.claim_rows.as_ref(), limit, ttl)?
             .fetch_all(executor)
             .await?;
         rows.iter()
@@ -232,10 +142,15 @@ impl RowLeases {
 
     fn claim_query(
         &self,
-        sql: &Arc<str>,
+        sql: Option<&Arc<str>>,
         limit: u32,
         ttl: Duration,
     ) -> Result<sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments>> {
+        let sql = sql.ok_or_else(|| {
+            Error::InvalidConfig(
+                "a table without a schedule is claimed by key only (claim_key_query)".into(),
+            )
+        })?;
         let ttl = positive_micros("ttl", ttl)?;
         Ok(sqlx::query(AssertSqlSafe(Arc::clone(sql)))
             .bind(self.clock.now())
@@ -314,7 +229,7 @@ impl RowLeases {
         leases: &[Lease<I>],
         retry_after: Duration,
     ) -> Result<Vec<I>> {
-        let delay = micros("retry delay", retry_after)?;
+        let delay = self.retry_delay(retry_after)?;
         let rows = self
             .held_query(&self.sql.release, leases)
             .bind(delay)
@@ -360,8 +275,18 @@ impl RowLeases {
         ids(&rows)
     }
 
+    /// `retry_after` in microseconds; a table without a schedule has no later due time to set.
+    pub(crate) fn retry_delay(&self, retry_after: Duration) -> Result<i64> {
+        if !self.sql.spec.scheduled && !retry_after.is_zero() {
+            return Err(Error::InvalidConfig(
+                "a table without a schedule is free again at once: retry_after must be zero".into(),
+            ));
+        }
+        micros("retry delay", retry_after)
+    }
+
     /// A statement over "leases still held": `$1` ids, `$2` tokens, `$3` owner, `$4` now.
-    fn held_query<I: LeaseId>(
+    pub(crate) fn held_query<I: LeaseId>(
         &self,
         sql: &Arc<str>,
         leases: &[Lease<I>],
@@ -376,13 +301,22 @@ impl RowLeases {
     }
 }
 
+/// Decodes a lease from the columns every claim returns (`lease_id`, `lease_token`,
+/// `lease_expires_at`, `lease_attempts`), as for the row of a
+/// [`claim_key_query`](RowLeases::claim_key_query).
+impl<'r, I: LeaseId> FromRow<'r, PgRow> for Lease<I> {
+    fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
+        Ok(Lease {
+            id: row.try_get("lease_id")?,
+            token: row.try_get("lease_token")?,
+            expires_at: row.try_get("lease_expires_at")?,
+            attempts: row.try_get("lease_attempts")?,
+        })
+    }
+}
+
 fn lease_from_row<I: LeaseId>(row: &PgRow) -> Result<Lease<I>> {
-    Ok(Lease {
-        id: row.try_get("lease_id")?,
-        token: row.try_get("lease_token")?,
-        expires_at: row.try_get("lease_expires_at")?,
-        attempts: row.try_get("lease_attempts")?,
-    })
+    Ok(Lease::from_row(row)?)
 }
 
 fn ids<I: LeaseId>(rows: &[PgRow]) -> Result<Vec<I>> {

@@ -63,6 +63,7 @@ pub struct TableSpec {
     pub(crate) completion: Completion,
     pub(crate) completed_at: Option<String>,
     pub(crate) claim_filter: Option<&'static str>,
+    pub(crate) scheduled: bool,
 }
 
 impl TableSpec {
@@ -79,6 +80,7 @@ impl TableSpec {
             completion: Completion::default(),
             completed_at: None,
             claim_filter: None,
+            scheduled: true,
         }
     }
 
@@ -101,6 +103,7 @@ pub struct TableSpecBuilder {
     completion: Completion,
     completed_at: Option<String>,
     claim_filter: Option<&'static str>,
+    scheduled: bool,
 }
 
 impl TableSpecBuilder {
@@ -153,12 +156,23 @@ impl TableSpecBuilder {
         self
     }
 
-    /// An extra SQL predicate a row must satisfy to be claimed, over the candidate row aliased `c`
-    /// (for example `"NOT EXISTS (SELECT 1 FROM jobs o WHERE o.group_id = c.group_id AND o.id < c.id)"`).
+    /// An extra SQL predicate a row must satisfy to be claimed. It refers to the candidate row by
+    /// the table's own name, and to any other row of the table under an alias of its own (for
+    /// example `"NOT EXISTS (SELECT 1 FROM jobs o WHERE o.group_id = jobs.group_id AND o.id < jobs.id)"`).
     /// It is a `&'static str` on purpose: it is code written by the crate's user, never input.
     /// Default: none.
     pub fn claim_filter(mut self, predicate: &'static str) -> Self {
         self.claim_filter = Some(predicate);
+        self
+    }
+
+    /// A table whose rows are claimed only one at a time by key
+    /// ([`RowLeases::claim_key_query`](crate::RowLeases::claim_key_query)), never in due order: it
+    /// has no `attempts` and no `next_attempt_at` column. [`claim`](crate::RowLeases::claim) refuses
+    /// such a table, a released row is free again at once, and [`Lease::attempts`](crate::Lease)
+    /// reports the token, which counts claims all the same. Default: scheduled.
+    pub fn without_schedule(mut self) -> Self {
+        self.scheduled = false;
         self
     }
 
@@ -183,6 +197,7 @@ impl TableSpecBuilder {
                 .map(|name| quote("completed_at column", name))
                 .transpose()?,
             claim_filter: self.claim_filter,
+            scheduled: self.scheduled,
         })
     }
 }

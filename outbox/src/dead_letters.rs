@@ -1,7 +1,7 @@
 //! The dead-letter table: events that failed permanently, and the operations on them.
 
 use chrono::{DateTime, Utc};
-use leases::Lease;
+use leases::{Lease, RowLeases};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
@@ -34,34 +34,31 @@ pub struct DeadLetter {
     pub dead_at: DateTime<Utc>,
 }
 
-/// Moves a leased event to the dead-letter table, if the lease is still held. One statement.
+/// Moves a leased event to the dead-letter table with `reason` and `last_error`, if the lease is
+/// still held: one fenced statement of `leases`.
 pub(crate) async fn bury(
     pool: &PgPool,
+    leases: &RowLeases,
     lease: &Lease<i64>,
-    owner: &str,
     reason: &str,
     last_error: &str,
 ) -> Result<bool> {
-    let moved = sqlx::query(
-        "WITH moved AS (
-            DELETE FROM outbox_events
-            WHERE seq = $1 AND lease_token = $2 AND lease_owner = $3 AND lease_expires_at IS NOT NULL
-            RETURNING id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key,
-                      created_at, attempts)
-         INSERT INTO outbox_dead_letters
-            (id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key,
-             created_at, attempts, reason, last_error)
-         SELECT moved.*, $4, $5 FROM moved
-         ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, reason = EXCLUDED.reason,
-            last_error = EXCLUDED.last_error, dead_at = now()",
-    )
-    .bind(lease.id)
-    .bind(lease.token)
-    .bind(owner)
-    .bind(reason)
-    .bind(last_error)
-    .execute(pool)
-    .await?;
+    let moved = leases
+        .move_query(
+            lease,
+            "INSERT INTO outbox_dead_letters
+                (id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key,
+                 created_at, attempts, reason, last_error)
+             SELECT id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key,
+                    created_at, attempts, $6, $7
+             FROM moved
+             ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, reason = EXCLUDED.reason,
+                last_error = EXCLUDED.last_error, dead_at = now()",
+        )
+        .bind(reason)
+        .bind(last_error)
+        .execute(pool)
+        .await?;
     Ok(moved.rows_affected() == 1)
 }
 

@@ -21,8 +21,9 @@ use leases::Backoff;
 /// in the outbox unpublished (pending, leased by a relay, or waiting for a retry).
 const ORDER_FILTER: &str = "NOT EXISTS (
     SELECT 1 FROM outbox_events o
-    WHERE o.aggregate_type = c.aggregate_type AND o.aggregate_id = c.aggregate_id
-      AND o.seq < c.seq AND o.next_attempt_at IS NOT NULL)";
+    WHERE o.aggregate_type = outbox_events.aggregate_type
+      AND o.aggregate_id = outbox_events.aggregate_id
+      AND o.seq < outbox_events.seq AND o.next_attempt_at IS NOT NULL)";
 
 /// What happens to a published event's row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -235,32 +236,27 @@ impl<P: Publisher> Relay<P> {
         } else {
             None
         };
+        let error = error.to_string();
         let held = match reason {
             Some(reason) => {
                 tracing::error!(event_id = %event.id, %reason, %error, "outbox: dead-lettering event");
-                let moved = crate::dead_letters::bury(
-                    &self.pool,
-                    lease,
-                    &self.config.owner,
-                    &reason,
-                    &error.to_string(),
-                )
-                .await?;
+                let moved =
+                    crate::dead_letters::bury(&self.pool, &self.leases, lease, &reason, &error)
+                        .await?;
                 outcome.dead_lettered += usize::from(moved);
                 moved
             }
             None => {
                 let delay = self.config.backoff.delay(attempts);
                 tracing::warn!(event_id = %event.id, attempts, ?delay, %error, "outbox: publish failed; retrying");
-                sqlx::query(
-                    "UPDATE outbox_events SET last_error = $3 WHERE seq = $1 AND lease_token = $2",
-                )
-                .bind(lease.id)
-                .bind(lease.token)
-                .bind(error.to_string())
-                .execute(&self.pool)
-                .await?;
-                let released = self.leases.release(&self.pool, lease, delay).await?;
+                let released = self
+                    .leases
+                    .release_query(lease, delay, "last_error = $6")?
+                    .bind(error)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected()
+                    == 1;
                 outcome.retried += usize::from(released);
                 released
             }

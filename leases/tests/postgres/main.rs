@@ -1,5 +1,6 @@
 //! The `leases` crate against a real PostgreSQL server: each test gets its own database.
 
+mod fenced;
 mod heartbeat;
 mod named;
 mod row_leases;

@@ -213,3 +213,70 @@ async fn four_relays_with_injected_failures_keep_per_aggregate_commit_order() {
         );
     }
 }
+
+/// Takes every event's lease away (as a relay that claimed it after this one's lease expired
+/// would), then fails: permanently for `poison`, retriably for the rest.
+struct StealThenFail {
+    pool: PgPool,
+    poison: Uuid,
+}
+
+impl Publisher for StealThenFail {
+    async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        sqlx::query(
+            "UPDATE outbox_events SET lease_owner = 'thief', lease_token = lease_token + 1
+             WHERE id = $1",
+        )
+        .bind(event.id)
+        .execute(&self.pool)
+        .await
+        .expect("steal");
+        if event.id == self.poison {
+            Err(PublishError::permanent("injected: message too large"))
+        } else {
+            Err(PublishError::retriable("injected: broker timed out"))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_relay_that_lost_its_leases_neither_retries_nor_dead_letters() {
+    let db = outbox_db().await;
+    let poison = NewEvent::bytes("t", "order", "a", "OrderPlaced", vec![1]);
+    let retried = NewEvent::bytes("t", "order", "b", "OrderPlaced", vec![2]);
+    let mut tx = db.pool.begin().await.expect("begin");
+    outbox::enqueue_many(&mut tx, &[poison.clone(), retried])
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    let publisher = StealThenFail {
+        pool: db.pool.clone(),
+        poison: poison.id,
+    };
+    let relay = Relay::new(db.pool.clone(), publisher, RelayConfig::default()).expect("relay");
+
+    let outcome = relay.run_once().await.expect("batch");
+    assert_eq!(
+        (
+            outcome.claimed,
+            outcome.lost,
+            outcome.retried,
+            outcome.dead_lettered
+        ),
+        (2, 2, 0, 0)
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM outbox_events
+             WHERE lease_owner = 'thief' AND last_error IS NULL AND lease_expires_at IS NOT NULL"
+        )
+        .await,
+        2,
+        "the new holder's rows are untouched: no error recorded, no release"
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM outbox_dead_letters").await,
+        0
+    );
+}

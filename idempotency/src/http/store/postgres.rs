@@ -4,35 +4,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use leases::{Clock, Completion, DatabaseClock, Lease, RowLeases, TableSpec};
+use leases::{Clock, Completion, DatabaseClock, KeyClaim, Lease, RowLeases, TableSpec};
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{FromRow, PgConnection, PgPool, Row};
 
 use super::{Acquire, Record, RecordState, ScopedKey, Store, StoredResponse};
 use crate::{Error, Fingerprint, Result};
 
-/// Takes a key: inserts it, or takes over a row that is free (past retention, released, or
-/// leased by an expired holder of the same request). The lease columns follow the `leases`
-/// crate's rules (token +1 on every claim, expiry from `coalesce($1, statement_timestamp())`);
-/// this is the one lease statement that crate does not have, since it claims a row by key.
-const ACQUIRE: &str = "
-INSERT INTO idempotency_keys AS k
-    (scope, route, idempotency_key, fingerprint, created_at, retain_until,
-     lease_owner, lease_token, lease_expires_at, attempts, next_attempt_at)
-SELECT $2, $3, $4, $5, t.now, t.now + $8::int8 * interval '1 microsecond',
-       $6, 1, t.now + $7::int8 * interval '1 microsecond', 1, NULL
-FROM (SELECT coalesce($1::timestamptz, statement_timestamp()) AS now,
-             set_config('synchronous_commit', $9, true)) AS t
-ON CONFLICT (scope, route, idempotency_key) DO UPDATE SET
-    fingerprint = excluded.fingerprint, created_at = excluded.created_at,
-    retain_until = excluded.retain_until, lease_owner = excluded.lease_owner,
-    lease_token = k.lease_token + 1, lease_expires_at = excluded.lease_expires_at,
-    attempts = k.attempts + 1, next_attempt_at = NULL, completed_at = NULL, status = NULL,
-    header_names = NULL, header_values = NULL, body = NULL
-WHERE k.retain_until <= excluded.created_at
-   OR (k.completed_at IS NULL AND (k.lease_expires_at IS NULL
-       OR (k.lease_expires_at <= excluded.created_at AND k.fingerprint = excluded.fingerprint)))
-RETURNING k.id, k.lease_token, k.lease_expires_at, k.attempts";
+/// Takes a key: inserts it, or claims the row when its lease is free and it is past retention,
+/// released, or left by an expired holder of the same request. One fenced statement of `leases`,
+/// which also lets the lock skip the disk flush unless `synchronous_locks` is on (`$9`).
+const ACQUIRE: KeyClaim = KeyClaim {
+    conflict: "scope, route, idempotency_key",
+    columns: "scope, route, idempotency_key, fingerprint, created_at, retain_until",
+    values: "$4, $5, $6, $7, claim.now, claim.now + $8::int8 * interval '1 microsecond'",
+    from: ", (SELECT set_config('synchronous_commit', $9, true)) AS settings",
+    on_claim: "fingerprint = excluded.fingerprint, created_at = excluded.created_at,
+        retain_until = excluded.retain_until, completed_at = NULL, status = NULL,
+        header_names = NULL, header_values = NULL, body = NULL",
+    claim_when: "idempotency_keys.retain_until <= excluded.created_at
+        OR (idempotency_keys.completed_at IS NULL
+            AND (idempotency_keys.lease_expires_at IS NULL
+                 OR idempotency_keys.fingerprint = excluded.fingerprint))",
+};
 
 const LOOKUP: &str = "
 SELECT fingerprint, created_at, retain_until, lease_token, completed_at, lease_expires_at,
@@ -40,15 +34,8 @@ SELECT fingerprint, created_at, retain_until, lease_token, completed_at, lease_e
        coalesce($1::timestamptz, statement_timestamp()) AS now
 FROM idempotency_keys WHERE scope = $2 AND route = $3 AND idempotency_key = $4";
 
-/// Stores the response and ends the lease, if still held: the `leases` crate's completion
-/// (`Completion::Keep` with `completed_at`, fenced by id, token, owner and an unfinished lease)
-/// with the response columns written in the same statement, one round trip on the request's path.
-const COMPLETE: &str = "
-UPDATE idempotency_keys AS t
-SET lease_expires_at = NULL, next_attempt_at = NULL,
-    completed_at = coalesce($4::timestamptz, statement_timestamp()),
-    status = $5, header_names = $6, header_values = $7, body = $8
-WHERE t.id = $1 AND t.lease_token = $2 AND t.lease_owner = $3 AND t.lease_expires_at IS NOT NULL";
+/// The response, written by the fenced completion of the key's lease (`$6` onward).
+const RESPONSE: &str = "status = $6, header_names = $7, header_values = $8, body = $9";
 
 const PURGE: &str = "
 DELETE FROM idempotency_keys WHERE id IN (
@@ -62,14 +49,12 @@ DELETE FROM idempotency_keys WHERE id IN (
 /// Idempotency keys in PostgreSQL (table `idempotency_keys`, created by
 /// [`MIGRATOR`](crate::MIGRATOR)).
 ///
-/// The in-flight lock is a row lease of the [`leases`] crate on the key's row: the table has its
-/// lease columns (`lease_owner`, `lease_token`, `lease_expires_at`, `attempts`,
-/// `next_attempt_at`, see [`TableSpec`]), and renewing and releasing are [`RowLeases`]
-/// operations, fenced by owner and token. Taking a key and completing it are this store's own
-/// single statements with the same rules (the token grows by one on every claim; completing
-/// checks id, owner, token and an unfinished lease in the statement that writes the response),
-/// because `leases` claims due rows in batches rather than one row by key, and completes without
-/// a payload. The lease is separate from the key's retention (`retain_until`).
+/// The in-flight lock is a row lease of the [`leases`] crate on the key's row (the table has the
+/// lease columns `lease_owner`, `lease_token` and `lease_expires_at`, and no schedule, see
+/// [`TableSpec`]). Every lease change is one fenced [`RowLeases`] statement: taking a key is a
+/// claim by key, storing the response completes the lease in the statement that writes it, and
+/// renewing and releasing check owner and token the same way. The lease is separate from the
+/// key's retention (`retain_until`).
 ///
 /// It supports the same-transaction mode ([`Tx`](crate::Tx)): the response is written in the
 /// handler's transaction.
@@ -95,6 +80,7 @@ impl Clock for SharedClock {
 
 fn table_spec() -> TableSpec {
     TableSpec::builder("idempotency_keys")
+        .without_schedule()
         .completion(Completion::Keep)
         .completed_at_column("completed_at")
         .build()
@@ -219,11 +205,9 @@ impl PostgresStore {
         response: &StoredResponse,
     ) -> Result<bool> {
         let (names, values) = response.header_lists();
-        let completed = sqlx::query(COMPLETE)
-            .bind(lease.id)
-            .bind(lease.token)
-            .bind(self.leases.owner())
-            .bind(self.clock.now())
+        let completed = self
+            .leases
+            .complete_query(lease, RESPONSE)?
             .bind(i32::from(response.status.as_u16()))
             .bind(names)
             .bind(values)
@@ -309,29 +293,22 @@ impl Store for PostgresStore {
         lease_ttl: Duration,
         retention: Duration,
     ) -> Result<Acquire> {
-        let ttl = micros("lease ttl", lease_ttl)?;
         let retention = micros("retention", retention)?;
         let mut last_seen = None;
         for _ in 0..ACQUIRE_ATTEMPTS {
-            let acquired = sqlx::query(ACQUIRE)
-                .bind(self.clock.now())
+            let acquired = self
+                .leases
+                .claim_key_query(&ACQUIRE, lease_ttl)?
                 .bind(&key.scope)
                 .bind(&key.route)
                 .bind(key.key.as_str())
                 .bind(fingerprint.as_bytes().as_slice())
-                .bind(self.leases.owner())
-                .bind(ttl)
                 .bind(retention)
                 .bind(if self.synchronous_locks { "on" } else { "off" })
                 .fetch_optional(&self.pool)
                 .await?;
             if let Some(row) = acquired {
-                return Ok(Acquire::Acquired(Lease {
-                    id: row.try_get(0)?,
-                    token: row.try_get(1)?,
-                    expires_at: row.try_get(2)?,
-                    attempts: row.try_get(3)?,
-                }));
+                return Ok(Acquire::Acquired(Lease::from_row(&row)?));
             }
             // The key is taken. Read it to say why; if it changed in between (released,
             // expired, purged), try to take it again.

@@ -1,0 +1,253 @@
+//! The SQL of every row-lease statement, written from a [`TableSpec`]. The predicate that says a
+//! lease is still held ([`held`]) is written here and nowhere else: every statement that changes a
+//! leased row, the crate's own and those that also set a caller's columns, goes through it.
+
+use std::sync::Arc;
+
+use crate::fenced::KeyClaim;
+use crate::table::{Completion, TableSpec};
+use crate::{Error, Result};
+
+/// "Now" in a claim (`$1`) and in a statement over held leases (`$4`).
+const NOW_CLAIM: &str = "coalesce($1::timestamptz, statement_timestamp())";
+const NOW_HELD: &str = "coalesce($4::timestamptz, statement_timestamp())";
+
+/// The fixed statements of one table, written once when a [`RowLeases`](crate::RowLeases) is made.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub(crate) spec: TableSpec,
+    /// `None` for a table without a schedule, which is never claimed in due order.
+    pub(crate) claim: Option<Arc<str>>,
+    pub(crate) claim_rows: Option<Arc<str>>,
+    pub(crate) renew: Arc<str>,
+    pub(crate) release: Arc<str>,
+    pub(crate) complete: Arc<str>,
+}
+
+impl Statements {
+    pub(crate) fn new(spec: &TableSpec) -> Self {
+        let claim_returning =
+            |extra: &str| claim(spec, &format!("{extra}{}", lease_columns(spec, "t.")));
+        let TableSpec {
+            table,
+            id,
+            expires_at,
+            ..
+        } = spec;
+        Statements {
+            claim: spec.scheduled.then(|| claim_returning("").into()),
+            claim_rows: spec.scheduled.then(|| claim_returning("t.*, ").into()),
+            renew: format!(
+                "UPDATE {table} AS t SET {expires_at} = {NOW_HELD} + $5::int8 * interval '1 microsecond'
+                 {} RETURNING t.{id}, t.{expires_at}",
+                held(spec)
+            )
+            .into(),
+            release: release(spec, "").into(),
+            complete: complete(spec, "")
+                .expect("completion without caller columns is always valid")
+                .into(),
+            spec: spec.clone(),
+        }
+    }
+}
+
+/// The one fencing predicate, over the row aliased `t`: its id is among `$1`, its token is the one
+/// at the same position in `$2`, its owner is `$3`, and its lease is not finished. The rows are
+/// found through the key index (`id = ANY`), whatever the planner thinks of the other predicates.
+fn held(t: &TableSpec) -> String {
+    let TableSpec {
+        id,
+        owner,
+        token,
+        expires_at,
+        ..
+    } = t;
+    format!(
+        "WHERE t.{id} = ANY($1) AND t.{token} = ($2::int8[])[array_position($1, t.{id})]
+           AND t.{owner} = $3 AND t.{expires_at} IS NOT NULL"
+    )
+}
+
+/// The lease's columns under the fixed aliases `Lease` decodes, whatever the table calls them.
+/// A table without a schedule reports its token as the attempt count.
+fn lease_columns(t: &TableSpec, prefix: &str) -> String {
+    let TableSpec {
+        id,
+        token,
+        expires_at,
+        attempts,
+        ..
+    } = t;
+    let attempts = if t.scheduled {
+        format!("{prefix}{attempts}")
+    } else {
+        format!("least({prefix}{token}, 2147483647)::int4")
+    };
+    format!(
+        "{prefix}{id} AS lease_id, {prefix}{token} AS lease_token, {prefix}{expires_at} AS lease_expires_at, {attempts} AS lease_attempts"
+    )
+}
+
+/// Claims due rows: `$1` now, `$2` owner, `$3` limit, `$4` ttl in microseconds. The candidate row
+/// is not aliased, so a claim filter refers to it by the table's own name.
+fn claim(t: &TableSpec, returning: &str) -> String {
+    let TableSpec {
+        table,
+        id,
+        owner,
+        token,
+        expires_at,
+        attempts,
+        next_attempt_at,
+        ..
+    } = t;
+    let filter = t
+        .claim_filter
+        .map(|f| format!("AND ({f})"))
+        .unwrap_or_default();
+    format!(
+        "WITH due AS (
+            SELECT {id} FROM {table}
+            WHERE {next_attempt_at} <= {NOW_CLAIM}
+              AND ({expires_at} IS NULL OR {expires_at} <= {NOW_CLAIM})
+              {filter}
+            ORDER BY {next_attempt_at}, {id}
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE {table} AS t
+        SET {owner} = $2, {token} = t.{token} + 1, {attempts} = t.{attempts} + 1,
+            {expires_at} = {NOW_CLAIM} + $4::int8 * interval '1 microsecond'
+        FROM due WHERE t.{id} = due.{id}
+        RETURNING {returning}"
+    )
+}
+
+/// Gives held leases back, due again `$5` microseconds from now, also setting `set`.
+pub(crate) fn release(t: &TableSpec, set: &str) -> String {
+    let TableSpec {
+        table,
+        id,
+        owner,
+        expires_at,
+        next_attempt_at,
+        ..
+    } = t;
+    let due = format!("{next_attempt_at} = {NOW_HELD} + $5::int8 * interval '1 microsecond'");
+    let sets = assignments(&[
+        &format!("{owner} = NULL, {expires_at} = NULL"),
+        if t.scheduled { &due } else { "" },
+        set,
+    ]);
+    format!(
+        "UPDATE {table} AS t SET {sets} {} RETURNING t.{id}",
+        held(t)
+    )
+}
+
+/// Finishes held leases as the table's [`Completion`] says, also setting `set` (only a kept row
+/// has columns left to set).
+pub(crate) fn complete(t: &TableSpec, set: &str) -> Result<String> {
+    let TableSpec {
+        table,
+        id,
+        expires_at,
+        next_attempt_at,
+        ..
+    } = t;
+    match t.completion {
+        Completion::Delete if set.trim().is_empty() => Ok(format!(
+            "DELETE FROM {table} AS t {} RETURNING t.{id}",
+            held(t)
+        )),
+        Completion::Delete => Err(Error::InvalidConfig(
+            "completing with columns to set needs a table with Completion::Keep".into(),
+        )),
+        Completion::Keep => {
+            let never_due = format!("{next_attempt_at} = NULL");
+            let stamp = t
+                .completed_at
+                .as_ref()
+                .map(|column| format!("{column} = {NOW_HELD}"))
+                .unwrap_or_default();
+            let sets = assignments(&[
+                &format!("{expires_at} = NULL"),
+                if t.scheduled { &never_due } else { "" },
+                &stamp,
+                set,
+            ]);
+            Ok(format!(
+                "UPDATE {table} AS t SET {sets} {} RETURNING t.{id}",
+                held(t)
+            ))
+        }
+    }
+}
+
+/// Deletes held leases' rows and runs `insert` over them, as the CTE `moved`.
+pub(crate) fn move_rows(t: &TableSpec, insert: &str) -> String {
+    format!(
+        "WITH moved AS (DELETE FROM {} AS t {} RETURNING t.*) {insert}",
+        t.table,
+        held(t)
+    )
+}
+
+/// Inserts a row by key, or claims the existing one when its lease is free and `claim.claim_when`
+/// holds: `$1` now, `$2` owner, `$3` ttl in microseconds.
+pub(crate) fn claim_key(t: &TableSpec, claim: &KeyClaim) -> String {
+    let TableSpec {
+        table,
+        owner,
+        token,
+        expires_at,
+        attempts,
+        next_attempt_at,
+        ..
+    } = t;
+    let KeyClaim {
+        conflict,
+        columns,
+        values,
+        from,
+        on_claim,
+        claim_when,
+    } = claim;
+    let (schedule_columns, schedule_values, schedule_sets) = if t.scheduled {
+        (
+            format!(", {attempts}, {next_attempt_at}"),
+            ", 1, NULL",
+            format!("{attempts} = {table}.{attempts} + 1, {next_attempt_at} = NULL"),
+        )
+    } else {
+        (String::new(), "", String::new())
+    };
+    let sets = assignments(&[
+        &format!(
+            "{owner} = excluded.{owner}, {token} = {table}.{token} + 1, {expires_at} = excluded.{expires_at}"
+        ),
+        &schedule_sets,
+        on_claim,
+    ]);
+    format!(
+        "INSERT INTO {table} ({columns}, {owner}, {token}, {expires_at}{schedule_columns})
+         SELECT {values}, $2, 1, claim.now + $3::int8 * interval '1 microsecond'{schedule_values}
+         FROM (SELECT {NOW_CLAIM} AS now) AS claim {from}
+         ON CONFLICT ({conflict}) DO UPDATE SET {sets}
+         WHERE ({table}.{expires_at} IS NULL OR {table}.{expires_at} <= {NOW_CLAIM})
+           AND ({claim_when})
+         RETURNING {}",
+        lease_columns(t, "")
+    )
+}
+
+/// `a, b, c` from the non-empty parts.
+fn assignments(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .map(|part| part.trim())
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
