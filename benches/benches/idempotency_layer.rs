@@ -61,7 +61,7 @@ async fn insert_alone(State(pool): State<PgPool>, body: Bytes) -> StatusCode {
 async fn insert_in_request_tx(mut tx: Tx, body: Bytes) -> StatusCode {
     sqlx::query("INSERT INTO items (body) VALUES ($1)")
         .bind(body.as_ref())
-        .execute(&mut *tx)
+        .execute(tx.conn().await.expect("begin"))
         .await
         .expect("insert");
     StatusCode::CREATED
@@ -125,7 +125,8 @@ fn idempotency_layer(c: &mut Criterion) {
     let with = Router::new()
         .route("/items", post(insert_in_request_tx))
         .route_layer(
-            IdempotencyLayer::new(PostgresStore::new(pool.clone())).key_policy(KeyPolicy::Required),
+            IdempotencyLayer::transactional(PostgresStore::new(pool.clone()))
+                .key_policy(KeyPolicy::Required),
         );
     let keys = AtomicU64::new(0);
 

@@ -13,9 +13,6 @@ pub enum Error {
     /// A configuration value is out of range (zero ttl, no topics, ...).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-    /// The store cannot do this (an in-memory store has no transactions to join).
-    #[error("not supported by this store: {0}")]
-    Unsupported(&'static str),
     /// A lease operation failed.
     #[error(transparent)]
     Lease(#[from] leases::Error),
@@ -38,7 +35,7 @@ impl Error {
         match self {
             Error::Lease(e) => e.is_retriable(),
             Error::Database(e) => leases::is_retriable_db_error(e),
-            Error::InvalidConfig(_) | Error::Unsupported(_) | Error::Corrupt(_) => false,
+            Error::InvalidConfig(_) | Error::Corrupt(_) => false,
             #[cfg(feature = "kafka")]
             Error::Kafka(_) => false,
         }
@@ -55,6 +52,5 @@ mod tests {
         assert!(Error::Lease(leases::Error::Database(sqlx::Error::PoolTimedOut)).is_retriable());
         assert!(!Error::Database(sqlx::Error::RowNotFound).is_retriable());
         assert!(!Error::InvalidConfig("x".into()).is_retriable());
-        assert!(!Error::Unsupported("transactions").is_retriable());
     }
 }

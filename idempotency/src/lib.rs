@@ -24,10 +24,14 @@
 //! struct User(String); // inserted by your authentication layer
 //!
 //! async fn create_order(mut tx: Tx, Json(order): Json<serde_json::Value>) -> impl IntoResponse {
+//!     let conn = match tx.conn().await {
+//!         Ok(conn) => conn,
+//!         Err(problem) => return problem.into_response(), // 503: the database is down
+//!     };
 //!     let inserted: Result<i64, _> =
 //!         sqlx::query_scalar("INSERT INTO orders (body) VALUES ($1) RETURNING id")
 //!             .bind(&order)
-//!             .fetch_one(&mut *tx)
+//!             .fetch_one(conn)
 //!             .await;
 //!     match inserted {
 //!         // Stored, and committed together with the order row.
@@ -44,7 +48,7 @@
 //! idempotency::MIGRATOR.run(&pool).await?;
 //!
 //! let store = PostgresStore::new(pool.clone());
-//! let layer = IdempotencyLayer::new(store.clone())
+//! let layer = IdempotencyLayer::transactional(store.clone())
 //!     .key_policy(KeyPolicy::Required)
 //!     .scope(|parts| parts.extensions.get::<User>().map(|user| user.0.clone()));
 //! let app: Router = Router::new()

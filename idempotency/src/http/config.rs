@@ -8,7 +8,12 @@ use std::time::Duration;
 use http::StatusCode;
 use http::request::Parts;
 
-use crate::FingerprintOptions;
+use futures::future::BoxFuture;
+use leases::Lease;
+use sqlx::{PgConnection, PgPool};
+
+use super::store::{StoredResponse, TransactionalStore};
+use crate::{FingerprintOptions, Result};
 
 /// Whether a route takes an `Idempotency-Key`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +76,43 @@ pub(crate) struct Config {
 pub(crate) struct Shared<St> {
     pub(crate) store: St,
     pub(crate) config: Config,
+    pub(crate) transactions: Option<Transactions<St>>,
+}
+
+/// [`TransactionalStore::complete_in`], captured when the layer is built with
+/// [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional): the service itself
+/// asks only for a [`Store`](crate::Store).
+pub(crate) type CompleteIn<St> = for<'a> fn(
+    &'a St,
+    &'a mut PgConnection,
+    &'a Lease<i64>,
+    &'a StoredResponse,
+) -> BoxFuture<'a, Result<bool>>;
+
+/// Where handlers' transactions come from, and how a response is stored in one.
+pub(crate) struct Transactions<St> {
+    pub(crate) pool: PgPool,
+    pub(crate) complete_in: CompleteIn<St>,
+}
+
+impl<St> Clone for Transactions<St> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            complete_in: self.complete_in,
+        }
+    }
+}
+
+impl<St: TransactionalStore> Transactions<St> {
+    pub(crate) fn of(store: &St) -> Self {
+        Self {
+            pool: store.pool().clone(),
+            complete_in: |store, conn, lease, response| {
+                Box::pin(store.complete_in(conn, lease, response))
+            },
+        }
+    }
 }
 
 impl fmt::Debug for Config {

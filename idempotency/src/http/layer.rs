@@ -8,8 +8,9 @@ use http::StatusCode;
 use http::request::Parts;
 use tower::Layer;
 
-use super::config::{Config, KeyPolicy, Shared, stores_by_default};
+use super::config::{Config, KeyPolicy, Shared, Transactions, stores_by_default};
 use super::service::Idempotency;
+use super::store::TransactionalStore;
 use crate::{Error, FingerprintOptions, Result};
 
 /// A [`tower::Layer`] that makes requests with an `Idempotency-Key` header take effect once.
@@ -46,14 +47,47 @@ use crate::{Error, FingerprintOptions, Result};
 /// # let _ = layer;
 /// # Ok::<(), idempotency::Error>(())
 /// ```
-#[derive(Clone)]
 pub struct IdempotencyLayer<St> {
-    pub(crate) store: St,
-    pub(crate) config: Config,
+    store: St,
+    config: Config,
+    transactions: Option<Transactions<St>>,
+}
+
+impl<St: Clone> Clone for IdempotencyLayer<St> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            transactions: self.transactions.clone(),
+        }
+    }
+}
+
+impl<St: TransactionalStore> IdempotencyLayer<St> {
+    /// Like [`new`](Self::new), and handlers can take the request's transaction ([`Tx`](crate::Tx)):
+    /// the stored response is written in it, so the handler's rows and the key's response commit
+    /// together.
+    ///
+    /// ```
+    /// use idempotency::{IdempotencyLayer, KeyPolicy, PostgresStore};
+    ///
+    /// # fn layer(pool: sqlx::PgPool) {
+    /// let layer = IdempotencyLayer::transactional(PostgresStore::new(pool))
+    ///     .key_policy(KeyPolicy::Required);
+    /// # let _ = layer; }
+    /// ```
+    pub fn transactional(store: St) -> Self {
+        let transactions = Transactions::of(&store);
+        Self {
+            transactions: Some(transactions),
+            ..Self::new(store)
+        }
+    }
 }
 
 impl<St> IdempotencyLayer<St> {
-    /// A layer over `store` with the defaults every setter documents.
+    /// A layer over `store` with the defaults every setter documents. Handlers behind it cannot
+    /// take a [`Tx`](crate::Tx); see [`transactional`](Self::transactional).
     pub const fn new(store: St) -> Self {
         Self {
             store,
@@ -70,6 +104,7 @@ impl<St> IdempotencyLayer<St> {
                 store_if: stores_by_default,
                 scope: None,
             },
+            transactions: None,
         }
     }
 
@@ -186,6 +221,7 @@ impl<St: fmt::Debug> fmt::Debug for IdempotencyLayer<St> {
         f.debug_struct("IdempotencyLayer")
             .field("store", &self.store)
             .field("config", &self.config)
+            .field("transactional", &self.transactions.is_some())
             .finish()
     }
 }
@@ -199,6 +235,7 @@ impl<S, St: Clone> Layer<S> for IdempotencyLayer<St> {
             Arc::new(Shared {
                 store: self.store.clone(),
                 config: self.config.clone(),
+                transactions: self.transactions.clone(),
             }),
         )
     }

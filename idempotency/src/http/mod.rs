@@ -2,6 +2,7 @@
 //! extractor and the problem+json responses.
 
 mod body;
+mod checks;
 mod config;
 mod fingerprint;
 mod key;

@@ -50,7 +50,8 @@
 //! ## transaction-unavailable
 //!
 //! 500: The handler asked for [`Tx`](crate::Tx) but the route is not behind an
-//! [`IdempotencyLayer`](crate::IdempotencyLayer) with a PostgreSQL store, or took it twice.
+//! [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional) layer, or took it
+//! twice.
 //!
 //! ## idempotency-misconfigured
 //!

@@ -9,24 +9,23 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::MatchedPath;
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use futures::FutureExt;
-use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use leases::Lease;
 use tokio::time::Instant;
 use tower::{BoxError, Service};
 
 use super::body::{Limited, chain, read_limited};
-use super::config::Shared;
+use super::checks::{Decision, decide};
+use super::config::{Config, Shared};
 use super::lease_guard::LeaseGuard;
 use super::outcome::{count, problem};
-use super::replay::{end_to_end, replay};
-use super::store::{Acquire, ScopedKey, Store, StoredResponse};
+use super::replay::end_to_end;
+use super::store::{Store, StoredResponse};
 use super::tx::{TxSlot, commit, rollback};
-use crate::{Error, Fingerprint, IdempotencyKey, KeyPolicy, Problem};
+use crate::Problem;
 
 /// The service [`IdempotencyLayer`](crate::IdempotencyLayer) wraps around an inner service.
 pub struct Idempotency<S, St> {
@@ -136,95 +135,24 @@ where
     ResBody::Error: Into<BoxError>,
     St: Store,
 {
-    let config = &shared.config;
-    if config.policy == KeyPolicy::Off || request.method().is_safe() {
-        return pass_through(inner, &shared, request).await;
+    match decide(&shared, request).await {
+        Decision::Answer(response) => Ok(response),
+        Decision::PassThrough(request) => pass_through(inner, &shared, request).await,
+        Decision::Run(request, lease) => execute(inner, shared, request, lease).await,
     }
-    let (parts, body) = request.into_parts();
-    let key = match IdempotencyKey::from_headers(&parts.headers) {
-        Ok(Some(key)) => key,
-        Ok(None) if config.policy == KeyPolicy::Required => {
-            return Ok(problem(Problem::key_missing(), "rejected"));
-        }
-        Ok(None) => return pass_through(inner, &shared, Request::from_parts(parts, body)).await,
-        Err(error) => return Ok(problem(Problem::key_invalid(error), "rejected")),
-    };
-    let scope = match &config.scope {
-        Some(scope) => match scope(&parts) {
-            Some(scope) => scope,
-            None => return Ok(problem(Problem::scope_missing(), "rejected")),
-        },
-        None => String::new(),
-    };
-    let route = parts
-        .extensions
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_default();
-    let body = match read_limited(body, config.max_request_body).await {
-        Ok(Limited::Complete(bytes)) => bytes,
-        Ok(Limited::TooLarge { .. }) => {
-            return Ok(problem(
-                Problem::body_too_large(config.max_request_body),
-                "rejected",
-            ));
-        }
-        Err(error) => {
-            tracing::debug!(%error, "idempotency: request body unreadable");
-            return Ok(problem(Problem::body_unreadable(), "rejected"));
-        }
-    };
-    let fingerprint = Fingerprint::compute(
-        &parts.method,
-        &parts.uri,
-        parts.headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes),
-        &body,
-        config.fingerprint,
-    );
-    let key = ScopedKey { scope, route, key };
-    let request = Request::from_parts(parts, Body::from(body));
-    let acquired = shared
-        .store
-        .acquire(&key, &fingerprint, config.lease_ttl, config.retention)
-        .await;
-    let lease = match acquired {
-        Ok(Acquire::Acquired(lease)) => lease,
-        Ok(Acquire::Completed(response)) => {
-            count("replayed");
-            return Ok(replay(response));
-        }
-        Ok(Acquire::InFlight { .. }) => {
-            return Ok(problem(
-                Problem::in_progress(config.retry_after),
-                "in_flight",
-            ));
-        }
-        Ok(Acquire::Mismatch) => return Ok(problem(Problem::key_reused(), "mismatch")),
-        Err(Error::InvalidConfig(reason)) => {
-            tracing::error!(%reason, "idempotency: invalid layer configuration");
-            return Ok(problem(Problem::misconfigured(), "misconfigured"));
-        }
-        Err(error) if config.fail_open => {
-            tracing::warn!(
-                %error,
-                key = %key.key,
-                "idempotency: store unavailable; running the request unprotected (fail open)"
-            );
-            count("fail_open");
-            return pass_through(inner, &shared, request).await;
-        }
-        Err(error) => {
-            tracing::warn!(%error, key = %key.key, "idempotency: store unavailable");
-            return Ok(problem(
-                Problem::store_unavailable(config.retry_after),
-                "store_unavailable",
-            ));
-        }
-    };
-    execute(inner, shared, request, lease).await
 }
 
-/// Runs a request that holds its key's lease, and stores or releases the key.
+/// How a request that held its key ends.
+enum Ending<E> {
+    /// A response to store: stored with the key (in the handler's transaction if it took one).
+    Store(StoredResponse, Response<Body>),
+    /// Not stored, but the handler's transaction commits: a response too large to keep.
+    CommitAndRelease(Response<Body>),
+    /// Rolled back and the key released; answered (or failed) as given, counted as `outcome`.
+    Release(Result<Response<Body>, E>, &'static str),
+}
+
+/// Runs a request that holds its key's lease, then settles it.
 async fn execute<S, St, ResBody>(
     inner: BodyMapped<S>,
     shared: Arc<Shared<St>>,
@@ -242,78 +170,97 @@ where
         shared: Arc::clone(&shared),
         lease: Some(lease.clone()),
     };
+    let slot = tx_slot(&shared, &mut request);
     let config = &shared.config;
-    let slot = shared.store.pool().map(TxSlot::new);
-    if let Some(slot) = &slot {
-        request.extensions_mut().insert(slot.clone());
-    }
-
-    let response = match run_handler(inner, request, &shared.store, &lease, config.lease_ttl).await
-    {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
-            rollback(slot).await;
-            guard.release().await;
-            count("failed");
-            return Err(error);
-        }
+    let ending = match run_handler(inner, request, &shared.store, &lease, config.lease_ttl).await {
+        Ok(Ok(response)) => ending(config, response).await,
+        Ok(Err(error)) => Ending::Release(Err(error), "failed"),
         Err(panic) => {
             tracing::error!(
                 panic = panic_message(&panic),
                 "idempotency: handler panicked"
             );
-            Problem::handler_panicked().into_response()
+            ending(config, Problem::handler_panicked().into_response()).await
         }
     };
+    settle(&shared, slot, guard, &lease, ending).await
+}
 
+/// What to do with the handler's response.
+async fn ending<E>(config: &Config, response: Response<Body>) -> Ending<E> {
     let (parts, body) = response.into_parts();
     if !(config.store_if)(parts.status) {
-        rollback(slot).await;
-        guard.release().await;
-        count("released");
-        return Ok(Response::from_parts(parts, body));
+        return Ending::Release(Ok(Response::from_parts(parts, body)), "released");
     }
-    let body = match read_limited(body, config.max_response_body).await {
-        Ok(Limited::Complete(body)) => body,
+    match read_limited(body, config.max_response_body).await {
+        Ok(Limited::Complete(body)) => {
+            let stored = StoredResponse {
+                status: parts.status,
+                headers: end_to_end(&parts.headers),
+                body: body.clone(),
+            };
+            Ending::Store(stored, Response::from_parts(parts, Body::from(body)))
+        }
         Ok(Limited::TooLarge { prefix, rest }) => {
             tracing::warn!(
                 limit = config.max_response_body,
                 "idempotency: response larger than max_response_body; not stored, key released"
             );
-            if let Err(error) = commit(slot).await {
-                tracing::warn!(%error, "idempotency: commit failed");
-                guard.release().await;
-                return Ok(problem(
-                    Problem::store_unavailable(config.retry_after),
-                    "store_unavailable",
-                ));
-            }
-            guard.release().await;
-            count("released");
-            return Ok(Response::from_parts(parts, chain(prefix, rest)));
+            Ending::CommitAndRelease(Response::from_parts(parts, chain(prefix, rest)))
         }
         Err(error) => {
             tracing::error!(%error, "idempotency: response body failed");
+            Ending::Release(
+                Ok(problem(Problem::response_body_failed(), "failed")),
+                "failed",
+            )
+        }
+    }
+}
+
+/// The one place a request under a lease finishes: its transaction commits or rolls back, the key
+/// is stored or released, and the outcome is counted.
+async fn settle<St: Store, E>(
+    shared: &Shared<St>,
+    slot: Option<TxSlot>,
+    guard: LeaseGuard<St>,
+    lease: &Lease<i64>,
+    ending: Ending<E>,
+) -> Result<Response<Body>, E> {
+    let retry_after = shared.config.retry_after;
+    let unavailable = || problem(Problem::store_unavailable(retry_after), "store_unavailable");
+    let (stored, response) = match ending {
+        Ending::Release(answer, outcome) => {
             rollback(slot).await;
             guard.release().await;
-            return Ok(problem(Problem::response_body_failed(), "failed"));
+            count(outcome);
+            return answer;
         }
+        Ending::CommitAndRelease(response) => {
+            let committed = commit(slot).await;
+            guard.release().await;
+            return Ok(match committed {
+                Ok(()) => {
+                    count("released");
+                    response
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "idempotency: commit failed");
+                    unavailable()
+                }
+            });
+        }
+        Ending::Store(stored, response) => (stored, response),
     };
-    let stored = StoredResponse {
-        status: parts.status,
-        headers: end_to_end(&parts.headers),
-        body: body.clone(),
-    };
-    let response = Response::from_parts(parts, Body::from(body));
-
     let tx = match &slot {
         Some(slot) => slot.take().await,
         None => None,
     };
-    let Some(mut tx) = tx else {
+    let (Some(mut tx), Some(transactions)) = (tx, &shared.transactions) else {
         // No transaction: store the response on its own. The handler's effects already happened,
         // so the client gets its response whatever the store says.
-        match shared.store.complete(&lease, &stored).await {
+        guard.disarm();
+        match shared.store.complete(lease, &stored).await {
             Ok(true) => count("executed"),
             Ok(false) => {
                 tracing::warn!(
@@ -330,10 +277,9 @@ where
                 count("store_failed");
             }
         }
-        guard.disarm();
         return Ok(response);
     };
-    match shared.store.complete_in(&mut tx, &lease, &stored).await {
+    match (transactions.complete_in)(&shared.store, &mut tx, lease, &stored).await {
         Ok(true) => match tx.commit().await {
             Ok(()) => {
                 guard.disarm();
@@ -345,10 +291,7 @@ where
                 // and does nothing to a completed key, so a retry gets the replay or runs anew.
                 tracing::warn!(%error, "idempotency: commit failed");
                 guard.release().await;
-                Ok(problem(
-                    Problem::store_unavailable(config.retry_after),
-                    "store_unavailable",
-                ))
+                Ok(unavailable())
             }
         },
         Ok(false) => {
@@ -357,21 +300,22 @@ where
             tracing::warn!(
                 "idempotency: the request lost its lease to a retry; its transaction was rolled back"
             );
-            Ok(problem(
-                Problem::superseded(config.retry_after),
-                "superseded",
-            ))
+            Ok(problem(Problem::superseded(retry_after), "superseded"))
         }
         Err(error) => {
             tracing::warn!(%error, "idempotency: storing the response failed; rolled back");
             let _ = tx.rollback().await;
             guard.release().await;
-            Ok(problem(
-                Problem::store_unavailable(config.retry_after),
-                "store_unavailable",
-            ))
+            Ok(unavailable())
         }
     }
+}
+
+/// Puts a slot for the request's transaction in its extensions, when the layer is transactional.
+fn tx_slot<St>(shared: &Shared<St>, request: &mut Request<Body>) -> Option<TxSlot> {
+    let slot = TxSlot::new(&shared.transactions.as_ref()?.pool);
+    request.extensions_mut().insert(slot.clone());
+    Some(slot)
 }
 
 /// Calls the handler, catching a panic, and renews the lease every third of its ttl meanwhile.
@@ -437,10 +381,7 @@ where
     ResBody::Error: Into<BoxError>,
     St: Store,
 {
-    let slot = shared.store.pool().map(TxSlot::new);
-    if let Some(slot) = &slot {
-        request.extensions_mut().insert(slot.clone());
-    }
+    let slot = tx_slot(shared, &mut request);
     let response = inner.call(request).await;
     let Ok(response) = response else {
         rollback(slot).await;

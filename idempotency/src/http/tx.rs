@@ -1,14 +1,13 @@
 //! [`Tx`]: the request's transaction, committed by the layer together with the stored response.
 
 use std::fmt;
-use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
-use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::Problem;
 
@@ -38,66 +37,74 @@ impl TxSlot {
 
 /// The request's database transaction (same-transaction mode), as an axum extractor.
 ///
-/// Behind an [`IdempotencyLayer`](crate::IdempotencyLayer) over a
-/// [`PostgresStore`](crate::PostgresStore), a handler that takes a `Tx` writes its business rows
-/// (and outbox events) in the transaction the layer then completes: the stored response is
-/// written in it and it commits, so the rows and the key's response commit together. If the
-/// response is not one to store (a 5xx or a refusal, see
+/// Behind an [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional) layer, a
+/// handler that takes a `Tx` writes its business rows (and outbox events) in the transaction the
+/// layer then completes: the stored response is written in it and it commits, so the rows and the
+/// key's response commit together. If the response is not one to store (a 5xx or a refusal, see
 /// [`IdempotencyLayer::store_if`](crate::IdempotencyLayer::store_if)), the handler panics, the
 /// request is cancelled, or the request lost its key to a retry, it rolls back and nothing the
 /// handler wrote remains.
 ///
-/// `Tx` dereferences to [`PgConnection`]: pass `&mut *tx` wherever sqlx wants an executor (or
-/// to `outbox::enqueue`). The transaction begins when the handler takes `Tx`; requests whose
-/// handler does not take it use no connection for it. Requests without a key get a `Tx` too,
-/// committed under the same rule. Do not keep a `Tx` beyond the handler: the layer waits for it.
+/// The transaction begins at the first [`conn`](Self::conn), not when the handler is called, so
+/// a handler can do slow work first (call another service, say) without holding a connection.
+/// Requests without a key get a `Tx` too, committed under the same rule. The layer takes the
+/// transaction back when the handler returns; a `Tx` cannot outlive the request.
 ///
 /// ```
+/// use axum::response::{IntoResponse, Response};
 /// use axum::{Json, Router, http::StatusCode, routing::post};
 /// use idempotency::{IdempotencyLayer, KeyPolicy, PostgresStore, Tx};
 ///
-/// async fn create_order(mut tx: Tx, Json(order): Json<serde_json::Value>) -> Result<StatusCode, StatusCode> {
+/// async fn create_order(mut tx: Tx, Json(order): Json<serde_json::Value>) -> Result<StatusCode, Response> {
+///     let conn = tx.conn().await.map_err(IntoResponse::into_response)?;
 ///     sqlx::query("INSERT INTO orders (body) VALUES ($1)")
 ///         .bind(&order)
-///         .execute(&mut *tx)
+///         .execute(conn)
 ///         .await
-///         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?; // 5xx: rolled back, key released
+///         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?; // 5xx: rolled back, key released
 ///     Ok(StatusCode::CREATED) // stored and committed with the row
 /// }
 ///
 /// fn app(pool: sqlx::PgPool) -> Router {
 ///     Router::new()
 ///         .route("/orders", post(create_order))
-///         .route_layer(IdempotencyLayer::new(PostgresStore::new(pool)).key_policy(KeyPolicy::Required))
+///         .route_layer(IdempotencyLayer::transactional(PostgresStore::new(pool)).key_policy(KeyPolicy::Required))
 /// }
 /// ```
 ///
 /// # Rejections
 ///
-/// [`Problem`] 500 `transaction-unavailable` when the route is not behind such a layer, or a
-/// handler takes a second `Tx` while holding the first; 503 `store-unavailable` when the
-/// transaction cannot begin.
+/// [`Problem`] 500 `transaction-unavailable` when the route is not behind a transactional layer,
+/// or a handler takes a second `Tx` while holding the first.
 pub struct Tx {
-    guard: OwnedMappedMutexGuard<Slot, Transaction<'static, Postgres>>,
+    pool: PgPool,
+    guard: OwnedMutexGuard<Slot>,
 }
 
 impl fmt::Debug for Tx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tx").finish_non_exhaustive()
+        f.debug_struct("Tx")
+            .field("begun", &self.guard.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-impl Deref for Tx {
-    type Target = PgConnection;
-
-    fn deref(&self) -> &PgConnection {
-        &self.guard
-    }
-}
-
-impl DerefMut for Tx {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.guard
+impl Tx {
+    /// The transaction's connection, for any sqlx executor argument (or `outbox::enqueue`). The
+    /// first call begins the transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`Problem`] 503 `store-unavailable` when the transaction cannot begin.
+    pub async fn conn(&mut self) -> Result<&mut PgConnection, Problem> {
+        let tx = match self.guard.take() {
+            Some(tx) => tx,
+            None => self.pool.begin().await.map_err(|error| {
+                tracing::warn!(%error, "idempotency: cannot begin the request's transaction");
+                Problem::store_unavailable(Duration::from_secs(1))
+            })?,
+        };
+        Ok(&mut **self.guard.insert(tx))
     }
 }
 
@@ -107,23 +114,16 @@ impl<S: Send + Sync> FromRequestParts<S> for Tx {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
         let slot = parts.extensions.get::<TxSlot>().cloned().ok_or_else(|| {
             Problem::transaction_unavailable(
-                "This route is not behind an idempotency layer with a PostgreSQL store.",
+                "This route is not behind a transactional idempotency layer.",
             )
         })?;
-        let mut guard: OwnedMutexGuard<Slot> =
-            Arc::clone(&slot.tx).try_lock_owned().map_err(|_| {
-                Problem::transaction_unavailable("The handler took the transaction twice.")
-            })?;
-        if guard.is_none() {
-            let tx = slot.pool.begin().await.map_err(|error| {
-                tracing::warn!(%error, "idempotency: cannot begin the request's transaction");
-                Problem::store_unavailable(Duration::from_secs(1))
-            })?;
-            *guard = Some(tx);
-        }
-        OwnedMutexGuard::try_map(guard, Option::as_mut)
-            .map(|guard| Tx { guard })
-            .map_err(|_| Problem::transaction_unavailable("The transaction is gone."))
+        let guard = Arc::clone(&slot.tx).try_lock_owned().map_err(|_| {
+            Problem::transaction_unavailable("The handler took the transaction twice.")
+        })?;
+        Ok(Tx {
+            pool: slot.pool,
+            guard,
+        })
     }
 }
 

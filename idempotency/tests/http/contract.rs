@@ -332,10 +332,19 @@ async fn a_misconfigured_layer_is_refused_when_it_is_built() {
 
 #[tokio::test]
 async fn tx_is_refused_where_no_transactional_layer_provides_it() {
-    let app = Router::new()
-        .route("/orders", post(|_tx: Tx| async { StatusCode::CREATED }))
-        .route_layer(IdempotencyLayer::new(MemoryStore::new()));
-    let reply = send(&app, post_json("/orders", "k", "{}")).await;
+    let db = db().await;
+    let app = |layer: IdempotencyLayer<PostgresStore>| {
+        Router::new()
+            .route("/orders", post(|_tx: Tx| async { StatusCode::CREATED }))
+            .route_layer(layer)
+    };
+    let plain = app(IdempotencyLayer::new(PostgresStore::new(db.pool.clone())));
+    let reply = send(&plain, post_json("/orders", "k", "{}")).await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(reply.code(), "transaction-unavailable");
+    let transactional = app(IdempotencyLayer::transactional(PostgresStore::new(
+        db.pool.clone(),
+    )));
+    let reply = send(&transactional, post_json("/orders", "k", "{}")).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
 }

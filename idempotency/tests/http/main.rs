@@ -234,7 +234,7 @@ async fn create_order_tx(
     sqlx::query("INSERT INTO orders (body, attempt) VALUES ($1, $2)")
         .bind(&body)
         .bind(app.calls.load(Ordering::SeqCst) as i32)
-        .execute(&mut *tx)
+        .execute(tx.conn().await.expect("begin"))
         .await
         .expect("insert");
     let n = app.enter(hold).await;

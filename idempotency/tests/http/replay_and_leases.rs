@@ -122,8 +122,13 @@ async fn stale_owner_cannot_overwrite(tx_mode: bool) {
     let clock = ManualClock::new(Utc::now());
     let store = PostgresStore::new(db.pool.clone()).with_clock(clock.clone());
     let mut harness = Harness::new(&db.pool);
-    let app = orders_app(
+    let layer = if tx_mode {
+        IdempotencyLayer::transactional(store.clone())
+    } else {
         IdempotencyLayer::new(store.clone())
+    };
+    let app = orders_app(
+        layer
             .lifetimes(Duration::from_secs(30), Duration::from_secs(24 * 3600))
             .expect("valid lifetimes"),
         &harness.app,

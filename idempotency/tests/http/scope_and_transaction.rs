@@ -108,7 +108,7 @@ async fn in_same_transaction_mode_the_business_row_and_the_key_commit_or_roll_ba
     let store = PostgresStore::new(db.pool.clone());
     let harness = Harness::new(&db.pool);
     let app = orders_app(
-        IdempotencyLayer::new(store.clone()),
+        IdempotencyLayer::transactional(store.clone()),
         &harness.app,
         Hold::No,
         true,
@@ -198,7 +198,7 @@ async fn a_cancelled_request_rolls_back_and_frees_its_key_at_once() {
     let store = PostgresStore::new(db.pool.clone());
     let mut harness = Harness::new(&db.pool);
     let app = orders_app(
-        IdempotencyLayer::new(store.clone()),
+        IdempotencyLayer::transactional(store.clone()),
         &harness.app,
         Hold::No,
         true,

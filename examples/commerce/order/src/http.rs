@@ -1,8 +1,7 @@
 //! The HTTP API: routes, request and response shapes, validation, and the OpenAPI document.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -163,7 +162,7 @@ fn not_found() -> ApiError {
 
 /// The routes, with authentication on `/api/v1` and the idempotency layer on order creation.
 pub(crate) fn router(state: AppState) -> Router {
-    let idempotency = IdempotencyLayer::new(PostgresStore::new(state.pool.clone()))
+    let idempotency = IdempotencyLayer::transactional(PostgresStore::new(state.pool.clone()))
         .key_policy(KeyPolicy::Required)
         .max_request_body(MAX_BODY)
         .scope(|parts| {
@@ -218,7 +217,7 @@ async fn authenticate(caller: Caller, mut request: Request, next: Next) -> Respo
 async fn create_order(
     State(state): State<AppState>,
     Extension(Caller(claims)): Extension<Caller>,
-    mut parts: Parts,
+    mut tx: Tx,
     body: Result<Json<CreateOrder>, JsonRejection>,
 ) -> Result<Response, Failure> {
     let Json(request) = body?;
@@ -229,7 +228,7 @@ async fn create_order(
         .collect();
     domain::validate_lines(&requested).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let ids: Vec<Uuid> = requested.iter().map(|&(id, _)| id).collect();
-    // Before the transaction begins: no connection is held while the product service answers.
+    // No connection is held while the product service answers.
     let products = state
         .catalog
         .products(&state.product_base_url, &state.api_key, &ids)
@@ -246,13 +245,14 @@ async fn create_order(
     let total = domain::total_cents(&lines)
         .ok_or_else(|| ApiError::Unprocessable("the order's total is too large".into()))?;
 
-    let mut tx = Tx::from_request_parts(&mut parts, &state).await?;
-    let order = repo::insert(&mut tx, Uuid::now_v7(), &claims.sub, &lines, total).await?;
+    // The transaction begins here, after the product service answered; the layer commits it with
+    // the stored response.
+    let conn = tx.conn().await?;
+    let order = repo::insert(conn, Uuid::now_v7(), &claims.sub, &lines, total).await?;
     let event = order.placed_event().into_envelope();
-    outbox::enqueue(&mut tx, &event.to_outbox(&state.topics))
+    outbox::enqueue(conn, &event.to_outbox(&state.topics))
         .await
         .map_err(crate::Error::from)?;
-    drop(tx);
     tracing::info!(order_id = %order.id, event_id = %event.event_id, customer_id = %order.customer_id, total_cents = order.total_cents, "order placed (commits with the response)");
     metrics::counter!("orders_placed_total").increment(1);
     let location = format!("/api/v1/orders/{}", order.id);

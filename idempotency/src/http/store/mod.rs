@@ -170,26 +170,25 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// When the store cannot be reached.
     fn release(&self, lease: &Lease<i64>) -> impl Future<Output = Result<bool>> + Send;
+}
 
-    /// The pool that handlers' transactions ([`Tx`](crate::Tx)) come from; `None` (the default)
-    /// when the store cannot join a transaction.
-    fn pool(&self) -> Option<&PgPool> {
-        None
-    }
+/// A [`Store`] that can also write a response inside the handler's PostgreSQL transaction, so the
+/// handler's rows and the stored response commit together: what
+/// [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional) needs for
+/// [`Tx`](crate::Tx). [`PostgresStore`](crate::PostgresStore) is one.
+pub trait TransactionalStore: Store {
+    /// The pool the handlers' transactions come from (the store's own database).
+    fn pool(&self) -> &PgPool;
 
-    /// Like [`complete`](Self::complete), inside the transaction on `conn`, so the response
-    /// commits or rolls back with the handler's writes.
+    /// Like [`complete`](Store::complete), inside the transaction on `conn`.
     ///
     /// # Errors
     ///
-    /// [`Error::Unsupported`] by default; a database error otherwise.
+    /// When the statement fails.
     fn complete_in(
         &self,
         conn: &mut PgConnection,
         lease: &Lease<i64>,
         response: &StoredResponse,
-    ) -> impl Future<Output = Result<bool>> + Send {
-        let _ = (conn, lease, response);
-        async { Err(Error::Unsupported("joining a transaction")) }
-    }
+    ) -> impl Future<Output = Result<bool>> + Send;
 }

@@ -8,7 +8,7 @@ use leases::{Clock, Completion, DatabaseClock, KeyClaim, Lease, RowLeases, Table
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgPool, Row};
 
-use super::{Acquire, Record, RecordState, ScopedKey, Store, StoredResponse};
+use super::{Acquire, Record, RecordState, ScopedKey, Store, StoredResponse, TransactionalStore};
 use crate::{Error, Fingerprint, Result};
 
 /// Takes a key: inserts it, or claims the row when its lease is free and it is past retention,
@@ -56,8 +56,9 @@ DELETE FROM idempotency_keys WHERE id IN (
 /// renewing and releasing check owner and token the same way. The lease is separate from the
 /// key's retention (`retain_until`).
 ///
-/// It supports the same-transaction mode ([`Tx`](crate::Tx)): the response is written in the
-/// handler's transaction.
+/// It is a [`TransactionalStore`]: behind
+/// [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional), the response is
+/// written in the handler's transaction ([`Tx`](crate::Tx)).
 ///
 /// Cloning is cheap; clones share the pool and the lease owner.
 #[derive(Debug, Clone)]
@@ -149,11 +150,6 @@ impl PostgresStore {
     pub fn synchronous_locks(mut self, on: bool) -> Self {
         self.synchronous_locks = on;
         self
-    }
-
-    /// The pool the store (and [`Tx`](crate::Tx)) uses.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     /// Deletes keys past their retention (and not leased), `batch_size` rows per statement so
@@ -354,9 +350,11 @@ impl Store for PostgresStore {
             .release(&self.pool, lease, Duration::ZERO)
             .await?)
     }
+}
 
-    fn pool(&self) -> Option<&PgPool> {
-        Some(&self.pool)
+impl TransactionalStore for PostgresStore {
+    fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     async fn complete_in(
