@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::row::{Lease, LeaseId, RowLeases};
-use crate::{Error, Result};
+use crate::{Background, Error, Result};
 
 /// Renews a set of row leases every `every` until stopped, and reports the ones it lost.
 ///
@@ -17,8 +17,9 @@ use crate::{Error, Result};
 /// database is unreachable, so the lease must be presumed expired). Work on a lost lease should
 /// stop: its outcome will be refused by the fencing check anyway.
 ///
-/// Dropping the handle stops the renewals (the leases then expire on their own); use
-/// [`stop`](Self::stop) to get back the leases still held.
+/// It runs as a [`Background`] task: [`shutdown`](Self::shutdown) stops the renewals and returns
+/// the leases still held; [`abort`](Self::abort), or dropping the handle, stops them and lets the
+/// leases expire on their own.
 ///
 /// ```no_run
 /// # async fn example(pool: sqlx::PgPool, leases: leases::RowLeases) -> leases::Result<()> {
@@ -32,15 +33,14 @@ use crate::{Error, Result};
 ///     lost = heartbeat.lost() => tracing::warn!(?lost, "leases lost; abandoning their work"),
 ///     () = tokio::time::sleep(Duration::from_secs(90)) => {} // the long work
 /// }
-/// let still_held = heartbeat.stop().await;
+/// let still_held = heartbeat.shutdown().await;
 /// leases.complete_many(&pool, &still_held).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct Heartbeat<I> {
     lost: watch::Receiver<Vec<I>>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Vec<Lease<I>>>>,
+    task: Background<Vec<Lease<I>>>,
 }
 
 impl<I: LeaseId> Heartbeat<I> {
@@ -63,21 +63,10 @@ impl<I: LeaseId> Heartbeat<I> {
             )));
         }
         let (lost_tx, lost) = watch::channel(Vec::new());
-        let (stop, stop_rx) = oneshot::channel();
-        let task = tokio::spawn(run(
-            leases.clone(),
-            pool,
-            held,
-            ttl,
-            every,
-            lost_tx,
-            stop_rx,
-        ));
-        Ok(Self {
-            lost,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        let leases = leases.clone();
+        let task =
+            Background::spawn(move |stop| run(leases, pool, held, ttl, every, lost_tx, stop));
+        Ok(Self { lost, task })
     }
 
     /// Waits until at least one lease is lost and returns every id lost so far. Never resolves if
@@ -95,12 +84,13 @@ impl<I: LeaseId> Heartbeat<I> {
     }
 
     /// Stops renewing and returns the leases still held, with their latest expiry.
-    pub async fn stop(mut self) -> Vec<Lease<I>> {
-        drop(self.stop.take());
-        match self.task.take() {
-            Some(task) => task.await.unwrap_or_default(),
-            None => Vec::new(),
-        }
+    pub async fn shutdown(self) -> Vec<Lease<I>> {
+        self.task.shutdown().await.unwrap_or_default()
+    }
+
+    /// Stops renewing at once; the leases expire on their own.
+    pub fn abort(self) {
+        self.task.abort();
     }
 }
 
@@ -111,7 +101,7 @@ async fn run<I: LeaseId>(
     ttl: Duration,
     every: Duration,
     lost_tx: watch::Sender<Vec<I>>,
-    mut stop: oneshot::Receiver<()>,
+    stop: CancellationToken,
 ) -> Vec<Lease<I>> {
     let mut last_ok = Instant::now();
     let lose = |leases: Vec<Lease<I>>| {
@@ -119,7 +109,7 @@ async fn run<I: LeaseId>(
     };
     while !held.is_empty() {
         tokio::select! {
-            _ = &mut stop => break,
+            () = stop.cancelled() => break,
             () = tokio::time::sleep(every) => {}
         }
         let sent = Instant::now();

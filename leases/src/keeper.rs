@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::named::{NamedLease, NamedLeases};
-use crate::{Error, Result};
+use crate::{Background, Error, Result};
 
 /// Keeps trying to hold the named lease `name` and renews it while held: leader election.
 ///
@@ -20,8 +20,9 @@ use crate::{Error, Result};
 /// acting as leader no later than the database lets another one start (assuming the two clocks run
 /// at the same rate).
 ///
-/// Dropping the keeper stops it without releasing (the lease expires after its ttl, as after a
-/// crash); [`shutdown`](Self::shutdown) releases it at once.
+/// It runs as a [`Background`] task: [`shutdown`](Self::shutdown) (or dropping the keeper) stops
+/// it and releases the lease, so another owner can take it at once; [`abort`](Self::abort) stops
+/// it as a crash would, and the lease expires after its ttl.
 ///
 /// ```no_run
 /// # async fn example(pool: sqlx::PgPool) -> leases::Result<()> {
@@ -43,8 +44,7 @@ use crate::{Error, Result};
 #[derive(Debug)]
 pub struct LeaseKeeper {
     state: watch::Receiver<Option<NamedLease>>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    task: Background,
 }
 
 impl LeaseKeeper {
@@ -68,7 +68,6 @@ impl LeaseKeeper {
             )));
         }
         let (state_tx, state) = watch::channel(None);
-        let (stop, stop_rx) = oneshot::channel();
         let job = Job {
             named,
             pool,
@@ -80,8 +79,7 @@ impl LeaseKeeper {
         };
         Ok(Self {
             state,
-            stop: Some(stop),
-            task: Some(tokio::spawn(job.run(stop_rx))),
+            task: Background::spawn(|stop| job.run(stop)),
         })
     }
 
@@ -113,19 +111,13 @@ impl LeaseKeeper {
     }
 
     /// Stops keeping the lease and releases it if held, so another owner can take it at once.
-    pub async fn shutdown(mut self) {
-        drop(self.stop.take());
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+    pub async fn shutdown(self) {
+        self.task.shutdown().await;
     }
-}
 
-impl Drop for LeaseKeeper {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
+    /// Stops at once, as a crash would: the lease is not released and expires after its ttl.
+    pub fn abort(self) {
+        self.task.abort();
     }
 }
 
@@ -140,7 +132,7 @@ struct Job {
 }
 
 impl Job {
-    async fn run(self, mut stop: oneshot::Receiver<()>) {
+    async fn run(self, stop: CancellationToken) {
         let mut held: Option<NamedLease> = None;
         let mut last_ok = Instant::now();
         loop {
@@ -183,7 +175,7 @@ impl Job {
             }
             let step_down_at = held.as_ref().map(|_| last_ok + self.ttl);
             tokio::select! {
-                _ = &mut stop => {
+                () = stop.cancelled() => {
                     if let Some(lease) = held.take() {
                         if let Err(error) = self.named.release(&self.pool, &lease).await {
                             tracing::warn!(name = %self.name, %error, "named lease: release failed; it will expire");

@@ -11,6 +11,9 @@
 //!   stored result, move a row to another table, or claim one row by key, each one statement with
 //!   the same fencing, on the caller's executor. Callers never write the "still held" predicate.
 //! - **Heartbeats** ([`Heartbeat`]) renew row leases while long work runs and report the ones lost.
+//! - **[`Background`]**: how every long-running task of this toolkit (relays, consumer runners,
+//!   heartbeats, lease keepers) runs and stops: graceful `shutdown().await`, crash-like `abort()`,
+//!   built on tokio-util's [`CancellationToken`].
 //! - **Named leases** ([`NamedLeases`], [`LeaseKeeper`]): one row per name for singleton jobs and
 //!   leader election, with the same fencing.
 //!
@@ -80,6 +83,7 @@
 
 #![forbid(unsafe_code)]
 
+mod background;
 mod backoff;
 mod clock;
 mod error;
@@ -91,6 +95,7 @@ mod row;
 mod statements;
 mod table;
 
+pub use background::Background;
 pub use backoff::Backoff;
 pub use clock::{Clock, DatabaseClock, ManualClock};
 pub use error::{Error, Result, is_retriable_db_error};
@@ -100,6 +105,7 @@ pub use keeper::LeaseKeeper;
 pub use named::{NamedLease, NamedLeases};
 pub use row::{Lease, LeaseId, RowLeases};
 pub use table::{Completion, TableSpec, TableSpecBuilder};
+pub use tokio_util::sync::CancellationToken;
 
 /// The crate's migrations: the `leases_named` table for named leases. Row leases live in the
 /// user's own tables (see [`TableSpec`]).

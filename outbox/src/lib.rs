@@ -74,10 +74,10 @@ mod stats;
 
 pub use error::{Error, Result};
 pub use event::{NewEvent, enqueue, enqueue_many};
-pub use leases::Backoff;
+pub use leases::{Background, Backoff};
 pub use publisher::kafka::KafkaPublisher;
 pub use publisher::{Event, PublishError, Publisher};
-pub use relay::{BatchOutcome, Relay, RelayConfig, RelayHandle, Retention};
+pub use relay::{BatchOutcome, Relay, RelayConfig, Retention};
 pub use stats::purge_published;
 
 /// The outbox's migrations: `outbox_events`, `outbox_dead_letters` and the notify trigger.

@@ -8,14 +8,12 @@ use futures::future::join_all;
 use leases::{Completion, Lease, RowLeases, TableSpec};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::publisher::{Event, PublishError, Publisher};
 use crate::{Error, Result};
-use leases::Backoff;
+use leases::{Background, Backoff, CancellationToken};
 
 /// Per-aggregate order: an event is claimable only when no older event of its aggregate is still
 /// in the outbox unpublished (pending, leased by a relay, or waiting for a retry).
@@ -265,18 +263,19 @@ impl<P: Publisher> Relay<P> {
         Ok(())
     }
 
-    /// Runs the relay in the background until [`RelayHandle::shutdown`].
+    /// Runs the relay in the background. [`Background::shutdown`] stops claiming, lets the batch
+    /// in flight finish (publish, then mark, retry or dead-letter each event) and returns once the
+    /// relay holds no lease; [`Background::abort`] stops it as a crash would (its leases stay
+    /// until they expire).
     ///
     /// The relay claims batch after batch while there is work, then waits for a notification of
     /// a new event, the poll interval, or the earliest scheduled retry. Database errors are logged
     /// and retried after the poll interval; they never stop the relay.
-    pub fn spawn(self) -> RelayHandle {
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(self.run(stop_rx));
-        RelayHandle { stop, task }
+    pub fn spawn(self) -> Background {
+        Background::spawn(|stop| self.run(stop))
     }
 
-    async fn run(self, mut stop: watch::Receiver<bool>) {
+    async fn run(self, stop: CancellationToken) {
         let mut listener = match listen(&self.pool).await {
             Ok(listener) => Some(listener),
             Err(error) => {
@@ -285,7 +284,7 @@ impl<P: Publisher> Relay<P> {
             }
         };
         let mut last_stats = None::<Instant>;
-        while !*stop.borrow() {
+        while !stop.is_cancelled() {
             if last_stats.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
                 last_stats = Some(Instant::now());
                 if let Err(error) = crate::stats::record(&self.pool).await {
@@ -306,7 +305,7 @@ impl<P: Publisher> Relay<P> {
                 }
             };
             tokio::select! {
-                _ = stop.changed() => {}
+                () = stop.cancelled() => {}
                 () = notified(&mut listener) => {}
                 () = tokio::time::sleep(wait) => {}
             }
@@ -332,26 +331,5 @@ async fn notified(listener: &mut Option<PgListener>) {
             }
         }
         None => std::future::pending().await,
-    }
-}
-
-/// A running relay.
-#[derive(Debug)]
-pub struct RelayHandle {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl RelayHandle {
-    /// Graceful shutdown: stops claiming, lets the batch in flight finish (publish, then mark,
-    /// retry or dead-letter each event), and returns once the relay holds no lease.
-    pub async fn shutdown(self) {
-        self.stop.send_replace(true);
-        let _ = self.task.await;
-    }
-
-    /// Stops the relay at once, as a crash would: leases it holds stay until they expire.
-    pub fn abort(self) {
-        self.task.abort();
     }
 }

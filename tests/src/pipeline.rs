@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use idempotency::{Consumer, ConsumerConfig, ConsumerHandle, Handler, HandlerError, Message};
-use outbox::{Backoff, KafkaPublisher, NewEvent, Relay, RelayConfig, RelayHandle};
+use outbox::{Background, Backoff, KafkaPublisher, NewEvent, Relay, RelayConfig};
 use sqlx::{PgConnection, PgPool};
 
 /// The event type every pipeline event carries.
@@ -152,7 +152,7 @@ pub async fn assert_settled(source: &PgPool, sink: &PgPool, expected: i64, limit
 /// # Panics
 ///
 /// When the producer or the relay cannot be created: this is a test helper.
-pub fn spawn_relay(source: &PgPool, bootstrap: &str, batch_size: u32) -> RelayHandle {
+pub fn spawn_relay(source: &PgPool, bootstrap: &str, batch_size: u32) -> Background {
     let publisher = KafkaPublisher::from_config(&testkit::kafka::producer_config_for(bootstrap))
         .expect("publisher");
     let backoff =

@@ -4,8 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use leases::{Background, CancellationToken};
 
 /// Counts of what a consumer did since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,11 +39,11 @@ impl Counters {
     }
 }
 
-/// A running [`Consumer`](crate::Consumer).
+/// A running [`Consumer`](crate::Consumer): a [`Background`] task with its counters. Dropping it
+/// shuts the consumer down without waiting.
 #[derive(Debug)]
 pub struct ConsumerHandle {
-    pub(super) stop: watch::Sender<bool>,
-    pub(super) task: JoinHandle<()>,
+    pub(super) task: Background,
     pub(super) counters: Arc<Counters>,
 }
 
@@ -57,10 +56,7 @@ impl ConsumerHandle {
     /// Graceful shutdown: stops polling, finishes the message in hand (a message waiting for a
     /// retry is left for redelivery), commits the offsets, leaves the group, and returns.
     pub async fn shutdown(self) -> ConsumerStats {
-        self.stop.send_replace(true);
-        if let Err(error) = self.task.await {
-            tracing::error!(%error, "consumer: task failed");
-        }
+        self.task.shutdown().await;
         self.counters.snapshot()
     }
 
@@ -71,17 +67,10 @@ impl ConsumerHandle {
     }
 }
 
-/// Resolves once shutdown was requested; never if the handle was dropped without it.
-pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    if stop.wait_for(|stop| *stop).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 /// Sleeps for `delay`; returns `true` if shutdown was requested meanwhile.
-pub(super) async fn sleep_or_stop(delay: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+pub(super) async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
         () = tokio::time::sleep(delay) => false,
-        () = stopped(stop) => true,
+        () = stop.cancelled() => true,
     }
 }

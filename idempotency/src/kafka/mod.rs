@@ -20,13 +20,13 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use sqlx::PgPool;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use config::ConsumerConfig;
 pub use handle::{ConsumerHandle, ConsumerStats};
-use handle::{Counters, sleep_or_stop, stopped};
+use handle::{Counters, sleep_or_stop};
 pub use handler::{DeadLetterReason, Handler, HandlerError};
+use leases::{Background, CancellationToken};
 pub use message::Message;
 
 use crate::inbox::{self, Delivery};
@@ -220,17 +220,14 @@ impl<H: Handler> Consumer<H> {
 
     /// Runs the consumer in the background until [`ConsumerHandle::shutdown`].
     pub fn spawn(self) -> ConsumerHandle {
-        let (stop, stop_rx) = watch::channel(false);
         let counters = Arc::clone(&self.counters);
-        let task = tokio::spawn(self.run(stop_rx));
         ConsumerHandle {
-            stop,
-            task,
+            task: Background::spawn(|stop| self.run(stop)),
             counters,
         }
     }
 
-    async fn run(self, mut stop: watch::Receiver<bool>) {
+    async fn run(self, stop: CancellationToken) {
         let name = self.config.name.as_str();
         tracing::info!(
             consumer = %name,
@@ -241,21 +238,21 @@ impl<H: Handler> Consumer<H> {
         loop {
             let received = tokio::select! {
                 biased;
-                () = stopped(&mut stop) => break,
+                () = stop.cancelled() => break,
                 received = self.consumer.recv() => received,
             };
             let borrowed = match received {
                 Ok(message) => message,
                 Err(error) => {
                     tracing::warn!(consumer = %name, %error, "consumer: poll failed");
-                    if sleep_or_stop(Duration::from_millis(100), &mut stop).await {
+                    if sleep_or_stop(Duration::from_millis(100), &stop).await {
                         break;
                     }
                     continue;
                 }
             };
             let message = Message::from_kafka(&borrowed);
-            match self.process(&message, &mut stop).await {
+            match self.process(&message, &stop).await {
                 Processed::Done => {
                     if let Err(error) = self.consumer.store_offset_from_message(&borrowed) {
                         tracing::warn!(
@@ -273,7 +270,7 @@ impl<H: Handler> Consumer<H> {
         tracing::info!(consumer = %name, "consumer: stopped");
     }
 
-    async fn process(&self, message: &Message, stop: &mut watch::Receiver<bool>) -> Processed {
+    async fn process(&self, message: &Message, stop: &CancellationToken) -> Processed {
         let name = self.config.name.as_str();
         let started = Instant::now();
         let mut attempt = 0_u32;

@@ -36,7 +36,7 @@ async fn heartbeat_keeps_a_lease_past_its_first_expiry_and_it_expires_once_stopp
     );
     assert!(heartbeat.lost_now().is_empty());
 
-    let held = heartbeat.stop().await;
+    let held = heartbeat.shutdown().await;
     assert_eq!(held.len(), 1);
     assert!(
         held[0].expires_at > first_expiry,
@@ -82,5 +82,5 @@ async fn heartbeat_reports_a_lease_taken_by_another_owner() {
         .await
         .expect("told in time");
     assert_eq!(lost, vec![id]);
-    assert!(heartbeat.stop().await.is_empty());
+    assert!(heartbeat.shutdown().await.is_empty());
 }

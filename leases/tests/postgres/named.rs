@@ -104,7 +104,7 @@ async fn named_lease_is_taken_over_within_ttl_plus_one_renew_interval_after_a_cr
     a.acquired().await;
     let mut b = LeaseKeeper::start(NamedLeases::new(), db.pool.clone(), "job", "b", ttl, every)
         .expect("start");
-    drop(a); // a crash: no release, no more renewals
+    a.abort(); // a crash: no release, no more renewals
     let last: DateTime<Utc> =
         sqlx::query_scalar("SELECT expires_at FROM leases_named WHERE name = 'job'")
             .fetch_one(&db.pool)

@@ -36,13 +36,10 @@ pub mod events;
 pub mod http;
 mod repo;
 
-use std::time::Duration;
 
 use commerce_platform::Config;
 use commerce_platform::runtime::{self, Parts, Running};
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
-use tokio::sync::watch;
 
 pub use error::{Error, Result};
 pub use events::{Saga, publish_snapshot};
@@ -60,11 +57,8 @@ pub fn migrator() -> Migrator {
 /// The consumer (and consumer group, and inbox) name of the saga.
 pub const SAGA_CONSUMER: &str = "inventory.saga";
 
-/// How long inbox records are kept: longer than the broker may redeliver an event.
-const INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
-
 /// Starts the service: its database (created and migrated), the stock snapshot, the saga
-/// consumer, an hourly purge of old inbox records, the outbox relay and the HTTP server.
+/// consumer, the outbox relay, the retention job and the HTTP server.
 ///
 /// # Errors
 ///
@@ -76,7 +70,6 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     publish_snapshot(&pool, &config.topics)
         .await
         .map_err(|e| format!("inventory: snapshot: {e}"))?;
-    let (stop_tx, stop_rx) = runtime::stop_signal();
     let saga = runtime::consume(
         config,
         &pool,
@@ -85,7 +78,6 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         Saga::new(config.topics.clone()),
     )
     .map_err(|e| format!("inventory: consumer: {e}"))?;
-    let purge = tokio::spawn(purge_inbox(pool.clone(), stop_rx));
     let state = AppState {
         pool: pool.clone(),
         auth: config.authenticator(),
@@ -99,25 +91,8 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         Parts {
             router: app(state),
             consumers: vec![saga],
-            jobs: vec![purge],
+            jobs: Vec::new(),
         },
-        stop_tx,
     )
     .await
-}
-
-/// Deletes inbox records older than [`INBOX_RETENTION`] once an hour until `stop` flips.
-async fn purge_inbox(pool: PgPool, mut stop: watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(Duration::from_secs(60 * 60));
-    loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        match idempotency::inbox::purge(&pool, INBOX_RETENTION, 1000).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "inventory: purged old inbox records"),
-            Err(error) => tracing::warn!(%error, "inventory: purging the inbox failed"),
-        }
-    }
 }

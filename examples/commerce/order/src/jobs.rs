@@ -11,11 +11,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use commerce_events::Topics;
-use idempotency::PostgresStore;
-use leases::{LeaseKeeper, NamedLeases};
+use leases::{Background, CancellationToken, LeaseKeeper, NamedLeases};
 use sqlx::PgPool;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::repo;
 
@@ -35,23 +32,16 @@ const LEASE_RENEW: Duration = Duration::from_secs(3);
 
 /// Starts the expiry job: while this instance (`owner`) holds [`EXPIRY_LEASE`], every
 /// [`EXPIRY_EVERY`] it cancels `RESERVED` orders older than `timeout` ("payment timeout", with
-/// `OrderCancelled`), see [`repo::expire_reservations`]. Returns once `stop` turns `true`,
-/// releasing the lease.
+/// `OrderCancelled`), see [`repo::expire_reservations`]. Shutting it down releases the lease.
 pub fn spawn_expiry(
     pool: PgPool,
     topics: Topics,
     timeout: Duration,
     owner: impl Into<String>,
-    stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    let work_pool = pool.clone();
-    tokio::spawn(singleton(
-        pool,
-        EXPIRY_LEASE,
-        owner.into(),
-        EXPIRY_EVERY,
-        stop,
-        move || {
+) -> Background {
+    let (work_pool, owner) = (pool.clone(), owner.into());
+    Background::spawn(move |stop| {
+        singleton(pool, EXPIRY_LEASE, owner, EXPIRY_EVERY, stop, move || {
             let pool = work_pool.clone();
             let topics = topics.clone();
             async move {
@@ -66,45 +56,35 @@ pub fn spawn_expiry(
                     Err(error) => tracing::warn!(%error, "expiry: run failed; trying again"),
                 }
             }
-        },
-    ))
+        })
+    })
 }
 
 /// Starts the archiver: while this instance (`owner`) holds [`ARCHIVER_LEASE`], every
 /// [`ARCHIVE_EVERY`] it moves finished orders older than `older_than` to the archive tables (see
-/// [`repo::archive_finished`]) and forgets idempotency keys past their retention. Returns once
-/// `stop` turns `true`, releasing the lease.
-pub fn spawn_archiver(
-    pool: PgPool,
-    older_than: Duration,
-    owner: impl Into<String>,
-    stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    let work_pool = pool.clone();
-    tokio::spawn(singleton(
-        pool,
-        ARCHIVER_LEASE,
-        owner.into(),
-        ARCHIVE_EVERY,
-        stop,
-        move || {
-            let pool = work_pool.clone();
-            async move {
-                match repo::archive_finished(&pool, older_than, CHUNK).await {
-                    Ok(archived) => tracing::info!(archived, "archiver: run finished"),
-                    Err(error) => tracing::warn!(%error, "archiver: run failed; trying next time"),
+/// [`repo::archive_finished`]). Shutting it down releases the lease.
+pub fn spawn_archiver(pool: PgPool, older_than: Duration, owner: impl Into<String>) -> Background {
+    let (work_pool, owner) = (pool.clone(), owner.into());
+    Background::spawn(move |stop| {
+        singleton(
+            pool,
+            ARCHIVER_LEASE,
+            owner,
+            ARCHIVE_EVERY,
+            stop,
+            move || {
+                let pool = work_pool.clone();
+                async move {
+                    match repo::archive_finished(&pool, older_than, CHUNK).await {
+                        Ok(archived) => tracing::info!(archived, "archiver: run finished"),
+                        Err(error) => {
+                            tracing::warn!(%error, "archiver: run failed; trying next time")
+                        }
+                    }
                 }
-                if let Err(error) = PostgresStore::new(pool).purge_expired(1000).await {
-                    tracing::warn!(%error, "archiver: purging expired idempotency keys failed");
-                }
-            }
-        },
-    ))
-}
-
-/// Resolves when `stop` turns `true` or its sender is gone.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
+            },
+        )
+    })
 }
 
 /// Runs `work` every `every` while this instance holds the named lease `name`.
@@ -113,7 +93,7 @@ async fn singleton<F, Fut>(
     name: &'static str,
     owner: String,
     every: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
     mut work: F,
 ) where
     F: FnMut() -> Fut + Send,
@@ -138,7 +118,7 @@ async fn singleton<F, Fut>(
         // Wait to be the holder.
         let holder = tokio::select! {
             biased;
-            () = stopped(&mut stop) => false,
+            () = stop.cancelled() => false,
             holder = async { held.wait_for(Option::is_some).await.is_ok() } => holder,
         };
         if !holder {
@@ -147,7 +127,7 @@ async fn singleton<F, Fut>(
         // Work while holding it.
         tokio::select! {
             biased;
-            () = stopped(&mut stop) => break,
+            () = stop.cancelled() => break,
             () = async { let _ = held.wait_for(Option::is_none).await; } => {
                 tracing::warn!(job = name, "job: lease lost; run abandoned");
                 continue;
@@ -156,7 +136,7 @@ async fn singleton<F, Fut>(
         }
         tokio::select! {
             biased;
-            () = stopped(&mut stop) => break,
+            () = stop.cancelled() => break,
             () = tokio::time::sleep(every) => {}
         }
     }

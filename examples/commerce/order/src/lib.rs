@@ -171,7 +171,6 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         OrderSaga::new(config.topics.clone()),
     )
     .map_err(|e| format!("order: consumer: {e}"))?;
-    let (stop_tx, stop_rx) = runtime::stop_signal();
     let owner = format!("order-{}", uuid::Uuid::now_v7());
     let jobs = vec![
         jobs::spawn_expiry(
@@ -179,9 +178,8 @@ pub async fn start(config: &Config) -> Result<Running, String> {
             config.topics.clone(),
             reservation_timeout,
             owner.clone(),
-            stop_rx.clone(),
         ),
-        jobs::spawn_archiver(pool.clone(), archive_after, owner, stop_rx),
+        jobs::spawn_archiver(pool.clone(), archive_after, owner),
     ];
     runtime::start(
         "order",
@@ -193,7 +191,6 @@ pub async fn start(config: &Config) -> Result<Running, String> {
             consumers: vec![saga],
             jobs,
         },
-        stop_tx,
     )
     .await
 }

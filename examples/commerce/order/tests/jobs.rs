@@ -37,13 +37,11 @@ async fn the_expiry_job_cancels_stale_reservations_only() {
     let paid = insert_order(h.pool(), "bob", OrderState::Paid, HOUR).await;
     let pending = insert_order(h.pool(), "carol", OrderState::Pending, HOUR).await;
 
-    let (stop, stop_rx) = commerce_platform::runtime::stop_signal();
     let job = jobs::spawn_expiry(
         h.pool().clone(),
         h.config.topics.clone(),
         Duration::from_secs(30),
         "test-instance",
-        stop_rx,
     );
     eventually(
         Duration::from_secs(20),
@@ -58,8 +56,7 @@ async fn the_expiry_job_cancels_stale_reservations_only() {
             .await
             .expect("lease");
     assert_eq!(holder.as_deref(), Some("test-instance"));
-    stop.send_replace(true);
-    job.await.expect("the job stops");
+    job.shutdown().await.expect("the job stops");
     let released: Option<String> =
         sqlx::query_scalar("SELECT owner FROM leases_named WHERE name = $1")
             .bind(jobs::EXPIRY_LEASE)
@@ -176,8 +173,7 @@ async fn the_archiver_job_runs_when_it_holds_its_lease() {
         .await
         .expect("acquire")
         .expect("free");
-    let (stop, stop_rx) = commerce_platform::runtime::stop_signal();
-    let job = jobs::spawn_archiver(h.pool().clone(), 30 * DAY, "this-instance", stop_rx);
+    let job = jobs::spawn_archiver(h.pool().clone(), 30 * DAY, "this-instance");
     assert_eq!(count(h.pool(), "orders_archive").await, 0);
     // The other instance steps down: this one takes over and archives.
     named.release(h.pool(), &other).await.expect("release");
@@ -192,8 +188,7 @@ async fn the_archiver_job_runs_when_it_holds_its_lease() {
             .await
             .expect("lease row");
     assert_eq!(holder.as_deref(), Some("this-instance"));
-    stop.send_replace(true);
-    job.await.expect("the job stops");
+    job.shutdown().await.expect("the job stops");
     assert_eq!(h.state_of(old).await.0, "FAILED");
     assert_eq!(count(h.pool(), "orders").await, 0);
 }

@@ -104,7 +104,6 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         Saga::new(config.topics.clone()),
     )
     .map_err(|e| format!("payment: consumer {CONSUMER}: {e}"))?;
-    let (stop, _) = runtime::stop_signal();
     let state = AppState {
         pool: pool.clone(),
         auth: config.authenticator(),
@@ -119,7 +118,6 @@ pub async fn start(config: &Config) -> Result<Running, String> {
             consumers: vec![saga],
             jobs: Vec::new(),
         },
-        stop,
     )
     .await
 }

@@ -1,16 +1,17 @@
-//! Running a service: its outbox relay, its consumers, its background jobs and its HTTP server,
-//! and stopping them all gracefully.
+//! Running a service: its outbox relay, its consumers, its background jobs (the retention job
+//! every service runs among them) and its HTTP server, each a [`Background`] task, and stopping
+//! them all gracefully or all at once.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
 use commerce_events::{DecodeError, Envelope};
-use idempotency::{Consumer, ConsumerConfig, ConsumerHandle, Handler, HandlerError, Message};
-use outbox::{Backoff, KafkaPublisher, Relay, RelayConfig, RelayHandle};
+use idempotency::{
+    Consumer, ConsumerConfig, ConsumerHandle, Handler, HandlerError, Message, PostgresStore,
+};
+use outbox::{Background, Backoff, KafkaPublisher, Relay, RelayConfig};
 use sqlx::PgPool;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::Config;
 
@@ -22,11 +23,10 @@ pub struct Running {
     pub name: &'static str,
     /// Where the HTTP server listens (useful with port 0).
     pub addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    server: JoinHandle<()>,
-    relay: RelayHandle,
+    server: Background,
+    relay: Background,
     consumers: Vec<ConsumerHandle>,
-    jobs: Vec<JoinHandle<()>>,
+    jobs: Vec<Background>,
 }
 
 /// What a service is made of, handed to [`start`].
@@ -36,14 +36,14 @@ pub struct Parts {
     pub router: Router,
     /// Started consumers.
     pub consumers: Vec<ConsumerHandle>,
-    /// Background jobs; each receives the stop signal and must return once it flips to `true`.
-    pub jobs: Vec<JoinHandle<()>>,
+    /// The service's own background jobs (the runtime adds the retention job).
+    pub jobs: Vec<Background>,
 }
 
-/// A stop signal for background jobs.
-pub fn stop_signal() -> (watch::Sender<bool>, watch::Receiver<bool>) {
-    watch::channel(false)
-}
+/// How long inbox records are kept: longer than the broker may redeliver an event.
+pub const INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// How often the retention job runs (first at start).
+pub const RETENTION_EVERY: Duration = Duration::from_secs(60 * 60);
 
 /// Decodes a message's envelope through the events allowlist, for every service's
 /// [`Handler::decode`]: unknown types and malformed payloads become errors the runner dead-letters.
@@ -101,7 +101,6 @@ pub async fn start(
     pool: &PgPool,
     addr: SocketAddr,
     parts: Parts,
-    stop: watch::Sender<bool>,
 ) -> Result<Running, String> {
     let publisher =
         KafkaPublisher::from_config(&config.producer_config()).map_err(|e| e.to_string())?;
@@ -123,40 +122,74 @@ pub async fn start(
         .await
         .map_err(|e| format!("{name}: cannot listen on {addr}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let mut stopped = stop.subscribe();
-    let server = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
+    let server = Background::spawn(move |stop| async move {
         if let Err(error) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(stop.cancelled_owned())
             .await
         {
             tracing::error!(service = name, %error, "http server failed");
         }
     });
+    let mut jobs = parts.jobs;
+    jobs.push(retention(name, pool.clone()));
     tracing::info!(service = name, %addr, "service started");
     Ok(Running {
         name,
         addr,
-        stop,
         server,
         relay,
         consumers: parts.consumers,
-        jobs: parts.jobs,
+        jobs,
+    })
+}
+
+/// The retention job every service runs: inbox records past [`INBOX_RETENTION`] and idempotency
+/// keys past their retention are deleted, every [`RETENTION_EVERY`]. (The outbox keeps nothing:
+/// the relay deletes what it published.)
+fn retention(name: &'static str, pool: PgPool) -> Background {
+    Background::spawn(move |stop| async move {
+        let keys = PostgresStore::new(pool.clone());
+        let mut every = tokio::time::interval(RETENTION_EVERY);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            match idempotency::inbox::purge(&pool, INBOX_RETENTION, 1000).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(service = name, deleted, "retention: inbox purged"),
+                Err(error) => {
+                    tracing::warn!(service = name, %error, "retention: inbox purge failed")
+                }
+            }
+            match keys.purge_expired(1000).await {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    tracing::info!(
+                        service = name,
+                        deleted,
+                        "retention: idempotency keys purged"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(service = name, %error, "retention: idempotency key purge failed");
+                }
+            }
+        }
     })
 }
 
 impl Running {
-    /// Stops the service gracefully and waits until everything has stopped.
+    /// Stops the service gracefully and waits until everything has stopped: the HTTP server
+    /// finishes in-flight requests, consumers commit what they processed, jobs release their
+    /// leases, and the relay finishes its batch.
     pub async fn shutdown(self) {
-        self.stop.send_replace(true);
-        let _ = self.server.await;
+        self.server.shutdown().await;
         for consumer in self.consumers {
             consumer.shutdown().await;
         }
         for job in self.jobs {
-            let _ = job.await;
+            job.shutdown().await;
         }
         self.relay.shutdown().await;
         tracing::info!(service = self.name, "service stopped");

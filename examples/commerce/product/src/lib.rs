@@ -119,7 +119,6 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         StockLevels::new(stock.clone()),
     )
     .map_err(|e| format!("product: consumer {CONSUMER}: {e}"))?;
-    let (stop, _) = runtime::stop_signal();
     let state = AppState {
         pool: pool.clone(),
         auth: config.authenticator(),
@@ -135,7 +134,6 @@ pub async fn start(config: &Config) -> Result<Running, String> {
             consumers: vec![consumer],
             jobs: Vec::new(),
         },
-        stop,
     )
     .await
 }
