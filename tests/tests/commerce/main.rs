@@ -10,8 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use commerce_launcher::Stack;
 use commerce_launcher::client::Client;
+use commerce_launcher::{Service, Stack};
 use commerce_platform::Config;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

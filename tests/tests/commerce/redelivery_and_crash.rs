@@ -157,11 +157,11 @@ fn a_service_killed_mid_batch_and_restarted_leaves_every_order_final() {
         let ids = futures::future::join_all(posts).await;
         // Kill inventory and payment while the saga is in flight, then bring them back.
         stack
-            .crash_and_restart("inventory")
+            .crash_and_restart(Service::Inventory)
             .await
             .expect("inventory restarts");
         stack
-            .crash_and_restart("payment")
+            .crash_and_restart(Service::Payment)
             .await
             .expect("payment restarts");
         let world = World::new(&stack);

@@ -36,7 +36,7 @@ pub mod events;
 pub mod http;
 mod repo;
 
-
+use anyhow::Context;
 use commerce_platform::Config;
 use commerce_platform::runtime::{self, Parts, Running};
 use sqlx::migrate::Migrator;
@@ -63,13 +63,13 @@ pub const SAGA_CONSUMER: &str = "inventory.saga";
 /// # Errors
 ///
 /// A message saying which part could not start.
-pub async fn start(config: &Config) -> Result<Running, String> {
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let pool = commerce_platform::setup::database(config, "inventory", &migrator())
         .await
-        .map_err(|e| format!("inventory: database: {e}"))?;
+        .context("inventory: database")?;
     publish_snapshot(&pool, &config.topics)
         .await
-        .map_err(|e| format!("inventory: snapshot: {e}"))?;
+        .context("inventory: snapshot")?;
     let saga = runtime::consume(
         config,
         &pool,
@@ -77,7 +77,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         &[&config.topics.orders, &config.topics.payments],
         Saga::new(config.topics.clone()),
     )
-    .map_err(|e| format!("inventory: consumer: {e}"))?;
+    .context("inventory: consumer")?;
     let state = AppState {
         pool: pool.clone(),
         auth: config.authenticator(),

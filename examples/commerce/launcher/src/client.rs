@@ -1,5 +1,6 @@
 //! A small HTTP client for the stack's public API, used by the demo and the end-to-end tests.
 
+use anyhow::Context;
 use std::time::Duration;
 
 use commerce_platform::{Authenticator, Claims, Config};
@@ -53,10 +54,10 @@ impl Client {
     /// # Errors
     ///
     /// When the service cannot be reached.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Reply, String> {
-        let response = request.send().await.map_err(|e| e.to_string())?;
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Reply> {
+        let response = request.send().await?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| e.to_string())?;
+        let body = response.bytes().await?;
         Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     }
 
@@ -88,7 +89,7 @@ impl Client {
         sku: &str,
         name: &str,
         price_cents: i64,
-    ) -> Result<Uuid, String> {
+    ) -> anyhow::Result<Uuid> {
         let body =
             json!({"sku": sku, "name": name, "description": name, "price_cents": price_cents});
         let (status, reply) = self
@@ -103,12 +104,12 @@ impl Client {
             )
             .await?;
         if status != StatusCode::CREATED {
-            return Err(format!("create product {sku}: {status} {reply}"));
+            anyhow::bail!("create product {sku}: {status} {reply}");
         }
         reply["id"]
             .as_str()
             .and_then(|id| id.parse().ok())
-            .ok_or_else(|| format!("no id in {reply}"))
+            .with_context(|| format!("no id in {reply}"))
     }
 
     /// Adds stock for a product (admin).
@@ -121,7 +122,7 @@ impl Client {
         admin: &str,
         product: Uuid,
         quantity: i32,
-    ) -> Result<Value, String> {
+    ) -> anyhow::Result<Value> {
         let path = format!("/api/v1/stock/{product}/add");
         let (status, reply) = self
             .send(
@@ -130,7 +131,7 @@ impl Client {
             )
             .await?;
         if !status.is_success() {
-            return Err(format!("add stock: {status} {reply}"));
+            anyhow::bail!("add stock: {status} {reply}");
         }
         Ok(reply)
     }
@@ -145,7 +146,7 @@ impl Client {
         customer: &str,
         key: &str,
         lines: &[(Uuid, i32)],
-    ) -> Result<Reply, String> {
+    ) -> anyhow::Result<Reply> {
         let lines: Vec<Value> = lines
             .iter()
             .map(|(p, q)| json!({"product_id": p, "quantity": q}))
@@ -168,7 +169,7 @@ impl Client {
     /// # Errors
     ///
     /// When the service cannot be reached.
-    pub async fn order(&self, customer: &str, id: &str) -> Result<Reply, String> {
+    pub async fn order(&self, customer: &str, id: &str) -> anyhow::Result<Reply> {
         self.send(self.request(
             reqwest::Method::GET,
             "order",
@@ -188,7 +189,7 @@ impl Client {
         customer: &str,
         id: &str,
         limit: Duration,
-    ) -> Result<Value, String> {
+    ) -> anyhow::Result<Value> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let (_, order) = self.order(customer, id).await?;
@@ -199,7 +200,7 @@ impl Client {
                 return Ok(order);
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!("order {id} not final after {limit:?}: {order}"));
+                anyhow::bail!("order {id} not final after {limit:?}: {order}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -210,7 +211,7 @@ impl Client {
     /// # Errors
     ///
     /// When the service cannot be reached.
-    pub async fn product(&self, id: Uuid) -> Result<Reply, String> {
+    pub async fn product(&self, id: Uuid) -> anyhow::Result<Reply> {
         self.send(self.request(
             reqwest::Method::GET,
             "product",

@@ -2,6 +2,7 @@
 //! orders (one retried with the same key), one payment is declined, one order asks for more than
 //! is in stock; then it prints every order's final state and the stock the product service serves.
 
+use anyhow::Context;
 use std::time::Duration;
 
 use commerce_platform::Config;
@@ -15,7 +16,7 @@ use crate::client::Client;
 /// # Errors
 ///
 /// When the stack does not start or a step fails.
-pub async fn run(config: &Config) -> Result<(), String> {
+pub async fn run(config: &Config) -> anyhow::Result<()> {
     let stack = Stack::start(config).await?;
     let outcome = scenario(&Client::new(&stack.config)).await;
     stack.shutdown().await;
@@ -52,7 +53,7 @@ type Outcome = (
     Vec<(String, serde_json::Value)>,
 );
 
-async fn scenario(client: &Client) -> Result<Outcome, String> {
+async fn scenario(client: &Client) -> anyhow::Result<Outcome> {
     let admin = client.token("admin", &["admin"]);
     let run = Uuid::now_v7().simple().to_string();
     let beans = client
@@ -99,7 +100,7 @@ async fn scenario(client: &Client) -> Result<Outcome, String> {
         }
         let id = order["id"]
             .as_str()
-            .ok_or_else(|| format!("no order id in {order}"))?
+            .with_context(|| format!("no order id in {order}"))?
             .to_owned();
         orders.push((customer.to_owned(), token, id));
     }

@@ -6,35 +6,59 @@
 pub mod client;
 pub mod demo;
 
-use commerce_platform::{Config, Running, setup};
+use std::net::SocketAddr;
 
-/// The services, by name.
-pub const SERVICES: [&str; 4] = ["product", "inventory", "payment", "order"];
+use commerce_platform::{Addrs, Config, Running, setup};
 
-/// Creates the stack's topics (the test broker does not create them on first use).
+/// A commerce service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    /// The catalogue and its stock cache.
+    Product,
+    /// Stock, reservations and movements.
+    Inventory,
+    /// Charges and refunds.
+    Payment,
+    /// Orders and the saga's decisions.
+    Order,
+}
+
+impl Service {
+    /// Every service, in start order: the order service last, since it calls the product service.
+    pub const ALL: [Self; 4] = [Self::Product, Self::Inventory, Self::Payment, Self::Order];
+
+    /// Starts the service.
+    ///
+    /// # Errors
+    ///
+    /// The service's start-up error.
+    pub async fn start(self, config: &Config) -> anyhow::Result<Running> {
+        match self {
+            Self::Order => commerce_order::start(config).await,
+            Self::Inventory => commerce_inventory::start(config).await,
+            Self::Payment => commerce_payment::start(config).await,
+            Self::Product => commerce_product::start(config).await,
+        }
+    }
+
+    /// Records where the service listens, so the services started after it reach it there.
+    fn listens_on(self, addrs: &mut Addrs, addr: SocketAddr) {
+        match self {
+            Self::Order => addrs.order = addr,
+            Self::Inventory => addrs.inventory = addr,
+            Self::Payment => addrs.payment = addr,
+            Self::Product => addrs.product = addr,
+        }
+    }
+}
+
+/// Creates the stack's topics (the broker does not create them on first use).
 ///
 /// # Errors
 ///
 /// When the broker cannot be reached.
-pub async fn create_topics(config: &Config) -> Result<(), String> {
+pub async fn create_topics(config: &Config) -> anyhow::Result<()> {
     setup::topics(&config.kafka, &config.topics.all(), 3).await
-}
-
-/// Starts one service by name.
-///
-/// # Errors
-///
-/// An unknown name, or the service's start-up error.
-pub async fn start(name: &str, config: &Config) -> Result<Running, String> {
-    match name {
-        "order" => commerce_order::start(config).await,
-        "inventory" => commerce_inventory::start(config).await,
-        "payment" => commerce_payment::start(config).await,
-        "product" => commerce_product::start(config).await,
-        other => Err(format!(
-            "unknown service {other:?}; expected one of {SERVICES:?}"
-        )),
-    }
 }
 
 /// All four services in one process.
@@ -42,7 +66,7 @@ pub async fn start(name: &str, config: &Config) -> Result<Running, String> {
 pub struct Stack {
     /// The configuration they run with, with the addresses they actually bound (port 0 resolved).
     pub config: Config,
-    /// The running services, in [`SERVICES`] order.
+    /// The running services, in [`Service::ALL`] order.
     pub services: Vec<Running>,
 }
 
@@ -53,19 +77,14 @@ impl Stack {
     /// # Errors
     ///
     /// The first start-up error (services already started are stopped).
-    pub async fn start(config: &Config) -> Result<Self, String> {
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
         create_topics(config).await?;
         let mut config = config.clone();
         let mut services: Vec<Running> = Vec::new();
-        for name in SERVICES {
-            match start(name, &config).await {
+        for service in Service::ALL {
+            match service.start(&config).await {
                 Ok(running) => {
-                    match name {
-                        "product" => config.addrs.product = running.addr,
-                        "inventory" => config.addrs.inventory = running.addr,
-                        "payment" => config.addrs.payment = running.addr,
-                        _ => config.addrs.order = running.addr,
-                    }
+                    service.listens_on(&mut config.addrs, running.addr);
                     services.push(running);
                 }
                 Err(e) => {
@@ -86,20 +105,20 @@ impl Stack {
         }
     }
 
-    /// Replaces the service `name` by a new instance after stopping the old one abruptly (a crash),
-    /// for fault tests.
+    /// Replaces `service` by a new instance after stopping the old one abruptly (a crash), for
+    /// fault tests.
     ///
     /// # Errors
     ///
     /// The restarted service's start-up error.
-    pub async fn crash_and_restart(&mut self, name: &str) -> Result<(), String> {
-        let index = SERVICES
+    pub async fn crash_and_restart(&mut self, service: Service) -> anyhow::Result<()> {
+        let index = Service::ALL
             .iter()
-            .position(|s| *s == name)
-            .ok_or_else(|| format!("unknown service {name:?}"))?;
+            .position(|s| *s == service)
+            .unwrap_or_else(|| unreachable!("ALL lists every service"));
         let old = self.services.remove(index);
         old.kill();
-        let restarted = start(name, &self.config).await?;
+        let restarted = service.start(&self.config).await?;
         self.services.insert(index, restarted);
         Ok(())
     }

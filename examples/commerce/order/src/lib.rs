@@ -22,7 +22,7 @@
 //! `<prefix>_order`.
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), String> {
+//! # async fn run() -> anyhow::Result<()> {
 //! let config = commerce_platform::Config::from_env()?;
 //! let running = commerce_order::start(&config).await?;
 //! // ... until asked to stop:
@@ -40,6 +40,7 @@ mod http;
 pub mod jobs;
 pub mod repo;
 
+use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -132,11 +133,9 @@ pub fn app(state: AppState) -> Router {
 /// # Errors
 ///
 /// When the variable is set but is not a whole number of days.
-pub fn archive_after_from_env() -> Result<Duration, String> {
+pub fn archive_after_from_env() -> anyhow::Result<Duration> {
     let days: u64 = match std::env::var("ORDER_ARCHIVE_AFTER_DAYS") {
-        Ok(value) => value
-            .parse()
-            .map_err(|e| format!("ORDER_ARCHIVE_AFTER_DAYS: {e}"))?,
+        Ok(value) => value.parse().context("ORDER_ARCHIVE_AFTER_DAYS")?,
         Err(_) => 30,
     };
     Ok(Duration::from_secs(days.saturating_mul(24 * 60 * 60)))
@@ -149,13 +148,13 @@ pub fn archive_after_from_env() -> Result<Duration, String> {
 /// # Errors
 ///
 /// A message saying what could not be started.
-pub async fn start(config: &Config) -> Result<Running, String> {
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let archive_after = archive_after_from_env()?;
     let reservation_timeout = Duration::from_secs(config.reservation_timeout_secs);
     let pool = setup::database(config, "order", &migrator())
         .await
-        .map_err(|e| format!("order: database: {e}"))?;
-    let state = AppState::new(pool.clone(), config).map_err(|e| format!("order: {e}"))?;
+        .context("order: database")?;
+    let state = AppState::new(pool.clone(), config).context("order")?;
     tracing::info!(
         service = "order",
         product_base_url = %state.product_base_url,
@@ -170,7 +169,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         &[&config.topics.inventory, &config.topics.payments],
         OrderSaga::new(config.topics.clone()),
     )
-    .map_err(|e| format!("order: consumer: {e}"))?;
+    .context("order: consumer")?;
     let owner = format!("order-{}", uuid::Uuid::now_v7());
     let jobs = vec![
         jobs::spawn_expiry(

@@ -48,6 +48,7 @@ mod http;
 pub mod provider;
 mod repo;
 
+use anyhow::Context;
 use axum::Router;
 use axum::extract::FromRef;
 use commerce_platform::runtime::{self, Parts};
@@ -92,10 +93,10 @@ pub fn app(state: AppState) -> Router {
 /// # Errors
 ///
 /// A message saying what could not be set up.
-pub async fn start(config: &Config) -> Result<Running, String> {
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let pool = setup::database(config, "payment", &migrator())
         .await
-        .map_err(|e| format!("payment: database: {e}"))?;
+        .context("payment: database")?;
     let saga = runtime::consume(
         config,
         &pool,
@@ -103,7 +104,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         &[&config.topics.inventory, &config.topics.orders],
         Saga::new(config.topics.clone()),
     )
-    .map_err(|e| format!("payment: consumer {CONSUMER}: {e}"))?;
+    .with_context(|| format!("payment: consumer {CONSUMER}"))?;
     let state = AppState {
         pool: pool.clone(),
         auth: config.authenticator(),

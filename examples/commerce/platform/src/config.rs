@@ -1,5 +1,6 @@
 //! Configuration from environment variables, with defaults that work with `scripts/services`.
 
+use anyhow::Context;
 use std::net::SocketAddr;
 
 /// Everything a service reads from the environment.
@@ -64,10 +65,10 @@ fn var(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
-fn addr(name: &str, default: &str) -> Result<SocketAddr, String> {
+fn addr(name: &str, default: &str) -> anyhow::Result<SocketAddr> {
     var(name, default)
         .parse()
-        .map_err(|e| format!("{name} is not a socket address: {e}"))
+        .with_context(|| format!("{name} is not a socket address"))
 }
 
 impl Config {
@@ -76,7 +77,7 @@ impl Config {
     /// # Errors
     ///
     /// A message naming the variable whose value does not parse.
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> anyhow::Result<Self> {
         let secret = |name: &str, default: &str| {
             std::env::var(name).unwrap_or_else(|_| {
                 tracing::warn!("{name} is not set; using the development default");
@@ -102,7 +103,7 @@ impl Config {
             },
             reservation_timeout_secs: var("RESERVATION_TIMEOUT_SECS", "30")
                 .parse()
-                .map_err(|e| format!("RESERVATION_TIMEOUT_SECS: {e}"))?,
+                .context("RESERVATION_TIMEOUT_SECS")?,
             instance_id: std::env::var("COMMERCE_INSTANCE_ID")
                 .ok()
                 .filter(|id| !id.is_empty()),

@@ -12,6 +12,6 @@ pub mod runtime;
 pub mod setup;
 
 pub use auth::{Admin, Authenticator, Caller, Claims, ServiceKey};
-pub use config::Config;
+pub use config::{Addrs, Config};
 pub use problem::ApiError;
 pub use runtime::Running;

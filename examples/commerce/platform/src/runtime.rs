@@ -2,6 +2,7 @@
 //! every service runs among them) and its HTTP server, each a [`Background`] task, and stopping
 //! them all gracefully or all at once.
 
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -101,17 +102,15 @@ pub async fn start(
     pool: &PgPool,
     addr: SocketAddr,
     parts: Parts,
-) -> Result<Running, String> {
-    let publisher =
-        KafkaPublisher::from_config(&config.producer_config()).map_err(|e| e.to_string())?;
+) -> anyhow::Result<Running> {
+    let publisher = KafkaPublisher::from_config(&config.producer_config())?;
     let relay = Relay::new(
         pool.clone(),
         publisher,
         RelayConfig::default()
             .owner(format!("{name}-relay-{}", uuid::Uuid::now_v7()))
             .poll_interval(Duration::from_millis(500)),
-    )
-    .map_err(|e| e.to_string())?
+    )?
     .spawn();
     let checks = vec![
         crate::ops::database_check(pool.clone()),
@@ -120,8 +119,8 @@ pub async fn start(
     let app = crate::ops::with_operations(parts.router, checks);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("{name}: cannot listen on {addr}: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        .with_context(|| format!("{name}: cannot listen on {addr}"))?;
+    let addr = listener.local_addr()?;
     let server = Background::spawn(move |stop| async move {
         if let Err(error) = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())

@@ -84,24 +84,20 @@ pub fn merge(migrators: &[&Migrator]) -> Migrator {
 /// # Errors
 ///
 /// When the broker cannot be reached or refuses a topic for another reason than that it exists.
-pub async fn topics(bootstrap: &str, topics: &[&str], partitions: i32) -> Result<(), String> {
+pub async fn topics(bootstrap: &str, topics: &[&str], partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .create()
-        .map_err(|e| e.to_string())?;
+        .create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics(&new, &options)
-        .await
-        .map_err(|e| e.to_string())?;
+    let results = admin.create_topics(&new, &options).await?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(format!("creating topic {topic}: {code}")),
+            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
         }
     }
     Ok(())

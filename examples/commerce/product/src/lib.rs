@@ -58,6 +58,7 @@ pub mod events;
 mod http;
 mod repo;
 
+use anyhow::Context;
 use axum::Router;
 use axum::extract::FromRef;
 use commerce_platform::runtime::{self, Parts};
@@ -105,12 +106,12 @@ pub fn app(state: AppState) -> Router {
 /// # Errors
 ///
 /// A message saying what could not be set up.
-pub async fn start(config: &Config) -> Result<Running, String> {
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let pool = setup::database(config, "product", &migrator())
         .await
-        .map_err(|e| format!("product: database: {e}"))?;
+        .context("product: database")?;
     let stock = StockCache::open(&config.redis_url, config.topics.prefix.as_str())
-        .map_err(|e| format!("product: REDIS_URL: {e}"))?;
+        .context("product: REDIS_URL")?;
     let consumer = runtime::consume(
         config,
         &pool,
@@ -118,7 +119,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         &[&config.topics.inventory],
         StockLevels::new(stock.clone()),
     )
-    .map_err(|e| format!("product: consumer {CONSUMER}: {e}"))?;
+    .with_context(|| format!("product: consumer {CONSUMER}"))?;
     let state = AppState {
         pool: pool.clone(),
         auth: config.authenticator(),
