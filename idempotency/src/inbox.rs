@@ -82,17 +82,13 @@ pub async fn purge(pool: &PgPool, older_than: Duration, batch_size: u32) -> Resu
             "purge batch size must be greater than zero".into(),
         ));
     }
-    // At most a century, so `now() - older_than` stays a valid timestamp.
-    const CENTURY_MICROS: i64 = 100 * 366 * 24 * 60 * 60 * 1_000_000;
-    let older_than = i64::try_from(older_than.as_micros())
-        .unwrap_or(i64::MAX)
-        .min(CENTURY_MICROS);
+    let older_than = leases::interval(older_than);
     let mut total = 0;
     loop {
         let deleted = sqlx::query(
             "DELETE FROM idempotency_inbox WHERE (consumer, event_id) IN (
                 SELECT consumer, event_id FROM idempotency_inbox
-                WHERE received_at < now() - $1::int8 * interval '1 microsecond'
+                WHERE received_at < now() - $1::interval
                 ORDER BY received_at
                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
         )

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::postgres::types::PgInterval;
 
 /// The source of "now" for lease arithmetic.
 ///
@@ -70,18 +71,35 @@ impl Clock for ManualClock {
     }
 }
 
-/// A duration as whole microseconds, the unit every statement multiplies `interval '1 microsecond'` by.
-pub(crate) fn micros(what: &str, d: Duration) -> crate::Result<i64> {
-    i64::try_from(d.as_micros())
-        .map_err(|_| crate::Error::InvalidConfig(format!("{what} of {d:?} is too large")))
+/// A duration as a PostgreSQL `interval`: the one way this toolkit binds a duration (bind it and
+/// write `$n::interval` in the statement). Exact to the microsecond, PostgreSQL's precision
+/// (anything finer is dropped), and capped at a century, so `now() ± interval` is always a valid
+/// timestamp.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let ttl = leases::interval(Duration::from_millis(1500));
+/// assert_eq!((ttl.months, ttl.days, ttl.microseconds), (0, 0, 1_500_000));
+/// assert_eq!(leases::interval(Duration::MAX), leases::interval(Duration::from_secs(100 * 366 * 86_400)));
+/// ```
+pub fn interval(d: Duration) -> PgInterval {
+    const CENTURY_MICROS: i64 = 100 * 366 * 24 * 60 * 60 * 1_000_000;
+    PgInterval {
+        months: 0,
+        days: 0,
+        microseconds: i64::try_from(d.as_micros())
+            .unwrap_or(i64::MAX)
+            .min(CENTURY_MICROS),
+    }
 }
 
-/// Like [`micros`], for durations that must not be zero (ttls).
-pub(crate) fn positive_micros(what: &str, d: Duration) -> crate::Result<i64> {
+/// `d` as an interval, refused when zero (ttls).
+pub(crate) fn positive_interval(what: &str, d: Duration) -> crate::Result<PgInterval> {
     if d.is_zero() {
         return Err(crate::Error::InvalidConfig(format!(
             "{what} must be greater than zero"
         )));
     }
-    micros(what, d)
+    Ok(interval(d))
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::postgres::PgArguments;
 use sqlx::{AssertSqlSafe, Postgres};
 
-use crate::clock::positive_micros;
+use crate::clock::{interval, positive_interval};
 use crate::row::{Lease, LeaseId, RowLeases};
 use crate::{Result, statements};
 
@@ -92,7 +92,7 @@ impl RowLeases {
         let sql = statements::complete(&self.sql.spec, set)?;
         Ok(self
             .held_query(&sql.into(), std::slice::from_ref(lease))
-            .bind(0_i64))
+            .bind(interval(Duration::ZERO)))
     }
 
     /// Finishes a lease by moving its row: deletes it if the lease is still held and runs `insert`
@@ -114,7 +114,7 @@ impl RowLeases {
     pub fn move_query<I: LeaseId>(&self, lease: &Lease<I>, insert: &'static str) -> FencedQuery {
         let sql = statements::move_rows(&self.sql.spec, insert);
         self.held_query(&sql.into(), std::slice::from_ref(lease))
-            .bind(0_i64)
+            .bind(interval(Duration::ZERO))
     }
 
     /// Claims one row by its key for `ttl`: inserts it, or claims the existing row when its lease
@@ -150,7 +150,7 @@ impl RowLeases {
     ///
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a zero `ttl`.
     pub fn claim_key_query(&self, claim: &KeyClaim, ttl: Duration) -> Result<FencedQuery> {
-        let ttl = positive_micros("ttl", ttl)?;
+        let ttl = positive_interval("ttl", ttl)?;
         Ok(
             sqlx::query(AssertSqlSafe(statements::claim_key(&self.sql.spec, claim)))
                 .bind(self.clock.now())

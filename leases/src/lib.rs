@@ -97,7 +97,7 @@ mod table;
 
 pub use background::Background;
 pub use backoff::Backoff;
-pub use clock::{Clock, DatabaseClock, ManualClock};
+pub use clock::{Clock, DatabaseClock, ManualClock, interval};
 pub use error::{Error, Result, is_retriable_db_error};
 pub use fenced::{FencedQuery, KeyClaim};
 pub use heartbeat::Heartbeat;

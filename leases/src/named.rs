@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgExecutor};
 
 use crate::Result;
-use crate::clock::{Clock, DatabaseClock, positive_micros};
+use crate::clock::{Clock, DatabaseClock, positive_interval};
 
 /// A named lease held by one owner.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -80,7 +80,7 @@ impl NamedLeases {
         owner: &str,
         ttl: Duration,
     ) -> Result<Option<NamedLease>> {
-        let ttl = positive_micros("ttl", ttl)?;
+        let ttl = positive_interval("ttl", ttl)?;
         Ok(sqlx::query_as(ACQUIRE)
             .bind(self.clock.now())
             .bind(name)
@@ -102,10 +102,10 @@ impl NamedLeases {
         lease: &NamedLease,
         ttl: Duration,
     ) -> Result<Option<NamedLease>> {
-        let ttl = positive_micros("ttl", ttl)?;
+        let ttl = positive_interval("ttl", ttl)?;
         Ok(sqlx::query_as(
             "UPDATE leases_named
-             SET expires_at = coalesce($1::timestamptz, statement_timestamp()) + $5::int8 * interval '1 microsecond'
+             SET expires_at = coalesce($1::timestamptz, statement_timestamp()) + $5::interval
              WHERE name = $2 AND owner = $3 AND token = $4 AND expires_at IS NOT NULL
              RETURNING name, owner, token, expires_at, acquired_at",
         )
@@ -165,7 +165,7 @@ impl NamedLeases {
 /// Inserts the name, or takes it over when free or already ours.
 const ACQUIRE: &str = "INSERT INTO leases_named AS l (name, owner, token, expires_at, acquired_at)
      VALUES ($2, $3, 1,
-             coalesce($1::timestamptz, statement_timestamp()) + $4::int8 * interval '1 microsecond',
+             coalesce($1::timestamptz, statement_timestamp()) + $4::interval,
              coalesce($1::timestamptz, statement_timestamp()))
      ON CONFLICT (name) DO UPDATE SET
         token = CASE WHEN l.owner = EXCLUDED.owner AND l.expires_at > EXCLUDED.acquired_at

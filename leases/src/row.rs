@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::postgres::types::PgInterval;
 use sqlx::postgres::{PgHasArrayType, PgRow};
 use sqlx::{AssertSqlSafe, FromRow, PgExecutor, Postgres, Row};
 
-use crate::clock::{Clock, DatabaseClock, micros, positive_micros};
+use crate::clock::{Clock, DatabaseClock, interval, positive_interval};
 use crate::statements::Statements;
 use crate::table::TableSpec;
 use crate::{Error, Result};
@@ -151,7 +152,7 @@ impl RowLeases {
                 "a table without a schedule is claimed by key only (claim_key_query)".into(),
             )
         })?;
-        let ttl = positive_micros("ttl", ttl)?;
+        let ttl = positive_interval("ttl", ttl)?;
         Ok(sqlx::query(AssertSqlSafe(Arc::clone(sql)))
             .bind(self.clock.now())
             .bind(self.owner.to_string())
@@ -188,7 +189,7 @@ impl RowLeases {
         leases: &[Lease<I>],
         ttl: Duration,
     ) -> Result<Vec<(I, DateTime<Utc>)>> {
-        let ttl = positive_micros("ttl", ttl)?;
+        let ttl = positive_interval("ttl", ttl)?;
         let rows = self
             .held_query(&self.sql.renew, leases)
             .bind(ttl)
@@ -275,14 +276,14 @@ impl RowLeases {
         ids(&rows)
     }
 
-    /// `retry_after` in microseconds; a table without a schedule has no later due time to set.
-    pub(crate) fn retry_delay(&self, retry_after: Duration) -> Result<i64> {
+    /// `retry_after` as an interval; a table without a schedule has no later due time to set.
+    pub(crate) fn retry_delay(&self, retry_after: Duration) -> Result<PgInterval> {
         if !self.sql.spec.scheduled && !retry_after.is_zero() {
             return Err(Error::InvalidConfig(
                 "a table without a schedule is free again at once: retry_after must be zero".into(),
             ));
         }
-        micros("retry delay", retry_after)
+        Ok(interval(retry_after))
     }
 
     /// A statement over "leases still held": `$1` ids, `$2` tokens, `$3` owner, `$4` now.

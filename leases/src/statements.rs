@@ -38,7 +38,7 @@ impl Statements {
             claim: spec.scheduled.then(|| claim_returning("").into()),
             claim_rows: spec.scheduled.then(|| claim_returning("t.*, ").into()),
             renew: format!(
-                "UPDATE {table} AS t SET {expires_at} = {NOW_HELD} + $5::int8 * interval '1 microsecond'
+                "UPDATE {table} AS t SET {expires_at} = {NOW_HELD} + $5::interval
                  {} RETURNING t.{id}, t.{expires_at}",
                 held(spec)
             )
@@ -89,7 +89,7 @@ fn lease_columns(t: &TableSpec, prefix: &str) -> String {
     )
 }
 
-/// Claims due rows: `$1` now, `$2` owner, `$3` limit, `$4` ttl in microseconds. The candidate row
+/// Claims due rows: `$1` now, `$2` owner, `$3` limit, `$4` ttl. The candidate row
 /// is not aliased, so a claim filter refers to it by the table's own name.
 fn claim(t: &TableSpec, returning: &str) -> String {
     let TableSpec {
@@ -118,13 +118,13 @@ fn claim(t: &TableSpec, returning: &str) -> String {
         )
         UPDATE {table} AS t
         SET {owner} = $2, {token} = t.{token} + 1, {attempts} = t.{attempts} + 1,
-            {expires_at} = {NOW_CLAIM} + $4::int8 * interval '1 microsecond'
+            {expires_at} = {NOW_CLAIM} + $4::interval
         FROM due WHERE t.{id} = due.{id}
         RETURNING {returning}"
     )
 }
 
-/// Gives held leases back, due again `$5` microseconds from now, also setting `set`.
+/// Gives held leases back, due again `$5` (an interval) from now, also setting `set`.
 pub(crate) fn release(t: &TableSpec, set: &str) -> String {
     let TableSpec {
         table,
@@ -134,7 +134,7 @@ pub(crate) fn release(t: &TableSpec, set: &str) -> String {
         next_attempt_at,
         ..
     } = t;
-    let due = format!("{next_attempt_at} = {NOW_HELD} + $5::int8 * interval '1 microsecond'");
+    let due = format!("{next_attempt_at} = {NOW_HELD} + $5::interval");
     let sets = assignments(&[
         &format!("{owner} = NULL, {expires_at} = NULL"),
         if t.scheduled { &due } else { "" },
@@ -195,7 +195,7 @@ pub(crate) fn move_rows(t: &TableSpec, insert: &str) -> String {
 }
 
 /// Inserts a row by key, or claims the existing one when its lease is free and `claim.claim_when`
-/// holds: `$1` now, `$2` owner, `$3` ttl in microseconds.
+/// holds: `$1` now, `$2` owner, `$3` ttl.
 pub(crate) fn claim_key(t: &TableSpec, claim: &KeyClaim) -> String {
     let TableSpec {
         table,
@@ -232,7 +232,7 @@ pub(crate) fn claim_key(t: &TableSpec, claim: &KeyClaim) -> String {
     ]);
     format!(
         "INSERT INTO {table} ({columns}, {owner}, {token}, {expires_at}{schedule_columns})
-         SELECT {values}, $2, 1, claim.now + $3::int8 * interval '1 microsecond'{schedule_values}
+         SELECT {values}, $2, 1, claim.now + $3::interval{schedule_values}
          FROM (SELECT {NOW_CLAIM} AS now) AS claim {from}
          ON CONFLICT ({conflict}) DO UPDATE SET {sets}
          WHERE ({table}.{expires_at} IS NULL OR {table}.{expires_at} <= {NOW_CLAIM})

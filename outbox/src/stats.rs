@@ -34,13 +34,13 @@ pub async fn purge_published(pool: &PgPool, older_than: Duration, batch_size: u3
             "purge batch size must be greater than zero".into(),
         ));
     }
-    let older_than = i64::try_from(older_than.as_micros()).unwrap_or(i64::MAX);
+    let older_than = leases::interval(older_than);
     let mut total = 0;
     loop {
         let deleted = sqlx::query(
             "DELETE FROM outbox_events WHERE seq IN (
                 SELECT seq FROM outbox_events
-                WHERE published_at < now() - $1::int8 * interval '1 microsecond'
+                WHERE published_at < now() - $1::interval
                 LIMIT $2 FOR UPDATE SKIP LOCKED)",
         )
         .bind(older_than)

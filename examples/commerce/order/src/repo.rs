@@ -51,14 +51,6 @@ impl OrderRow {
     }
 }
 
-/// A duration in whole microseconds for SQL intervals, capped at a century.
-fn micros(duration: Duration) -> i64 {
-    const CENTURY_MICROS: i64 = 100 * 366 * 24 * 60 * 60 * 1_000_000;
-    i64::try_from(duration.as_micros())
-        .unwrap_or(i64::MAX)
-        .min(CENTURY_MICROS)
-}
-
 /// Inserts a `PENDING` order with its lines, in the caller's transaction, and returns it as
 /// stored.
 ///
@@ -314,10 +306,10 @@ pub async fn expire_reservations(
         let mut tx = pool.begin().await?;
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM orders
-             WHERE state = 'RESERVED' AND reserved_at < now() - $1::int8 * interval '1 microsecond'
+             WHERE state = 'RESERVED' AND reserved_at < now() - $1::interval
              ORDER BY reserved_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
-        .bind(micros(timeout))
+        .bind(leases::interval(timeout))
         .bind(chunk)
         .fetch_all(&mut *tx)
         .await?;
@@ -349,10 +341,10 @@ pub async fn archive_finished(pool: &PgPool, older_than: Duration, chunk: i64) -
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM orders
              WHERE state IN ('CONFIRMED', 'CANCELLED', 'FAILED')
-               AND updated_at < now() - $1::int8 * interval '1 microsecond'
+               AND updated_at < now() - $1::interval
              ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
-        .bind(micros(older_than))
+        .bind(leases::interval(older_than))
         .bind(chunk)
         .fetch_all(&mut *tx)
         .await?;
@@ -387,16 +379,5 @@ pub async fn archive_finished(pool: &PgPool, older_than: Duration, chunk: i64) -
         if (ids.len() as i64) < chunk {
             return Ok(total);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn caps_durations() {
-        assert_eq!(micros(Duration::from_secs(2)), 2_000_000);
-        assert!(micros(Duration::MAX) > 0);
     }
 }

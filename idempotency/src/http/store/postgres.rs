@@ -17,7 +17,7 @@ use crate::{Error, Fingerprint, Result};
 const ACQUIRE: KeyClaim = KeyClaim {
     conflict: "scope, route, idempotency_key",
     columns: "scope, route, idempotency_key, fingerprint, created_at, retain_until",
-    values: "$4, $5, $6, $7, claim.now, claim.now + $8::int8 * interval '1 microsecond'",
+    values: "$4, $5, $6, $7, claim.now, claim.now + $8::interval",
     from: ", (SELECT set_config('synchronous_commit', $9, true)) AS settings",
     on_claim: "fingerprint = excluded.fingerprint, created_at = excluded.created_at,
         retain_until = excluded.retain_until, completed_at = NULL, status = NULL,
@@ -268,16 +268,6 @@ impl KeyRow {
     }
 }
 
-fn micros(what: &str, d: Duration) -> Result<i64> {
-    if d.is_zero() {
-        return Err(Error::InvalidConfig(format!(
-            "{what} must be greater than zero"
-        )));
-    }
-    i64::try_from(d.as_micros())
-        .map_err(|_| Error::InvalidConfig(format!("{what} of {d:?} is too large")))
-}
-
 /// How many times `acquire` re-reads a row that changed under it before answering "in flight".
 const ACQUIRE_ATTEMPTS: usize = 5;
 
@@ -289,7 +279,11 @@ impl Store for PostgresStore {
         lease_ttl: Duration,
         retention: Duration,
     ) -> Result<Acquire> {
-        let retention = micros("retention", retention)?;
+        if retention.is_zero() {
+            return Err(Error::InvalidConfig(
+                "retention must be greater than zero".into(),
+            ));
+        }
         let mut last_seen = None;
         for _ in 0..ACQUIRE_ATTEMPTS {
             let acquired = self
@@ -299,7 +293,7 @@ impl Store for PostgresStore {
                 .bind(&key.route)
                 .bind(key.key.as_str())
                 .bind(fingerprint.as_bytes().as_slice())
-                .bind(retention)
+                .bind(leases::interval(retention))
                 .bind(if self.synchronous_locks { "on" } else { "off" })
                 .fetch_optional(&self.pool)
                 .await?;
