@@ -1,9 +1,11 @@
 //! The commerce system's events: one envelope (`event_id`, `event_type`, `aggregate_id`,
 //! `occurred_at`, typed `payload`), the saga's payloads, and the topics they travel on.
 //!
-//! Decoding is an allowlist: [`decode`] reads the envelope, matches `event_type` against the
-//! types below and only then deserializes the payload into that type, rejecting unknown fields.
-//! An unknown type or a malformed payload is a [`DecodeError`], which consumers dead-letter.
+//! Decoding is an allowlist, and the allowlist is the [`Event`] enum itself: [`decode`] reads the
+//! envelope, checks `event_type` against the enum's variants and only then deserializes the
+//! payload into that variant, rejecting unknown fields. An unknown type or a malformed payload is
+//! a [`DecodeError`], which consumers dead-letter. Nothing here knows about the outbox: a service
+//! turns an [`Envelope`] into an outbox event with `commerce_platform::events::to_outbox`.
 //!
 //! Topics are per producing service (`<prefix>.orders`, `<prefix>.inventory`,
 //! `<prefix>.payments`, see [`Topics`]); every consumer subscribes to the topics it needs with its
@@ -13,6 +15,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use strum::VariantNames;
 use uuid::Uuid;
 
 /// The topic names of one stack.
@@ -76,9 +79,12 @@ pub struct Line {
     pub unit_price_cents: i64,
 }
 
-/// Payloads, one per event type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
+/// Payloads, one per event type: the variant's name is the `event_type` on the wire, its fields
+/// the `payload` (serde's adjacent tagging), and the set of variants is the decoding allowlist.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantNames,
+)]
+#[serde(tag = "event_type", content = "payload", deny_unknown_fields)]
 pub enum Event {
     /// A customer placed an order (order service).
     OrderPlaced {
@@ -164,35 +170,10 @@ pub enum Event {
     },
 }
 
-/// The allowlist: every event type a consumer will deserialize.
-pub const EVENT_TYPES: [&str; 10] = [
-    "OrderPlaced",
-    "OrderCancelled",
-    "StockReserved",
-    "StockReservationFailed",
-    "StockConfirmed",
-    "StockReleased",
-    "StockLevelChanged",
-    "PaymentApproved",
-    "PaymentDeclined",
-    "PaymentRefunded",
-];
-
 impl Event {
     /// The event's type name, as in the envelope and the `event-type` header.
     pub fn event_type(&self) -> &'static str {
-        match self {
-            Event::OrderPlaced { .. } => "OrderPlaced",
-            Event::OrderCancelled { .. } => "OrderCancelled",
-            Event::StockReserved { .. } => "StockReserved",
-            Event::StockReservationFailed { .. } => "StockReservationFailed",
-            Event::StockConfirmed { .. } => "StockConfirmed",
-            Event::StockReleased { .. } => "StockReleased",
-            Event::StockLevelChanged { .. } => "StockLevelChanged",
-            Event::PaymentApproved { .. } => "PaymentApproved",
-            Event::PaymentDeclined { .. } => "PaymentDeclined",
-            Event::PaymentRefunded { .. } => "PaymentRefunded",
-        }
+        self.into()
     }
 
     /// `(aggregate type, aggregate id)`: the order for saga events, the product for stock levels.
@@ -236,44 +217,45 @@ pub struct Envelope {
     pub event: Event,
 }
 
-/// The envelope on the wire.
-#[derive(Serialize, Deserialize)]
+/// The envelope on the wire, as written: the event flattened into `event_type` and `payload`.
+#[derive(Serialize)]
+struct WireOut<'a> {
+    event_id: Uuid,
+    aggregate_id: &'a str,
+    occurred_at: DateTime<Utc>,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+/// The envelope on the wire, as read: strict, with the payload kept raw until its type is known.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Wire<P> {
+struct WireIn {
     event_id: Uuid,
     event_type: String,
     aggregate_id: String,
     occurred_at: DateTime<Utc>,
-    payload: P,
+    payload: Box<serde_json::value::RawValue>,
+}
+
+/// The typed half of the wire envelope, for [`Event`]'s adjacent tagging.
+#[derive(Serialize)]
+struct Tagged<'a> {
+    event_type: &'a str,
+    payload: &'a serde_json::value::RawValue,
 }
 
 impl Envelope {
     /// The envelope as JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
-        let wire = Wire {
+        let wire = WireOut {
             event_id: self.event_id,
-            event_type: self.event.event_type().to_owned(),
-            aggregate_id: self.aggregate_id.clone(),
+            aggregate_id: &self.aggregate_id,
             occurred_at: self.occurred_at,
-            payload: &self.event,
+            event: &self.event,
         };
         // A struct of strings, numbers and uuids always serializes.
         serde_json::to_vec(&wire).unwrap_or_default()
-    }
-
-    /// The envelope as an outbox event on its topic in `topics`, with its aggregate, type and id.
-    pub fn to_outbox(&self, topics: &Topics) -> outbox::NewEvent {
-        let (aggregate_type, aggregate_id) = self.event.aggregate();
-        let mut event = outbox::NewEvent::bytes(
-            topics.of(&self.event),
-            aggregate_type,
-            aggregate_id,
-            self.event.event_type(),
-            self.to_json(),
-        )
-        .header("content-type", "application/json");
-        event.id = self.event_id;
-        event
     }
 }
 
@@ -304,72 +286,26 @@ pub enum DecodeError {
 /// [`DecodeError`] for malformed JSON, an unknown event type or a payload that does not match
 /// its type (including unknown fields).
 pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-    let wire: Wire<Box<serde_json::value::RawValue>> =
-        serde_json::from_slice(bytes).map_err(DecodeError::Envelope)?;
-    let payload = wire.payload.get();
-    let parse = |result: Result<Event, serde_json::Error>| {
-        result.map_err(|source| DecodeError::Payload {
+    let wire: WireIn = serde_json::from_slice(bytes).map_err(DecodeError::Envelope)?;
+    if !Event::VARIANTS.contains(&wire.event_type.as_str()) {
+        return Err(DecodeError::UnknownType(wire.event_type));
+    }
+    let tagged = Tagged {
+        event_type: &wire.event_type,
+        payload: &wire.payload,
+    };
+    let event = serde_json::to_string(&tagged)
+        .and_then(|json| serde_json::from_str(&json))
+        .map_err(|source| DecodeError::Payload {
             event_type: wire.event_type.clone(),
             source,
-        })
-    };
-    let event = parse(match wire.event_type.as_str() {
-        "OrderPlaced" => from::<p::OrderPlaced>(payload),
-        "OrderCancelled" => from::<p::OrderCancelled>(payload),
-        "StockReserved" => from::<p::StockReserved>(payload),
-        "StockReservationFailed" => from::<p::StockReservationFailed>(payload),
-        "StockConfirmed" => from::<p::StockConfirmed>(payload),
-        "StockReleased" => from::<p::StockReleased>(payload),
-        "StockLevelChanged" => from::<p::StockLevelChanged>(payload),
-        "PaymentApproved" => from::<p::PaymentApproved>(payload),
-        "PaymentDeclined" => from::<p::PaymentDeclined>(payload),
-        "PaymentRefunded" => from::<p::PaymentRefunded>(payload),
-        other => return Err(DecodeError::UnknownType(other.to_owned())),
-    })?;
+        })?;
     Ok(Envelope {
         event_id: wire.event_id,
         aggregate_id: wire.aggregate_id,
         occurred_at: wire.occurred_at,
         event,
     })
-}
-
-fn from<T: for<'de> Deserialize<'de> + Into<Event>>(
-    json: &str,
-) -> Result<Event, serde_json::Error> {
-    serde_json::from_str::<T>(json).map(Into::into)
-}
-
-/// Strict payload shapes for decoding (`deny_unknown_fields`), one per variant of [`Event`].
-mod p {
-    use serde::Deserialize;
-    use uuid::Uuid;
-
-    use super::{Event, Line};
-
-    macro_rules! payloads {
-        ($($name:ident { $($field:ident : $ty:ty),* $(,)? })*) => {$(
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            pub(super) struct $name { $($field: $ty),* }
-            impl From<$name> for Event {
-                fn from(p: $name) -> Event { Event::$name { $($field: p.$field),* } }
-            }
-        )*};
-    }
-
-    payloads! {
-        OrderPlaced { order_id: Uuid, customer_id: String, lines: Vec<Line>, total_cents: i64 }
-        OrderCancelled { order_id: Uuid, reason: String }
-        StockReserved { order_id: Uuid, total_cents: i64, customer_id: String }
-        StockReservationFailed { order_id: Uuid, reason: String }
-        StockConfirmed { order_id: Uuid }
-        StockReleased { order_id: Uuid, reason: String }
-        StockLevelChanged { product_id: Uuid, total: i32, reserved: i32, available: i32, version: i64 }
-        PaymentApproved { order_id: Uuid, payment_id: Uuid, amount_cents: i64 }
-        PaymentDeclined { order_id: Uuid, reason: String }
-        PaymentRefunded { order_id: Uuid, payment_id: Uuid }
-    }
 }
 
 #[cfg(test)]
@@ -429,15 +365,17 @@ mod tests {
                 payment_id: order_id,
             },
         ];
-        assert_eq!(events.len(), EVENT_TYPES.len());
+        assert_eq!(events.len(), Event::VARIANTS.len());
         for event in events {
-            assert!(EVENT_TYPES.contains(&event.event_type()));
+            assert!(Event::VARIANTS.contains(&event.event_type()));
+            assert!(Topics::new("t").of(&event).starts_with("t."));
             let envelope = event.into_envelope();
+            let json: serde_json::Value =
+                serde_json::from_slice(&envelope.to_json()).expect("json");
+            assert_eq!(json["event_type"], envelope.event.event_type());
+            assert_eq!(json["event_id"], envelope.event_id.to_string());
             let decoded = decode(&envelope.to_json()).expect("decodes");
             assert_eq!(decoded, envelope);
-            let outbox = envelope.to_outbox(&Topics::new("t"));
-            assert_eq!(outbox.id, envelope.event_id);
-            assert!(outbox.topic.starts_with("t."));
         }
     }
 

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 
 use commerce_events::{Envelope, Event, Line, Topics};
-use idempotency::{Handler, HandlerError, Message};
+use commerce_platform::events::EventHandler;
+use idempotency::HandlerError;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -45,18 +46,11 @@ impl Saga {
     }
 }
 
-impl Handler for Saga {
-    type Event = Envelope;
-
-    fn decode(&self, message: &Message) -> Result<Envelope, HandlerError> {
-        commerce_platform::runtime::decode(message)
-    }
-
+impl EventHandler for Saga {
     async fn handle(
         &self,
         conn: &mut PgConnection,
         envelope: Envelope,
-        _message: &Message,
     ) -> Result<(), HandlerError> {
         let event_id = envelope.event_id;
         match envelope.event {
@@ -292,7 +286,7 @@ pub(crate) async fn enqueue(
     const CHUNK: usize = 500;
     let outbox: Vec<outbox::NewEvent> = events
         .into_iter()
-        .map(|event| event.into_envelope().to_outbox(topics))
+        .map(|event| commerce_platform::events::to_outbox(&event.into_envelope(), topics))
         .collect();
     for chunk in outbox.chunks(CHUNK) {
         outbox::enqueue_many(conn, chunk).await?;

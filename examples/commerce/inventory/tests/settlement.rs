@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use commerce_events::Event;
 use commerce_inventory::{Saga, publish_snapshot};
+use commerce_platform::events::decode;
 use common::*;
 use idempotency::inbox::Delivery;
-use idempotency::{DeadLetterReason, Handler, Message};
+use idempotency::{DeadLetterReason, Message};
 use uuid::Uuid;
 
 #[tokio::test]
@@ -228,7 +229,7 @@ async fn other_event_types_are_ignored_and_poison_is_refused() {
         (None, DeadLetterReason::DecodeFailed),
     ] {
         let message = Message::new("t", 0, 0, None, payload, vec![]);
-        let error = saga.decode(&message).expect_err("refused");
+        let error = decode(&message).expect_err("refused");
         assert_eq!(error.dead_letter_reason(), Some(reason));
     }
 }

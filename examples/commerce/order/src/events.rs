@@ -1,7 +1,8 @@
 //! The saga's order side: an [`idempotency::Handler`] for the inventory and payments topics.
 
 use commerce_events::{Envelope, Topics};
-use idempotency::{Handler, HandlerError, Message};
+use commerce_platform::events::EventHandler;
+use idempotency::HandlerError;
 use sqlx::PgConnection;
 
 use crate::domain::Input;
@@ -27,18 +28,11 @@ impl OrderSaga {
     }
 }
 
-impl Handler for OrderSaga {
-    type Event = Envelope;
-
-    fn decode(&self, message: &Message) -> Result<Envelope, HandlerError> {
-        commerce_platform::runtime::decode(message)
-    }
-
+impl EventHandler for OrderSaga {
     async fn handle(
         &self,
         conn: &mut PgConnection,
         envelope: Envelope,
-        _message: &Message,
     ) -> Result<(), HandlerError> {
         let Some((order_id, input)) = Input::from_event(&envelope.event) else {
             return Ok(());

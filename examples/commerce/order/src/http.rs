@@ -250,9 +250,12 @@ async fn create_order(
     let conn = tx.conn().await?;
     let order = repo::insert(conn, Uuid::now_v7(), &claims.sub, &lines, total).await?;
     let event = order.placed_event().into_envelope();
-    outbox::enqueue(conn, &event.to_outbox(&state.topics))
-        .await
-        .map_err(crate::Error::from)?;
+    outbox::enqueue(
+        conn,
+        &commerce_platform::events::to_outbox(&event, &state.topics),
+    )
+    .await
+    .map_err(crate::Error::from)?;
     tracing::info!(order_id = %order.id, event_id = %event.event_id, customer_id = %order.customer_id, total_cents = order.total_cents, "order placed (commits with the response)");
     metrics::counter!("orders_placed_total").increment(1);
     let location = format!("/api/v1/orders/{}", order.id);

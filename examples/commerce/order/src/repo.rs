@@ -233,7 +233,7 @@ pub async fn write(
                 reason: transition.reason.clone().unwrap_or_default(),
             }
             .into_envelope();
-            events.push(envelope.to_outbox(topics));
+            events.push(commerce_platform::events::to_outbox(&envelope, topics));
             Some(envelope.event_id)
         } else {
             None

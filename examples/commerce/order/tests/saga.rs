@@ -8,9 +8,10 @@ use std::time::Duration;
 use commerce_events::{Envelope, Event};
 use commerce_order::OrderSaga;
 use commerce_order::domain::OrderState;
+use commerce_platform::events::{EventHandler, Events, decode};
 use common::{Harness, count, eventually, insert_order};
 use idempotency::inbox::{self, Delivery};
-use idempotency::{Consumer, ConsumerConfig, DeadLetterReason, Handler, Message};
+use idempotency::{Consumer, ConsumerConfig, DeadLetterReason, Message};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
@@ -39,15 +40,13 @@ fn message(envelope: &Envelope) -> Message {
 /// What the consumer runner does with one message: inbox and handler in one transaction.
 async fn deliver(pool: &PgPool, saga: &OrderSaga, envelope: &Envelope) -> Delivery {
     let message = message(envelope);
-    let event = saga.decode(&message).expect("decodes");
+    let event = decode(&message).expect("decodes");
     let mut tx = pool.begin().await.expect("begin");
     let delivery = inbox::receive(&mut tx, "order.saga", &envelope.event_id.to_string())
         .await
         .expect("inbox");
     if delivery == Delivery::Fresh {
-        saga.handle(&mut tx, event, &message)
-            .await
-            .expect("handled");
+        saga.handle(&mut tx, event).await.expect("handled");
     }
     tx.commit().await.expect("commit");
     delivery
@@ -228,13 +227,12 @@ async fn a_redelivered_event_has_one_effect() {
 
 #[test]
 fn refuses_unknown_types_and_garbage() {
-    let saga = OrderSaga::new(commerce_events::Topics::new("t"));
     let id = Uuid::now_v7();
     let unknown = format!(
         r#"{{"event_id":"{id}","event_type":"OrderShipped","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{}}}}"#
     );
     let decode = |payload: Option<Vec<u8>>| {
-        saga.decode(&Message::new("t", 0, 0, None, payload, vec![]))
+        decode(&Message::new("t", 0, 0, None, payload, vec![]))
             .expect_err("refused")
             .dead_letter_reason()
     };
@@ -342,7 +340,7 @@ async fn through_a_consumer_a_duplicate_is_skipped_and_poison_dead_lettered() {
     let consumer = Consumer::new(
         h.pool().clone(),
         config,
-        OrderSaga::new(h.config.topics.clone()),
+        Events(OrderSaga::new(h.config.topics.clone())),
     )
     .expect("consumer")
     .spawn();

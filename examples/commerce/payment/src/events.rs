@@ -2,7 +2,8 @@
 //! orders at most once, refunds cancelled ones.
 
 use commerce_events::{Envelope, Event, Topics};
-use idempotency::{Handler, HandlerError, Message};
+use commerce_platform::events::EventHandler;
+use idempotency::HandlerError;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -12,16 +13,6 @@ use crate::repo;
 
 /// The consumer's name: its consumer group and its inbox records.
 pub const CONSUMER: &str = "payment.saga";
-
-/// Decodes a message's envelope through the events allowlist: unknown types and malformed
-/// payloads are dead-lettered.
-///
-/// # Errors
-///
-/// [`HandlerError::unknown_event_type`] or [`HandlerError::decode`].
-pub fn decode(message: &Message) -> Result<Envelope, HandlerError> {
-    commerce_platform::runtime::decode(message)
-}
 
 /// The saga handler. Every effect (the payment row, the cancellation record, the events it
 /// publishes through the outbox) is written in the consumer's transaction, together with the
@@ -142,31 +133,27 @@ impl Saga {
 
     async fn publish(&self, conn: &mut PgConnection, event: Event) -> Result<(), HandlerError> {
         let envelope = event.into_envelope();
-        outbox::enqueue(conn, &envelope.to_outbox(&self.topics))
-            .await
-            .map(drop)
-            .map_err(|error| {
-                if error.is_retriable() {
-                    HandlerError::retriable(error)
-                } else {
-                    HandlerError::permanent(error)
-                }
-            })
+        outbox::enqueue(
+            conn,
+            &commerce_platform::events::to_outbox(&envelope, &self.topics),
+        )
+        .await
+        .map(drop)
+        .map_err(|error| {
+            if error.is_retriable() {
+                HandlerError::retriable(error)
+            } else {
+                HandlerError::permanent(error)
+            }
+        })
     }
 }
 
-impl Handler for Saga {
-    type Event = Envelope;
-
-    fn decode(&self, message: &Message) -> Result<Envelope, HandlerError> {
-        decode(message)
-    }
-
+impl EventHandler for Saga {
     async fn handle(
         &self,
         conn: &mut PgConnection,
         envelope: Envelope,
-        _message: &Message,
     ) -> Result<(), HandlerError> {
         let event_id = envelope.event_id;
         match envelope.event {

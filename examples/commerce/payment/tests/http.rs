@@ -4,9 +4,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use commerce_events::{Event, Topics};
 use commerce_payment::{AppState, CONSUMER, Saga, app};
+use commerce_platform::events::{EventHandler, decode};
 use commerce_platform::{Authenticator, Claims};
 use http_body_util::BodyExt;
-use idempotency::Handler;
 use tower::ServiceExt;
 use uuid::Uuid;
 
@@ -72,7 +72,7 @@ async fn admins_read_payments_and_others_are_refused() {
     let _ = idempotency::inbox::receive(&mut tx, CONSUMER, &envelope.event_id.to_string())
         .await
         .expect("inbox");
-    saga.handle(&mut tx, saga.decode(&message).expect("decodes"), &message)
+    saga.handle(&mut tx, decode(&message).expect("decodes"))
         .await
         .expect("handled");
     tx.commit().await.expect("commit");

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use commerce_events::{Envelope, Event, Topics};
 use commerce_payment::{CONSUMER, Saga};
+use commerce_platform::events::{EventHandler, Events, decode};
 use idempotency::inbox::{self, Delivery};
-use idempotency::{DeadLetterReason, Handler, Message};
+use idempotency::{DeadLetterReason, Message};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -33,15 +34,13 @@ fn message(envelope: &Envelope) -> Message {
 /// transaction.
 async fn deliver(pool: &PgPool, saga: &Saga, envelope: &Envelope) -> Delivery {
     let message = message(envelope);
-    let event = saga.decode(&message).expect("decodes");
+    let event = decode(&message).expect("decodes");
     let mut tx = pool.begin().await.expect("begin");
     let delivery = inbox::receive(&mut tx, CONSUMER, &envelope.event_id.to_string())
         .await
         .expect("inbox");
     if delivery == Delivery::Fresh {
-        saga.handle(&mut tx, event, &message)
-            .await
-            .expect("handled");
+        saga.handle(&mut tx, event).await.expect("handled");
     }
     tx.commit().await.expect("commit");
     delivery
@@ -371,17 +370,14 @@ async fn ignores_other_events_and_refuses_unknown_ones() {
         serde_json::from_slice(&reserved(order_id, "alice", 1).to_json()).expect("json");
     json["event_type"] = "ChargeTwice".into();
     let unknown = Message::new("t", 0, 0, None, Some(json.to_string().into_bytes()), vec![]);
-    let error = saga().decode(&unknown).expect_err("refused");
+    let error = decode(&unknown).expect_err("refused");
     assert_eq!(
         error.dead_letter_reason(),
         Some(DeadLetterReason::UnknownEventType)
     );
     let garbage = Message::new("t", 0, 0, None, Some(b"{".to_vec()), vec![]);
     assert_eq!(
-        saga()
-            .decode(&garbage)
-            .expect_err("refused")
-            .dead_letter_reason(),
+        decode(&garbage).expect_err("refused").dead_letter_reason(),
         Some(DeadLetterReason::DecodeFailed)
     );
 }
@@ -433,7 +429,7 @@ async fn a_real_consumer_charges_once_and_dead_letters_poison() {
             .topic(&topic)
             .dead_letter_topic(&dead_letters)
             .dead_letter_producer(testkit::kafka::producer_config().await);
-    let consumer = idempotency::Consumer::new(db.pool.clone(), config, saga())
+    let consumer = idempotency::Consumer::new(db.pool.clone(), config, Events(saga()))
         .expect("consumer")
         .spawn();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod ops;
 pub mod problem;
 pub mod runtime;

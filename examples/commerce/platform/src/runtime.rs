@@ -7,14 +7,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use commerce_events::{DecodeError, Envelope};
-use idempotency::{
-    Consumer, ConsumerConfig, ConsumerHandle, Handler, HandlerError, Message, PostgresStore,
-};
+use idempotency::{Consumer, ConsumerConfig, ConsumerHandle, PostgresStore};
 use outbox::{Background, Backoff, KafkaPublisher, Relay, RelayConfig};
 use sqlx::PgPool;
 
 use crate::Config;
+use crate::events::{EventHandler, Events};
 
 /// A running service. [`shutdown`](Self::shutdown) stops it gracefully: the HTTP server finishes
 /// in-flight requests, consumers commit what they processed, the relay finishes its batch.
@@ -46,29 +44,13 @@ pub const INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// How often the retention job runs (first at start).
 pub const RETENTION_EVERY: Duration = Duration::from_secs(60 * 60);
 
-/// Decodes a message's envelope through the events allowlist, for every service's
-/// [`Handler::decode`]: unknown types and malformed payloads become errors the runner dead-letters.
-///
-/// # Errors
-///
-/// [`HandlerError::unknown_event_type`] or [`HandlerError::decode`].
-pub fn decode(message: &Message) -> Result<Envelope, HandlerError> {
-    let payload = message
-        .payload()
-        .ok_or_else(|| HandlerError::decode("the message has no payload"))?;
-    commerce_events::decode(payload).map_err(|error| match error {
-        DecodeError::UnknownType(event_type) => HandlerError::unknown_event_type(event_type),
-        other => HandlerError::decode(other),
-    })
-}
-
 /// Starts a consumer of `topics` named `name` (its inbox name; use `<service>.<purpose>`), in the
 /// consumer group `<topic prefix>.<name>`, dead-lettering to the stack's dead-letter topic.
 ///
 /// # Errors
 ///
 /// When the consumer cannot be created.
-pub fn consume<H: Handler>(
+pub fn consume<H: EventHandler>(
     config: &Config,
     pool: &PgPool,
     name: &str,
@@ -87,7 +69,7 @@ pub fn consume<H: Handler>(
     for topic in topics {
         consumer = consumer.topic(*topic);
     }
-    Ok(Consumer::new(pool.clone(), consumer, handler)?.spawn())
+    Ok(Consumer::new(pool.clone(), consumer, Events(handler))?.spawn())
 }
 
 /// Starts the relay for `pool`'s outbox and serves `parts.router` (with the operations routes) on

@@ -2,7 +2,8 @@
 //! Redis cache at the newest `StockLevelChanged` of each product.
 
 use commerce_events::{Envelope, Event};
-use idempotency::{Handler, HandlerError, Message};
+use commerce_platform::events::EventHandler;
+use idempotency::HandlerError;
 use sqlx::PgConnection;
 
 use crate::cache::StockCache;
@@ -10,16 +11,6 @@ use crate::repo;
 
 /// The consumer's name: its consumer group and its inbox records.
 pub const CONSUMER: &str = "product.stock";
-
-/// Decodes a message's envelope through the events allowlist: unknown types and malformed
-/// payloads are dead-lettered.
-///
-/// # Errors
-///
-/// [`HandlerError::unknown_event_type`] or [`HandlerError::decode`].
-pub fn decode(message: &Message) -> Result<Envelope, HandlerError> {
-    commerce_platform::runtime::decode(message)
-}
 
 /// Applies `StockLevelChanged`: upserts `stock_levels` when the version is newer (in the
 /// consumer's transaction), then sets the Redis copy when its version is newer. Other events
@@ -42,18 +33,11 @@ impl StockLevels {
     }
 }
 
-impl Handler for StockLevels {
-    type Event = Envelope;
-
-    fn decode(&self, message: &Message) -> Result<Envelope, HandlerError> {
-        decode(message)
-    }
-
+impl EventHandler for StockLevels {
     async fn handle(
         &self,
         conn: &mut PgConnection,
         envelope: Envelope,
-        _message: &Message,
     ) -> Result<(), HandlerError> {
         let Event::StockLevelChanged {
             product_id,

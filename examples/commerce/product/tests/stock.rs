@@ -6,10 +6,11 @@ mod common;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use commerce_platform::events::{EventHandler, Events, decode};
 use commerce_product::{CONSUMER, StockCache, StockLevels};
 use common::{fixture, get, level};
+use idempotency::Message;
 use idempotency::inbox::{self, Delivery};
-use idempotency::{Handler, Message};
 use redis::AsyncCommands;
 use uuid::Uuid;
 
@@ -143,11 +144,7 @@ async fn without_redis_reads_use_postgres_and_events_wait() {
         .await
         .expect("inbox");
     let error = handler
-        .handle(
-            &mut tx,
-            handler.decode(&message).expect("decodes"),
-            &message,
-        )
+        .handle(&mut tx, decode(&message).expect("decodes"))
         .await
         .expect_err("redis is down");
     assert!(error.is_retriable(), "{error}");
@@ -217,7 +214,7 @@ async fn a_real_consumer_converges_on_the_newest_version() {
         idempotency::ConsumerConfig::new(format!("product-test-{}", Uuid::now_v7()), kafka)
             .topic(&topic)
             .dead_letter_producer(testkit::kafka::producer_config().await);
-    let consumer = idempotency::Consumer::new(f.db.pool.clone(), config, f.stock.clone())
+    let consumer = idempotency::Consumer::new(f.db.pool.clone(), config, Events(f.stock.clone()))
         .expect("consumer")
         .spawn();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -4,8 +4,9 @@
 
 use commerce_events::{Envelope, Event, Line, Topics};
 use commerce_inventory::{SAGA_CONSUMER, Saga};
+use commerce_platform::events::{EventHandler, decode};
 use idempotency::inbox::{self, Delivery};
-use idempotency::{Handler, HandlerError, Message};
+use idempotency::{HandlerError, Message};
 use sqlx::PgPool;
 use testkit::TestDb;
 use uuid::Uuid;
@@ -43,14 +44,14 @@ pub(crate) async fn deliver(
     envelope: &Envelope,
 ) -> Result<Delivery, HandlerError> {
     let message = message(envelope);
-    let event = saga.decode(&message)?;
+    let event = decode(&message)?;
     let event_id = message.header_str("event-id").expect("event id header");
     let mut tx = pool.begin().await?;
     if inbox::receive(&mut tx, SAGA_CONSUMER, event_id).await? == Delivery::Duplicate {
         tx.commit().await?;
         return Ok(Delivery::Duplicate);
     }
-    saga.handle(&mut tx, event, &message).await?;
+    saga.handle(&mut tx, event).await?;
     tx.commit().await?;
     Ok(Delivery::Fresh)
 }

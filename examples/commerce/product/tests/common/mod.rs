@@ -6,11 +6,12 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use commerce_events::{Envelope, Event};
+use commerce_platform::events::{EventHandler, decode};
 use commerce_platform::{Authenticator, Claims};
 use commerce_product::{AppState, CONSUMER, StockCache, StockLevels, app};
 use http_body_util::BodyExt;
+use idempotency::Message;
 use idempotency::inbox::{self, Delivery};
-use idempotency::{Handler, Message};
 use redis::AsyncCommands;
 use tower::ServiceExt;
 use uuid::Uuid;
@@ -72,16 +73,13 @@ impl Fixture {
                 Some(envelope.event_id.to_string().into_bytes()),
             )],
         );
-        let event = self.stock.decode(&message).expect("decodes");
+        let event = decode(&message).expect("decodes");
         let mut tx = self.db.pool.begin().await.expect("begin");
         let delivery = inbox::receive(&mut tx, CONSUMER, &envelope.event_id.to_string())
             .await
             .expect("inbox");
         if delivery == Delivery::Fresh {
-            self.stock
-                .handle(&mut tx, event, &message)
-                .await
-                .expect("handled");
+            self.stock.handle(&mut tx, event).await.expect("handled");
         }
         tx.commit().await.expect("commit");
         delivery

@@ -1,0 +1,102 @@
+//! Commerce events on the wire, as every service handles them: consumed messages decoded through
+//! the events allowlist, envelopes turned into outbox events, and [`EventHandler`], the one thing a
+//! service writes to consume events.
+
+use std::future::Future;
+
+use commerce_events::{DecodeError, Envelope, Topics};
+use idempotency::{Handler, HandlerError, Message};
+use sqlx::PgConnection;
+
+/// What a service writes to consume commerce events: what one event does, in the consumer's
+/// transaction (with the inbox record, the service's own rows and the events it publishes through
+/// the outbox). Decoding, the inbox and dead-lettering are the runner's; see
+/// [`runtime::consume`](crate::runtime::consume).
+pub trait EventHandler: Send + Sync + 'static {
+    /// Applies `envelope`. Events the service does not care about are `Ok(())`.
+    ///
+    /// # Errors
+    ///
+    /// [`HandlerError::retriable`] to retry the message in place, or a permanent error to
+    /// dead-letter it.
+    fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// An [`EventHandler`] as the consumer runner's [`Handler`]: decodes through [`decode`].
+#[derive(Debug, Clone)]
+pub struct Events<H>(pub H);
+
+impl<H: EventHandler> Handler for Events<H> {
+    type Event = Envelope;
+
+    fn decode(&self, message: &Message) -> Result<Envelope, HandlerError> {
+        decode(message)
+    }
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        envelope: Envelope,
+        _message: &Message,
+    ) -> Result<(), HandlerError> {
+        self.0.handle(conn, envelope).await
+    }
+}
+
+/// Decodes a message's envelope through the events allowlist: unknown types and malformed
+/// payloads become errors the runner dead-letters.
+///
+/// # Errors
+///
+/// [`HandlerError::unknown_event_type`] or [`HandlerError::decode`].
+pub fn decode(message: &Message) -> Result<Envelope, HandlerError> {
+    let payload = message
+        .payload()
+        .ok_or_else(|| HandlerError::decode("the message has no payload"))?;
+    commerce_events::decode(payload).map_err(|error| match error {
+        DecodeError::UnknownType(event_type) => HandlerError::unknown_event_type(event_type),
+        other => HandlerError::decode(other),
+    })
+}
+
+/// `envelope` as an outbox event on its producer's topic in `topics`, keyed by its aggregate,
+/// with its type and id.
+pub fn to_outbox(envelope: &Envelope, topics: &Topics) -> outbox::NewEvent {
+    let (aggregate_type, aggregate_id) = envelope.event.aggregate();
+    let mut event = outbox::NewEvent::bytes(
+        topics.of(&envelope.event),
+        aggregate_type,
+        aggregate_id,
+        envelope.event.event_type(),
+        envelope.to_json(),
+    )
+    .header("content-type", "application/json");
+    event.id = envelope.event_id;
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use commerce_events::Event;
+    use uuid::Uuid;
+
+    use super::*;
+
+    #[test]
+    fn an_envelope_becomes_an_outbox_event_on_its_topic() {
+        let envelope = Event::StockConfirmed {
+            order_id: Uuid::now_v7(),
+        }
+        .into_envelope();
+        let event = to_outbox(&envelope, &Topics::new("t"));
+        assert_eq!(event.id, envelope.event_id);
+        assert_eq!(event.topic, "t.inventory");
+        assert_eq!(event.event_type, "StockConfirmed");
+        let message = Message::new("t.inventory", 0, 0, None, Some(envelope.to_json()), vec![]);
+        assert_eq!(decode(&message).expect("decodes"), envelope);
+    }
+}
