@@ -10,13 +10,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use commerce_events::Topics;
+use commerce_platform::openapi::{Problem, SecuritySchemes};
 use commerce_platform::{Admin, ApiError, Authenticator};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::Error;
@@ -133,22 +133,6 @@ pub struct MovementsQuery {
     /// How many, `1..=1000` (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
-}
-
-/// An RFC 9457 problem, as every error is answered (`application/problem+json`).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Problem {
-    /// `https://errors.commerce.example/<code>`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The status's reason phrase.
-    pub title: String,
-    /// The HTTP status.
-    pub status: u16,
-    /// What went wrong.
-    pub detail: String,
-    /// Stable: `bad-request`, `unauthorized`, `forbidden`, `not-found`, `conflict`, ...
-    pub code: String,
 }
 
 fn product(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
@@ -351,21 +335,10 @@ async fn list_movements(
     ),
     paths(get_stock, add_stock, adjust_stock, list_movements),
     components(schemas(AddStock, AdjustStock, StockView, MovementView, MovementsView, Problem)),
-    modifiers(&BearerAuth),
+    modifiers(&SecuritySchemes),
     tags((name = "stock", description = "Stock figures and their changes"))
 )]
 pub struct ApiDoc;
-
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        let mut scheme = Http::new(HttpAuthScheme::Bearer);
-        scheme.bearer_format = Some("JWT".into());
-        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
-    }
-}
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())

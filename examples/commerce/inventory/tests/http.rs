@@ -403,4 +403,8 @@ async fn serves_its_openapi_document() {
     assert!(body["paths"]["/api/v1/stock/{product_id}"]["put"].is_object());
     assert!(body["components"]["securitySchemes"]["bearer"].is_object());
     assert!(body["components"]["schemas"]["StockView"].is_object());
+    assert_eq!(
+        body["components"]["schemas"]["Problem"]["required"],
+        serde_json::json!(["type", "title", "status", "detail", "code"])
+    );
 }

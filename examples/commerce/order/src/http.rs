@@ -7,12 +7,12 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use commerce_platform::openapi::{Problem, SecuritySchemes};
 use commerce_platform::problem::problem;
 use commerce_platform::{ApiError, Caller};
 use idempotency::{IdempotencyLayer, KeyPolicy, PostgresStore, Tx};
-use serde::{Deserialize, Serialize};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use serde::Deserialize;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::catalog::PriceError;
@@ -55,24 +55,6 @@ pub struct ListParams {
     pub limit: Option<i64>,
     /// Only orders older than this one (the last id of the previous page).
     pub before: Option<Uuid>,
-}
-
-/// A problem+json body (RFC 9457), as every error response carries.
-#[derive(Serialize, ToSchema)]
-#[schema(as = Problem)]
-#[allow(dead_code)] // Documentation of the shape only.
-struct ProblemDoc {
-    /// A URI naming the problem type.
-    #[serde(rename = "type")]
-    kind: String,
-    /// The status's reason phrase.
-    title: String,
-    /// The HTTP status.
-    status: u16,
-    /// What went wrong, for people.
-    detail: String,
-    /// A stable code, for programs.
-    code: String,
 }
 
 /// A handler's error response: an [`ApiError`] or a problem response made elsewhere.
@@ -205,12 +187,12 @@ async fn authenticate(caller: Caller, mut request: Request, next: Next) -> Respo
     responses(
         (status = 201, description = "Placed (or replayed, with `Idempotent-Replayed: true`)", body = Order,
             headers(("location" = String, description = "/api/v1/orders/{id}"))),
-        (status = 400, description = "Malformed JSON, unknown fields, invalid lines, or no Idempotency-Key", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, invalid or expired token", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 409, description = "A request with this key is in progress", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 413, description = "Body over 64 KiB", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown or inactive product, or the key was used for another request", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 503, description = "The product service or the database is unavailable", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON, unknown fields, invalid lines, or no Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this key is in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown or inactive product, or the key was used for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The product service or the database is unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -275,8 +257,8 @@ async fn create_order(
     params(ListParams),
     responses(
         (status = 200, description = "The caller's orders, newest first", body = [Order]),
-        (status = 400, description = "Invalid query", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, invalid or expired token", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -302,8 +284,8 @@ async fn list_orders(
     params(("id" = Uuid, Path, description = "The order's id")),
     responses(
         (status = 200, description = "The order", body = Order),
-        (status = 401, description = "Missing, invalid or expired token", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 404, description = "No such order, or not the caller's", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or not the caller's", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -330,9 +312,9 @@ async fn get_order(
     params(("id" = Uuid, Path, description = "The order's id")),
     responses(
         (status = 200, description = "Cancelled", body = Order),
-        (status = 401, description = "Missing, invalid or expired token", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 404, description = "No such order, or not the caller's", body = ProblemDoc, content_type = "application/problem+json"),
-        (status = 409, description = "The order is CONFIRMED, CANCELLED or FAILED", body = ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order, or not the caller's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is CONFIRMED, CANCELLED or FAILED", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -373,30 +355,12 @@ fn cannot_cancel(state: OrderState) -> Failure {
         description = "Orders of the reference commerce system: place (with an Idempotency-Key), read, cancel."
     ),
     paths(create_order, list_orders, get_order, cancel_order),
-    components(schemas(CreateOrder, LineRequest, Order, OrderLine, OrderState, ProblemDoc)),
-    modifiers(&BearerAuth),
+    components(schemas(CreateOrder, LineRequest, Order, OrderLine, OrderState, Problem)),
+    modifiers(&SecuritySchemes),
     tags((name = "orders", description = "A customer's orders"))
 )]
 #[derive(Debug)]
 pub struct ApiDoc;
-
-/// Declares the `bearer` security scheme (HS256 JWTs).
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .bearer_format("JWT")
-                    .build(),
-            ),
-        );
-    }
-}
 
 async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())

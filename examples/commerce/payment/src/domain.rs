@@ -6,11 +6,12 @@
 //! ```
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::provider::Outcome;
 
 /// A payment's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
     /// Asked for, no answer yet.

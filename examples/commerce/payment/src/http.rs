@@ -4,10 +4,13 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
+use commerce_platform::openapi::{Problem, SecuritySchemes};
 use commerce_platform::{Admin, ApiError};
+use utoipa::OpenApi;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::domain::Status;
 use crate::repo::{self, Payment};
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -16,11 +19,30 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/openapi.json", get(openapi))
 }
 
+/// The payment of an order.
+///
+/// Admins only.
+#[utoipa::path(
+    get,
+    path = "/api/v1/payments/{order_id}",
+    operation_id = "getPayment",
+    tag = "payments",
+    params(("order_id" = Uuid, Path, description = "The order whose payment to read")),
+    responses(
+        (status = 200, description = "The payment", body = Payment),
+        (status = 400, description = "The order id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The order has no payment", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 async fn payment(
     State(state): State<AppState>,
     Admin(admin): Admin,
     Path(order_id): Path<String>,
 ) -> Result<Json<Payment>, ApiError> {
+    // Parsed here rather than by the extractor, so that a malformed id is a problem+json 400.
     let order_id: Uuid = order_id
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("{order_id:?} is not an order id (a UUID)")))?;
@@ -32,66 +54,20 @@ async fn payment(
     Ok(Json(payment))
 }
 
-async fn openapi() -> Json<serde_json::Value> {
-    Json(document())
-}
+/// The service's OpenAPI document, served at `GET /openapi.json`.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "commerce payment service",
+        description = "Charges reserved orders at most once through a fake provider and refunds cancelled ones; driven by events, this API only reads."
+    ),
+    paths(payment),
+    components(schemas(Payment, Status, Problem)),
+    modifiers(&SecuritySchemes),
+    tags((name = "payments", description = "Payments of orders (admin)"))
+)]
+pub struct ApiDoc;
 
-/// The service's OpenAPI 3.1 document.
-pub(crate) fn document() -> serde_json::Value {
-    serde_json::json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "commerce payment service",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Charges reserved orders at most once through a fake provider and refunds cancelled ones; driven by events, this API only reads."
-        },
-        "paths": {
-            "/api/v1/payments/{order_id}": {
-                "get": {
-                    "summary": "The payment of an order",
-                    "operationId": "getPayment",
-                    "security": [{ "bearer": [] }],
-                    "parameters": [{
-                        "name": "order_id", "in": "path", "required": true,
-                        "schema": { "type": "string", "format": "uuid" }
-                    }],
-                    "responses": {
-                        "200": {
-                            "description": "The payment",
-                            "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Payment" } } }
-                        },
-                        "400": { "$ref": "#/components/responses/Problem" },
-                        "401": { "$ref": "#/components/responses/Problem" },
-                        "403": { "$ref": "#/components/responses/Problem" },
-                        "404": { "$ref": "#/components/responses/Problem" }
-                    }
-                }
-            }
-        },
-        "components": {
-            "securitySchemes": {
-                "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "HS256; the `admin` role" }
-            },
-            "schemas": {
-                "Payment": {
-                    "type": "object",
-                    "required": ["order_id", "payment_id", "customer_id", "amount_cents", "status", "reason", "created_at", "updated_at"],
-                    "properties": {
-                        "order_id": { "type": "string", "format": "uuid" },
-                        "payment_id": { "type": "string", "format": "uuid" },
-                        "customer_id": { "type": "string" },
-                        "amount_cents": { "type": "integer", "format": "int64" },
-                        "status": { "type": "string", "enum": ["PENDING", "APPROVED", "DECLINED", "REFUNDED"] },
-                        "reason": { "type": ["string", "null"], "description": "Why it was declined or refunded" },
-                        "created_at": { "type": "string", "format": "date-time" },
-                        "updated_at": { "type": "string", "format": "date-time" }
-                    }
-                },
-                "Problem": commerce_platform::problem::openapi_schema()
-            },
-            "responses": {
-                "Problem": commerce_platform::problem::openapi_response()
-            }
-        }
-    })
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }

@@ -57,6 +57,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
 pub use events::{CONSUMER, Saga};
+pub use http::ApiDoc;
 
 /// The service's own migrations (`payments`, `cancelled_orders`).
 pub static MIGRATOR: Migrator = sqlx::migrate!();

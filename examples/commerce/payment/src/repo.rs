@@ -4,20 +4,30 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::Status;
 
 /// A payment, as stored and as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub(crate) struct Payment {
+    /// The order paid for (one payment per order).
     pub(crate) order_id: Uuid,
+    /// The payment's own id (a real provider's idempotency key).
     pub(crate) payment_id: Uuid,
+    /// Who placed the order.
     pub(crate) customer_id: String,
+    /// The amount charged, in cents.
     pub(crate) amount_cents: i64,
+    /// Where the payment stands.
     pub(crate) status: Status,
+    /// Why it was declined or refunded.
+    #[schema(required = true)]
     pub(crate) reason: Option<String>,
+    /// When the payment was asked for.
     pub(crate) created_at: DateTime<Utc>,
+    /// When its status last changed.
     pub(crate) updated_at: DateTime<Utc>,
 }
 

@@ -131,5 +131,32 @@ async fn serves_its_openapi_document() {
     let (status, _, body) = get(&state, "/openapi.json", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["openapi"], "3.1.0");
-    assert!(body["paths"]["/api/v1/payments/{order_id}"]["get"].is_object());
+    let get = &body["paths"]["/api/v1/payments/{order_id}"]["get"];
+    assert!(get.is_object());
+    assert_eq!(get["security"], serde_json::json!([{ "bearer": [] }]));
+    assert_eq!(
+        get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/Payment"
+    );
+    for status in ["400", "401", "403", "404"] {
+        assert_eq!(
+            get["responses"][status]["content"]["application/problem+json"]["schema"]["$ref"],
+            "#/components/schemas/Problem",
+            "{status}"
+        );
+    }
+    let schemas = &body["components"]["schemas"];
+    assert!(schemas["Payment"].is_object());
+    assert_eq!(
+        schemas["Status"]["enum"],
+        serde_json::json!(["PENDING", "APPROVED", "DECLINED", "REFUNDED"])
+    );
+    assert_eq!(
+        schemas["Problem"]["required"],
+        serde_json::json!(["type", "title", "status", "detail", "code"])
+    );
+    assert_eq!(
+        body["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
 }

@@ -1,12 +1,13 @@
 //! What every commerce service shares: configuration from the environment, JWT and API-key
-//! authentication, problem+json errors, health / readiness / metrics routes, JSON logs with request
-//! ids, and start-up of its database and topics.
+//! authentication, problem+json errors, the pieces of every OpenAPI document, health / readiness
+//! / metrics routes, JSON logs with request ids, and start-up of its database and topics.
 
 #![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod config;
 pub mod events;
+pub mod openapi;
 pub mod ops;
 pub mod problem;
 pub mod runtime;

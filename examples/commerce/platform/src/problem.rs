@@ -2,7 +2,8 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+
+use crate::openapi::Problem;
 
 /// An error a handler returns; the response is `application/problem+json`.
 #[derive(Debug, thiserror::Error)]
@@ -61,24 +62,14 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
-    #[serde(rename = "type")]
-    kind: String,
-    title: &'a str,
-    status: u16,
-    detail: String,
-    code: &'a str,
-}
-
 /// A problem+json response; `code` is stable and `type` is derived from it.
 pub fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
     let body = Problem {
         kind: format!("https://errors.commerce.example/{code}"),
-        title: status.canonical_reason().unwrap_or("Error"),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
         status: status.as_u16(),
         detail: detail.into(),
-        code,
+        code: code.to_owned(),
     };
     let mut response = (status, axum::Json(body)).into_response();
     response.headers_mut().insert(
@@ -100,29 +91,4 @@ impl IntoResponse for ApiError {
         };
         problem(status, code, detail)
     }
-}
-
-/// The OpenAPI schema of a problem+json body, for services whose OpenAPI document is written by
-/// hand (`components.schemas.Problem`).
-pub fn openapi_schema() -> serde_json::Value {
-    serde_json::json!({
-        "type": "object",
-        "required": ["type", "title", "status", "detail", "code"],
-        "properties": {
-            "type": { "type": "string" },
-            "title": { "type": "string" },
-            "status": { "type": "integer" },
-            "detail": { "type": "string" },
-            "code": { "type": "string" }
-        }
-    })
-}
-
-/// The OpenAPI response for a problem+json error (`components.responses.Problem`), referring to
-/// [`openapi_schema`] under `#/components/schemas/Problem`.
-pub fn openapi_response() -> serde_json::Value {
-    serde_json::json!({
-        "description": "An error (RFC 9457)",
-        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } }
-    })
 }

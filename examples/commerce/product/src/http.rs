@@ -1,5 +1,5 @@
 //! Routes and DTOs: the admin catalogue, the public catalogue with stock, the internal price
-//! lookup, and `GET /openapi.json`.
+//! lookup, and the OpenAPI document at `GET /openapi.json`.
 
 use std::collections::HashMap;
 
@@ -10,8 +10,11 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use commerce_platform::openapi::{Problem, SecuritySchemes};
 use commerce_platform::{Admin, ApiError, ServiceKey};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::{RefOr, Schema};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -28,46 +31,80 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 /// `POST /api/v1/products`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateProduct {
+    /// Letters, digits, `.`, `_` and `-`, starting with a letter or digit; unique.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 64)]
     sku: String,
+    /// Not blank.
+    #[schema(max_length = 200)]
     name: String,
+    /// Free text.
     #[serde(default)]
+    #[schema(max_length = 4000, default = "")]
     description: String,
+    /// In cents.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     price_cents: i64,
 }
 
-/// `PUT /api/v1/products/{id}`: the fields to change.
-#[derive(Debug, Deserialize)]
+/// `PUT /api/v1/products/{id}`: the fields to change (at least one).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateProduct {
+    /// Not blank.
+    #[schema(max_length = 200)]
     name: Option<String>,
+    /// Free text.
+    #[schema(max_length = 4000)]
     description: Option<String>,
+    /// In cents.
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     price_cents: Option<i64>,
+    /// Listed (`true`) or withdrawn (`false`).
     active: Option<bool>,
 }
 
 /// `?limit=&offset=` of the lists.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// How many products, 1 to 500.
+    #[param(minimum = 1, maximum = 500, default = 100)]
     limit: Option<i64>,
+    /// How many to skip.
+    #[param(minimum = 0, default = 0)]
     offset: Option<i64>,
 }
 
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 500;
 
+// The schema attributes above take literals only; this keeps them in step with the rules.
+const _: () = assert!(
+    domain::MAX_SKU_LEN == 64
+        && domain::MAX_NAME_LEN == 200
+        && domain::MAX_DESCRIPTION_LEN == 4000
+        && domain::MAX_PRICE_CENTS == 1_000_000_000
+        && DEFAULT_LIMIT == 100
+        && MAX_LIMIT == 500
+);
+
 /// A product as admins see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct AdminProduct {
     id: Uuid,
     sku: String,
     name: String,
     description: String,
+    /// In cents.
     price_cents: i64,
+    /// Whether it is listed in the public catalogue.
     active: bool,
+    /// Units available (cached; null when no stock figure is known).
+    #[schema(required = true)]
     available: Option<i64>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -90,13 +127,16 @@ impl AdminProduct {
 }
 
 /// An active product as everyone sees it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct PublicProduct {
     id: Uuid,
     sku: String,
     name: String,
     description: String,
+    /// In cents.
     price_cents: i64,
+    /// Units available (cached; null when no stock figure is known).
+    #[schema(required = true)]
     available: Option<i64>,
 }
 
@@ -114,12 +154,14 @@ impl PublicProduct {
 }
 
 /// What other services read (the order service snapshots prices from it).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct InternalProduct {
     id: Uuid,
     sku: String,
     name: String,
+    /// In cents.
     price_cents: i64,
+    /// Whether it can be ordered.
     active: bool,
 }
 
@@ -194,6 +236,23 @@ async fn stock(state: &AppState, ids: &[Uuid]) -> Result<Vec<Option<i64>>, ApiEr
     Ok(values)
 }
 
+/// Create a product (admin).
+#[utoipa::path(
+    post,
+    path = "/api/v1/products",
+    operation_id = "createProduct",
+    tag = "products",
+    request_body = CreateProduct,
+    responses(
+        (status = 201, description = "Created", body = AdminProduct,
+            headers(("location" = String, description = "/api/v1/products/{id}"))),
+        (status = 400, description = "Malformed JSON, unknown fields or invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A product with this SKU exists", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 async fn create(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -221,6 +280,23 @@ async fn create(
     ))
 }
 
+/// Change a product's name, description, price or listing (admin).
+#[utoipa::path(
+    put,
+    path = "/api/v1/products/{id}",
+    operation_id = "updateProduct",
+    tag = "products",
+    params(("id" = Uuid, Path, description = "The product")),
+    request_body = UpdateProduct,
+    responses(
+        (status = 200, description = "The changed product", body = AdminProduct),
+        (status = 400, description = "Malformed JSON or id, unknown fields or invalid values", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 async fn update(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -244,6 +320,21 @@ async fn update(
     Ok(Json(AdminProduct::new(product, available)))
 }
 
+/// Every product, active or not, by SKU (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/admin/products",
+    operation_id = "adminListProducts",
+    tag = "products",
+    params(Page),
+    responses(
+        (status = 200, description = "The products, by SKU", body = [AdminProduct]),
+        (status = 400, description = "Invalid limit or offset", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 async fn admin_list(
     State(state): State<AppState>,
     Admin(_): Admin,
@@ -262,6 +353,18 @@ async fn admin_list(
     ))
 }
 
+/// Active products, by SKU, with available stock.
+#[utoipa::path(
+    get,
+    path = "/api/v1/products",
+    operation_id = "listProducts",
+    tag = "products",
+    params(Page),
+    responses(
+        (status = 200, description = "The active products, by SKU", body = [PublicProduct]),
+        (status = 400, description = "Invalid limit or offset", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn public_list(
     State(state): State<AppState>,
     query: Result<Query<Page>, QueryRejection>,
@@ -279,6 +382,19 @@ async fn public_list(
     ))
 }
 
+/// An active product with its available stock.
+#[utoipa::path(
+    get,
+    path = "/api/v1/products/{id}",
+    operation_id = "getProduct",
+    tag = "products",
+    params(("id" = Uuid, Path, description = "The product")),
+    responses(
+        (status = 200, description = "The product", body = PublicProduct),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product, or not active", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn public_get(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -292,6 +408,21 @@ async fn public_get(
     Ok(Json(PublicProduct::new(product, available)))
 }
 
+/// A product's price and listing, for other services.
+#[utoipa::path(
+    get,
+    path = "/internal/v1/products/{id}",
+    operation_id = "internalGetProduct",
+    tag = "internal",
+    params(("id" = Uuid, Path, description = "The product")),
+    responses(
+        (status = 200, description = "The product, active or not", body = InternalProduct),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong x-api-key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("apiKey" = []))
+)]
 async fn internal_get(
     State(state): State<AppState>,
     _: ServiceKey,
@@ -310,174 +441,46 @@ async fn internal_get(
     }))
 }
 
-async fn openapi() -> Json<serde_json::Value> {
-    Json(document())
+/// The service's OpenAPI document, served at `GET /openapi.json`.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "commerce product service",
+        description = "The catalogue (admins write it, everyone reads active products with their available stock) and the internal price lookup other services use."
+    ),
+    paths(public_list, create, public_get, update, admin_list, internal_get),
+    components(schemas(
+        CreateProduct,
+        UpdateProduct,
+        AdminProduct,
+        PublicProduct,
+        InternalProduct,
+        Problem
+    )),
+    modifiers(&SecuritySchemes, &AtLeastOneChange),
+    tags(
+        (name = "products", description = "The catalogue"),
+        (name = "internal", description = "Lookups for other services (API key)")
+    )
+)]
+pub struct ApiDoc;
+
+/// Declares `minProperties: 1` on `UpdateProduct`: utoipa 5.5's `#[schema(min_properties = 1)]`
+/// emits `maxProperties` instead.
+#[derive(Debug)]
+struct AtLeastOneChange;
+
+impl Modify for AtLeastOneChange {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let schemas = openapi.components.as_mut().map(|c| &mut c.schemas);
+        if let Some(RefOr::T(Schema::Object(update))) =
+            schemas.and_then(|s| s.get_mut("UpdateProduct"))
+        {
+            update.min_properties = Some(1);
+        }
+    }
 }
 
-/// The service's OpenAPI 3.1 document.
-fn document() -> serde_json::Value {
-    use serde_json::json;
-    let problem = |codes: &[&str]| -> serde_json::Value {
-        codes
-            .iter()
-            .map(|code| {
-                (
-                    (*code).to_owned(),
-                    json!({ "$ref": "#/components/responses/Problem" }),
-                )
-            })
-            .collect::<serde_json::Map<_, _>>()
-            .into()
-    };
-    let with = |mut base: serde_json::Value, extra: serde_json::Value| {
-        if let (Some(base), serde_json::Value::Object(extra)) = (base.as_object_mut(), extra) {
-            base.extend(extra);
-        }
-        base
-    };
-    let id = json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } });
-    let page = json!([
-        { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT } },
-        { "name": "offset", "in": "query", "schema": { "type": "integer", "minimum": 0, "default": 0 } }
-    ]);
-    let ok = |schema: serde_json::Value| json!({ "description": "OK", "content": { "application/json": { "schema": schema } } });
-    let schema = |name: &str| json!({ "$ref": format!("#/components/schemas/{name}") });
-    let array = |name: &str| json!({ "type": "array", "items": schema(name) });
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "commerce product service",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "The catalogue (admins write it, everyone reads active products with their available stock) and the internal price lookup other services use."
-        },
-        "paths": {
-            "/api/v1/products": {
-                "get": {
-                    "summary": "Active products, by SKU, with available stock",
-                    "operationId": "listProducts",
-                    "parameters": page,
-                    "responses": with(json!({ "200": ok(array("PublicProduct")) }), problem(&["400"]))
-                },
-                "post": {
-                    "summary": "Create a product (admin)",
-                    "operationId": "createProduct",
-                    "security": [{ "bearer": [] }],
-                    "requestBody": { "required": true, "content": { "application/json": { "schema": schema("CreateProduct") } } },
-                    "responses": with(json!({
-                        "201": {
-                            "description": "Created",
-                            "headers": { "Location": { "schema": { "type": "string" } } },
-                            "content": { "application/json": { "schema": schema("AdminProduct") } }
-                        }
-                    }), problem(&["400", "401", "403", "409"]))
-                }
-            },
-            "/api/v1/products/{id}": {
-                "get": {
-                    "summary": "An active product with its available stock",
-                    "operationId": "getProduct",
-                    "parameters": [id],
-                    "responses": with(json!({ "200": ok(schema("PublicProduct")) }), problem(&["400", "404"]))
-                },
-                "put": {
-                    "summary": "Change a product's name, description, price or listing (admin)",
-                    "operationId": "updateProduct",
-                    "security": [{ "bearer": [] }],
-                    "parameters": [id],
-                    "requestBody": { "required": true, "content": { "application/json": { "schema": schema("UpdateProduct") } } },
-                    "responses": with(json!({ "200": ok(schema("AdminProduct")) }), problem(&["400", "401", "403", "404"]))
-                }
-            },
-            "/api/v1/admin/products": {
-                "get": {
-                    "summary": "Every product, active or not, by SKU (admin)",
-                    "operationId": "adminListProducts",
-                    "security": [{ "bearer": [] }],
-                    "parameters": page,
-                    "responses": with(json!({ "200": ok(array("AdminProduct")) }), problem(&["400", "401", "403"]))
-                }
-            },
-            "/internal/v1/products/{id}": {
-                "get": {
-                    "summary": "A product's price and listing, for other services",
-                    "operationId": "internalGetProduct",
-                    "security": [{ "apiKey": [] }],
-                    "parameters": [id],
-                    "responses": with(json!({ "200": ok(schema("InternalProduct")) }), problem(&["400", "401", "404"]))
-                }
-            }
-        },
-        "components": {
-            "securitySchemes": {
-                "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "HS256; the `admin` role" },
-                "apiKey": { "type": "apiKey", "in": "header", "name": "x-api-key" }
-            },
-            "schemas": {
-                "CreateProduct": {
-                    "type": "object",
-                    "additionalProperties": false,
-                    "required": ["sku", "name", "price_cents"],
-                    "properties": {
-                        "sku": { "type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": domain::MAX_SKU_LEN },
-                        "name": { "type": "string", "maxLength": domain::MAX_NAME_LEN },
-                        "description": { "type": "string", "maxLength": domain::MAX_DESCRIPTION_LEN, "default": "" },
-                        "price_cents": { "type": "integer", "format": "int64", "minimum": 1, "maximum": domain::MAX_PRICE_CENTS }
-                    }
-                },
-                "UpdateProduct": {
-                    "type": "object",
-                    "additionalProperties": false,
-                    "minProperties": 1,
-                    "properties": {
-                        "name": { "type": "string", "maxLength": domain::MAX_NAME_LEN },
-                        "description": { "type": "string", "maxLength": domain::MAX_DESCRIPTION_LEN },
-                        "price_cents": { "type": "integer", "format": "int64", "minimum": 1, "maximum": domain::MAX_PRICE_CENTS },
-                        "active": { "type": "boolean" }
-                    }
-                },
-                "PublicProduct": {
-                    "type": "object",
-                    "required": ["id", "sku", "name", "description", "price_cents", "available"],
-                    "properties": {
-                        "id": { "type": "string", "format": "uuid" },
-                        "sku": { "type": "string" },
-                        "name": { "type": "string" },
-                        "description": { "type": "string" },
-                        "price_cents": { "type": "integer", "format": "int64" },
-                        "available": { "type": ["integer", "null"], "description": "Units available (cached; null when no stock figure is known)" }
-                    }
-                },
-                "AdminProduct": {
-                    "type": "object",
-                    "required": ["id", "sku", "name", "description", "price_cents", "active", "available", "created_at", "updated_at"],
-                    "properties": {
-                        "id": { "type": "string", "format": "uuid" },
-                        "sku": { "type": "string" },
-                        "name": { "type": "string" },
-                        "description": { "type": "string" },
-                        "price_cents": { "type": "integer", "format": "int64" },
-                        "active": { "type": "boolean" },
-                        "available": { "type": ["integer", "null"] },
-                        "created_at": { "type": "string", "format": "date-time" },
-                        "updated_at": { "type": "string", "format": "date-time" }
-                    }
-                },
-                "InternalProduct": {
-                    "type": "object",
-                    "required": ["id", "sku", "name", "price_cents", "active"],
-                    "properties": {
-                        "id": { "type": "string", "format": "uuid" },
-                        "sku": { "type": "string" },
-                        "name": { "type": "string" },
-                        "price_cents": { "type": "integer", "format": "int64" },
-                        "active": { "type": "boolean" }
-                    }
-                },
-                "Problem": commerce_platform::problem::openapi_schema()
-            },
-            "responses": {
-                "Problem": commerce_platform::problem::openapi_response()
-            }
-        }
-    })
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }

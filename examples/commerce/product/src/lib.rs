@@ -68,6 +68,7 @@ use sqlx::migrate::Migrator;
 
 pub use cache::StockCache;
 pub use events::{CONSUMER, StockLevels};
+pub use http::ApiDoc;
 
 /// The service's own migrations (`products`, `stock_levels`).
 pub static MIGRATOR: Migrator = sqlx::migrate!();

@@ -322,5 +322,43 @@ async fn serves_its_openapi_document() {
     ] {
         assert!(doc.json["paths"][path].is_object(), "{path}");
     }
-    assert!(doc.json["paths"]["/api/v1/products"]["post"]["responses"]["409"].is_object());
+    let paths = &doc.json["paths"];
+    assert!(paths["/api/v1/products"]["post"]["responses"]["409"].is_object());
+    assert_eq!(
+        paths["/api/v1/products"]["post"]["responses"]["409"]["content"]["application/problem+json"]
+            ["schema"]["$ref"],
+        "#/components/schemas/Problem"
+    );
+    let bearer = serde_json::json!([{ "bearer": [] }]);
+    assert_eq!(paths["/api/v1/products"]["post"]["security"], bearer);
+    assert_eq!(paths["/api/v1/products/{id}"]["put"]["security"], bearer);
+    assert_eq!(paths["/api/v1/admin/products"]["get"]["security"], bearer);
+    assert_eq!(
+        paths["/internal/v1/products/{id}"]["get"]["security"],
+        serde_json::json!([{ "apiKey": [] }])
+    );
+    assert!(paths["/api/v1/products"]["get"]["security"].is_null());
+    let schemes = &doc.json["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["apiKey"]["name"], "x-api-key");
+    let schemas = &doc.json["components"]["schemas"];
+    for schema in [
+        "CreateProduct",
+        "UpdateProduct",
+        "AdminProduct",
+        "PublicProduct",
+        "InternalProduct",
+        "Problem",
+    ] {
+        assert!(schemas[schema].is_object(), "{schema}");
+    }
+    assert_eq!(
+        schemas["CreateProduct"]["properties"]["price_cents"]["maximum"],
+        commerce_product::domain::MAX_PRICE_CENTS
+    );
+    assert_eq!(schemas["UpdateProduct"]["minProperties"], 1);
+    assert!(schemas["UpdateProduct"]["maxProperties"].is_null());
+    let limit = &paths["/api/v1/products"]["get"]["parameters"][0];
+    assert_eq!(limit["name"], "limit");
+    assert_eq!(limit["schema"]["maximum"], 500);
 }
