@@ -85,7 +85,7 @@ async fn by_hand(pool: &PgPool, batch: u32) -> usize {
 fn claim_complete(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let db = runtime.block_on(async {
-        let db = testkit::database(&leases::MIGRATOR).await;
+        let db = testkit::database(&[&leases::MIGRATOR]).await;
         sqlx::raw_sql(
             "CREATE TABLE jobs (
                 id bigint PRIMARY KEY, lease_owner text, lease_token bigint NOT NULL DEFAULT 0,

@@ -105,7 +105,7 @@ async fn run(app: &Router, keys: &AtomicU64, concurrency: usize) -> (Duration, V
 fn idempotency_layer(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (db, pool) = runtime.block_on(async {
-        let db = testkit::database(&idempotency::MIGRATOR).await;
+        let db = testkit::database(&[&idempotency::MIGRATOR]).await;
         let pool = PgPoolOptions::new()
             .max_connections(40)
             .connect_with(db.options.clone())

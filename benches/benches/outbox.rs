@@ -87,7 +87,7 @@ enum Broker {
 /// Events per second for `relays` relays draining pre-enqueued events.
 async fn relay_end_to_end(scale: &Scale, relays: usize, broker: Broker) -> f64 {
     let events = scale.relay_events;
-    let db = testkit::database(&outbox::MIGRATOR).await;
+    let db = testkit::database(&[&outbox::MIGRATOR]).await;
     let mock = MockCluster::<'static, DefaultProducerContext>::new(1).expect("mock cluster");
     let topic = match broker {
         Broker::Kafka => testkit::kafka::topic(4).await,
@@ -134,7 +134,7 @@ async fn relay_end_to_end(scale: &Scale, relays: usize, broker: Broker) -> f64 {
 /// Rows per second of claim (with the per-aggregate order filter) then mark, with the crate's
 /// leases and with the same statements by hand.
 async fn claim_and_mark(scale: &Scale) -> (f64, f64) {
-    let db = testkit::database(&outbox::MIGRATOR).await;
+    let db = testkit::database(&[&outbox::MIGRATOR]).await;
     let spec = TableSpec::builder("outbox_events")
         .id_column("seq")
         .claim_filter(
@@ -226,7 +226,7 @@ impl Publisher for Timed {
 
 /// p50 and p99 of commit-to-acknowledgement at a steady 1,000 events/s.
 async fn latency(scale: &Scale) -> (Duration, Duration, usize) {
-    let db = testkit::database(&outbox::MIGRATOR).await;
+    let db = testkit::database(&[&outbox::MIGRATOR]).await;
     let topic = testkit::kafka::topic(4).await;
     let acked = Arc::new(Mutex::new(HashMap::new()));
     let relay = Relay::new(
@@ -273,7 +273,7 @@ async fn latency(scale: &Scale) -> (Duration, Duration, usize) {
 }
 
 async fn enqueue_rate(scale: &Scale, per_tx: usize) -> f64 {
-    let db = testkit::database(&outbox::MIGRATOR).await;
+    let db = testkit::database(&[&outbox::MIGRATOR]).await;
     let start = Instant::now();
     enqueue(&db.pool, "t", scale.enqueue_events, per_tx, 1000).await;
     scale.enqueue_events as f64 / start.elapsed().as_secs_f64()

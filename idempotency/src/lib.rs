@@ -139,4 +139,8 @@ pub use kafka::{
 
 /// The crate's migrations: `idempotency_keys` (keys, their leases and stored responses) and
 /// `idempotency_inbox`.
+///
+/// Its history is kept in `_idempotency_migrations` (set in the crate's `sqlx.toml`), not in
+/// `_sqlx_migrations`: run it beside your own migrator (`idempotency::MIGRATOR.run(&pool)`, then yours),
+/// with no merging and no version to coordinate.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

@@ -109,4 +109,8 @@ pub use tokio_util::sync::CancellationToken;
 
 /// The crate's migrations: the `leases_named` table for named leases. Row leases live in the
 /// user's own tables (see [`TableSpec`]).
+///
+/// Its history is kept in `_leases_migrations` (set in the crate's `sqlx.toml`), not in
+/// `_sqlx_migrations`: run it beside your own migrator (`leases::MIGRATOR.run(&pool)`, then yours),
+/// with no merging and no version to coordinate.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

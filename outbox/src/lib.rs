@@ -81,4 +81,8 @@ pub use relay::{BatchOutcome, Relay, RelayConfig, Retention};
 pub use stats::purge_published;
 
 /// The outbox's migrations: `outbox_events`, `outbox_dead_letters` and the notify trigger.
+///
+/// Its history is kept in `_outbox_migrations` (set in the crate's `sqlx.toml`), not in
+/// `_sqlx_migrations`: run it beside your own migrator (`outbox::MIGRATOR.run(&pool)`, then yours),
+/// with no merging and no version to coordinate.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

@@ -58,7 +58,7 @@ fn murmur2_matches_the_java_clients_test_vectors() {
 async fn every_aggregate_lands_on_the_partition_a_java_producer_picks() {
     const PARTITIONS: i32 = 7;
     const KEYS: usize = 400;
-    let db = testkit::database(&outbox::MIGRATOR).await;
+    let db = testkit::database(&[&outbox::MIGRATOR]).await;
     let topic = testkit::kafka::topic(PARTITIONS).await;
     let events: Vec<NewEvent> = (0..KEYS)
         .map(|n| {

@@ -23,13 +23,14 @@ pub struct TestDb {
     admin: PgConnectOptions,
 }
 
-/// Creates a database named `test_<uuid>` on the server and runs `migrator` in it.
+/// Creates a database named `test_<uuid>` on the server and runs `migrators` in it, in order
+/// (each crate's migrator keeps its own history table).
 ///
 /// # Panics
 ///
 /// When the server cannot be reached or a migration fails: this is a test fixture.
-pub async fn database(migrator: &Migrator) -> TestDb {
-    database_on(&database_url().await, migrator).await
+pub async fn database(migrators: &[&Migrator]) -> TestDb {
+    database_on(&database_url().await, migrators).await
 }
 
 /// [`database`] on the server at `server_url` (an [`OwnedPostgres`](crate::OwnedPostgres), say).
@@ -37,7 +38,7 @@ pub async fn database(migrator: &Migrator) -> TestDb {
 /// # Panics
 ///
 /// As [`database`].
-pub async fn database_on(server_url: &str, migrator: &Migrator) -> TestDb {
+pub async fn database_on(server_url: &str, migrators: &[&Migrator]) -> TestDb {
     let admin: PgConnectOptions = server_url.parse().expect("a valid PostgreSQL URL");
     let name = format!("test_{}", uuid::Uuid::new_v4().simple());
     let mut conn = admin.connect().await.expect("connect to PostgreSQL");
@@ -52,7 +53,9 @@ pub async fn database_on(server_url: &str, migrator: &Migrator) -> TestDb {
         .connect_with(options.clone())
         .await
         .expect("connect to the test database");
-    migrator.run(&pool).await.expect("run migrations");
+    for migrator in migrators {
+        migrator.run(&pool).await.expect("run migrations");
+    }
     TestDb {
         pool,
         options,

@@ -41,8 +41,8 @@ async fn read_all_returns_exactly_the_messages_produced() {
 
 #[tokio::test]
 async fn each_test_database_is_fresh_and_migrated() {
-    let a = testkit::database(&leases::MIGRATOR).await;
-    let b = testkit::database(&leases::MIGRATOR).await;
+    let a = testkit::database(&[&leases::MIGRATOR]).await;
+    let b = testkit::database(&[&leases::MIGRATOR]).await;
     sqlx::query("INSERT INTO leases_named (name) VALUES ('only-in-a')")
         .execute(&a.pool)
         .await

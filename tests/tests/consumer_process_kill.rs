@@ -129,7 +129,7 @@ fn committed(bootstrap: &str, topic: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_consumer_process_restarted_at_once_gets_its_partitions_back() {
-    let sink = testkit::database(&idempotency::MIGRATOR).await;
+    let sink = testkit::database(&[&idempotency::MIGRATOR]).await;
     pipeline::create_effects(&sink.pool).await.expect("effects");
     let bootstrap = testkit::kafka::bootstrap_servers().await;
     let topics = vec![

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn db() -> TestDb {
-    let db = testkit::database(&idempotency::MIGRATOR).await;
+    let db = testkit::database(&[&idempotency::MIGRATOR]).await;
     sqlx::raw_sql(
         "CREATE TABLE effects (
             seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

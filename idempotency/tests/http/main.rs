@@ -34,7 +34,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A database with the crate's tables and a business table, `orders`.
 async fn db() -> TestDb {
-    let db = testkit::database(&idempotency::MIGRATOR).await;
+    let db = testkit::database(&[&idempotency::MIGRATOR]).await;
     sqlx::raw_sql(
         "CREATE TABLE orders (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

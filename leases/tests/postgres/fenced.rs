@@ -157,7 +157,7 @@ async fn claim_lock(locks: &RowLeases, pool: &PgPool, note: &str) -> Option<Leas
 
 #[tokio::test]
 async fn claim_by_key_inserts_or_takes_over_a_free_row_and_fences_the_previous_holder() {
-    let db = testkit::database(&leases::MIGRATOR).await;
+    let db = testkit::database(&[&leases::MIGRATOR]).await;
     sqlx::raw_sql(
         "CREATE TABLE locks (
             id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -23,7 +23,7 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 /// A `jobs` table with the lease columns and `rows` due rows.
 async fn jobs(rows: i64) -> (TestDb, TableSpec) {
-    let db = testkit::database(&leases::MIGRATOR).await;
+    let db = testkit::database(&[&leases::MIGRATOR]).await;
     sqlx::raw_sql(
         "CREATE TABLE jobs (
             id bigint PRIMARY KEY,

@@ -4,7 +4,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_lease_has_one_holder_and_fails_over_when_the_holder_is_cut_off() {
-    let db = testkit::database(&leases::MIGRATOR).await;
+    let db = testkit::database(&[&leases::MIGRATOR]).await;
     let ttl = Duration::from_secs(2);
     let every = Duration::from_millis(250);
     // `a` gets its own pool so the test can cut it off from the database.
@@ -96,7 +96,7 @@ async fn named_lease_has_one_holder_and_fails_over_when_the_holder_is_cut_off() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn named_lease_is_taken_over_within_ttl_plus_one_renew_interval_after_a_crash() {
-    let db = testkit::database(&leases::MIGRATOR).await;
+    let db = testkit::database(&[&leases::MIGRATOR]).await;
     let ttl = Duration::from_secs(2);
     let every = Duration::from_millis(250);
     let mut a = LeaseKeeper::start(NamedLeases::new(), db.pool.clone(), "job", "a", ttl, every)
@@ -128,7 +128,7 @@ async fn named_lease_is_taken_over_within_ttl_plus_one_renew_interval_after_a_cr
 
 #[tokio::test]
 async fn named_lease_acquire_renew_release_with_manual_clock() {
-    let db = testkit::database(&leases::MIGRATOR).await;
+    let db = testkit::database(&[&leases::MIGRATOR]).await;
     let clock = ManualClock::new(db_now(&db.pool).await);
     let named = NamedLeases::new().with_clock(clock.clone());
     let first = named

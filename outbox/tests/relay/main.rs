@@ -20,7 +20,7 @@ use testkit::TestDb;
 use uuid::Uuid;
 
 async fn outbox_db() -> TestDb {
-    testkit::database(&outbox::MIGRATOR).await
+    testkit::database(&[&outbox::MIGRATOR]).await
 }
 
 async fn kafka() -> KafkaPublisher {

@@ -48,12 +48,6 @@ pub use http::{AppState, app};
 /// The service's own migrations (`stock`, `reservations`, `movements`; versions 20260302...).
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
-/// Everything the service's database needs: the `leases`, `idempotency` and `outbox` migrations
-/// and [`MIGRATOR`], in version order.
-pub fn migrator() -> Migrator {
-    commerce_platform::setup::with_toolkit(&MIGRATOR)
-}
-
 /// The consumer (and consumer group, and inbox) name of the saga.
 pub const SAGA_CONSUMER: &str = "inventory.saga";
 
@@ -64,7 +58,7 @@ pub const SAGA_CONSUMER: &str = "inventory.saga";
 ///
 /// A message saying which part could not start.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let pool = commerce_platform::setup::database(config, "inventory", &migrator())
+    let pool = commerce_platform::setup::database(config, "inventory", &MIGRATOR)
         .await
         .context("inventory: database")?;
     publish_snapshot(&pool, &config.topics)

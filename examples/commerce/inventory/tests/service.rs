@@ -253,7 +253,7 @@ async fn start_publishes_the_snapshot_consumes_and_serves() {
     };
     // Stock that exists before the service starts, as after a restart.
     let pool =
-        commerce_platform::setup::database(&config, "inventory", &commerce_inventory::migrator())
+        commerce_platform::setup::database(&config, "inventory", &commerce_inventory::MIGRATOR)
             .await
             .expect("database");
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());

@@ -60,12 +60,6 @@ pub use repo::{archive_finished, expire_reservations};
 /// The service's own migrations (orders, lines, the archive), versions `20260301...`.
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
-/// Every migration the service's database needs: the `leases`, `idempotency` and `outbox`
-/// crates' and [`MIGRATOR`], in version order.
-pub fn migrator() -> Migrator {
-    setup::with_toolkit(&MIGRATOR)
-}
-
 /// What the HTTP handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -151,7 +145,7 @@ pub fn archive_after_from_env() -> anyhow::Result<Duration> {
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let archive_after = archive_after_from_env()?;
     let reservation_timeout = Duration::from_secs(config.reservation_timeout_secs);
-    let pool = setup::database(config, "order", &migrator())
+    let pool = setup::database(config, "order", &MIGRATOR)
         .await
         .context("order: database")?;
     let state = AppState::new(pool.clone(), config).context("order")?;

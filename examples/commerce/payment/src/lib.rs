@@ -62,12 +62,6 @@ pub use http::ApiDoc;
 /// The service's own migrations (`payments`, `cancelled_orders`).
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
-/// Every migration the service's database needs: leases, idempotency (the inbox), outbox and
-/// [`MIGRATOR`], in version order.
-pub fn migrator() -> Migrator {
-    setup::with_toolkit(&MIGRATOR)
-}
-
 /// What the HTTP handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -95,7 +89,7 @@ pub fn app(state: AppState) -> Router {
 ///
 /// A message saying what could not be set up.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let pool = setup::database(config, "payment", &migrator())
+    let pool = setup::database(config, "payment", &MIGRATOR)
         .await
         .context("payment: database")?;
     let saga = runtime::consume(

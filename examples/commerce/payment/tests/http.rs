@@ -54,7 +54,10 @@ async fn get(
 
 #[tokio::test]
 async fn admins_read_payments_and_others_are_refused() {
-    let db = testkit::database(&commerce_payment::migrator()).await;
+    let db = testkit::database(&commerce_platform::setup::migrators(
+        &commerce_payment::MIGRATOR,
+    ))
+    .await;
     let state = AppState {
         pool: db.pool.clone(),
         auth: auth(),
@@ -123,7 +126,10 @@ async fn admins_read_payments_and_others_are_refused() {
 
 #[tokio::test]
 async fn serves_its_openapi_document() {
-    let db = testkit::database(&commerce_payment::migrator()).await;
+    let db = testkit::database(&commerce_platform::setup::migrators(
+        &commerce_payment::MIGRATOR,
+    ))
+    .await;
     let state = AppState {
         pool: db.pool.clone(),
         auth: auth(),

@@ -112,7 +112,10 @@ async fn published(pool: &PgPool, order_id: Uuid) -> Vec<(String, Event)> {
 }
 
 async fn database() -> testkit::TestDb {
-    testkit::database(&commerce_payment::migrator()).await
+    testkit::database(&commerce_platform::setup::migrators(
+        &commerce_payment::MIGRATOR,
+    ))
+    .await
 }
 
 #[tokio::test]

@@ -6,14 +6,14 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
-use sqlx::migrate::{Migration, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 use crate::Config;
 
-/// Creates the database `<prefix>_<service>` if needed, connects, and applies `migrator` (see
-/// [`with_toolkit`]).
+/// Creates the database `<prefix>_<service>` if needed, connects, and applies the toolkit's
+/// migrations and then the service's `own` (see [`migrators`]).
 ///
 /// # Errors
 ///
@@ -21,7 +21,7 @@ use crate::Config;
 pub async fn database(
     config: &Config,
     service: &str,
-    migrator: &Migrator,
+    own: &Migrator,
 ) -> Result<PgPool, sqlx::Error> {
     let admin: PgConnectOptions = config.database_url.parse()?;
     let name = format!("{}_{service}", config.db_prefix);
@@ -49,33 +49,22 @@ pub async fn database(
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(admin.database(&name))
         .await?;
-    migrator.run(&pool).await?;
+    for migrator in migrators(own) {
+        migrator.run(&pool).await?;
+    }
     Ok(pool)
 }
 
-/// A service's migrator: the toolkit's (leases, idempotency, outbox) and the service's `own`,
-/// in version order.
-pub fn with_toolkit(own: &Migrator) -> Migrator {
-    merge(&[
+/// What a service's database runs, in order: the toolkit crates' migrators (leases, outbox,
+/// idempotency), each with its own history table, then the service's `own` (history in
+/// `_sqlx_migrations`). Nothing is merged, so versions never collide.
+pub fn migrators(own: &Migrator) -> [&Migrator; 4] {
+    [
         &leases::MIGRATOR,
-        &idempotency::MIGRATOR,
         &outbox::MIGRATOR,
+        &idempotency::MIGRATOR,
         own,
-    ])
-}
-
-/// One migrator applying `migrators` (the crates' and a service's own) in version order. Versions
-/// must be unique across them: leases 2026-01-01, idempotency 2026-01-02, outbox 2026-02-01, the
-/// services 2026-03-xx.
-pub fn merge(migrators: &[&Migrator]) -> Migrator {
-    let mut migrations: Vec<Migration> = migrators
-        .iter()
-        .flat_map(|m| m.migrations.iter().cloned())
-        .collect();
-    migrations.sort_by_key(|m| m.version);
-    let mut all = Migrator::DEFAULT;
-    all.migrations = migrations.into();
-    all
+    ]
 }
 
 /// Creates `topics` (with `partitions` partitions) unless they exist (the test broker does not

@@ -73,12 +73,6 @@ pub use http::ApiDoc;
 /// The service's own migrations (`products`, `stock_levels`).
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
-/// Every migration the service's database needs: leases, idempotency (the inbox), outbox and
-/// [`MIGRATOR`], in version order.
-pub fn migrator() -> Migrator {
-    setup::with_toolkit(&MIGRATOR)
-}
-
 /// What the HTTP handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -108,7 +102,7 @@ pub fn app(state: AppState) -> Router {
 ///
 /// A message saying what could not be set up.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let pool = setup::database(config, "product", &migrator())
+    let pool = setup::database(config, "product", &MIGRATOR)
         .await
         .context("product: database")?;
     let stock = StockCache::open(&config.redis_url, config.topics.prefix.as_str())

@@ -13,7 +13,10 @@ use uuid::Uuid;
 
 /// A fresh database with every migration the service runs.
 pub(crate) async fn db() -> TestDb {
-    testkit::database(&commerce_inventory::migrator()).await
+    testkit::database(&commerce_platform::setup::migrators(
+        &commerce_inventory::MIGRATOR,
+    ))
+    .await
 }
 
 /// Topic names unique to one test (only created on the broker where a test needs them).

@@ -94,7 +94,10 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub(crate) async fn new() -> Self {
-        let db = testkit::database(&commerce_order::migrator()).await;
+        let db = testkit::database(&commerce_platform::setup::migrators(
+            &commerce_order::MIGRATOR,
+        ))
+        .await;
         let config = Config::from_env().expect("config");
         let products = ProductStub::start(&config.api_key).await;
         let state = AppState::new(db.pool.clone(), &config)

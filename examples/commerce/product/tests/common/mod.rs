@@ -38,7 +38,10 @@ pub(crate) struct Fixture {
 }
 
 pub(crate) async fn fixture() -> Fixture {
-    let db = testkit::database(&commerce_product::migrator()).await;
+    let db = testkit::database(&commerce_platform::setup::migrators(
+        &commerce_product::MIGRATOR,
+    ))
+    .await;
     let prefix = format!("test-{}", Uuid::new_v4().simple());
     let cache =
         StockCache::open(&testkit::redis::redis_url().await, prefix.as_str()).expect("a Redis URL");
