@@ -27,8 +27,16 @@ async fn each_crate_keeps_its_own_history_beside_the_applications() {
     )]);
     let db = testkit::database(&[]).await;
     for _ in 0..2 {
-        for migrator in [&own, &leases::MIGRATOR, &outbox::MIGRATOR, &idempotency::MIGRATOR] {
-            migrator.run(&db.pool).await.expect("migrations run, twice over");
+        for migrator in [
+            &own,
+            &leases::MIGRATOR,
+            &outbox::MIGRATOR,
+            &idempotency::MIGRATOR,
+        ] {
+            migrator
+                .run(&db.pool)
+                .await
+                .expect("migrations run, twice over");
         }
     }
     assert_eq!(
@@ -44,7 +52,10 @@ async fn each_crate_keeps_its_own_history_beside_the_applications() {
         .fetch_one(&db.pool)
         .await
         .expect("count");
-    assert_eq!(applied, 1, "the application's history holds only its own migration");
+    assert_eq!(
+        applied, 1,
+        "the application's history holds only its own migration"
+    );
     for table in ["users", "leases_named", "outbox_events", "idempotency_keys"] {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(table)
@@ -52,5 +63,50 @@ async fn each_crate_keeps_its_own_history_beside_the_applications() {
             .await
             .expect("regclass");
         assert!(exists, "{table} exists");
+    }
+}
+
+#[tokio::test]
+async fn a_database_migrated_with_one_merged_history_is_adopted() {
+    let own = || {
+        Migration::new(
+            20_260_301_000_000,
+            "users".into(),
+            MigrationType::Simple,
+            "CREATE TABLE users (id bigint PRIMARY KEY)".into_sql_str(),
+            false,
+        )
+    };
+    // How the commerce services migrated before: everything merged into `_sqlx_migrations`.
+    let toolkit = [&leases::MIGRATOR, &outbox::MIGRATOR, &idempotency::MIGRATOR];
+    let mut merged: Vec<Migration> = toolkit.iter().flat_map(|m| m.iter().cloned()).collect();
+    merged.push(own());
+    let db = testkit::database(&[]).await;
+    Migrator::with_migrations(merged)
+        .run(&db.pool)
+        .await
+        .expect("the old way");
+
+    let own = Migrator::with_migrations(vec![own()]);
+    commerce_platform::setup::migrate(&db.pool, &own)
+        .await
+        .expect("adopted and migrated");
+    commerce_platform::setup::migrate(&db.pool, &own)
+        .await
+        .expect("and again: nothing to do");
+    for (table, migrator) in [
+        ("_sqlx_migrations", &own),
+        ("_leases_migrations", &leases::MIGRATOR),
+        ("_outbox_migrations", &outbox::MIGRATOR),
+        ("_idempotency_migrations", &idempotency::MIGRATOR),
+    ] {
+        let versions: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT version FROM {table} ORDER BY version"
+        )))
+        .fetch_all(&db.pool)
+        .await
+        .expect("history");
+        let expected: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+        assert_eq!(versions, expected, "{table} holds its own migrations");
     }
 }

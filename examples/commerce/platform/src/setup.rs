@@ -12,8 +12,7 @@ use sqlx::{ConnectOptions, PgPool};
 
 use crate::Config;
 
-/// Creates the database `<prefix>_<service>` if needed, connects, and applies the toolkit's
-/// migrations and then the service's `own` (see [`migrators`]).
+/// Creates the database `<prefix>_<service>` if needed, connects, and [`migrate`]s it.
 ///
 /// # Errors
 ///
@@ -49,10 +48,60 @@ pub async fn database(
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(admin.database(&name))
         .await?;
-    for migrator in migrators(own) {
-        migrator.run(&pool).await?;
-    }
+    migrate(&pool, own).await?;
     Ok(pool)
+}
+
+/// Applies the toolkit's migrations and then the service's `own` (see [`migrators`]), after
+/// [adopting](adopt_toolkit_history) the history of a database migrated by an earlier version.
+///
+/// # Errors
+///
+/// When a migration fails.
+pub async fn migrate(pool: &PgPool, own: &Migrator) -> Result<(), sqlx::Error> {
+    adopt_toolkit_history(pool).await?;
+    for migrator in migrators(own) {
+        migrator.run(pool).await?;
+    }
+    Ok(())
+}
+
+/// The toolkit's migrators, each with the table its history is kept in (the crates' `sqlx.toml`).
+fn toolkit() -> [(&'static Migrator, &'static str); 3] {
+    [
+        (&leases::MIGRATOR, "_leases_migrations"),
+        (&outbox::MIGRATOR, "_outbox_migrations"),
+        (&idempotency::MIGRATOR, "_idempotency_migrations"),
+    ]
+}
+
+/// A database migrated before the crates kept their own history has the crates' rows in
+/// `_sqlx_migrations`, merged with the service's: moves them to each crate's table (once, in one
+/// transaction), so no migrator finds versions it does not know.
+async fn adopt_toolkit_history(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let legacy: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !legacy {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    for (migrator, table) in toolkit() {
+        let versions: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE IF NOT EXISTS {table} (LIKE _sqlx_migrations INCLUDING ALL)"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "WITH moved AS (DELETE FROM _sqlx_migrations WHERE version = ANY($1) RETURNING *)
+             INSERT INTO {table} SELECT * FROM moved ON CONFLICT DO NOTHING"
+        )))
+        .bind(&versions)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
 }
 
 /// What a service's database runs, in order: the toolkit crates' migrators (leases, outbox,
