@@ -4,12 +4,13 @@
 //! A change writes the stock row, its movement and a `StockLevelChanged` outbox event in one
 //! transaction. Bad input is a problem+json 4xx and writes nothing.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRef, Path, Query, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRef, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use commerce_events::Topics;
+use commerce_platform::extract::PathId;
 use commerce_platform::openapi::{Problem, SecuritySchemes};
 use commerce_platform::{Admin, ApiError, Authenticator};
 use serde::de::DeserializeOwned;
@@ -135,11 +136,6 @@ pub struct MovementsQuery {
     pub limit: Option<i64>,
 }
 
-fn product(path: Result<Path<Uuid>, PathRejection>) -> Result<Uuid, ApiError> {
-    path.map(|Path(id)| id)
-        .map_err(|e| ApiError::BadRequest(format!("invalid product id: {}", e.body_text())))
-}
-
 /// The JSON body as `T`: an object (serde would also accept an array for a struct), with no
 /// unknown fields.
 fn object<T: DeserializeOwned>(body: Result<Json<Value>, JsonRejection>) -> Result<T, ApiError> {
@@ -174,9 +170,8 @@ fn no_stock(product_id: Uuid) -> ApiError {
 async fn get_stock(
     State(state): State<AppState>,
     _admin: Admin,
-    path: Result<Path<Uuid>, PathRejection>,
+    PathId(product_id): PathId,
 ) -> Result<Json<StockView>, ApiError> {
-    let product_id = product(path)?;
     let mut conn = state.pool.acquire().await?;
     let row = repo::stock(&mut conn, product_id)
         .await?
@@ -203,10 +198,9 @@ async fn get_stock(
 async fn add_stock(
     State(state): State<AppState>,
     Admin(admin): Admin,
-    path: Result<Path<Uuid>, PathRejection>,
+    PathId(product_id): PathId,
     json: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<StockView>, ApiError> {
-    let product_id = product(path)?;
     let body: AddStock = object(json)?;
     let quantity = i32::try_from(body.quantity)
         .ok()
@@ -247,10 +241,9 @@ async fn add_stock(
 async fn adjust_stock(
     State(state): State<AppState>,
     Admin(admin): Admin,
-    path: Result<Path<Uuid>, PathRejection>,
+    PathId(product_id): PathId,
     json: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<StockView>, ApiError> {
-    let product_id = product(path)?;
     let body: AdjustStock = object(json)?;
     if !(0..=i64::from(i32::MAX)).contains(&body.total) {
         return Err(ApiError::BadRequest(format!(
@@ -293,10 +286,9 @@ async fn adjust_stock(
 async fn list_movements(
     State(state): State<AppState>,
     _admin: Admin,
-    path: Result<Path<Uuid>, PathRejection>,
+    PathId(product_id): PathId,
     query: Result<Query<MovementsQuery>, QueryRejection>,
 ) -> Result<Json<MovementsView>, ApiError> {
-    let product_id = product(path)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {

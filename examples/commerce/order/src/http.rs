@@ -1,12 +1,13 @@
 //! The HTTP API: routes, request and response shapes, validation, and the OpenAPI document.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
+use commerce_platform::extract::PathId;
 use commerce_platform::openapi::{Problem, SecuritySchemes};
 use commerce_platform::problem::problem;
 use commerce_platform::{ApiError, Caller};
@@ -113,13 +114,6 @@ impl From<JsonRejection> for Failure {
 impl From<QueryRejection> for Failure {
     fn from(rejection: QueryRejection) -> Self {
         ApiError::BadRequest(rejection.body_text()).into()
-    }
-}
-
-/// A malformed order id names no order.
-impl From<PathRejection> for Failure {
-    fn from(_: PathRejection) -> Self {
-        not_found().into()
     }
 }
 
@@ -292,9 +286,8 @@ async fn list_orders(
 async fn get_order(
     State(state): State<AppState>,
     Extension(Caller(claims)): Extension<Caller>,
-    id: Result<Path<Uuid>, PathRejection>,
+    PathId(id): PathId,
 ) -> Result<Json<Order>, Failure> {
-    let Path(id) = id?;
     let mut conn = state.pool.acquire().await?;
     match repo::find(&mut conn, id).await? {
         Some(order) if order.customer_id == claims.sub => Ok(Json(order)),
@@ -321,9 +314,8 @@ async fn get_order(
 async fn cancel_order(
     State(state): State<AppState>,
     Extension(Caller(claims)): Extension<Caller>,
-    id: Result<Path<Uuid>, PathRejection>,
+    PathId(id): PathId,
 ) -> Result<Json<Order>, Failure> {
-    let Path(id) = id?;
     let mut tx = state.pool.begin().await?;
     let Some(locked) = repo::lock(&mut tx, id).await? else {
         // Archived orders are finished.

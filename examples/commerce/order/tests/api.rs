@@ -310,7 +310,7 @@ async fn customers_see_only_their_own_orders() {
         .assert_problem(StatusCode::NOT_FOUND);
     h.get("bob", "/api/v1/orders/not-a-uuid")
         .await
-        .assert_problem(StatusCode::NOT_FOUND);
+        .assert_problem(StatusCode::BAD_REQUEST);
     let list = h.get("bob", "/api/v1/orders").await;
     assert_eq!(list.status, StatusCode::OK);
     let ids: Vec<&str> = list

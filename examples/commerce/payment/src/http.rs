@@ -2,12 +2,12 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::routing::get;
+use commerce_platform::extract::PathId;
 use commerce_platform::openapi::{Problem, SecuritySchemes};
 use commerce_platform::{Admin, ApiError};
 use utoipa::OpenApi;
-use uuid::Uuid;
 
 use crate::AppState;
 use crate::domain::Status;
@@ -40,12 +40,8 @@ pub(crate) fn routes() -> Router<AppState> {
 async fn payment(
     State(state): State<AppState>,
     Admin(admin): Admin,
-    Path(order_id): Path<String>,
+    PathId(order_id): PathId,
 ) -> Result<Json<Payment>, ApiError> {
-    // Parsed here rather than by the extractor, so that a malformed id is a problem+json 400.
-    let order_id: Uuid = order_id
-        .parse()
-        .map_err(|_| ApiError::BadRequest(format!("{order_id:?} is not an order id (a UUID)")))?;
     let mut conn = state.pool.acquire().await?;
     let payment = repo::payment_of(&mut conn, order_id)
         .await?

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod events;
+pub mod extract;
 pub mod openapi;
 pub mod ops;
 pub mod problem;

@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use commerce_platform::extract::PathId;
 use commerce_platform::openapi::{Problem, SecuritySchemes};
 use commerce_platform::{Admin, ApiError, ServiceKey};
 use serde::{Deserialize, Serialize};
@@ -165,11 +166,6 @@ struct InternalProduct {
     active: bool,
 }
 
-fn product_id(raw: &str) -> Result<Uuid, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::BadRequest(format!("{raw:?} is not a product id (a UUID)")))
-}
-
 fn page(query: Result<Query<Page>, QueryRejection>) -> Result<(i64, i64), ApiError> {
     let Query(page) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = page.limit.unwrap_or(DEFAULT_LIMIT);
@@ -300,10 +296,9 @@ async fn create(
 async fn update(
     State(state): State<AppState>,
     Admin(admin): Admin,
-    Path(id): Path<String>,
+    PathId(id): PathId,
     body: Result<Json<UpdateProduct>, JsonRejection>,
 ) -> Result<Json<AdminProduct>, ApiError> {
-    let id = product_id(&id)?;
     let Json(body) = body?;
     let changes = domain::changes(
         body.name.as_deref(),
@@ -397,9 +392,8 @@ async fn public_list(
 )]
 async fn public_get(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<PublicProduct>, ApiError> {
-    let id = product_id(&id)?;
     let product = repo::get(&state.pool, id)
         .await?
         .filter(|p| p.active)
@@ -426,9 +420,8 @@ async fn public_get(
 async fn internal_get(
     State(state): State<AppState>,
     _: ServiceKey,
-    Path(id): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<InternalProduct>, ApiError> {
-    let id = product_id(&id)?;
     let p = repo::get(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no product {id}")))?;
