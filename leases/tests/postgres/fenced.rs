@@ -24,11 +24,7 @@ async fn release_complete_and_move_write_the_callers_columns_only_while_the_leas
     .execute(&db.pool)
     .await
     .expect("columns");
-    let spec = TableSpec::builder("jobs")
-        .completion(Completion::Keep)
-        .completed_at_column("done_at")
-        .build()
-        .expect("spec");
+    let spec = kept_jobs();
     let clock = ManualClock::new(db_now(&db.pool).await);
     let stale = RowLeases::new(&spec, "stale").with_clock(clock.clone());
     let current = RowLeases::new(&spec, "current").with_clock(clock.clone());

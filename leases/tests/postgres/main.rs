@@ -47,6 +47,15 @@ async fn jobs(rows: i64) -> (TestDb, TableSpec) {
     (db, spec)
 }
 
+/// `jobs` with finished rows kept, stamped in `done_at`.
+fn kept_jobs() -> TableSpec {
+    TableSpec::builder("jobs")
+        .completion(Completion::Keep)
+        .completed_at_column("done_at")
+        .build()
+        .expect("spec")
+}
+
 async fn db_now(pool: &PgPool) -> DateTime<Utc> {
     sqlx::query_scalar("SELECT now()")
         .fetch_one(pool)

@@ -144,11 +144,7 @@ async fn expired_lease_is_reclaimed_with_higher_token_and_fences_the_first_owner
 #[tokio::test]
 async fn batch_complete_and_renew_report_exactly_the_leases_still_held() {
     let (db, _) = jobs(10).await;
-    let spec = TableSpec::builder("jobs")
-        .completion(Completion::Keep)
-        .completed_at_column("done_at")
-        .build()
-        .expect("spec");
+    let spec = kept_jobs();
     let clock = ManualClock::new(db_now(&db.pool).await);
     let a = RowLeases::new(&spec, "a").with_clock(clock.clone());
     let b = RowLeases::new(&spec, "b").with_clock(clock.clone());
