@@ -127,8 +127,8 @@ mod kafka;
 pub use self::http::{
     Acquire, Fingerprint, FingerprintOptions, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Idempotency,
     IdempotencyKey, IdempotencyLayer, KeyError, KeyPolicy, MAX_KEY_LEN, MemoryStore, PostgresStore,
-    Problem, Record, RecordState, ResponseFuture, ScopedKey, Store, StoredResponse, Tx, problem,
-    stores_by_default, stores_server_errors_too,
+    Problem, Record, RecordState, ResponseFuture, ScopedKey, Store, StoredResponse,
+    TransactionalStore, Tx, problem, stores_by_default, stores_server_errors_too,
 };
 pub use error::{Error, Result};
 #[cfg(feature = "kafka")]

@@ -239,7 +239,7 @@ impl RowLeases {
         ids(&rows)
     }
 
-    /// Finishes one lease: deletes or keeps the row as the table's [`Completion`] says. Returns
+    /// Finishes one lease: deletes or keeps the row as the table's [`Completion`](crate::Completion) says. Returns
     /// whether the lease was still held; when it was not, nothing changed.
     ///
     /// # Errors

@@ -24,5 +24,7 @@ pub use replay::IDEMPOTENT_REPLAYED;
 pub use service::{Idempotency, ResponseFuture};
 pub use store::memory::MemoryStore;
 pub use store::postgres::PostgresStore;
-pub use store::{Acquire, Record, RecordState, ScopedKey, Store, StoredResponse};
+pub use store::{
+    Acquire, Record, RecordState, ScopedKey, Store, StoredResponse, TransactionalStore,
+};
 pub use tx::Tx;

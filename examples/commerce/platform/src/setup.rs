@@ -53,7 +53,7 @@ pub async fn database(
 }
 
 /// Applies the toolkit's migrations and then the service's `own` (see [`migrators`]), after
-/// [adopting](adopt_toolkit_history) the history of a database migrated by an earlier version.
+/// adopting the history of a database migrated by an earlier version (see CHANGELOG.md).
 ///
 /// # Errors
 ///
