@@ -43,7 +43,7 @@ impl FromRef<AppState> for Authenticator {
 }
 
 /// The API's routes (the operations routes are added by `commerce_platform::runtime::start`).
-pub fn app(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/api/v1/stock/{product_id}",

@@ -43,10 +43,15 @@ use sqlx::migrate::Migrator;
 
 pub use error::{Error, Result};
 pub use events::{Saga, publish_snapshot};
-pub use http::{AppState, app};
+pub use http::AppState;
 
 /// The service's own migrations (`stock`, `reservations`, `movements`; versions 20260302...).
 pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// The HTTP API (without the operations routes, which [`start`] adds).
+pub fn app(state: AppState) -> axum::Router {
+    http::router(state)
+}
 
 /// The consumer (and consumer group, and inbox) name of the saga.
 pub const SAGA_CONSUMER: &str = "inventory.saga";

@@ -9,7 +9,6 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use commerce_platform::extract::PathId;
 use commerce_platform::openapi::{Problem, SecuritySchemes};
-use commerce_platform::problem::problem;
 use commerce_platform::{ApiError, Caller};
 use idempotency::{IdempotencyLayer, KeyPolicy, PostgresStore, Tx};
 use serde::Deserialize;
@@ -58,75 +57,15 @@ pub struct ListParams {
     pub before: Option<Uuid>,
 }
 
-/// A handler's error response: an [`ApiError`] or a problem response made elsewhere.
-struct Failure(Response);
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        self.0
-    }
-}
-
-impl From<ApiError> for Failure {
-    fn from(error: ApiError) -> Self {
-        Failure(error.into_response())
-    }
-}
-
-impl From<crate::Error> for Failure {
-    fn from(error: crate::Error) -> Self {
-        ApiError::from(error).into()
-    }
-}
-
-impl From<sqlx::Error> for Failure {
-    fn from(error: sqlx::Error) -> Self {
-        ApiError::from(error).into()
-    }
-}
-
-impl From<idempotency::Problem> for Failure {
-    fn from(problem: idempotency::Problem) -> Self {
-        Failure(problem.into_response())
-    }
-}
-
-/// Body rejections keep their status when it is 413 (too large) or 415 (not JSON); every other
-/// one (malformed JSON, an unknown field, a wrong type) is a 400.
-impl From<JsonRejection> for Failure {
-    fn from(rejection: JsonRejection) -> Self {
-        match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => Failure(problem(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                format!("the body must not exceed {MAX_BODY} bytes"),
-            )),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => Failure(problem(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                rejection.body_text(),
-            )),
-            _ => ApiError::from(rejection).into(),
-        }
-    }
-}
-
-impl From<QueryRejection> for Failure {
-    fn from(rejection: QueryRejection) -> Self {
-        ApiError::BadRequest(rejection.body_text()).into()
-    }
-}
-
-impl From<PriceError> for Failure {
+impl From<PriceError> for ApiError {
     fn from(error: PriceError) -> Self {
         match error {
             PriceError::Unknown(_) | PriceError::Inactive(_) => {
-                ApiError::Unprocessable(error.to_string()).into()
+                ApiError::Unprocessable(error.to_string())
             }
             PriceError::Unavailable(detail) => {
                 tracing::warn!(%detail, "the product service is unavailable");
                 ApiError::Unavailable("the product service is unavailable; retry later".into())
-                    .into()
             }
         }
     }
@@ -195,7 +134,7 @@ async fn create_order(
     Extension(Caller(claims)): Extension<Caller>,
     mut tx: Tx,
     body: Result<Json<CreateOrder>, JsonRejection>,
-) -> Result<Response, Failure> {
+) -> Result<Response, ApiError> {
     let Json(request) = body?;
     let requested: Vec<(Uuid, i32)> = request
         .lines
@@ -223,7 +162,9 @@ async fn create_order(
 
     // The transaction begins here, after the product service answered; the layer commits it with
     // the stored response.
-    let conn = tx.conn().await?;
+    let conn = tx.conn().await.map_err(|_| {
+        ApiError::Unavailable("the database is unavailable; retry with the same key".into())
+    })?;
     let order = repo::insert(conn, Uuid::now_v7(), &claims.sub, &lines, total).await?;
     let event = order.placed_event().into_envelope();
     outbox::enqueue(
@@ -260,11 +201,13 @@ async fn list_orders(
     State(state): State<AppState>,
     Extension(Caller(claims)): Extension<Caller>,
     query: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Json<Vec<Order>>, Failure> {
+) -> Result<Json<Vec<Order>>, ApiError> {
     let Query(params) = query?;
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be 1 to {MAX_LIMIT}")).into());
+        return Err(ApiError::BadRequest(format!(
+            "limit must be 1 to {MAX_LIMIT}"
+        )));
     }
     let orders = repo::list(&state.pool, &claims.sub, params.before, limit).await?;
     Ok(Json(orders))
@@ -287,11 +230,11 @@ async fn get_order(
     State(state): State<AppState>,
     Extension(Caller(claims)): Extension<Caller>,
     PathId(id): PathId,
-) -> Result<Json<Order>, Failure> {
+) -> Result<Json<Order>, ApiError> {
     let mut conn = state.pool.acquire().await?;
     match repo::find(&mut conn, id).await? {
         Some(order) if order.customer_id == claims.sub => Ok(Json(order)),
-        _ => Err(not_found().into()),
+        _ => Err(not_found()),
     }
 }
 
@@ -315,17 +258,17 @@ async fn cancel_order(
     State(state): State<AppState>,
     Extension(Caller(claims)): Extension<Caller>,
     PathId(id): PathId,
-) -> Result<Json<Order>, Failure> {
+) -> Result<Json<Order>, ApiError> {
     let mut tx = state.pool.begin().await?;
     let Some(locked) = repo::lock(&mut tx, id).await? else {
         // Archived orders are finished.
         return match repo::find(&mut tx, id).await? {
             Some(order) if order.customer_id == claims.sub => Err(cannot_cancel(order.state)),
-            _ => Err(not_found().into()),
+            _ => Err(not_found()),
         };
     };
     if locked.customer_id != claims.sub {
-        return Err(not_found().into());
+        return Err(not_found());
     }
     let transition = domain::apply(locked.state, &Input::CustomerCancelled)
         .ok_or_else(|| cannot_cancel(locked.state))?;
@@ -335,8 +278,8 @@ async fn cancel_order(
     Ok(Json(order))
 }
 
-fn cannot_cancel(state: OrderState) -> Failure {
-    ApiError::Conflict(format!("an order in state {state} cannot be cancelled")).into()
+fn cannot_cancel(state: OrderState) -> ApiError {
+    ApiError::Conflict(format!("an order in state {state} cannot be cancelled"))
 }
 
 /// The OpenAPI document of this API.

@@ -68,7 +68,7 @@ pub struct AppState {
     /// Where events are published.
     pub topics: Topics,
     /// Verifies bearer tokens.
-    pub authenticator: Authenticator,
+    pub auth: Authenticator,
     /// The product service, e.g. `http://127.0.0.1:8084` (prices are read from
     /// `{product_base_url}/internal/v1/products/{id}`).
     pub product_base_url: String,
@@ -97,7 +97,7 @@ impl AppState {
         Ok(Self {
             pool,
             topics: config.topics.clone(),
-            authenticator: config.authenticator(),
+            auth: config.authenticator(),
             product_base_url: format!("http://{}", config.addrs.product),
             api_key: config.api_key.as_str().into(),
             catalog: catalog::Catalog::new()?,
@@ -113,7 +113,7 @@ impl AppState {
 
 impl FromRef<AppState> for Authenticator {
     fn from_ref(state: &AppState) -> Self {
-        state.authenticator.clone()
+        state.auth.clone()
     }
 }
 

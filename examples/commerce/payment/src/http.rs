@@ -13,10 +13,11 @@ use crate::AppState;
 use crate::domain::Status;
 use crate::repo::{self, Payment};
 
-pub(crate) fn routes() -> Router<AppState> {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/payments/{order_id}", get(payment))
         .route("/openapi.json", get(openapi))
+        .with_state(state)
 }
 
 /// The payment of an order.

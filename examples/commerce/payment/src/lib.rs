@@ -79,7 +79,7 @@ impl FromRef<AppState> for Authenticator {
 
 /// The HTTP API (without the operations routes, which [`start`] adds).
 pub fn app(state: AppState) -> Router {
-    http::routes().with_state(state)
+    http::router(state)
 }
 
 /// Starts the service: its database (created and migrated), the `payment.saga` consumer, the

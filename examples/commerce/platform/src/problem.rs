@@ -23,6 +23,12 @@ pub enum ApiError {
     /// 409: the resource is in a state that forbids the action.
     #[error("{0}")]
     Conflict(String),
+    /// 413: the body is larger than the route accepts.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// 415: the body is not JSON.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// 422: well-formed, but refers to something that cannot be used (an unknown product).
     #[error("{0}")]
     Unprocessable(String),
@@ -43,6 +49,10 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
+            }
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -56,14 +66,27 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// Body rejections keep their status when it is 413 (too large) or 415 (not JSON); every other
+/// one (malformed JSON, an unknown field, a wrong type) is a 400.
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(e.body_text()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(e.body_text()),
+            _ => ApiError::BadRequest(e.body_text()),
+        }
+    }
+}
+
+/// A query string that does not parse (an unknown parameter, a wrong type) is a 400.
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
         ApiError::BadRequest(e.body_text())
     }
 }
 
 /// A problem+json response; `code` is stable and `type` is derived from it.
-pub fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
+fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Response {
     let body = Problem {
         kind: format!("https://errors.commerce.example/{code}"),
         title: status.canonical_reason().unwrap_or("Error").to_owned(),

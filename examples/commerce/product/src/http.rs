@@ -22,13 +22,14 @@ use crate::AppState;
 use crate::domain;
 use crate::repo::{self, Product};
 
-pub(crate) fn routes() -> Router<AppState> {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/products", get(public_list).post(create))
         .route("/api/v1/products/{id}", get(public_get).put(update))
         .route("/api/v1/admin/products", get(admin_list))
         .route("/internal/v1/products/{id}", get(internal_get))
         .route("/openapi.json", get(openapi))
+        .with_state(state)
 }
 
 /// `POST /api/v1/products`.

@@ -92,7 +92,7 @@ impl FromRef<AppState> for Authenticator {
 
 /// The HTTP API (without the operations routes, which [`start`] adds).
 pub fn app(state: AppState) -> Router {
-    http::routes().with_state(state)
+    http::router(state)
 }
 
 /// Starts the service: its database (created and migrated), the `product.stock` consumer, the
