@@ -37,6 +37,14 @@ pub struct Event {
 pub trait Publisher: Send + Sync + 'static {
     /// Publishes `event`; `Ok` only once the broker acknowledged it.
     fn publish(&self, event: &Event) -> impl Future<Output = Result<(), PublishError>> + Send;
+
+    /// The longest one publish can take before it resolves, when the implementation bounds it:
+    /// [`Relay::new`](crate::Relay::new) refuses a lease ttl that does not exceed it, since a lease
+    /// that expires while its event is in flight lets another relay publish the event again.
+    /// Default: `None` (not known; nothing is checked).
+    fn delivery_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Why a publish failed, and whether trying again may help.

@@ -139,12 +139,23 @@ impl<P: Publisher> Relay<P> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a zero batch size, lease ttl or poll interval.
+    /// [`Error::InvalidConfig`] for a zero batch size, lease ttl or poll interval, or a lease ttl
+    /// that does not exceed the publisher's [delivery timeout](Publisher::delivery_timeout).
     pub fn new(pool: PgPool, publisher: P, config: RelayConfig) -> Result<Self> {
         if config.batch_size == 0 || config.lease_ttl.is_zero() || config.poll_interval.is_zero() {
             return Err(Error::InvalidConfig(
                 "batch size, lease ttl and poll interval must be greater than zero".into(),
             ));
+        }
+        if let Some(timeout) = publisher.delivery_timeout() {
+            if config.lease_ttl <= timeout {
+                return Err(Error::InvalidConfig(format!(
+                    "the lease ttl ({:?}) must exceed the publisher's delivery timeout ({timeout:?}): \
+                     a lease that expires while its event is in flight lets another relay publish \
+                     it again",
+                    config.lease_ttl
+                )));
+            }
         }
         let mut spec = TableSpec::builder("outbox_events").id_column("seq");
         if config.ordered {

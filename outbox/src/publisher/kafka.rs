@@ -27,7 +27,14 @@ use crate::Result;
 #[derive(Clone)]
 pub struct KafkaPublisher {
     producer: FutureProducer,
+    delivery_timeout: Duration,
 }
+
+/// How long a publish may wait for room in librdkafka's queue before it fails.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// `message.timeout.ms` when the configuration sets none: a delivery bound (with the queue wait,
+/// 25 s) below the relay's default 30 s lease ttl. librdkafka's own default is 300 s.
+const MESSAGE_TIMEOUT_MS: &str = "20000";
 
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -36,8 +43,8 @@ impl std::fmt::Debug for KafkaPublisher {
 }
 
 impl KafkaPublisher {
-    /// A publisher for `bootstrap_servers` with the defaults above, a 30 s delivery timeout and
-    /// 5 ms linger.
+    /// A publisher for `bootstrap_servers` with the defaults above, a 20 s delivery timeout
+    /// (`message.timeout.ms`) and 5 ms linger.
     ///
     /// # Errors
     ///
@@ -46,27 +53,40 @@ impl KafkaPublisher {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", bootstrap_servers)
-            .set("message.timeout.ms", "30000")
             .set("linger.ms", "5");
         Self::from_config(&config)
     }
 
     /// A publisher from a full client configuration; idempotence and `acks=all` are always set,
-    /// and `partitioner=murmur2_random` when the configuration sets no partitioner.
+    /// `partitioner=murmur2_random` when the configuration sets no partitioner, and
+    /// `message.timeout.ms=20000` when it sets no delivery timeout (librdkafka's 300 s would
+    /// outlive the relay's lease; a larger value needs a larger
+    /// [`RelayConfig::lease_ttl`](crate::RelayConfig::lease_ttl)).
     ///
     /// # Errors
     ///
-    /// [`Error::Kafka`](crate::Error::Kafka) when the client cannot be created.
+    /// [`Error::Kafka`](crate::Error::Kafka) when the client cannot be created;
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `message.timeout.ms` that is
+    /// not a number of milliseconds.
     pub fn from_config(config: &ClientConfig) -> Result<Self> {
         let mut config = config.clone();
         if config.get("partitioner").is_none() {
             config.set("partitioner", "murmur2_random");
         }
+        let message_timeout = config
+            .get("message.timeout.ms")
+            .unwrap_or(MESSAGE_TIMEOUT_MS)
+            .parse::<u64>()
+            .map_err(|e| crate::Error::InvalidConfig(format!("message.timeout.ms: {e}")))?;
         let producer = config
+            .set("message.timeout.ms", message_timeout.to_string())
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()?;
-        Ok(Self { producer })
+        Ok(Self {
+            producer,
+            delivery_timeout: Duration::from_millis(message_timeout) + QUEUE_TIMEOUT,
+        })
     }
 }
 
@@ -95,12 +115,16 @@ impl Publisher for KafkaPublisher {
             .headers(headers);
         match self
             .producer
-            .send(record, Timeout::After(Duration::from_secs(5)))
+            .send(record, Timeout::After(QUEUE_TIMEOUT))
             .await
         {
             Ok(_) => Ok(()),
             Err((error, _message)) => Err(classify(&error)),
         }
+    }
+
+    fn delivery_timeout(&self) -> Option<Duration> {
+        Some(self.delivery_timeout)
     }
 }
 

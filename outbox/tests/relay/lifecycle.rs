@@ -221,3 +221,31 @@ async fn keep_retention_marks_published_rows_and_purge_deletes_them_in_chunks() 
     );
     assert_eq!(testkit::kafka::read_all(&topic).await.len(), 25);
 }
+
+#[tokio::test]
+async fn a_lease_that_could_expire_while_its_event_is_in_flight_is_refused() {
+    let db = outbox_db().await;
+    let publisher = |message_timeout_ms: Option<&str>| {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", "127.0.0.1:9");
+        if let Some(ms) = message_timeout_ms {
+            config.set("message.timeout.ms", ms);
+        }
+        KafkaPublisher::from_config(&config).expect("publisher")
+    };
+    // librdkafka's default would be 300 s; the publisher bounds a delivery at 20 s (+5 s queued).
+    let default = publisher(None);
+    assert_eq!(default.delivery_timeout(), Some(Duration::from_secs(25)));
+    Relay::new(db.pool.clone(), default, RelayConfig::default()).expect("30 s lease > 25 s");
+
+    let slow = publisher(Some("60000"));
+    let err = Relay::new(db.pool.clone(), slow.clone(), RelayConfig::default())
+        .expect_err("a 30 s lease cannot cover a 65 s delivery");
+    assert!(matches!(err, outbox::Error::InvalidConfig(_)), "{err}");
+    Relay::new(
+        db.pool.clone(),
+        slow,
+        RelayConfig::default().lease_ttl(Duration::from_secs(90)),
+    )
+    .expect("a longer lease covers it");
+}
