@@ -16,9 +16,10 @@ pub struct Config {
     pub topics: commerce_events::Topics,
     /// `REDIS_URL` (default `redis://127.0.0.1:6379`).
     pub redis_url: String,
-    /// `JWT_SECRET`: HS256 key for bearer tokens (a development default is used, with a warning).
+    /// `JWT_SECRET`: HS256 key for bearer tokens; required, at least [`MIN_SECRET_LEN`] characters.
     pub jwt_secret: String,
-    /// `SERVICE_API_KEY`: the key services present to each other (development default, with a warning).
+    /// `SERVICE_API_KEY`: the key services present to each other; required, at least
+    /// [`MIN_SECRET_LEN`] characters.
     pub api_key: String,
     /// `ORDER_ADDR`, `INVENTORY_ADDR`, `PAYMENT_ADDR`, `PRODUCT_ADDR` (defaults 127.0.0.1:8081..8084).
     pub addrs: Addrs,
@@ -61,28 +62,47 @@ impl std::fmt::Debug for Config {
     }
 }
 
-fn var(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn addr(name: &str, default: &str) -> anyhow::Result<SocketAddr> {
-    var(name, default)
-        .parse()
-        .with_context(|| format!("{name} is not a socket address"))
-}
+/// The shortest secret the services accept.
+pub const MIN_SECRET_LEN: usize = 32;
 
 impl Config {
-    /// Reads the environment.
+    /// Reads the environment (see [`from_vars`](Self::from_vars)).
     ///
     /// # Errors
     ///
-    /// A message naming the variable whose value does not parse.
+    /// As [`from_vars`](Self::from_vars).
     pub fn from_env() -> anyhow::Result<Self> {
-        let secret = |name: &str, default: &str| {
-            std::env::var(name).unwrap_or_else(|_| {
-                tracing::warn!("{name} is not set; using the development default");
-                default.to_owned()
-            })
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the configuration through `lookup` (a variable's value, if set). Every setting has a
+    /// development default except the secrets: `JWT_SECRET` and `SERVICE_API_KEY` must be set,
+    /// to at least [`MIN_SECRET_LEN`] characters, so a misconfigured service never starts with a
+    /// secret anyone can read here. (`scripts/services` prints development values made once per
+    /// machine.)
+    ///
+    /// # Errors
+    ///
+    /// A message naming the variable that is missing or does not parse.
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let var = |name: &str, default: &str| lookup(name).unwrap_or_else(|| default.to_owned());
+        let addr = |name: &str, default: &str| -> anyhow::Result<SocketAddr> {
+            var(name, default)
+                .parse()
+                .with_context(|| format!("{name} is not a socket address"))
+        };
+        let secret = |name: &str| -> anyhow::Result<String> {
+            let value = lookup(name).with_context(|| {
+                format!(
+                    "{name} is not set: the services have no default secret. Set it to at least \
+                     {MIN_SECRET_LEN} random characters (`openssl rand -hex 32`); for a local run, \
+                     `eval \"$(scripts/services up)\"` sets development values"
+                )
+            })?;
+            if value.len() < MIN_SECRET_LEN {
+                anyhow::bail!("{name} must be at least {MIN_SECRET_LEN} characters long");
+            }
+            Ok(value)
         };
         Ok(Self {
             database_url: var(
@@ -93,8 +113,8 @@ impl Config {
             kafka: var("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             topics: commerce_events::Topics::new(&var("COMMERCE_TOPIC_PREFIX", "commerce")),
             redis_url: var("REDIS_URL", "redis://127.0.0.1:6379"),
-            jwt_secret: secret("JWT_SECRET", "development-jwt-secret-change-me"),
-            api_key: secret("SERVICE_API_KEY", "development-service-key-change-me"),
+            jwt_secret: secret("JWT_SECRET")?,
+            api_key: secret("SERVICE_API_KEY")?,
             addrs: Addrs {
                 order: addr("ORDER_ADDR", "127.0.0.1:8081")?,
                 inventory: addr("INVENTORY_ADDR", "127.0.0.1:8082")?,
@@ -104,9 +124,7 @@ impl Config {
             reservation_timeout_secs: var("RESERVATION_TIMEOUT_SECS", "30")
                 .parse()
                 .context("RESERVATION_TIMEOUT_SECS")?,
-            instance_id: std::env::var("COMMERCE_INSTANCE_ID")
-                .ok()
-                .filter(|id| !id.is_empty()),
+            instance_id: lookup("COMMERCE_INSTANCE_ID").filter(|id| !id.is_empty()),
         })
     }
 
@@ -134,5 +152,46 @@ impl Config {
     /// The authenticator for this configuration's secrets.
     pub fn authenticator(&self) -> crate::auth::Authenticator {
         crate::auth::Authenticator::new(self.jwt_secret.as_bytes(), &self.api_key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_vars(|name| vars.get(name).cloned())
+    }
+
+    const JWT: &str = "0123456789abcdef0123456789abcdef";
+    const KEY: &str = "fedcba9876543210fedcba9876543210";
+
+    #[test]
+    fn refuses_to_start_without_secrets_or_with_short_ones() {
+        let error = config(&[("SERVICE_API_KEY", KEY)]).expect_err("no JWT_SECRET");
+        assert!(
+            error.to_string().contains("JWT_SECRET is not set"),
+            "{error}"
+        );
+        let error = config(&[("JWT_SECRET", JWT)]).expect_err("no SERVICE_API_KEY");
+        assert!(error.to_string().contains("SERVICE_API_KEY"), "{error}");
+        let error =
+            config(&[("JWT_SECRET", "short"), ("SERVICE_API_KEY", KEY)]).expect_err("short");
+        assert!(error.to_string().contains("at least 32"), "{error}");
+    }
+
+    #[test]
+    fn everything_else_has_a_development_default() {
+        let config = config(&[("JWT_SECRET", JWT), ("SERVICE_API_KEY", KEY)]).expect("config");
+        assert_eq!(config.jwt_secret, JWT);
+        assert_eq!(config.addrs.order, "127.0.0.1:8081".parse().expect("addr"));
+        assert_eq!(config.topics.orders, "commerce.orders");
+        assert_eq!(config.instance_id, None);
     }
 }
