@@ -1,10 +1,15 @@
-//! End-to-end tests of the commerce stack: all four services in this process, against the real
+//! End-to-end tests of the commerce stack: all six services in this process, against the real
 //! PostgreSQL, broker and Redis. One stack serves every test of this binary (its own databases and
 //! topics, named by a fresh prefix); the crash test starts a second one.
 
+mod compensation;
 mod edges;
+mod redeliver;
 mod redelivery_and_crash;
 mod saga;
+mod shipping_and_notifications;
+
+use redeliver::{redeliver, wait_caught_up};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
@@ -51,9 +56,20 @@ async fn config() -> Config {
     config.addrs.inventory = any;
     config.addrs.payment = any;
     config.addrs.product = any;
+    config.addrs.shipping = any;
+    config.addrs.notification = any;
     // Long enough for the saga under the load of the concurrent tests, short enough to test expiry.
     config.reservation_timeout_secs = 15;
     config
+}
+
+/// `config` with small database pools, for the stacks started beside the shared one (the
+/// server's 100 connections are shared by every stack of this binary).
+fn small(config: Config) -> Config {
+    Config {
+        db_pool_size: 5,
+        ..config
+    }
 }
 
 async fn stack() -> &'static Stack {

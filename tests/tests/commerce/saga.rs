@@ -11,10 +11,10 @@ fn happy_path_confirms_moves_stock_charges_once_and_updates_the_catalogue() {
         let id = world.place(&alice, &[(product, 2)]).await;
         let order = world
             .client
-            .wait_final(&alice, &id, FINAL)
+            .wait_settled(&alice, &id, FINAL)
             .await
             .expect("final");
-        assert_eq!(order["state"], "CONFIRMED", "{order}");
+        assert_eq!(order["state"], "SHIPPED", "{order}");
         assert_eq!(order["total_cents"], 3000);
         let stock = world.stock(product).await;
         assert_eq!(
@@ -44,7 +44,7 @@ fn declined_payment_cancels_the_order_and_releases_the_stock() {
         let id = world.place(&bob, &[(product, 3)]).await;
         let order = world
             .client
-            .wait_final(&bob, &id, FINAL)
+            .wait_settled(&bob, &id, FINAL)
             .await
             .expect("final");
         assert_eq!(order["state"], "CANCELLED", "{order}");
@@ -79,7 +79,7 @@ fn not_enough_stock_fails_the_order_with_a_reason_and_reserves_nothing() {
         let id = world.place(&carol, &[(product, 5)]).await;
         let order = world
             .client
-            .wait_final(&carol, &id, FINAL)
+            .wait_settled(&carol, &id, FINAL)
             .await
             .expect("final");
         assert_eq!(order["state"], "FAILED", "{order}");
@@ -130,10 +130,10 @@ fn the_same_post_twenty_times_at_once_makes_one_order_one_reservation_one_charge
         assert_eq!(
             world
                 .client
-                .wait_final(&dan, &id, FINAL)
+                .wait_settled(&dan, &id, FINAL)
                 .await
                 .expect("final")["state"],
-            "CONFIRMED"
+            "SHIPPED"
         );
         let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE customer_id = $1")
             .bind(&name)
@@ -192,14 +192,14 @@ fn two_hundred_concurrent_orders_for_a_hundred_units_sell_exactly_a_hundred() {
         for ((_, token), id) in customers.iter().zip(&ids) {
             let order = world
                 .client
-                .wait_final(token, id, FINAL)
+                .wait_settled(token, id, FINAL)
                 .await
                 .expect("final");
             *states
                 .entry(order["state"].as_str().unwrap_or("?").to_owned())
                 .or_default() += 1;
         }
-        assert_eq!(states.get("CONFIRMED"), Some(&100), "{states:?}");
+        assert_eq!(states.get("SHIPPED"), Some(&100), "{states:?}");
         assert_eq!(states.get("FAILED"), Some(&100), "{states:?}");
         let stock = world.stock(product).await;
         assert_eq!(
@@ -224,7 +224,7 @@ fn a_reservation_not_paid_in_time_is_cancelled_and_released() {
         let id = world.place(&slow, &[(product, 2)]).await;
         let order = world
             .client
-            .wait_final(&slow, &id, FINAL)
+            .wait_settled(&slow, &id, FINAL)
             .await
             .expect("final");
         assert_eq!(

@@ -8,7 +8,7 @@
 //! turns an [`Envelope`] into an outbox event with `commerce_platform::events::to_outbox`.
 //!
 //! Topics are per producing service (`<prefix>.orders`, `<prefix>.inventory`,
-//! `<prefix>.payments`, see [`Topics`]); every consumer subscribes to the topics it needs with its
+//! `<prefix>.payments`, `<prefix>.shipments`, see [`Topics`]); every consumer subscribes to the topics it needs with its
 //! own consumer group. The prefix (`commerce` by default) lets several stacks share a broker.
 
 #![forbid(unsafe_code)]
@@ -29,28 +29,33 @@ pub struct Topics {
     pub inventory: String,
     /// Events published by the payment service.
     pub payments: String,
+    /// Events published by the shipping service.
+    pub shipments: String,
     /// Where consumers dead-letter poison messages.
     pub dead_letters: String,
 }
 
 impl Topics {
-    /// `<prefix>.orders`, `<prefix>.inventory`, `<prefix>.payments`, `<prefix>.dead-letters`.
+    /// `<prefix>.orders`, `<prefix>.inventory`, `<prefix>.payments`, `<prefix>.shipments`,
+    /// `<prefix>.dead-letters`.
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
             orders: format!("{prefix}.orders"),
             inventory: format!("{prefix}.inventory"),
             payments: format!("{prefix}.payments"),
+            shipments: format!("{prefix}.shipments"),
             dead_letters: format!("{prefix}.dead-letters"),
         }
     }
 
     /// Every topic, for creating them at start-up.
-    pub fn all(&self) -> [&str; 4] {
+    pub fn all(&self) -> [&str; 5] {
         [
             &self.orders,
             &self.inventory,
             &self.payments,
+            &self.shipments,
             &self.dead_letters,
         ]
     }
@@ -58,11 +63,19 @@ impl Topics {
     /// The topic `event` is published on (its producer's topic).
     pub fn of(&self, event: &Event) -> &str {
         match event {
-            Event::OrderPlaced { .. } | Event::OrderCancelled { .. } => &self.orders,
+            Event::OrderPlaced { .. }
+            | Event::OrderConfirmed { .. }
+            | Event::OrderCancelled { .. } => &self.orders,
             Event::PaymentApproved { .. }
             | Event::PaymentDeclined { .. }
             | Event::PaymentRefunded { .. } => &self.payments,
-            _ => &self.inventory,
+            Event::ShipmentCreated { .. } | Event::ShipmentDelivered { .. } => &self.shipments,
+            Event::StockReserved { .. }
+            | Event::StockReservationFailed { .. }
+            | Event::StockConfirmed { .. }
+            | Event::StockReleased { .. }
+            | Event::StockRestocked { .. }
+            | Event::StockLevelChanged { .. } => &self.inventory,
         }
     }
 }
@@ -97,10 +110,20 @@ pub enum Event {
         /// Sum of the lines, in cents.
         total_cents: i64,
     },
-    /// An order was cancelled before it was confirmed (order service).
+    /// An order is paid and its stock sold: it can be shipped (order service).
+    OrderConfirmed {
+        /// The order.
+        order_id: Uuid,
+        /// Who placed it.
+        customer_id: String,
+    },
+    /// An order was cancelled before it shipped (order service): inventory gives its units
+    /// back, payment refunds a charge, shipping cancels a shipment not yet handed over.
     OrderCancelled {
         /// The order.
         order_id: Uuid,
+        /// Who placed it.
+        customer_id: String,
         /// Why.
         reason: String,
     },
@@ -127,6 +150,13 @@ pub enum Event {
     },
     /// A reservation was given back (inventory service).
     StockReleased {
+        /// The order.
+        order_id: Uuid,
+        /// Why.
+        reason: String,
+    },
+    /// The units a cancelled order had bought went back into stock (inventory service).
+    StockRestocked {
         /// The order.
         order_id: Uuid,
         /// Why.
@@ -167,6 +197,32 @@ pub enum Event {
         order_id: Uuid,
         /// The refunded charge.
         payment_id: Uuid,
+        /// Who was refunded.
+        customer_id: String,
+        /// Amount refunded, in cents.
+        amount_cents: i64,
+    },
+    /// A confirmed order's parcel was handed to the carrier (shipping service).
+    ShipmentCreated {
+        /// The order.
+        order_id: Uuid,
+        /// The shipment.
+        shipment_id: Uuid,
+        /// Who receives it.
+        customer_id: String,
+        /// The carrier.
+        carrier: String,
+        /// The carrier's tracking number.
+        tracking_number: String,
+    },
+    /// A shipment reached its customer (shipping service).
+    ShipmentDelivered {
+        /// The order.
+        order_id: Uuid,
+        /// The shipment.
+        shipment_id: Uuid,
+        /// Who received it.
+        customer_id: String,
     },
 }
 
@@ -182,14 +238,18 @@ impl Event {
         match self {
             Event::StockLevelChanged { product_id, .. } => ("product", product_id.to_string()),
             Event::OrderPlaced { order_id, .. }
+            | Event::OrderConfirmed { order_id, .. }
             | Event::OrderCancelled { order_id, .. }
             | Event::StockReserved { order_id, .. }
             | Event::StockReservationFailed { order_id, .. }
             | Event::StockConfirmed { order_id }
             | Event::StockReleased { order_id, .. }
+            | Event::StockRestocked { order_id, .. }
             | Event::PaymentApproved { order_id, .. }
             | Event::PaymentDeclined { order_id, .. }
-            | Event::PaymentRefunded { order_id, .. } => ("order", order_id.to_string()),
+            | Event::PaymentRefunded { order_id, .. }
+            | Event::ShipmentCreated { order_id, .. }
+            | Event::ShipmentDelivered { order_id, .. } => ("order", order_id.to_string()),
         }
     }
 
@@ -326,8 +386,13 @@ mod tests {
                 }],
                 total_cents: 1000,
             },
+            Event::OrderConfirmed {
+                order_id,
+                customer_id: "alice".into(),
+            },
             Event::OrderCancelled {
                 order_id,
+                customer_id: "alice".into(),
                 reason: "r".into(),
             },
             Event::StockReserved {
@@ -341,6 +406,10 @@ mod tests {
             },
             Event::StockConfirmed { order_id },
             Event::StockReleased {
+                order_id,
+                reason: "r".into(),
+            },
+            Event::StockRestocked {
                 order_id,
                 reason: "r".into(),
             },
@@ -363,6 +432,20 @@ mod tests {
             Event::PaymentRefunded {
                 order_id,
                 payment_id: order_id,
+                customer_id: "alice".into(),
+                amount_cents: 1,
+            },
+            Event::ShipmentCreated {
+                order_id,
+                shipment_id: order_id,
+                customer_id: "alice".into(),
+                carrier: "c".into(),
+                tracking_number: "t".into(),
+            },
+            Event::ShipmentDelivered {
+                order_id,
+                shipment_id: order_id,
+                customer_id: "alice".into(),
             },
         ];
         assert_eq!(events.len(), Event::VARIANTS.len());

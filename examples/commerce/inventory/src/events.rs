@@ -13,7 +13,7 @@ use idempotency::HandlerError;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{self, Level, MovementKind, ReservationState, Settlement};
+use crate::domain::{self, Level, MovementKind, Settlement};
 use crate::repo::{self, NewMovement, StockRow};
 use crate::{Error, Result};
 
@@ -29,11 +29,16 @@ pub const PAYMENT_DECLINED: &str = "payment declined";
 ///   `StockReservationFailed` (naming the product) and changes nothing else.
 /// - `PaymentApproved`: confirms the order's `RESERVED` reservations (`total -= q`,
 ///   `reserved -= q`): `StockConfirmed` and `StockLevelChanged`s.
-/// - `PaymentDeclined` (reason `payment declined`) and `OrderCancelled` (its reason): releases
-///   them (`reserved -= q`): `StockReleased` and `StockLevelChanged`s.
+/// - `PaymentDeclined` (reason `payment declined`): releases them (`reserved -= q`):
+///   `StockReleased` and `StockLevelChanged`s.
+/// - `OrderCancelled` (its reason): gives every unit back to where it belongs: `RESERVED` ones
+///   are released as above, `CONFIRMED` (sold) ones are restocked (`total += q`, reservation
+///   `RESTOCKED`): `StockRestocked` and `StockLevelChanged`s.
 ///
-/// Settling an order with nothing `RESERVED` (already confirmed or released, never reserved)
-/// changes nothing. Other event types are ignored.
+/// Each step moves only reservations in the state it starts from, so a redelivered or late event
+/// changes nothing: a `PaymentApproved` that arrives after `OrderCancelled` released the units
+/// finds nothing `RESERVED` and sells nothing (payment refunds the charge). Other event types are
+/// ignored.
 #[derive(Debug, Clone)]
 pub struct Saga {
     topics: Topics,
@@ -91,16 +96,20 @@ impl EventHandler for Saga {
                 )
                 .await?;
             }
-            Event::OrderCancelled { order_id, reason } => {
-                settle(
-                    conn,
-                    &self.topics,
-                    event_id,
-                    order_id,
-                    Settlement::Release,
-                    Some(reason),
-                )
-                .await?;
+            Event::OrderCancelled {
+                order_id, reason, ..
+            } => {
+                for settlement in [Settlement::Release, Settlement::Restock] {
+                    settle(
+                        conn,
+                        &self.topics,
+                        event_id,
+                        order_id,
+                        settlement,
+                        Some(reason.clone()),
+                    )
+                    .await?;
+                }
             }
             other => {
                 tracing::debug!(%event_id, event_type = other.event_type(), "inventory: ignoring event");
@@ -193,7 +202,8 @@ async fn reservation_failed(
     .await
 }
 
-/// Confirms or releases an order's `RESERVED` reservations: see [`Saga`].
+/// Moves an order's reservations in `settlement.from()` on (confirm, release or restock): see
+/// [`Saga`].
 async fn settle(
     conn: &mut PgConnection,
     topics: &Topics,
@@ -202,9 +212,9 @@ async fn settle(
     settlement: Settlement,
     reason: Option<String>,
 ) -> Result<()> {
-    let held = repo::lock_reservations(conn, order_id, ReservationState::Reserved).await?;
+    let held = repo::lock_reservations(conn, order_id, settlement.from()).await?;
     if held.is_empty() {
-        tracing::info!(%order_id, %event_id, ?settlement, "inventory: nothing reserved for the order; nothing to do");
+        tracing::info!(%order_id, %event_id, ?settlement, "inventory: no reservation of the order to settle; nothing to do");
         return Ok(());
     }
     let product_ids: Vec<Uuid> = held.iter().map(|&(product_id, _)| product_id).collect();
@@ -213,12 +223,11 @@ async fn settle(
         .into_iter()
         .map(|row| (row.product_id, row))
         .collect();
+    let reason = reason.unwrap_or_default();
     let mut events = vec![match settlement {
         Settlement::Confirm => Event::StockConfirmed { order_id },
-        Settlement::Release => Event::StockReleased {
-            order_id,
-            reason: reason.unwrap_or_default(),
-        },
+        Settlement::Release => Event::StockReleased { order_id, reason },
+        Settlement::Restock => Event::StockRestocked { order_id, reason },
     }];
     for (product_id, quantity) in held {
         // The foreign key keeps a reservation's stock row.
@@ -227,13 +236,7 @@ async fn settle(
         let changed = change(conn, row, after, settlement.kind(), Some(order_id)).await?;
         events.push(level_changed(&changed));
     }
-    repo::set_reservations_state(
-        conn,
-        order_id,
-        ReservationState::Reserved,
-        settlement.target(),
-    )
-    .await?;
+    repo::set_reservations_state(conn, order_id, settlement.from(), settlement.target()).await?;
     enqueue(conn, topics, events).await?;
     tracing::info!(%order_id, %event_id, ?settlement, "inventory: reservation settled");
     Ok(())

@@ -3,16 +3,25 @@
 //!
 //! A change writes the stock row, its movement and a `StockLevelChanged` outbox event in one
 //! transaction. Bad input is a problem+json 4xx and writes nothing.
+//!
+//! `POST /api/v1/stock/{product_id}/add` is not idempotent by nature, so it takes a required
+//! `Idempotency-Key` ([`IdempotencyLayer`] in transactional mode, keys scoped by the admin's
+//! `sub`): its writes commit together with the stored response, and a retry with the same key
+//! replays the first answer instead of adding again. The admin check runs before the layer, so a
+//! refused token never touches a key.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRef, Query, State};
+use axum::extract::{FromRef, Query, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chrono::{DateTime, Utc};
 use commerce_events::Topics;
 use commerce_platform::extract::PathId;
 use commerce_platform::openapi::{Problem, SecuritySchemes};
 use commerce_platform::{Admin, ApiError, Authenticator};
+use idempotency::{IdempotencyLayer, KeyPolicy, PostgresStore, Tx};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -42,17 +51,42 @@ impl FromRef<AppState> for Authenticator {
     }
 }
 
-/// The API's routes (the operations routes are added by `commerce_platform::runtime::start`).
+/// The largest request body the idempotency layer reads (an `AddStock` is a few bytes).
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// The API's routes (the operations routes are added by `commerce_platform::runtime::start`),
+/// with the idempotency layer on the restock route, behind the admin check.
 pub(crate) fn router(state: AppState) -> Router {
+    let idempotency = IdempotencyLayer::transactional(PostgresStore::new(state.pool.clone()))
+        .key_policy(KeyPolicy::Required)
+        .max_request_body(MAX_BODY)
+        .scope(|parts| {
+            parts
+                .extensions
+                .get::<Admin>()
+                .map(|Admin(claims)| claims.sub.clone())
+        });
     Router::new()
         .route(
             "/api/v1/stock/{product_id}",
             get(get_stock).put(adjust_stock),
         )
-        .route("/api/v1/stock/{product_id}/add", post(add_stock))
+        .route(
+            "/api/v1/stock/{product_id}/add",
+            post(add_stock)
+                .route_layer(idempotency)
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_admin)),
+        )
         .route("/api/v1/stock/{product_id}/movements", get(list_movements))
         .route("/openapi.json", get(openapi))
         .with_state(state)
+}
+
+/// Verifies the bearer token and the admin role (401, 403) before the idempotency layer, and
+/// hands the admin to the layer's scope and to the handler.
+async fn require_admin(admin: Admin, mut request: Request, next: Next) -> Response {
+    request.extensions_mut().insert(admin);
+    next.run(request).await
 }
 
 /// `POST /api/v1/stock/{product_id}/add`.
@@ -180,25 +214,36 @@ async fn get_stock(
 }
 
 /// Adds units (creating the product's stock at zero first if it has none).
+///
+/// The stock row, its `add` movement and the `StockLevelChanged` event commit together with the
+/// key's stored response: a retry with the same key gets the same answer (with
+/// `Idempotent-Replayed: true`) and the units are added once.
 #[utoipa::path(
     post,
     path = "/api/v1/stock/{product_id}/add",
     tag = "stock",
-    params(("product_id" = Uuid, Path, description = "The product")),
+    params(
+        ("product_id" = Uuid, Path, description = "The product"),
+        ("Idempotency-Key" = String, Header, description = "Required; one key per restock the client means to make."),
+    ),
     request_body = AddStock,
     responses(
-        (status = 200, description = "The new figures", body = StockView),
-        (status = 400, description = "Invalid body or product id", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The new figures (or the first answer replayed, with `Idempotent-Replayed: true`)", body = StockView),
+        (status = 400, description = "Invalid body or product id, or no Idempotency-Key", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The total would overflow", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The total would overflow, or a request with this key is in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The key was used for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
 async fn add_stock(
     State(state): State<AppState>,
-    Admin(admin): Admin,
+    Extension(Admin(admin)): Extension<Admin>,
     PathId(product_id): PathId,
+    mut tx: Tx,
     json: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<StockView>, ApiError> {
     let body: AddStock = object(json)?;
@@ -206,18 +251,20 @@ async fn add_stock(
         .ok()
         .filter(|q| (1..=MAX_ADD).contains(q))
         .ok_or_else(|| ApiError::BadRequest(format!("quantity must be between 1 and {MAX_ADD}")))?;
-    let mut tx = state.pool.begin().await?;
-    repo::ensure_stock(&mut tx, product_id).await?;
-    let row = repo::lock_stock(&mut tx, &[product_id])
+    // The layer commits this transaction with the stored response (or rolls it back).
+    let conn = tx.conn().await.map_err(|_| {
+        ApiError::Unavailable("the database is unavailable; retry with the same key".into())
+    })?;
+    repo::ensure_stock(conn, product_id).await?;
+    let row = repo::lock_stock(conn, &[product_id])
         .await?
         .into_iter()
         .next()
         .ok_or_else(|| no_stock(product_id))?;
     let after = domain::add(row.level, quantity).map_err(Error::from)?;
-    let changed = change(&mut tx, row, after, MovementKind::Add, None).await?;
-    enqueue(&mut tx, &state.topics, vec![level_changed(&changed)]).await?;
-    tx.commit().await?;
-    tracing::info!(%product_id, admin = %admin.sub, quantity, version = changed.version, "inventory: stock added");
+    let changed = change(conn, row, after, MovementKind::Add, None).await?;
+    enqueue(conn, &state.topics, vec![level_changed(&changed)]).await?;
+    tracing::info!(%product_id, admin = %admin.sub, quantity, version = changed.version, "inventory: stock added (commits with the response)");
     Ok(Json(StockView::from(&changed)))
 }
 
@@ -323,7 +370,7 @@ async fn list_movements(
 #[openapi(
     info(
         title = "commerce inventory",
-        description = "Stock of the reference commerce system: figures, restocks, counts and movements. Every route needs a bearer JWT with the admin role."
+        description = "Stock of the reference commerce system: figures, restocks (with an Idempotency-Key), counts and movements. Every route needs a bearer JWT with the admin role."
     ),
     paths(get_stock, add_stock, adjust_stock, list_movements),
     components(schemas(AddStock, AdjustStock, StockView, MovementView, MovementsView, Problem)),

@@ -9,10 +9,14 @@
 //! - **Saga** ([`Saga`], consumer `inventory.saga` of the orders and payments topics):
 //!   `OrderPlaced` reserves every line or none and publishes `StockReserved` or
 //!   `StockReservationFailed`; `PaymentApproved` confirms the reservation (`StockConfirmed`);
-//!   `PaymentDeclined` and `OrderCancelled` release it (`StockReleased`).
+//!   `PaymentDeclined` releases it (`StockReleased`); `OrderCancelled` releases units still
+//!   reserved and restocks units already sold (`StockRestocked`), so a cancelled order returns
+//!   every unit.
 //! - **Admin API** ([`app`], bearer JWT with the `admin` role): `GET /api/v1/stock/{id}`,
 //!   `POST /api/v1/stock/{id}/add`, `PUT /api/v1/stock/{id}`,
 //!   `GET /api/v1/stock/{id}/movements`, and the OpenAPI document at `GET /openapi.json`.
+//!   `POST /api/v1/stock/{id}/add` requires an `Idempotency-Key`: a retry with the same key
+//!   replays the first answer and the units are added once.
 //!
 //! # Guarantees
 //!

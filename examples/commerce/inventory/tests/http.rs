@@ -39,6 +39,11 @@ async fn call(
     body: Option<Value>,
 ) -> (StatusCode, Option<String>, Value) {
     let mut request = Request::builder().method(method).uri(uri);
+    if method == "POST" {
+        // The restock route requires a key; a fresh one per call (`admin_idempotency.rs` tests
+        // retries).
+        request = request.header("idempotency-key", Uuid::now_v7().to_string());
+    }
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }

@@ -41,6 +41,7 @@ async fn fresh_topics() -> Topics {
         orders: testkit::kafka::topic(1).await,
         inventory: testkit::kafka::topic(1).await,
         payments: testkit::kafka::topic(1).await,
+        shipments: testkit::kafka::topic(1).await,
         dead_letters: testkit::kafka::topic(1).await,
     }
 }

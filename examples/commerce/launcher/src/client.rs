@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// Calls the four services of a running stack.
+/// Calls the services of a running stack.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -44,6 +44,8 @@ impl Client {
             "order" => self.config.addrs.order,
             "inventory" => self.config.addrs.inventory,
             "payment" => self.config.addrs.payment,
+            "shipping" => self.config.addrs.shipping,
+            "notification" => self.config.addrs.notification,
             _ => self.config.addrs.product,
         };
         format!("http://{addr}")
@@ -92,6 +94,8 @@ impl Client {
     ) -> anyhow::Result<Uuid> {
         let body =
             json!({"sku": sku, "name": name, "description": name, "price_cents": price_cents});
+        // One key per product meant; a retry of this request with it creates nothing more.
+        let key = Uuid::now_v7().to_string();
         let (status, reply) = self
             .send(
                 self.request(
@@ -100,6 +104,7 @@ impl Client {
                     "/api/v1/products",
                     Some(admin),
                 )
+                .header("Idempotency-Key", key)
                 .json(&body),
             )
             .await?;
@@ -124,9 +129,12 @@ impl Client {
         quantity: i32,
     ) -> anyhow::Result<Value> {
         let path = format!("/api/v1/stock/{product}/add");
+        // One key per restock meant; a retry of this request with it adds nothing more.
+        let key = Uuid::now_v7().to_string();
         let (status, reply) = self
             .send(
                 self.request(reqwest::Method::POST, "inventory", &path, Some(admin))
+                    .header("Idempotency-Key", key)
                     .json(&json!({"quantity": quantity})),
             )
             .await?;
@@ -179,31 +187,105 @@ impl Client {
         .await
     }
 
-    /// Polls an order until it reaches a final state (CONFIRMED, CANCELLED, FAILED) or `limit` passes.
+    /// Polls an order until its state is one of `states` or `limit` passes.
     ///
     /// # Errors
     ///
-    /// When the service cannot be reached, or the order is not final in time.
-    pub async fn wait_final(
+    /// When the service cannot be reached, or the order is not in one of `states` in time.
+    pub async fn wait_state(
         &self,
         customer: &str,
         id: &str,
+        states: &[&str],
         limit: Duration,
     ) -> anyhow::Result<Value> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let (_, order) = self.order(customer, id).await?;
-            if matches!(
-                order["state"].as_str(),
-                Some("CONFIRMED" | "CANCELLED" | "FAILED")
-            ) {
+            if order["state"].as_str().is_some_and(|s| states.contains(&s)) {
                 return Ok(order);
             }
             if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!("order {id} not final after {limit:?}: {order}");
+                anyhow::bail!("order {id} not in {states:?} after {limit:?}: {order}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Polls an order until the saga has settled it: shipped (the furthest it goes without an
+    /// admin), cancelled or failed.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait_state`](Self::wait_state).
+    pub async fn wait_settled(
+        &self,
+        customer: &str,
+        id: &str,
+        limit: Duration,
+    ) -> anyhow::Result<Value> {
+        self.wait_state(customer, id, &["SHIPPED", "CANCELLED", "FAILED"], limit)
+            .await
+    }
+
+    /// Cancels an order (its customer).
+    ///
+    /// # Errors
+    ///
+    /// When the service cannot be reached.
+    pub async fn cancel_order(&self, customer: &str, id: &str) -> anyhow::Result<Reply> {
+        self.send(self.request(
+            reqwest::Method::POST,
+            "order",
+            &format!("/api/v1/orders/{id}/cancel"),
+            Some(customer),
+        ))
+        .await
+    }
+
+    /// An order's shipment (`token`: an admin's or the order's customer's).
+    ///
+    /// # Errors
+    ///
+    /// When the service cannot be reached.
+    pub async fn shipment(&self, token: &str, order: &str) -> anyhow::Result<Reply> {
+        self.send(self.request(
+            reqwest::Method::GET,
+            "shipping",
+            &format!("/api/v1/shipments/{order}"),
+            Some(token),
+        ))
+        .await
+    }
+
+    /// Marks an order's shipment delivered (admin).
+    ///
+    /// # Errors
+    ///
+    /// When the service cannot be reached.
+    pub async fn deliver(&self, admin: &str, order: &str) -> anyhow::Result<Reply> {
+        self.send(self.request(
+            reqwest::Method::POST,
+            "shipping",
+            &format!("/api/v1/shipments/{order}/deliver"),
+            Some(admin),
+        ))
+        .await
+    }
+
+    /// The caller's notifications, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// When the service cannot be reached.
+    pub async fn notifications(&self, customer: &str) -> anyhow::Result<Reply> {
+        self.send(self.request(
+            reqwest::Method::GET,
+            "notification",
+            "/api/v1/notifications",
+            Some(customer),
+        ))
+        .await
     }
 
     /// A product as the public API serves it (with available stock).

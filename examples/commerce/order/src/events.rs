@@ -10,7 +10,9 @@ use crate::repo::{self, Outcome};
 
 /// Applies inventory and payment events to orders (`order.saga`): `StockReserved` -> `RESERVED`,
 /// `StockReservationFailed` -> `FAILED`, `PaymentApproved` -> `PAID`, `PaymentDeclined` ->
-/// `CANCELLED`, `StockConfirmed` -> `CONFIRMED` (see [`domain::apply`](crate::domain::apply));
+/// `CANCELLED`, `StockConfirmed` -> `CONFIRMED` (announced as `OrderConfirmed`),
+/// `ShipmentCreated` -> `SHIPPED`, `ShipmentDelivered` -> `COMPLETED` (see
+/// [`domain::apply`](crate::domain::apply));
 /// other event types are ignored. Run it on an [`idempotency::Consumer`], which applies each
 /// event once.
 ///

@@ -238,9 +238,10 @@ async fn get_order(
     }
 }
 
-/// Cancels one of the caller's orders while it is `PENDING`, `RESERVED` or `PAID`: it becomes
-/// `CANCELLED` ("cancelled by customer") and `OrderCancelled` is published (inventory releases
-/// the stock, payment refunds a charge).
+/// Cancels one of the caller's orders until it ships (`PENDING`, `RESERVED`, `PAID` or
+/// `CONFIRMED`): it becomes `CANCELLED` ("cancelled by customer") and `OrderCancelled` is
+/// published (inventory releases reserved units and restocks sold ones, payment refunds a
+/// charge, shipping cancels a shipment not yet handed over).
 #[utoipa::path(
     post,
     path = "/api/v1/orders/{id}/cancel",
@@ -250,7 +251,7 @@ async fn get_order(
         (status = 200, description = "Cancelled", body = Order),
         (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order, or not the caller's", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The order is CONFIRMED, CANCELLED or FAILED", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is SHIPPED, COMPLETED, CANCELLED or FAILED", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -270,9 +271,10 @@ async fn cancel_order(
     if locked.customer_id != claims.sub {
         return Err(not_found());
     }
+    let customer_id = locked.customer_id.clone();
     let transition = domain::apply(locked.state, &Input::CustomerCancelled)
         .ok_or_else(|| cannot_cancel(locked.state))?;
-    repo::write(&mut tx, &state.topics, &[id], &transition).await?;
+    repo::write(&mut tx, &state.topics, &[(id, customer_id)], &transition).await?;
     let order = repo::find(&mut tx, id).await?.ok_or_else(not_found)?;
     tx.commit().await?;
     Ok(Json(order))

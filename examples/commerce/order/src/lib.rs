@@ -6,9 +6,9 @@
 //!   service and kept with the order; the order, its `OrderPlaced` event and the key's stored
 //!   response commit in one transaction), `GET /api/v1/orders`, `GET /api/v1/orders/{id}`,
 //!   `POST /api/v1/orders/{id}/cancel`, and `GET /openapi.json`.
-//! - **Consumer** `order.saga` of the inventory and payments topics ([`OrderSaga`]): moves
-//!   orders through `PENDING -> RESERVED -> PAID -> CONFIRMED`, or to `FAILED` / `CANCELLED`,
-//!   with the transitions of [`domain`]. Each event is applied once (the `idempotency` inbox).
+//! - **Consumer** `order.saga` of the inventory, payments and shipments topics ([`OrderSaga`]):
+//!   moves orders through `PENDING -> RESERVED -> PAID -> CONFIRMED -> SHIPPED -> COMPLETED`,
+//!   or to `FAILED` / `CANCELLED`, with the transitions of [`domain`]. Each event is applied once (the `idempotency` inbox).
 //! - **Jobs** ([`jobs`], each run by one instance at a time through a named lease): reservations
 //!   waiting longer than `RESERVATION_TIMEOUT_SECS` for their payment are cancelled ("payment
 //!   timeout", with `OrderCancelled`); finished orders older than `ORDER_ARCHIVE_AFTER_DAYS`
@@ -160,7 +160,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config,
         &pool,
         "order.saga",
-        &[&config.topics.inventory, &config.topics.payments],
+        &[
+            &config.topics.inventory,
+            &config.topics.payments,
+            &config.topics.shipments,
+        ],
         OrderSaga::new(config.topics.clone()),
     )
     .context("order: consumer")?;

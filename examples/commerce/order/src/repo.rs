@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use commerce_events::{Event, Topics};
+use commerce_events::Topics;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -201,8 +201,8 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Locked>> {
     }
 }
 
-/// Writes `transition` to the orders `ids` (which the caller's transaction has locked) and
-/// enqueues their `OrderCancelled` events when it announces a cancellation.
+/// Writes `transition` to `orders` (`(id, customer_id)`, locked by the caller's transaction)
+/// and enqueues their announcements (`OrderConfirmed`, `OrderCancelled`), if it has one.
 ///
 /// # Errors
 ///
@@ -210,34 +210,31 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Locked>> {
 pub async fn write(
     conn: &mut PgConnection,
     topics: &Topics,
-    ids: &[Uuid],
+    orders: &[(Uuid, String)],
     transition: &Transition,
 ) -> Result<()> {
+    let ids: Vec<Uuid> = orders.iter().map(|(id, _)| *id).collect();
     sqlx::query(
         "UPDATE orders SET state = $2, reason = coalesce($3, reason),
                 reserved_at = CASE WHEN $4 THEN now() ELSE reserved_at END,
                 updated_at = now()
          WHERE id = ANY($1)",
     )
-    .bind(ids)
+    .bind(&ids)
     .bind(transition.to.as_str())
     .bind(transition.reason.as_deref())
     .bind(transition.reserved)
     .execute(&mut *conn)
     .await?;
     let mut events = Vec::new();
-    for &order_id in ids {
-        let event_id = if transition.announce_cancellation {
-            let envelope = Event::OrderCancelled {
-                order_id,
-                reason: transition.reason.clone().unwrap_or_default(),
-            }
-            .into_envelope();
-            events.push(commerce_platform::events::to_outbox(&envelope, topics));
-            Some(envelope.event_id)
-        } else {
-            None
-        };
+    for (order_id, customer_id) in orders {
+        let event_id = transition
+            .announcement(*order_id, customer_id)
+            .map(|event| {
+                let envelope = event.into_envelope();
+                events.push(commerce_platform::events::to_outbox(&envelope, topics));
+                envelope.event_id
+            });
         tracing::info!(%order_id, event_id = event_id.map(tracing::field::display), state = %transition.to, reason = transition.reason.as_deref(), "order state changed");
     }
     if !events.is_empty() {
@@ -276,7 +273,7 @@ pub async fn transition(
     };
     match domain::apply(locked.state, input) {
         Some(transition) => {
-            write(conn, topics, &[id], &transition).await?;
+            write(conn, topics, &[(id, locked.customer_id)], &transition).await?;
             Ok(Outcome::Applied(transition))
         }
         None => Ok(Outcome::Unchanged(locked.state)),
@@ -304,8 +301,8 @@ pub async fn expire_reservations(
     let mut total = 0;
     loop {
         let mut tx = pool.begin().await?;
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM orders
+        let orders: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, customer_id FROM orders
              WHERE state = 'RESERVED' AND reserved_at < now() - $1::interval
              ORDER BY reserved_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
@@ -313,19 +310,19 @@ pub async fn expire_reservations(
         .bind(chunk)
         .fetch_all(&mut *tx)
         .await?;
-        if ids.is_empty() {
+        if orders.is_empty() {
             return Ok(total);
         }
-        write(&mut tx, topics, &ids, &transition).await?;
+        write(&mut tx, topics, &orders, &transition).await?;
         tx.commit().await?;
-        total += ids.len() as u64;
-        if (ids.len() as i64) < chunk {
+        total += orders.len() as u64;
+        if (orders.len() as i64) < chunk {
             return Ok(total);
         }
     }
 }
 
-/// Moves finished orders (`CONFIRMED`, `CANCELLED`, `FAILED`) whose last change is older than
+/// Moves finished orders (`COMPLETED`, `CANCELLED`, `FAILED`) whose last change is older than
 /// `older_than` to `orders_archive` and `order_lines_archive`, `chunk` orders per transaction,
 /// until none is left. Returns how many were moved. Archived orders stay readable through the
 /// API.
@@ -340,7 +337,7 @@ pub async fn archive_finished(pool: &PgPool, older_than: Duration, chunk: i64) -
         let mut tx = pool.begin().await?;
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM orders
-             WHERE state IN ('CONFIRMED', 'CANCELLED', 'FAILED')
+             WHERE state IN ('COMPLETED', 'CANCELLED', 'FAILED')
                AND updated_at < now() - $1::interval
              ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         )

@@ -368,9 +368,14 @@ async fn lists_newest_first_with_pages() {
 }
 
 #[tokio::test]
-async fn cancels_until_confirmed() {
+async fn cancels_until_shipped() {
     let h = Harness::new().await;
-    for state in [OrderState::Pending, OrderState::Reserved, OrderState::Paid] {
+    for state in [
+        OrderState::Pending,
+        OrderState::Reserved,
+        OrderState::Paid,
+        OrderState::Confirmed,
+    ] {
         let id = h.place_one("alice").await;
         h.set_state(id, state).await;
         let reply = h
@@ -398,9 +403,13 @@ async fn cancels_until_confirmed() {
             }
         })
         .collect();
-    assert_eq!(cancelled, ["cancelled by customer"; 3]);
+    assert_eq!(cancelled, ["cancelled by customer"; 4]);
 
-    for state in [OrderState::Confirmed, OrderState::Failed] {
+    for state in [
+        OrderState::Shipped,
+        OrderState::Completed,
+        OrderState::Failed,
+    ] {
         let id = h.place_one("alice").await;
         h.set_state(id, state).await;
         let reply = h
@@ -415,7 +424,7 @@ async fn cancels_until_confirmed() {
             .iter()
             .filter(|e| e.0 == "OrderCancelled")
             .count(),
-        3,
+        4,
         "refused cancels publish nothing"
     );
 }

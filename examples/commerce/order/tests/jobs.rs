@@ -22,7 +22,9 @@ async fn cancelled_events(h: &Harness) -> Vec<(Uuid, String)> {
         .map(|(_, topic, _, _, payload)| {
             assert_eq!(topic, h.config.topics.orders);
             match commerce_events::decode(&payload).expect("valid").event {
-                Event::OrderCancelled { order_id, reason } => (order_id, reason),
+                Event::OrderCancelled {
+                    order_id, reason, ..
+                } => (order_id, reason),
                 other => panic!("{other:?}"),
             }
         })
@@ -108,10 +110,10 @@ async fn expiry_works_in_chunks_and_only_once() {
 #[tokio::test]
 async fn the_archiver_moves_old_finished_orders_which_stay_readable() {
     let h = Harness::new().await;
-    let old_confirmed = insert_order(h.pool(), "alice", OrderState::Confirmed, 40 * DAY).await;
+    let old_completed = insert_order(h.pool(), "alice", OrderState::Completed, 40 * DAY).await;
     let old_cancelled = insert_order(h.pool(), "alice", OrderState::Cancelled, 31 * DAY).await;
     let old_failed = insert_order(h.pool(), "alice", OrderState::Failed, 35 * DAY).await;
-    let recent_confirmed = insert_order(h.pool(), "alice", OrderState::Confirmed, DAY).await;
+    let recent_completed = insert_order(h.pool(), "alice", OrderState::Completed, DAY).await;
     let old_pending = insert_order(h.pool(), "alice", OrderState::Pending, 40 * DAY).await;
     let old_paid = insert_order(h.pool(), "alice", OrderState::Paid, 40 * DAY).await;
 
@@ -123,29 +125,29 @@ async fn the_archiver_moves_old_finished_orders_which_stay_readable() {
         .fetch_all(h.pool())
         .await
         .expect("live");
-    assert_eq!(live, [recent_confirmed, old_pending, old_paid]);
+    assert_eq!(live, [recent_completed, old_pending, old_paid]);
     let archived: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM orders_archive ORDER BY id")
         .fetch_all(h.pool())
         .await
         .expect("archived");
-    assert_eq!(archived, [old_confirmed, old_cancelled, old_failed]);
+    assert_eq!(archived, [old_completed, old_cancelled, old_failed]);
     assert_eq!(count(h.pool(), "order_lines_archive").await, 3);
     assert_eq!(count(h.pool(), "order_lines").await, 3);
 
     // Still readable (with its lines), listed, and not cancellable.
     let read = h
-        .get("alice", &format!("/api/v1/orders/{old_confirmed}"))
+        .get("alice", &format!("/api/v1/orders/{old_completed}"))
         .await;
     assert_eq!(read.status, StatusCode::OK, "{}", read.body);
-    assert_eq!(read.body["state"], "CONFIRMED");
+    assert_eq!(read.body["state"], "COMPLETED");
     assert_eq!(read.body["lines"][0]["quantity"], 2);
     assert_eq!(read.body["total_cents"], 500);
     let list = h.get("alice", "/api/v1/orders").await;
     assert_eq!(list.body.as_array().map(Vec::len), Some(6));
-    h.post("alice", &format!("/api/v1/orders/{old_confirmed}/cancel"))
+    h.post("alice", &format!("/api/v1/orders/{old_completed}/cancel"))
         .await
         .assert_problem(StatusCode::CONFLICT);
-    h.get("bob", &format!("/api/v1/orders/{old_confirmed}"))
+    h.get("bob", &format!("/api/v1/orders/{old_completed}"))
         .await
         .assert_problem(StatusCode::NOT_FOUND);
 

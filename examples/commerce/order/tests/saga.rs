@@ -61,7 +61,7 @@ async fn state(pool: &PgPool, id: Uuid) -> (String, Option<String>, bool) {
 }
 
 #[tokio::test]
-async fn follows_the_happy_path_to_confirmed() {
+async fn follows_the_happy_path_to_completed_and_announces_the_confirmation() {
     let h = Harness::new().await;
     let saga = OrderSaga::new(h.config.topics.clone());
     let id = h.place_one("alice").await;
@@ -77,6 +77,18 @@ async fn follows_the_happy_path_to_confirmed() {
             amount_cents: 500,
         },
         Event::StockConfirmed { order_id: id },
+        Event::ShipmentCreated {
+            order_id: id,
+            shipment_id: Uuid::now_v7(),
+            customer_id: "alice".into(),
+            carrier: "Acme Parcel".into(),
+            tracking_number: "AP1".into(),
+        },
+        Event::ShipmentDelivered {
+            order_id: id,
+            shipment_id: Uuid::now_v7(),
+            customer_id: "alice".into(),
+        },
     ];
     let mut seen = Vec::new();
     for event in events {
@@ -92,10 +104,18 @@ async fn follows_the_happy_path_to_confirmed() {
             ("RESERVED".into(), None, true),
             ("PAID".into(), None, true),
             ("CONFIRMED".into(), None, true),
+            ("SHIPPED".into(), None, true),
+            ("COMPLETED".into(), None, true),
         ]
     );
-    // Only the order's own OrderPlaced is in the outbox: the saga's moves publish nothing.
-    assert_eq!(h.count("outbox_events").await, 1);
+    // OrderPlaced and OrderConfirmed (for shipping) are in the outbox; the other moves publish
+    // nothing.
+    let types: Vec<String> =
+        sqlx::query_scalar("SELECT event_type FROM outbox_events ORDER BY seq")
+            .fetch_all(h.pool())
+            .await
+            .expect("outbox");
+    assert_eq!(types, ["OrderPlaced", "OrderConfirmed"]);
 }
 
 #[tokio::test]
@@ -160,14 +180,22 @@ async fn failures_and_declines_record_reasons_and_late_events_change_nothing() {
             true
         )
     );
-    // A declined payment is not announced as OrderCancelled (inventory and payment act on it).
-    assert_eq!(h.count("outbox_events").await, 2);
+    // Two OrderPlaced, and the declined order's OrderCancelled (so the customer is told why;
+    // inventory and payment find nothing left to do). A failed reservation is not a cancellation.
+    let types: Vec<String> =
+        sqlx::query_scalar("SELECT event_type FROM outbox_events ORDER BY seq")
+            .fetch_all(h.pool())
+            .await
+            .expect("outbox");
+    assert_eq!(types, ["OrderPlaced", "OrderPlaced", "OrderCancelled"]);
 
     // Events the order service does not act on, and events for orders it does not have.
     for event in [
         Event::PaymentRefunded {
             order_id: declined,
             payment_id: Uuid::now_v7(),
+            customer_id: "x".into(),
+            amount_cents: 1,
         },
         Event::StockLevelChanged {
             product_id: Uuid::now_v7(),

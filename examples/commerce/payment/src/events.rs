@@ -70,7 +70,8 @@ impl Saga {
             payment_id,
             customer_id,
             amount_cents,
-        });
+        })
+        .await;
         let (status, reason) = domain::settle(&outcome);
         tracing::info!(%order_id, %event_id, %payment_id, %status, reason, "payment: provider answered");
         let event = match status {
@@ -112,6 +113,8 @@ impl Saga {
                     Event::PaymentRefunded {
                         order_id,
                         payment_id: payment.payment_id,
+                        customer_id: payment.customer_id.clone(),
+                        amount_cents: payment.amount_cents,
                     },
                 )
                 .await
@@ -165,9 +168,9 @@ impl EventHandler for Saga {
                 self.reserved(conn, event_id, order_id, total_cents, &customer_id)
                     .await
             }
-            Event::OrderCancelled { order_id, reason } => {
-                self.cancelled(conn, event_id, order_id, &reason).await
-            }
+            Event::OrderCancelled {
+                order_id, reason, ..
+            } => self.cancelled(conn, event_id, order_id, &reason).await,
             _ => Ok(()),
         }
     }

@@ -1,15 +1,24 @@
 //! The fake payment provider: deterministic by customer id, no I/O.
 //!
-//! | customer id starts with | answer                                   |
-//! |-------------------------|------------------------------------------|
-//! | `decline`               | [`Outcome::Declined`] (`card declined`)  |
-//! | `timeout`               | [`Outcome::NoAnswer`]                    |
-//! | anything else           | [`Outcome::Approved`]                    |
+//! | customer id starts with | answer                                              |
+//! |-------------------------|-----------------------------------------------------|
+//! | `decline`               | [`Outcome::Declined`] (`card declined`)             |
+//! | `timeout`               | [`Outcome::NoAnswer`]                               |
+//! | `slow`                  | [`Outcome::Approved`], after [`SLOW_ANSWER`]        |
+//! | anything else           | [`Outcome::Approved`]                               |
+//!
+//! A slow answer lets a reservation expire, or a customer cancel, while the charge is being
+//! made: the approval then arrives after the cancellation, which the saga must refund.
 //!
 //! An amount that is not positive is declined (`invalid amount`) whoever the customer is, as a
 //! real provider would refuse it.
 
+use std::time::Duration;
+
 use uuid::Uuid;
+
+/// How long the provider takes to approve a `slow` customer's charge.
+pub const SLOW_ANSWER: Duration = Duration::from_secs(3);
 
 /// A charge request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +43,17 @@ pub enum Outcome {
     NoAnswer,
 }
 
-/// Asks the fake provider to charge `request`.
-pub fn charge(request: &Charge<'_>) -> Outcome {
+/// Asks the fake provider to charge `request`: [`answer`], after [`SLOW_ANSWER`] for a `slow`
+/// customer.
+pub async fn charge(request: &Charge<'_>) -> Outcome {
+    if request.customer_id.starts_with("slow") {
+        tokio::time::sleep(SLOW_ANSWER).await;
+    }
+    answer(request)
+}
+
+/// The provider's answer to `request`, by the table above.
+pub fn answer(request: &Charge<'_>) -> Outcome {
     if request.amount_cents <= 0 {
         Outcome::Declined("invalid amount".to_owned())
     } else if request.customer_id.starts_with("decline") {
@@ -52,7 +70,7 @@ mod tests {
     use super::*;
 
     fn answer(customer_id: &str, amount_cents: i64) -> Outcome {
-        charge(&Charge {
+        super::answer(&Charge {
             payment_id: Uuid::now_v7(),
             customer_id,
             amount_cents,
@@ -71,6 +89,7 @@ mod tests {
             Outcome::Declined("card declined".into())
         );
         assert_eq!(answer("timeout-carol", 1000), Outcome::NoAnswer);
+        assert_eq!(answer("slow-dora", 1000), Outcome::Approved);
         // Only a prefix counts.
         assert_eq!(answer("carol-timeout", 1000), Outcome::Approved);
         assert_eq!(answer("Decline", 1000), Outcome::Approved);

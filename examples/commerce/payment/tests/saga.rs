@@ -63,6 +63,7 @@ fn reserved(order_id: Uuid, customer_id: &str, total_cents: i64) -> Envelope {
 fn cancelled(order_id: Uuid) -> Envelope {
     Event::OrderCancelled {
         order_id,
+        customer_id: "alice".into(),
         reason: "cancelled by customer".into(),
     }
     .into_envelope()
@@ -280,7 +281,9 @@ async fn a_cancellation_after_the_charge_refunds_it_once() {
                 "test.payments".to_owned(),
                 Event::PaymentRefunded {
                     order_id,
-                    payment_id
+                    payment_id,
+                    customer_id: "alice".into(),
+                    amount_cents: 2500,
                 }
             ),
         ]

@@ -10,18 +10,26 @@ pub struct Config {
     pub database_url: String,
     /// `COMMERCE_DB_PREFIX` (default `commerce`).
     pub db_prefix: String,
+    /// `COMMERCE_DB_POOL_SIZE` (default 10): the most connections each service opens to its
+    /// database. Keep `services x pool size` under the server's `max_connections`.
+    pub db_pool_size: u32,
     /// `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`).
     pub kafka: String,
     /// `COMMERCE_TOPIC_PREFIX` (default `commerce`): topics are `<prefix>.orders` and so on.
     pub topics: commerce_events::Topics,
     /// `REDIS_URL` (default `redis://127.0.0.1:6379`).
     pub redis_url: String,
-    /// `JWT_SECRET`: HS256 key for bearer tokens; required, at least [`MIN_SECRET_LEN`] characters.
+    /// `JWT_SECRET`: HS256 key for bearer tokens; required, at least [`MIN_SECRET_LEN`] characters
+    /// (in development mode, [`DEV_JWT_SECRET`] when unset).
     pub jwt_secret: String,
     /// `SERVICE_API_KEY`: the key services present to each other; required, at least
-    /// [`MIN_SECRET_LEN`] characters.
+    /// [`MIN_SECRET_LEN`] characters (in development mode, [`DEV_API_KEY`] when unset).
     pub api_key: String,
-    /// `ORDER_ADDR`, `INVENTORY_ADDR`, `PAYMENT_ADDR`, `PRODUCT_ADDR` (defaults 127.0.0.1:8081..8084).
+    /// `COMMERCE_DEV_MODE` (`true` or `1`; default off): unset secrets fall back to the public
+    /// development values instead of stopping the service. Never on outside a developer's machine.
+    pub dev_mode: bool,
+    /// `ORDER_ADDR`, `INVENTORY_ADDR`, `PAYMENT_ADDR`, `PRODUCT_ADDR`, `SHIPPING_ADDR`,
+    /// `NOTIFICATION_ADDR` (defaults 127.0.0.1:8081..8086).
     pub addrs: Addrs,
     /// `RESERVATION_TIMEOUT_SECS`: how long a reservation may wait for payment (default 30).
     pub reservation_timeout_secs: u64,
@@ -43,6 +51,10 @@ pub struct Addrs {
     pub payment: SocketAddr,
     /// The product service.
     pub product: SocketAddr,
+    /// The shipping service.
+    pub shipping: SocketAddr,
+    /// The notification service.
+    pub notification: SocketAddr,
 }
 
 impl std::fmt::Debug for Config {
@@ -50,11 +62,13 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("database_url", &self.database_url)
             .field("db_prefix", &self.db_prefix)
+            .field("db_pool_size", &self.db_pool_size)
             .field("kafka", &self.kafka)
             .field("topics", &self.topics)
             .field("redis_url", &self.redis_url)
             .field("jwt_secret", &"<redacted>")
             .field("api_key", &"<redacted>")
+            .field("dev_mode", &self.dev_mode)
             .field("addrs", &self.addrs)
             .field("reservation_timeout_secs", &self.reservation_timeout_secs)
             .field("instance_id", &self.instance_id)
@@ -64,6 +78,11 @@ impl std::fmt::Debug for Config {
 
 /// The shortest secret the services accept.
 pub const MIN_SECRET_LEN: usize = 32;
+/// The JWT secret of development mode when `JWT_SECRET` is unset: public, so anyone can mint
+/// tokens for a service running with it.
+pub const DEV_JWT_SECRET: &str = "development-only-jwt-secret-never-use-in-production";
+/// The service API key of development mode when `SERVICE_API_KEY` is unset: public.
+pub const DEV_API_KEY: &str = "development-only-service-key-never-use-in-production";
 
 impl Config {
     /// Reads the environment (see [`from_vars`](Self::from_vars)).
@@ -78,8 +97,9 @@ impl Config {
     /// Reads the configuration through `lookup` (a variable's value, if set). Every setting has a
     /// development default except the secrets: `JWT_SECRET` and `SERVICE_API_KEY` must be set,
     /// to at least [`MIN_SECRET_LEN`] characters, so a misconfigured service never starts with a
-    /// secret anyone can read here. (`scripts/services` prints development values made once per
-    /// machine.)
+    /// secret anyone can read here. Only with `COMMERCE_DEV_MODE=true` do unset secrets fall back
+    /// to [`DEV_JWT_SECRET`] and [`DEV_API_KEY`]. (`scripts/services` prints development values
+    /// made once per machine, which need no development mode.)
     ///
     /// # Errors
     ///
@@ -91,14 +111,22 @@ impl Config {
                 .parse()
                 .with_context(|| format!("{name} is not a socket address"))
         };
-        let secret = |name: &str| -> anyhow::Result<String> {
-            let value = lookup(name).with_context(|| {
-                format!(
+        let dev_mode = match lookup("COMMERCE_DEV_MODE").as_deref() {
+            None | Some("" | "0" | "false") => false,
+            Some("1" | "true") => true,
+            Some(other) => anyhow::bail!("COMMERCE_DEV_MODE must be true or false, not {other:?}"),
+        };
+        let secret = |name: &str, development: &str| -> anyhow::Result<String> {
+            let value = match lookup(name) {
+                Some(value) => value,
+                None if dev_mode => development.to_owned(),
+                None => anyhow::bail!(
                     "{name} is not set: the services have no default secret. Set it to at least \
                      {MIN_SECRET_LEN} random characters (`openssl rand -hex 32`); for a local run, \
-                     `eval \"$(scripts/services up)\"` sets development values"
-                )
-            })?;
+                     `eval \"$(scripts/services up)\"` sets development values, or \
+                     COMMERCE_DEV_MODE=true uses public ones"
+                ),
+            };
             if value.len() < MIN_SECRET_LEN {
                 anyhow::bail!("{name} must be at least {MIN_SECRET_LEN} characters long");
             }
@@ -110,16 +138,23 @@ impl Config {
                 "postgres://postgres@127.0.0.1:5432/postgres",
             ),
             db_prefix: var("COMMERCE_DB_PREFIX", "commerce"),
+            db_pool_size: match var("COMMERCE_DB_POOL_SIZE", "10").parse() {
+                Ok(size @ 1..) => size,
+                _ => anyhow::bail!("COMMERCE_DB_POOL_SIZE must be a whole number of at least 1"),
+            },
             kafka: var("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
             topics: commerce_events::Topics::new(&var("COMMERCE_TOPIC_PREFIX", "commerce")),
             redis_url: var("REDIS_URL", "redis://127.0.0.1:6379"),
-            jwt_secret: secret("JWT_SECRET")?,
-            api_key: secret("SERVICE_API_KEY")?,
+            jwt_secret: secret("JWT_SECRET", DEV_JWT_SECRET)?,
+            api_key: secret("SERVICE_API_KEY", DEV_API_KEY)?,
+            dev_mode,
             addrs: Addrs {
                 order: addr("ORDER_ADDR", "127.0.0.1:8081")?,
                 inventory: addr("INVENTORY_ADDR", "127.0.0.1:8082")?,
                 payment: addr("PAYMENT_ADDR", "127.0.0.1:8083")?,
                 product: addr("PRODUCT_ADDR", "127.0.0.1:8084")?,
+                shipping: addr("SHIPPING_ADDR", "127.0.0.1:8085")?,
+                notification: addr("NOTIFICATION_ADDR", "127.0.0.1:8086")?,
             },
             reservation_timeout_secs: var("RESERVATION_TIMEOUT_SECS", "30")
                 .parse()
@@ -193,5 +228,23 @@ mod tests {
         assert_eq!(config.addrs.order, "127.0.0.1:8081".parse().expect("addr"));
         assert_eq!(config.topics.orders, "commerce.orders");
         assert_eq!(config.instance_id, None);
+        assert!(!config.dev_mode);
+        assert_eq!(config.db_pool_size, 10);
+    }
+
+    #[test]
+    fn development_mode_falls_back_to_public_secrets_only_when_asked() {
+        let config = config(&[("COMMERCE_DEV_MODE", "true")]).expect("development mode");
+        assert!(config.dev_mode);
+        assert_eq!(config.jwt_secret, DEV_JWT_SECRET);
+        assert_eq!(config.api_key, DEV_API_KEY);
+        // Secrets that are set win, and are still checked.
+        let config = config(&[("COMMERCE_DEV_MODE", "1"), ("JWT_SECRET", JWT)]).expect("config");
+        assert_eq!(config.jwt_secret, JWT);
+        assert!(config(&[("COMMERCE_DEV_MODE", "1"), ("JWT_SECRET", "short")]).is_err());
+        assert!(config(&[("COMMERCE_DEV_MODE", "false")]).is_err());
+        let error = config(&[("COMMERCE_DEV_MODE", "yes")]).expect_err("not a boolean");
+        assert!(error.to_string().contains("COMMERCE_DEV_MODE"), "{error}");
+        assert!(DEV_JWT_SECRET.len() >= MIN_SECRET_LEN && DEV_API_KEY.len() >= MIN_SECRET_LEN);
     }
 }

@@ -60,9 +60,16 @@ impl ApiError {
     }
 }
 
+/// A transient database failure (no connection free in time, a lost connection, a
+/// serialization failure) is a 503 the client may retry; anything else is a 500.
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        ApiError::Internal(e.to_string())
+        if leases::is_retriable_db_error(&e) {
+            tracing::warn!(error = %e, "database busy or unavailable");
+            ApiError::Unavailable("the database is busy or unavailable; retry later".into())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
     }
 }
 
@@ -113,5 +120,23 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         problem(status, code, detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_database_errors_are_retryable_503s() {
+        let status = |e: sqlx::Error| ApiError::from(e).kind().0;
+        assert_eq!(
+            status(sqlx::Error::PoolTimedOut),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            status(sqlx::Error::RowNotFound),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

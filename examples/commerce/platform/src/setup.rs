@@ -44,7 +44,7 @@ pub async fn database(
         }
     }
     let pool = PgPoolOptions::new()
-        .max_connections(10)
+        .max_connections(config.db_pool_size)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(admin.database(&name))
         .await?;

@@ -1,78 +1,42 @@
-//! Routes and DTOs: the admin catalogue, the public catalogue with stock, the internal price
-//! lookup, and the OpenAPI document at `GET /openapi.json`.
+//! Routes and DTOs: the public catalogue with stock, the internal price lookup, and the OpenAPI
+//! document at `GET /openapi.json`; the admin catalogue's handlers are in [`crate::admin`].
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use commerce_platform::extract::PathId;
 use commerce_platform::openapi::{Problem, SecuritySchemes};
-use commerce_platform::{Admin, ApiError, ServiceKey};
+use commerce_platform::{ApiError, ServiceKey};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::admin::{self, AdminProduct, CreateProduct, UpdateProduct, create_route};
 use crate::domain;
 use crate::repo::{self, Product};
 
+/// The routes; `POST /api/v1/products` is behind the admin check and the idempotency layer
+/// ([`create_route`]).
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/v1/products", get(public_list).post(create))
-        .route("/api/v1/products/{id}", get(public_get).put(update))
-        .route("/api/v1/admin/products", get(admin_list))
+        .route("/api/v1/products", create_route(&state).get(public_list))
+        .route("/api/v1/products/{id}", get(public_get).put(admin::update))
+        .route("/api/v1/admin/products", get(admin::admin_list))
         .route("/internal/v1/products/{id}", get(internal_get))
         .route("/openapi.json", get(openapi))
         .with_state(state)
-}
-
-/// `POST /api/v1/products`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct CreateProduct {
-    /// Letters, digits, `.`, `_` and `-`, starting with a letter or digit; unique.
-    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length = 64)]
-    sku: String,
-    /// Not blank.
-    #[schema(max_length = 200)]
-    name: String,
-    /// Free text.
-    #[serde(default)]
-    #[schema(max_length = 4000, default = "")]
-    description: String,
-    /// In cents.
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
-    price_cents: i64,
-}
-
-/// `PUT /api/v1/products/{id}`: the fields to change (at least one).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct UpdateProduct {
-    /// Not blank.
-    #[schema(max_length = 200)]
-    name: Option<String>,
-    /// Free text.
-    #[schema(max_length = 4000)]
-    description: Option<String>,
-    /// In cents.
-    #[schema(minimum = 1, maximum = 1_000_000_000)]
-    price_cents: Option<i64>,
-    /// Listed (`true`) or withdrawn (`false`).
-    active: Option<bool>,
 }
 
 /// `?limit=&offset=` of the lists.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct Page {
+pub(crate) struct Page {
     /// How many products, 1 to 500.
     #[param(minimum = 1, maximum = 500, default = 100)]
     limit: Option<i64>,
@@ -84,49 +48,8 @@ struct Page {
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 500;
 
-// The schema attributes above take literals only; this keeps them in step with the rules.
-const _: () = assert!(
-    domain::MAX_SKU_LEN == 64
-        && domain::MAX_NAME_LEN == 200
-        && domain::MAX_DESCRIPTION_LEN == 4000
-        && domain::MAX_PRICE_CENTS == 1_000_000_000
-        && DEFAULT_LIMIT == 100
-        && MAX_LIMIT == 500
-);
-
-/// A product as admins see it.
-#[derive(Debug, Serialize, ToSchema)]
-struct AdminProduct {
-    id: Uuid,
-    sku: String,
-    name: String,
-    description: String,
-    /// In cents.
-    price_cents: i64,
-    /// Whether it is listed in the public catalogue.
-    active: bool,
-    /// Units available (cached; null when no stock figure is known).
-    #[schema(required = true)]
-    available: Option<i64>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-impl AdminProduct {
-    fn new(p: Product, available: Option<i64>) -> Self {
-        Self {
-            id: p.id,
-            sku: p.sku,
-            name: p.name,
-            description: p.description,
-            price_cents: p.price_cents,
-            active: p.active,
-            available,
-            created_at: p.created_at,
-            updated_at: p.updated_at,
-        }
-    }
-}
+// The param attributes above take literals only; this keeps them in step with the rules.
+const _: () = assert!(DEFAULT_LIMIT == 100 && MAX_LIMIT == 500);
 
 /// An active product as everyone sees it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -167,7 +90,7 @@ struct InternalProduct {
     active: bool,
 }
 
-fn page(query: Result<Query<Page>, QueryRejection>) -> Result<(i64, i64), ApiError> {
+pub(crate) fn page(query: Result<Query<Page>, QueryRejection>) -> Result<(i64, i64), ApiError> {
     let Query(page) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = page.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -182,14 +105,14 @@ fn page(query: Result<Query<Page>, QueryRejection>) -> Result<(i64, i64), ApiErr
     Ok((limit, offset))
 }
 
-fn invalid(error: domain::Invalid) -> ApiError {
+pub(crate) fn invalid(error: domain::Invalid) -> ApiError {
     ApiError::BadRequest(error.0)
 }
 
 /// The available stock of `ids`, in order: from Redis, else from `stock_levels`, else `None`.
 /// A figure found only in PostgreSQL is written back to Redis (version-guarded, so it can never
 /// replace a newer one).
-async fn stock(state: &AppState, ids: &[Uuid]) -> Result<Vec<Option<i64>>, ApiError> {
+pub(crate) async fn stock(state: &AppState, ids: &[Uuid]) -> Result<Vec<Option<i64>>, ApiError> {
     let cached = match state.stock.available(ids).await {
         Ok(values) => Some(values),
         Err(error) => {
@@ -231,122 +154,6 @@ async fn stock(state: &AppState, ids: &[Uuid]) -> Result<Vec<Option<i64>>, ApiEr
         }
     }
     Ok(values)
-}
-
-/// Create a product (admin).
-#[utoipa::path(
-    post,
-    path = "/api/v1/products",
-    operation_id = "createProduct",
-    tag = "products",
-    request_body = CreateProduct,
-    responses(
-        (status = 201, description = "Created", body = AdminProduct,
-            headers(("location" = String, description = "/api/v1/products/{id}"))),
-        (status = 400, description = "Malformed JSON, unknown fields or invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "A product with this SKU exists", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-async fn create(
-    State(state): State<AppState>,
-    Admin(admin): Admin,
-    body: Result<Json<CreateProduct>, JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let Json(body) = body?;
-    let new = domain::new_product(&body.sku, &body.name, &body.description, body.price_cents)
-        .map_err(invalid)?;
-    let product = repo::insert(&state.pool, Uuid::now_v7(), &new)
-        .await
-        .map_err(|error| {
-            if repo::is_duplicate_sku(&error) {
-                ApiError::Conflict(format!("a product with sku {:?} exists", new.sku))
-            } else {
-                error.into()
-            }
-        })?;
-    tracing::info!(product_id = %product.id, sku = %product.sku, admin = %admin.sub, "product: created");
-    let available = stock(&state, &[product.id]).await?.pop().flatten();
-    let location = format!("/api/v1/products/{}", product.id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(AdminProduct::new(product, available)),
-    ))
-}
-
-/// Change a product's name, description, price or listing (admin).
-#[utoipa::path(
-    put,
-    path = "/api/v1/products/{id}",
-    operation_id = "updateProduct",
-    tag = "products",
-    params(("id" = Uuid, Path, description = "The product")),
-    request_body = UpdateProduct,
-    responses(
-        (status = 200, description = "The changed product", body = AdminProduct),
-        (status = 400, description = "Malformed JSON or id, unknown fields or invalid values", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-async fn update(
-    State(state): State<AppState>,
-    Admin(admin): Admin,
-    PathId(id): PathId,
-    body: Result<Json<UpdateProduct>, JsonRejection>,
-) -> Result<Json<AdminProduct>, ApiError> {
-    let Json(body) = body?;
-    let changes = domain::changes(
-        body.name.as_deref(),
-        body.description.as_deref(),
-        body.price_cents,
-        body.active,
-    )
-    .map_err(invalid)?;
-    let product = repo::update(&state.pool, id, &changes)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no product {id}")))?;
-    tracing::info!(product_id = %id, admin = %admin.sub, "product: updated");
-    let available = stock(&state, &[id]).await?.pop().flatten();
-    Ok(Json(AdminProduct::new(product, available)))
-}
-
-/// Every product, active or not, by SKU (admin).
-#[utoipa::path(
-    get,
-    path = "/api/v1/admin/products",
-    operation_id = "adminListProducts",
-    tag = "products",
-    params(Page),
-    responses(
-        (status = 200, description = "The products, by SKU", body = [AdminProduct]),
-        (status = 400, description = "Invalid limit or offset", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-async fn admin_list(
-    State(state): State<AppState>,
-    Admin(_): Admin,
-    query: Result<Query<Page>, QueryRejection>,
-) -> Result<Json<Vec<AdminProduct>>, ApiError> {
-    let (limit, offset) = page(query)?;
-    let products = repo::list(&state.pool, false, limit, offset).await?;
-    let ids: Vec<Uuid> = products.iter().map(|p| p.id).collect();
-    let available = stock(&state, &ids).await?;
-    Ok(Json(
-        products
-            .into_iter()
-            .zip(available)
-            .map(|(p, a)| AdminProduct::new(p, a))
-            .collect(),
-    ))
 }
 
 /// Active products, by SKU, with available stock.
@@ -442,7 +249,14 @@ async fn internal_get(
         title = "commerce product service",
         description = "The catalogue (admins write it, everyone reads active products with their available stock) and the internal price lookup other services use."
     ),
-    paths(public_list, create, public_get, update, admin_list, internal_get),
+    paths(
+        public_list,
+        admin::create,
+        public_get,
+        admin::update,
+        admin::admin_list,
+        internal_get
+    ),
     components(schemas(
         CreateProduct,
         UpdateProduct,

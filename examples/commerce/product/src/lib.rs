@@ -20,7 +20,9 @@
 //! | `GET /openapi.json`                  | anyone               | the OpenAPI document                      |
 //!
 //! Lists take `?limit=` (1 to 500, default 100) and `?offset=`, ordered by SKU. Bodies reject
-//! unknown fields; every error is problem+json and writes nothing.
+//! unknown fields; every error is problem+json and writes nothing. `POST /api/v1/products`
+//! requires an `Idempotency-Key`: a retry with the same key replays the first answer and the
+//! product is created once.
 //!
 //! # Stock figures and how stale they can be
 //!
@@ -52,6 +54,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admin;
 pub mod cache;
 pub mod domain;
 pub mod events;

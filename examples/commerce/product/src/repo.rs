@@ -19,8 +19,13 @@ pub(crate) struct Product {
     pub(crate) updated_at: DateTime<Utc>,
 }
 
-/// Inserts a product. A duplicate SKU is a unique violation (see [`is_duplicate_sku`]).
-pub(crate) async fn insert(pool: &PgPool, id: Uuid, new: &NewProduct) -> sqlx::Result<Product> {
+/// Inserts a product (on the caller's connection, normally the request's transaction). A
+/// duplicate SKU is a unique violation (see [`is_duplicate_sku`]).
+pub(crate) async fn insert(
+    conn: &mut PgConnection,
+    id: Uuid,
+    new: &NewProduct,
+) -> sqlx::Result<Product> {
     sqlx::query_as(
         "INSERT INTO products (id, sku, name, description, price_cents)
          VALUES ($1, $2, $3, $4, $5)
@@ -31,7 +36,7 @@ pub(crate) async fn insert(pool: &PgPool, id: Uuid, new: &NewProduct) -> sqlx::R
     .bind(&new.name)
     .bind(&new.description)
     .bind(new.price_cents)
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await
 }
 

@@ -181,6 +181,20 @@ pub fn release(level: Level, quantity: i32) -> Result<Level, StockError> {
     })
 }
 
+/// Puts `quantity` sold units back (a cancelled order's confirmed reservation): `total += quantity`.
+///
+/// # Errors
+///
+/// [`StockError::InvalidQuantity`] for a quantity below one, [`StockError::TooLarge`] on overflow.
+pub fn restock(level: Level, quantity: i32) -> Result<Level, StockError> {
+    positive(quantity)?;
+    let total = level
+        .total
+        .checked_add(quantity)
+        .ok_or(StockError::TooLarge)?;
+    Ok(Level { total, ..level })
+}
+
 /// Why an order cannot be reserved. Its [`Display`](fmt::Display) is the
 /// `StockReservationFailed` reason and names the product.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,8 +334,10 @@ pub enum ReservationState {
     Reserved,
     /// Paid: the units are sold.
     Confirmed,
-    /// Given back (payment declined, order cancelled).
+    /// Given back before they were sold (payment declined, order cancelled).
     Released,
+    /// Sold, then put back into stock because the order was cancelled.
+    Restocked,
 }
 
 impl ReservationState {
@@ -331,26 +347,38 @@ impl ReservationState {
             ReservationState::Reserved => "RESERVED",
             ReservationState::Confirmed => "CONFIRMED",
             ReservationState::Released => "RELEASED",
+            ReservationState::Restocked => "RESTOCKED",
         }
     }
 }
 
-/// How a reservation ends.
+/// How a reservation moves on: `RESERVED` to `CONFIRMED` or `RELEASED`, `CONFIRMED` to
+/// `RESTOCKED`. Nothing else moves, so settling twice changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settlement {
     /// The payment was approved: [`confirm`].
     Confirm,
-    /// The payment was declined or the order cancelled: [`release`].
+    /// The payment was declined or the order cancelled before its units were sold: [`release`].
     Release,
+    /// The order was cancelled after its units were sold: [`restock`].
+    Restock,
 }
 
 impl Settlement {
-    /// The reservation state it leads to, from [`ReservationState::Reserved`] (the only state
-    /// that can be settled; others are left as they are).
+    /// The reservation state it applies to.
+    pub fn from(self) -> ReservationState {
+        match self {
+            Settlement::Confirm | Settlement::Release => ReservationState::Reserved,
+            Settlement::Restock => ReservationState::Confirmed,
+        }
+    }
+
+    /// The reservation state it leads to.
     pub fn target(self) -> ReservationState {
         match self {
             Settlement::Confirm => ReservationState::Confirmed,
             Settlement::Release => ReservationState::Released,
+            Settlement::Restock => ReservationState::Restocked,
         }
     }
 
@@ -359,18 +387,20 @@ impl Settlement {
         match self {
             Settlement::Confirm => MovementKind::Confirm,
             Settlement::Release => MovementKind::Release,
+            Settlement::Restock => MovementKind::Restock,
         }
     }
 
-    /// Applies it to a product's level for `quantity` reserved units.
+    /// Applies it to a product's level for `quantity` units of the reservation.
     ///
     /// # Errors
     ///
-    /// As [`confirm`] and [`release`].
+    /// As [`confirm`], [`release`] and [`restock`].
     pub fn apply(self, level: Level, quantity: i32) -> Result<Level, StockError> {
         match self {
             Settlement::Confirm => confirm(level, quantity),
             Settlement::Release => release(level, quantity),
+            Settlement::Restock => restock(level, quantity),
         }
     }
 }
@@ -388,6 +418,8 @@ pub enum MovementKind {
     Confirm,
     /// A reservation was given back.
     Release,
+    /// Sold units of a cancelled order went back into stock.
+    Restock,
 }
 
 impl MovementKind {
@@ -399,6 +431,7 @@ impl MovementKind {
             MovementKind::Reserve => "reserve",
             MovementKind::Confirm => "confirm",
             MovementKind::Release => "release",
+            MovementKind::Restock => "restock",
         }
     }
 }

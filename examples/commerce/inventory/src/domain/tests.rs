@@ -185,3 +185,17 @@ fn deltas_and_names() {
     assert_eq!(Settlement::Release.kind().as_str(), "release");
     assert_eq!(ReservationState::Reserved.as_str(), "RESERVED");
 }
+
+#[test]
+fn restock_puts_sold_units_back_and_moves_only_confirmed_reservations() {
+    assert_eq!(restock(level(3, 1), 2), Ok(level(5, 1)));
+    assert_eq!(restock(level(3, 0), 0), Err(StockError::InvalidQuantity(0)));
+    assert_eq!(restock(level(i32::MAX, 0), 1), Err(StockError::TooLarge));
+    assert_eq!(Settlement::Restock.apply(level(0, 0), 5), Ok(level(5, 0)));
+    assert_eq!(Settlement::Restock.from(), ReservationState::Confirmed);
+    assert_eq!(Settlement::Restock.target(), ReservationState::Restocked);
+    assert_eq!(Settlement::Restock.kind().as_str(), "restock");
+    for settlement in [Settlement::Confirm, Settlement::Release] {
+        assert_eq!(settlement.from(), ReservationState::Reserved);
+    }
+}

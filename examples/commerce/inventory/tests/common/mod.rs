@@ -111,6 +111,7 @@ pub(crate) fn declined(order_id: Uuid) -> Envelope {
 pub(crate) fn cancelled(order_id: Uuid, reason: &str) -> Envelope {
     Event::OrderCancelled {
         order_id,
+        customer_id: "alice".into(),
         reason: reason.into(),
     }
     .into_envelope()

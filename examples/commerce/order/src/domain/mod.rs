@@ -2,11 +2,18 @@
 //!
 //! ```text
 //! PENDING --StockReserved--> RESERVED --PaymentApproved--> PAID --StockConfirmed--> CONFIRMED
+//!         + OrderConfirmed --ShipmentCreated--> SHIPPED --ShipmentDelivered--> COMPLETED
 //! PENDING --StockReservationFailed--> FAILED(reason)
 //! PENDING | RESERVED --PaymentDeclined--> CANCELLED("payment declined: ...")
 //! RESERVED --expiry job--> CANCELLED("payment timeout") + OrderCancelled
-//! PENDING | RESERVED | PAID --customer--> CANCELLED("cancelled by customer") + OrderCancelled
+//! PENDING | RESERVED | PAID | CONFIRMED --customer--> CANCELLED("cancelled by customer") + OrderCancelled
 //! ```
+//!
+//! Once `SHIPPED` an order can no longer be cancelled. A cancellation undoes everything the
+//! saga did so far, whatever has happened elsewhere: inventory releases reserved units and
+//! restocks sold ones, payment refunds a charge (even one approved after the cancellation), and
+//! shipping cancels a shipment the order service has not yet heard of (its `ShipmentCreated` is
+//! then ignored here).
 //!
 //! The order service reads the inventory and payments topics, and two topics are not ordered
 //! with respect to each other: a payment outcome may arrive before the `StockReserved` that caused
@@ -43,8 +50,12 @@ pub enum OrderState {
     Reserved,
     /// Paid; waiting for the stock confirmation.
     Paid,
-    /// Paid and the stock is sold (final).
+    /// Paid and the stock is sold; waiting for its shipment.
     Confirmed,
+    /// Handed to the carrier; can no longer be cancelled.
+    Shipped,
+    /// Delivered (final).
+    Completed,
     /// Cancelled by the customer, a declined payment or a payment timeout (final).
     Cancelled,
     /// The stock could not be reserved (final).
@@ -53,11 +64,13 @@ pub enum OrderState {
 
 impl OrderState {
     /// Every state.
-    pub const ALL: [OrderState; 6] = [
+    pub const ALL: [OrderState; 8] = [
         OrderState::Pending,
         OrderState::Reserved,
         OrderState::Paid,
         OrderState::Confirmed,
+        OrderState::Shipped,
+        OrderState::Completed,
         OrderState::Cancelled,
         OrderState::Failed,
     ];
@@ -69,6 +82,8 @@ impl OrderState {
             OrderState::Reserved => "RESERVED",
             OrderState::Paid => "PAID",
             OrderState::Confirmed => "CONFIRMED",
+            OrderState::Shipped => "SHIPPED",
+            OrderState::Completed => "COMPLETED",
             OrderState::Cancelled => "CANCELLED",
             OrderState::Failed => "FAILED",
         }
@@ -79,11 +94,11 @@ impl OrderState {
         Self::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
-    /// Whether nothing moves the order any more (`CONFIRMED`, `CANCELLED`, `FAILED`).
+    /// Whether nothing moves the order any more (`COMPLETED`, `CANCELLED`, `FAILED`).
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            OrderState::Confirmed | OrderState::Cancelled | OrderState::Failed
+            OrderState::Completed | OrderState::Cancelled | OrderState::Failed
         )
     }
 }
@@ -118,6 +133,10 @@ pub enum Input {
         /// Why.
         reason: String,
     },
+    /// The parcel was handed to the carrier.
+    ShipmentCreated,
+    /// The parcel reached the customer.
+    ShipmentDelivered,
     /// The customer cancelled.
     CustomerCancelled,
     /// The reservation waited longer than the timeout for its payment.
@@ -150,8 +169,14 @@ impl Input {
                     reason: reason.clone(),
                 },
             )),
+            Event::ShipmentCreated { order_id, .. } => Some((*order_id, Input::ShipmentCreated)),
+            Event::ShipmentDelivered { order_id, .. } => {
+                Some((*order_id, Input::ShipmentDelivered))
+            }
             Event::OrderPlaced { .. }
+            | Event::OrderConfirmed { .. }
             | Event::OrderCancelled { .. }
+            | Event::StockRestocked { .. }
             | Event::StockLevelChanged { .. }
             | Event::PaymentRefunded { .. } => None,
         }
@@ -166,6 +191,8 @@ impl Input {
             Input::PaymentDeclined { .. } => "PaymentDeclined",
             Input::StockConfirmed => "StockConfirmed",
             Input::StockReleased { .. } => "StockReleased",
+            Input::ShipmentCreated => "ShipmentCreated",
+            Input::ShipmentDelivered => "ShipmentDelivered",
             Input::CustomerCancelled => "CustomerCancelled",
             Input::ReservationExpired => "ReservationExpired",
         }
@@ -181,10 +208,6 @@ pub struct Transition {
     pub reason: Option<String>,
     /// Whether the reservation clock starts now (`reserved_at`).
     pub reserved: bool,
-    /// Whether the order service announces the cancellation (`OrderCancelled`), so that
-    /// inventory releases the stock and payment refunds a charge. Cancellations caused by a
-    /// declined payment are not announced: inventory and payment already act on the decline.
-    pub announce_cancellation: bool,
 }
 
 impl Transition {
@@ -193,16 +216,34 @@ impl Transition {
             to,
             reason: None,
             reserved: false,
-            announce_cancellation: false,
         }
     }
 
-    fn cancelled(reason: String, announce_cancellation: bool) -> Self {
+    fn cancelled(reason: &str) -> Self {
         Self {
-            to: OrderState::Cancelled,
-            reason: Some(reason),
-            reserved: false,
-            announce_cancellation,
+            reason: Some(reason.to_owned()),
+            ..Self::to(OrderState::Cancelled)
+        }
+    }
+
+    /// The event the order service publishes for this transition of the order `order_id`
+    /// placed by `customer_id`: `OrderConfirmed` (shipping starts a shipment, the customer is
+    /// told) and `OrderCancelled`, whatever the cause (inventory gives the units back, payment
+    /// refunds a charge, shipping cancels a shipment, the customer is told why; after a declined
+    /// payment inventory and payment have nothing left to do, which they find out themselves).
+    pub fn announcement(&self, order_id: Uuid, customer_id: &str) -> Option<Event> {
+        let customer_id = customer_id.to_owned();
+        match self.to {
+            OrderState::Confirmed => Some(Event::OrderConfirmed {
+                order_id,
+                customer_id,
+            }),
+            OrderState::Cancelled => Some(Event::OrderCancelled {
+                order_id,
+                customer_id,
+                reason: self.reason.clone().unwrap_or_default(),
+            }),
+            _ => None,
         }
     }
 }
@@ -210,7 +251,7 @@ impl Transition {
 /// What `input` does to an order in `state`: a [`Transition`], or `None` when it does not apply
 /// (the order stays as it is).
 pub fn apply(state: OrderState, input: &Input) -> Option<Transition> {
-    use OrderState::{Paid, Pending, Reserved};
+    use OrderState::{Confirmed, Paid, Pending, Reserved, Shipped};
     match (state, input) {
         (Pending, Input::StockReserved) => Some(Transition {
             reserved: true,
@@ -222,17 +263,15 @@ pub fn apply(state: OrderState, input: &Input) -> Option<Transition> {
         }),
         (Pending | Reserved, Input::PaymentApproved) => Some(Transition::to(Paid)),
         (Pending | Reserved, Input::PaymentDeclined { reason }) => Some(Transition::cancelled(
-            format!("payment declined: {reason}"),
-            false,
+            &format!("payment declined: {reason}"),
         )),
-        (Reserved | Paid, Input::StockConfirmed) => Some(Transition::to(OrderState::Confirmed)),
-        (Pending | Reserved | Paid, Input::CustomerCancelled) => Some(Transition::cancelled(
-            CANCELLED_BY_CUSTOMER.to_owned(),
-            true,
-        )),
-        (Reserved, Input::ReservationExpired) => {
-            Some(Transition::cancelled(PAYMENT_TIMEOUT.to_owned(), true))
+        (Reserved | Paid, Input::StockConfirmed) => Some(Transition::to(Confirmed)),
+        (Confirmed, Input::ShipmentCreated) => Some(Transition::to(Shipped)),
+        (Shipped, Input::ShipmentDelivered) => Some(Transition::to(OrderState::Completed)),
+        (Pending | Reserved | Paid | Confirmed, Input::CustomerCancelled) => {
+            Some(Transition::cancelled(CANCELLED_BY_CUSTOMER))
         }
+        (Reserved, Input::ReservationExpired) => Some(Transition::cancelled(PAYMENT_TIMEOUT)),
         // A release follows a decline or a cancellation, which moves the order itself.
         (_, Input::StockReleased { .. }) => None,
         _ => None,

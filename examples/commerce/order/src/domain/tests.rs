@@ -21,11 +21,13 @@ fn inputs() -> Vec<Input> {
         },
         Input::CustomerCancelled,
         Input::ReservationExpired,
+        Input::ShipmentCreated,
+        Input::ShipmentDelivered,
     ]
 }
 
 #[test]
-fn the_happy_path_confirms() {
+fn the_happy_path_confirms_ships_and_completes() {
     let mut state = Pending;
     for input in [
         Input::StockReserved,
@@ -35,6 +37,25 @@ fn the_happy_path_confirms() {
         state = apply(state, &input).expect("applies").to;
     }
     assert_eq!(state, Confirmed);
+    let confirmed = apply(Paid, &Input::StockConfirmed).expect("confirms");
+    let order_id = Uuid::now_v7();
+    assert_eq!(
+        confirmed.announcement(order_id, "alice"),
+        Some(Event::OrderConfirmed {
+            order_id,
+            customer_id: "alice".into()
+        })
+    );
+    for (input, to) in [
+        (Input::ShipmentCreated, Shipped),
+        (Input::ShipmentDelivered, Completed),
+    ] {
+        let t = apply(state, &input).expect("applies");
+        assert_eq!(t.to, to);
+        assert_eq!(t.announcement(order_id, "alice"), None);
+        state = t.to;
+    }
+    assert_eq!(apply(Confirmed, &Input::ShipmentDelivered), None);
     assert!(
         apply(Pending, &Input::StockReserved)
             .expect("reserves")
@@ -71,7 +92,7 @@ fn failures_and_declines_record_their_reason() {
     .expect("applies");
     assert_eq!(failed.to, Failed);
     assert_eq!(failed.reason.as_deref(), Some("out of beans"));
-    assert!(!failed.announce_cancellation);
+    assert_eq!(failed.announcement(Uuid::now_v7(), "alice"), None);
 
     let declined = apply(Reserved, &declined()).expect("applies");
     assert_eq!(declined.to, Cancelled);
@@ -79,21 +100,38 @@ fn failures_and_declines_record_their_reason() {
         declined.reason.as_deref(),
         Some("payment declined: card declined")
     );
-    assert!(
-        !declined.announce_cancellation,
-        "inventory and payment act on the decline itself"
+    let order_id = Uuid::now_v7();
+    assert_eq!(
+        declined.announcement(order_id, "alice"),
+        Some(Event::OrderCancelled {
+            order_id,
+            customer_id: "alice".into(),
+            reason: "payment declined: card declined".into()
+        }),
+        "every cancellation is announced, so the customer is told"
     );
 }
 
 #[test]
-fn customers_cancel_until_the_order_is_confirmed() {
-    for state in [Pending, Reserved, Paid] {
+fn customers_cancel_until_the_order_ships() {
+    let order_id = Uuid::now_v7();
+    for state in [Pending, Reserved, Paid, Confirmed] {
         let t = apply(state, &Input::CustomerCancelled).expect("cancellable");
         assert_eq!(t.to, Cancelled);
         assert_eq!(t.reason.as_deref(), Some(CANCELLED_BY_CUSTOMER));
-        assert!(t.announce_cancellation);
+        assert_eq!(
+            t.announcement(order_id, "bob"),
+            Some(Event::OrderCancelled {
+                order_id,
+                customer_id: "bob".into(),
+                reason: CANCELLED_BY_CUSTOMER.into()
+            })
+        );
     }
-    for state in [Confirmed, Cancelled, Failed] {
+    // A shipment the order service learns of after the cancellation changes nothing (shipping
+    // cancels it on OrderCancelled).
+    assert_eq!(apply(Cancelled, &Input::ShipmentCreated), None);
+    for state in [Shipped, Completed, Cancelled, Failed] {
         assert_eq!(apply(state, &Input::CustomerCancelled), None, "{state}");
     }
 }
@@ -103,8 +141,10 @@ fn only_reservations_expire() {
     let t = apply(Reserved, &Input::ReservationExpired).expect("expires");
     assert_eq!(t.to, Cancelled);
     assert_eq!(t.reason.as_deref(), Some(PAYMENT_TIMEOUT));
-    assert!(t.announce_cancellation);
-    for state in [Pending, Paid, Confirmed, Cancelled, Failed] {
+    assert!(t.announcement(Uuid::now_v7(), "alice").is_some());
+    for state in [
+        Pending, Paid, Confirmed, Shipped, Completed, Cancelled, Failed,
+    ] {
         assert_eq!(apply(state, &Input::ReservationExpired), None, "{state}");
     }
 }
@@ -164,6 +204,7 @@ fn maps_events_to_inputs() {
     assert_eq!(
         Input::from_event(&Event::OrderCancelled {
             order_id,
+            customer_id: "c".into(),
             reason: "r".into()
         }),
         None

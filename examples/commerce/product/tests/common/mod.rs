@@ -164,6 +164,8 @@ pub(crate) struct Response {
     pub(crate) status: StatusCode,
     pub(crate) content_type: String,
     pub(crate) location: Option<String>,
+    /// `Idempotent-Replayed`.
+    pub(crate) replayed: Option<String>,
     pub(crate) json: serde_json::Value,
 }
 
@@ -178,6 +180,7 @@ pub(crate) async fn send(state: &AppState, request: Request<Body>) -> Response {
     };
     let content_type = header(header::CONTENT_TYPE).unwrap_or_default();
     let location = header(header::LOCATION);
+    let replayed = header(idempotency::IDEMPOTENT_REPLAYED);
     let status = response.status();
     let body = response
         .into_body()
@@ -190,6 +193,7 @@ pub(crate) async fn send(state: &AppState, request: Request<Body>) -> Response {
         status,
         content_type,
         location,
+        replayed,
         json,
     }
 }
@@ -210,8 +214,23 @@ pub(crate) fn get(uri: &str, token: Option<&str>) -> Request<Body> {
         .expect("request")
 }
 
+/// A POST with a fresh `Idempotency-Key`.
 pub(crate) fn post(uri: &str, token: Option<&str>, body: &str) -> Request<Body> {
-    with_token(Request::post(uri), token)
+    post_with_key(uri, token, Some(&Uuid::now_v7().to_string()), body)
+}
+
+/// A POST with `key` as its `Idempotency-Key` (none when `None`).
+pub(crate) fn post_with_key(
+    uri: &str,
+    token: Option<&str>,
+    key: Option<&str>,
+    body: &str,
+) -> Request<Body> {
+    let mut builder = with_token(Request::post(uri), token);
+    if let Some(key) = key {
+        builder = builder.header(idempotency::IDEMPOTENCY_KEY, key);
+    }
+    builder
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body.to_owned()))
         .expect("request")
