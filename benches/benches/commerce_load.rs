@@ -1,5 +1,5 @@
 //! Load on the commerce stack: concurrent `POST /api/v1/orders` at increasing concurrency against
-//! all four services running in this process (real PostgreSQL, broker and Redis). Prints orders per
+//! all six services running in this process (real PostgreSQL, broker and Redis). Prints orders per
 //! second accepted, p50 / p95 / p99 latency, and how long until every saga has settled.
 //!
 //! Run: `eval "$(scripts/services up)"; cargo bench -p benches --bench commerce_load`. Under
@@ -27,7 +27,9 @@ async fn stack() -> Stack {
         config.addrs.inventory,
         config.addrs.payment,
         config.addrs.product,
-    ) = (any, any, any, any);
+        config.addrs.shipping,
+        config.addrs.notification,
+    ) = (any, any, any, any, any, any);
     config.reservation_timeout_secs = 300;
     Stack::start(&config).await.expect("stack")
 }
@@ -94,7 +96,7 @@ fn main() {
             for (token, results) in &done {
                 for (_, id) in results {
                     client
-                        .wait_final(token, id, Duration::from_secs(600))
+                        .wait_settled(token, id, Duration::from_secs(600))
                         .await
                         .expect("settles");
                 }

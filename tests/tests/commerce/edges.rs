@@ -150,3 +150,46 @@ fn bad_input_gets_problem_json_and_writes_nothing() {
         assert_eq!(world.stock(product).await["reserved"], 0);
     });
 }
+
+#[test]
+fn a_stock_add_sent_ten_times_at_once_with_one_key_adds_once() {
+    run(async {
+        let stack = stack().await;
+        let world = World::new(stack);
+        let product = world.product(100, 0).await;
+        let c = &world.client;
+        let path = format!("/api/v1/stock/{product}/add");
+        let add = |quantity: i32| {
+            c.request(Method::POST, "inventory", &path, Some(&world.admin))
+                .header("Idempotency-Key", "restock-2026-12-03")
+                .json(&json!({ "quantity": quantity }))
+        };
+        let replies = futures::future::join_all(
+            (0..10).map(|_| async { c.send(add(7)).await.expect("add") }),
+        )
+        .await;
+        let ok: Vec<&Value> = replies
+            .iter()
+            .filter(|(status, _)| *status == StatusCode::OK)
+            .map(|(_, body)| body)
+            .collect();
+        assert!(!ok.is_empty(), "{replies:?}");
+        for (status, body) in &replies {
+            // A duplicate that arrives while the first is in flight is told to retry (409).
+            assert!(
+                *status == StatusCode::OK || *status == StatusCode::CONFLICT,
+                "{status}: {body}"
+            );
+        }
+        assert!(ok.iter().all(|body| body["total"] == 7), "{ok:?}");
+        // A retry after the fact replays the answer; the stock was added once.
+        let (status, body) = c.send(add(7)).await.expect("retry");
+        assert_eq!((status, &body["total"]), (StatusCode::OK, &json!(7)));
+        assert_eq!(world.stock(product).await["total"], 7);
+        // The same key for another request is refused.
+        let (status, problem) = c.send(add(8)).await.expect("other body");
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+        assert_eq!(world.stock(product).await["total"], 7);
+        world.served_stock_converges(product, 7).await;
+    });
+}

@@ -234,13 +234,13 @@ mod tests {
 
     #[test]
     fn development_mode_falls_back_to_public_secrets_only_when_asked() {
-        let config = config(&[("COMMERCE_DEV_MODE", "true")]).expect("development mode");
-        assert!(config.dev_mode);
-        assert_eq!(config.jwt_secret, DEV_JWT_SECRET);
-        assert_eq!(config.api_key, DEV_API_KEY);
+        let dev = config(&[("COMMERCE_DEV_MODE", "true")]).expect("development mode");
+        assert!(dev.dev_mode);
+        assert_eq!(dev.jwt_secret, DEV_JWT_SECRET);
+        assert_eq!(dev.api_key, DEV_API_KEY);
         // Secrets that are set win, and are still checked.
-        let config = config(&[("COMMERCE_DEV_MODE", "1"), ("JWT_SECRET", JWT)]).expect("config");
-        assert_eq!(config.jwt_secret, JWT);
+        let dev = config(&[("COMMERCE_DEV_MODE", "1"), ("JWT_SECRET", JWT)]).expect("config");
+        assert_eq!(dev.jwt_secret, JWT);
         assert!(config(&[("COMMERCE_DEV_MODE", "1"), ("JWT_SECRET", "short")]).is_err());
         assert!(config(&[("COMMERCE_DEV_MODE", "false")]).is_err());
         let error = config(&[("COMMERCE_DEV_MODE", "yes")]).expect_err("not a boolean");
