@@ -38,7 +38,13 @@ async fn quick_expiry() -> &'static Stack {
                 reservation_timeout_secs: 1,
                 ..small(config().await)
             };
-            Stack::start_only(&config, &UNSHIPPED)
+            let services = [
+                Service::Product,
+                Service::Inventory,
+                Service::Payment,
+                Service::Order,
+            ];
+            Stack::start_only(&config, &services)
                 .await
                 .expect("stack with quick expiry")
         })
@@ -78,6 +84,19 @@ impl World {
     async fn payment_status(&self, order: &str) -> Option<String> {
         let (status, payment) = self.payment(order).await;
         (status == StatusCode::OK).then(|| payment["status"].as_str().unwrap_or("?").to_owned())
+    }
+
+    /// Waits until the order's payment status is one of `accepted` (`none`: no payment).
+    async fn payment_settles(&self, order: &str, accepted: &[&str]) {
+        eventually("the payment settles", || async {
+            let status = self.payment_status(order).await;
+            let name = status.as_deref().unwrap_or("none");
+            accepted
+                .contains(&name)
+                .then_some(())
+                .ok_or(name.to_owned())
+        })
+        .await;
     }
 
     /// Waits until every unit is back (`total` owned, nothing reserved) in inventory and in the
@@ -134,13 +153,7 @@ fn cancelling_a_paid_order_refunds_once_and_puts_the_sold_units_back() {
         assert_eq!(order["state"], "CANCELLED");
 
         world.stock_restored(product, 10).await;
-        eventually("refunded", || async {
-            let status = world.payment_status(&id).await;
-            (status.as_deref() == Some("REFUNDED"))
-                .then_some(())
-                .ok_or(format!("{status:?}"))
-        })
-        .await;
+        world.payment_settles(&id, &["REFUNDED"]).await;
         // Every movement recorded: reserved, sold, restocked.
         let path = format!("/api/v1/stock/{product}/movements");
         let (_, movements) = world
@@ -193,13 +206,9 @@ fn cancels_racing_the_approval_never_keep_a_charge_or_a_unit() {
         world.stock_restored(product, 10).await;
         let mut outcomes = HashMap::new();
         for id in &orders {
-            eventually("no charge kept", || async {
-                match world.payment_status(id).await.as_deref() {
-                    None | Some("DECLINED" | "REFUNDED") => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            })
-            .await;
+            world
+                .payment_settles(id, &["none", "DECLINED", "REFUNDED"])
+                .await;
             *outcomes.entry(world.payment_status(id).await).or_insert(0) += 1;
             assert!(
                 refunds_published(stack, id).await <= 1,
@@ -243,13 +252,7 @@ fn reservations_expiring_before_a_slow_approval_are_refunded_and_restocked() {
                 confirmed += 1;
                 "APPROVED"
             };
-            eventually("the charge settled", || async {
-                let status = world.payment_status(id).await;
-                (status.as_deref() == Some(expect))
-                    .then_some(())
-                    .ok_or(format!("{status:?}"))
-            })
-            .await;
+            world.payment_settles(id, &[expect]).await;
         }
         eprintln!("expired before the slow approval: {} of 3", 3 - confirmed);
         world.stock_restored(product, 6 - 2 * confirmed).await;
@@ -281,13 +284,7 @@ fn duplicated_events_of_a_cancelled_paid_order_change_nothing() {
             .expect("confirmed");
         world.client.cancel_order(&pia, &id).await.expect("cancel");
         world.stock_restored(product, 5).await;
-        eventually("refunded", || async {
-            let status = world.payment_status(&id).await;
-            (status.as_deref() == Some("REFUNDED"))
-                .then_some(())
-                .ok_or(format!("{status:?}"))
-        })
-        .await;
+        world.payment_settles(&id, &["REFUNDED"]).await;
 
         // Every event of the order and of the product once more, in the order first published.
         redeliver(stack, &[id.clone(), product.to_string()]).await;
@@ -322,20 +319,6 @@ fn a_cancelled_paid_order_tells_its_customer_each_step_once() {
             "order_cancelled",
             "payment_refunded",
         ];
-        let deadline = tokio::time::Instant::now() + FINAL;
-        loop {
-            let (_, body) = world.client.notifications(&uma).await.expect("list");
-            let kinds: Vec<&str> = body["notifications"]
-                .as_array()
-                .expect("list")
-                .iter()
-                .filter_map(|n| n["kind"].as_str())
-                .collect();
-            if kinds == steps {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{kinds:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        world.notified_exactly(&uma, &id, &steps).await;
     });
 }

@@ -60,14 +60,17 @@ async fn config() -> Config {
     config.addrs.notification = any;
     // Long enough for the saga under the load of the concurrent tests, short enough to test expiry.
     config.reservation_timeout_secs = 15;
+    // The stacks of this binary share the server's 100 connections (see `small`).
+    config.db_pool_size = 6;
     config
 }
 
-/// `config` with small database pools, for the stacks started beside the shared one (the
-/// server's 100 connections are shared by every stack of this binary).
+/// `config` with small database pools, for the stacks started beside the shared one: every
+/// stack of this binary runs at once on one server with 100 connections (the shared stack's 6
+/// services x 6, and three more of 4 to 5 services x 4, stay below it).
 fn small(config: Config) -> Config {
     Config {
-        db_pool_size: 5,
+        db_pool_size: 4,
         ..config
     }
 }

@@ -6,7 +6,7 @@ use super::*;
 
 impl World {
     /// The kinds of the caller's notifications about `order`, oldest first.
-    async fn notified(&self, token: &str, order: &str) -> Vec<String> {
+    pub(crate) async fn notified(&self, token: &str, order: &str) -> Vec<String> {
         let (status, body) = self
             .client
             .notifications(token)
@@ -23,7 +23,7 @@ impl World {
     }
 
     /// Waits until the caller's notifications about `order` are `kinds`.
-    async fn notified_exactly(&self, token: &str, order: &str, kinds: &[&str]) {
+    pub(crate) async fn notified_exactly(&self, token: &str, order: &str, kinds: &[&str]) {
         let deadline = tokio::time::Instant::now() + FINAL;
         loop {
             let seen = self.notified(token, order).await;

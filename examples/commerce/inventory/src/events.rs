@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use commerce_events::{Envelope, Event, Line, Topics};
-use commerce_platform::events::EventHandler;
+use commerce_platform::events::{EventHandler, publish};
 use idempotency::HandlerError;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -180,7 +180,7 @@ async fn reserve(
         }
         return Err(e.into());
     }
-    enqueue(conn, topics, events).await?;
+    publish(conn, topics, events).await?;
     tracing::info!(%order_id, %event_id, products = holds.len(), "inventory: stock reserved");
     Ok(())
 }
@@ -194,12 +194,9 @@ async fn reservation_failed(
 ) -> Result<()> {
     let reason = rejection.to_string();
     tracing::info!(%order_id, %event_id, %reason, "inventory: reservation failed");
-    enqueue(
-        conn,
-        topics,
-        vec![Event::StockReservationFailed { order_id, reason }],
-    )
-    .await
+    let failed = Event::StockReservationFailed { order_id, reason };
+    publish(conn, topics, [failed]).await?;
+    Ok(())
 }
 
 /// Moves an order's reservations in `settlement.from()` on (confirm, release or restock): see
@@ -237,7 +234,7 @@ async fn settle(
         events.push(level_changed(&changed));
     }
     repo::set_reservations_state(conn, order_id, settlement.from(), settlement.target()).await?;
-    enqueue(conn, topics, events).await?;
+    publish(conn, topics, events).await?;
     tracing::info!(%order_id, %event_id, ?settlement, "inventory: reservation settled");
     Ok(())
 }
@@ -280,23 +277,6 @@ pub(crate) fn level_changed(row: &StockRow) -> Event {
     }
 }
 
-/// Enqueues `events` in the outbox, in order, on the connection's transaction.
-pub(crate) async fn enqueue(
-    conn: &mut PgConnection,
-    topics: &Topics,
-    events: Vec<Event>,
-) -> Result<()> {
-    const CHUNK: usize = 500;
-    let outbox: Vec<outbox::NewEvent> = events
-        .into_iter()
-        .map(|event| commerce_platform::events::to_outbox(&event.into_envelope(), topics))
-        .collect();
-    for chunk in outbox.chunks(CHUNK) {
-        outbox::enqueue_many(conn, chunk).await?;
-    }
-    Ok(())
-}
-
 /// Enqueues a `StockLevelChanged` with the current figures and version of every product, in one
 /// transaction (holding a share lock on the stock rows, so no change commits in between), and
 /// returns how many. [`start`](crate::start) calls it, so the product service can rebuild its
@@ -309,7 +289,7 @@ pub async fn publish_snapshot(pool: &PgPool, topics: &Topics) -> Result<u64> {
     let mut tx = pool.begin().await?;
     let rows = repo::all_stock_shared(&mut tx).await?;
     let count = rows.len() as u64;
-    enqueue(&mut tx, topics, rows.iter().map(level_changed).collect()).await?;
+    publish(&mut tx, topics, rows.iter().map(level_changed)).await?;
     tx.commit().await?;
     tracing::info!(products = count, "inventory: stock snapshot published");
     Ok(count)

@@ -2,7 +2,7 @@
 //! orders at most once, refunds cancelled ones.
 
 use commerce_events::{Envelope, Event, Topics};
-use commerce_platform::events::EventHandler;
+use commerce_platform::events::{self, EventHandler};
 use idempotency::HandlerError;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -135,20 +135,9 @@ impl Saga {
     }
 
     async fn publish(&self, conn: &mut PgConnection, event: Event) -> Result<(), HandlerError> {
-        let envelope = event.into_envelope();
-        outbox::enqueue(
-            conn,
-            &commerce_platform::events::to_outbox(&envelope, &self.topics),
-        )
-        .await
-        .map(drop)
-        .map_err(|error| {
-            if error.is_retriable() {
-                HandlerError::retriable(error)
-            } else {
-                HandlerError::permanent(error)
-            }
-        })
+        events::publish(conn, &self.topics, [event])
+            .await
+            .map_err(events::handler_error)
     }
 }
 

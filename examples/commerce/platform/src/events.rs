@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use commerce_events::{DecodeError, Envelope, Topics};
+use commerce_events::{DecodeError, Envelope, Event, Topics};
 use idempotency::{Handler, HandlerError, Message};
 use sqlx::PgConnection;
 
@@ -77,6 +77,39 @@ pub fn to_outbox(envelope: &Envelope, topics: &Topics) -> outbox::NewEvent {
     .header("content-type", "application/json");
     event.id = envelope.event_id;
     event
+}
+
+/// Enqueues `events`, each in a fresh envelope on its producer's topic, in the outbox on the
+/// connection's transaction, in order (at most 500 rows per statement): they are published if and
+/// only if that transaction commits.
+///
+/// # Errors
+///
+/// The [`outbox::Error`] of a failed statement (in a handler, turn it into a
+/// [`HandlerError`] with [`handler_error`]).
+pub async fn publish(
+    conn: &mut PgConnection,
+    topics: &Topics,
+    events: impl IntoIterator<Item = Event>,
+) -> Result<(), outbox::Error> {
+    const CHUNK: usize = 500;
+    let rows: Vec<outbox::NewEvent> = events
+        .into_iter()
+        .map(|event| to_outbox(&event.into_envelope(), topics))
+        .collect();
+    for chunk in rows.chunks(CHUNK) {
+        outbox::enqueue_many(conn, chunk).await?;
+    }
+    Ok(())
+}
+
+/// A failed [`publish`] as a handler's error: retried when transient, dead-lettered otherwise.
+pub fn handler_error(error: outbox::Error) -> HandlerError {
+    if error.is_retriable() {
+        HandlerError::retriable(error)
+    } else {
+        HandlerError::permanent(error)
+    }
 }
 
 #[cfg(test)]

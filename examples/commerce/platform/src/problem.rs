@@ -73,6 +73,18 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// A failed outbox write: a 503 when transient (as [`From<sqlx::Error>`]), else a 500.
+impl From<outbox::Error> for ApiError {
+    fn from(e: outbox::Error) -> Self {
+        if e.is_retriable() {
+            tracing::warn!(error = %e, "database busy or unavailable");
+            ApiError::Unavailable("the database is busy or unavailable; retry later".into())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
 /// Body rejections keep their status when it is 413 (too large) or 415 (not JSON); every other
 /// one (malformed JSON, an unknown field, a wrong type) is a 400.
 impl From<axum::extract::rejection::JsonRejection> for ApiError {

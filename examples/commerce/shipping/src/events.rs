@@ -2,7 +2,7 @@
 //! cancelled if the order is cancelled before delivery.
 
 use commerce_events::{Envelope, Event, Topics};
-use commerce_platform::events::EventHandler;
+use commerce_platform::events::{self, EventHandler};
 use idempotency::HandlerError;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -115,29 +115,10 @@ impl Saga {
     }
 
     async fn publish(&self, conn: &mut PgConnection, event: Event) -> Result<(), HandlerError> {
-        enqueue(conn, &self.topics, event).await.map_err(|error| {
-            if error.is_retriable() {
-                HandlerError::retriable(error)
-            } else {
-                HandlerError::permanent(error)
-            }
-        })
+        events::publish(conn, &self.topics, [event])
+            .await
+            .map_err(events::handler_error)
     }
-}
-
-/// Enqueues `event` (in a fresh envelope) in the outbox, on its topic in `topics`.
-pub(crate) async fn enqueue(
-    conn: &mut PgConnection,
-    topics: &Topics,
-    event: Event,
-) -> Result<(), outbox::Error> {
-    let envelope = event.into_envelope();
-    outbox::enqueue(
-        conn,
-        &commerce_platform::events::to_outbox(&envelope, topics),
-    )
-    .await
-    .map(drop)
 }
 
 impl EventHandler for Saga {

@@ -6,6 +6,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
 use commerce_events::Event;
+use commerce_platform::events::publish;
 use commerce_platform::extract::PathId;
 use commerce_platform::openapi::{Problem, SecuritySchemes};
 use commerce_platform::{Admin, ApiError, Caller};
@@ -14,7 +15,6 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::domain::{self, OnDeliver, ShipmentState};
-use crate::events::enqueue;
 use crate::repo::{self, Shipment};
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -104,17 +104,12 @@ async fn deliver(
             let shipment = repo::deliver(&mut tx, order_id).await?.ok_or_else(|| {
                 ApiError::Internal("a locked CREATED shipment did not update".into())
             })?;
-            enqueue(
-                &mut tx,
-                &state.topics,
-                Event::ShipmentDelivered {
-                    order_id,
-                    shipment_id: shipment.shipment_id,
-                    customer_id: shipment.customer_id.clone(),
-                },
-            )
-            .await
-            .map_err(|error| ApiError::Internal(format!("enqueue ShipmentDelivered: {error}")))?;
+            let delivered = Event::ShipmentDelivered {
+                order_id,
+                shipment_id: shipment.shipment_id,
+                customer_id: shipment.customer_id.clone(),
+            };
+            publish(&mut tx, &state.topics, [delivered]).await?;
             tx.commit().await?;
             tracing::info!(%order_id, shipment_id = %shipment.shipment_id, admin = %admin.sub, "shipping: delivered");
             Ok(Json(shipment))
