@@ -84,8 +84,9 @@ enum Broker {
     Mock,
 }
 
-/// Events per second for `relays` relays draining pre-enqueued events.
-async fn relay_end_to_end(scale: &Scale, relays: usize, broker: Broker) -> f64 {
+/// Events per second for `relays` relays, each keeping `depth` batches in flight, draining
+/// pre-enqueued events.
+async fn relay_end_to_end(scale: &Scale, relays: usize, depth: u32, broker: Broker) -> f64 {
     let events = scale.relay_events;
     let db = testkit::database(&[&outbox::MIGRATOR]).await;
     let mock = MockCluster::<'static, DefaultProducerContext>::new(1).expect("mock cluster");
@@ -107,6 +108,7 @@ async fn relay_end_to_end(scale: &Scale, relays: usize, broker: Broker) -> f64 {
     for _ in 0..relays {
         let config = RelayConfig::default()
             .batch_size(1000)
+            .pipeline_depth(depth)
             .poll_interval(Duration::from_millis(20));
         let handle = match broker {
             Broker::Kafka => Relay::new(db.pool.clone(), publisher().await, config)
@@ -298,14 +300,28 @@ fn main() {
             scale.relay_events
         );
         println!(
-            "{:>7} | {:>22} | {:>22}",
-            "relays", "Apache Kafka events/s", "mock cluster events/s"
+            "{:>7} | {:>18} | {:>18} | {:>6} | {:>18}",
+            "relays", "Kafka, 1 in flight", "Kafka, 2 in flight", "ratio", "mock, 2 in flight"
         );
+        let mut single = (0.0, 0.0);
         for relays in [1, 2] {
-            let kafka = relay_end_to_end(&scale, relays, Broker::Kafka).await;
-            let mock = relay_end_to_end(&scale, relays, Broker::Mock).await;
-            println!("{relays:>7} | {kafka:>22.0} | {mock:>22.0}");
+            let serial = relay_end_to_end(&scale, relays, 1, Broker::Kafka).await;
+            let pipelined = relay_end_to_end(&scale, relays, 2, Broker::Kafka).await;
+            let mock = relay_end_to_end(&scale, relays, 2, Broker::Mock).await;
+            println!(
+                "{relays:>7} | {serial:>18.0} | {pipelined:>18.0} | {:>6.2} | {mock:>18.0}",
+                pipelined / serial
+            );
+            if relays == 1 {
+                single = (pipelined, serial);
+            }
         }
+        println!(
+            "relay: {:.0} events/s, one batch in flight {:.0} events/s, ratio {:.2}",
+            single.0,
+            single.1,
+            single.0 / single.1
+        );
 
         let (ours, hand) = claim_and_mark(&scale).await;
         println!(

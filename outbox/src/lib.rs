@@ -5,7 +5,9 @@
 //! with [`leases`] (owner, fencing token, expiry; `FOR UPDATE SKIP LOCKED`), publishes them
 //! through a [`Publisher`] ([`KafkaPublisher`]: idempotent producer, `acks=all`, key = aggregate
 //! id), and then marks each one published, schedules a retry with backoff, or moves it to the
-//! dead-letter table, every statement guarded by the lease.
+//! dead-letter table, every statement guarded by the lease. A running relay claims the next batch
+//! while the current one is in flight ([`RelayConfig::pipeline_depth`]), so the database, the
+//! relay and the broker work at the same time.
 //!
 //! # Quick start
 //!
@@ -27,7 +29,7 @@
 //! let relay = Relay::new(pool.clone(), KafkaPublisher::new("127.0.0.1:9092")?, RelayConfig::default())?;
 //! let handle = relay.spawn();
 //! // ...
-//! handle.shutdown().await; // finishes the batch in flight and holds no lease afterwards
+//! handle.shutdown().await; // finishes the batches in flight and holds no lease afterwards
 //! # Ok(()) }
 //! ```
 //!

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 use leases::{Completion, Lease, RowLeases, TableSpec};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -44,6 +46,7 @@ pub struct RelayConfig {
     backoff: Backoff,
     ordered: bool,
     retention: Retention,
+    pipeline_depth: u32,
 }
 
 impl Default for RelayConfig {
@@ -56,6 +59,7 @@ impl Default for RelayConfig {
             backoff: Backoff::default(),
             ordered: true,
             retention: Retention::default(),
+            pipeline_depth: 2,
         }
     }
 }
@@ -106,6 +110,16 @@ impl RelayConfig {
         self.retention = retention;
         self
     }
+
+    /// How many batches a running relay keeps in flight: with 2, it claims the next batch while
+    /// the broker acknowledges the current one and its rows are marked, so the database, the
+    /// relay and the broker work at the same time instead of taking turns. 1 claims a batch only
+    /// once the previous one is settled. Per-aggregate order holds at any depth: an event is not
+    /// claimable while an older event of its aggregate is leased. Default: 2.
+    pub fn pipeline_depth(mut self, depth: u32) -> Self {
+        self.pipeline_depth = depth;
+        self
+    }
 }
 
 /// What one batch did.
@@ -139,12 +153,18 @@ impl<P: Publisher> Relay<P> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for a zero batch size, lease ttl or poll interval, or a lease ttl
-    /// that does not exceed the publisher's [delivery timeout](Publisher::delivery_timeout).
+    /// [`Error::InvalidConfig`] for a zero batch size, lease ttl, poll interval or pipeline
+    /// depth, or a lease ttl that does not exceed the publisher's
+    /// [delivery timeout](Publisher::delivery_timeout).
     pub fn new(pool: PgPool, publisher: P, config: RelayConfig) -> Result<Self> {
-        if config.batch_size == 0 || config.lease_ttl.is_zero() || config.poll_interval.is_zero() {
+        if config.batch_size == 0
+            || config.lease_ttl.is_zero()
+            || config.poll_interval.is_zero()
+            || config.pipeline_depth == 0
+        {
             return Err(Error::InvalidConfig(
-                "batch size, lease ttl and poll interval must be greater than zero".into(),
+                "batch size, lease ttl, poll interval and pipeline depth must be greater than zero"
+                    .into(),
             ));
         }
         if let Some(timeout) = publisher.delivery_timeout() {
@@ -182,17 +202,27 @@ impl<P: Publisher> Relay<P> {
     /// [`Error::Lease`] or [`Error::Database`] when the database fails; events already claimed
     /// are then republished after their lease expires.
     pub async fn run_once(&self) -> Result<BatchOutcome> {
+        let batch = self.claim().await?;
+        self.settle(batch).await
+    }
+
+    /// Claims up to a batch of due events.
+    async fn claim(&self) -> Result<Vec<(Lease<i64>, Event)>> {
+        Ok(self
+            .leases
+            .claim_rows(&self.pool, self.config.batch_size, self.config.lease_ttl)
+            .await?)
+    }
+
+    /// Publishes a claimed batch and marks, retries or dead-letters every event in it.
+    async fn settle(&self, batch: Vec<(Lease<i64>, Event)>) -> Result<BatchOutcome> {
+        if batch.is_empty() {
+            return Ok(BatchOutcome::default());
+        }
         let started = Instant::now();
-        let span = tracing::info_span!("outbox.batch", owner = %self.config.owner, claimed = tracing::field::Empty);
+        let span =
+            tracing::info_span!("outbox.batch", owner = %self.config.owner, claimed = batch.len());
         let outcome = async {
-            let batch: Vec<(Lease<i64>, Event)> = self
-                .leases
-                .claim_rows(&self.pool, self.config.batch_size, self.config.lease_ttl)
-                .await?;
-            tracing::Span::current().record("claimed", batch.len());
-            if batch.is_empty() {
-                return Ok(BatchOutcome::default());
-            }
             let results =
                 join_all(batch.iter().map(|(_, event)| self.publisher.publish(event))).await;
             let mut outcome = BatchOutcome {
@@ -274,13 +304,31 @@ impl<P: Publisher> Relay<P> {
         Ok(())
     }
 
-    /// Runs the relay in the background. [`Background::shutdown`] stops claiming, lets the batch
+    /// How long to wait before looking again when the relay runs dry after `settled`: sooner
+    /// when an event was scheduled for a retry.
+    fn next_wait(&self, settled: Result<BatchOutcome>) -> Duration {
+        match settled {
+            Ok(outcome) if outcome.retried > 0 => self
+                .config
+                .backoff
+                .ceiling(1)
+                .min(self.config.poll_interval),
+            Ok(_) => self.config.poll_interval,
+            Err(error) => {
+                tracing::warn!(%error, "outbox: batch failed");
+                self.config.poll_interval
+            }
+        }
+    }
+
+    /// Runs the relay in the background. [`Background::shutdown`] stops claiming, lets the batches
     /// in flight finish (publish, then mark, retry or dead-letter each event) and returns once the
     /// relay holds no lease; [`Background::abort`] stops it as a crash would (its leases stay
     /// until they expire).
     ///
-    /// The relay claims batch after batch while there is work, then waits for a notification of
-    /// a new event, the poll interval, or the earliest scheduled retry. Database errors are logged
+    /// The relay claims batch after batch while there is work, keeping up to
+    /// [`pipeline_depth`](RelayConfig::pipeline_depth) batches in flight, then waits for a
+    /// notification of a new event, the poll interval, or the earliest scheduled retry. Database errors are logged
     /// and retried after the poll interval; they never stop the relay.
     pub fn spawn(self) -> Background {
         Background::spawn(|stop| self.run(stop))
@@ -295,6 +343,11 @@ impl<P: Publisher> Relay<P> {
             }
         };
         let mut last_stats = None::<Instant>;
+        let depth = self.config.pipeline_depth as usize;
+        let mut in_flight = FuturesUnordered::new();
+        // Whether to claim: the last claim was full (more is waiting), or the relay was woken.
+        let mut claim_more = true;
+        let mut wait = self.config.poll_interval;
         while !stop.is_cancelled() {
             if last_stats.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
                 last_stats = Some(Instant::now());
@@ -302,24 +355,50 @@ impl<P: Publisher> Relay<P> {
                     tracing::debug!(%error, "outbox: pending stats failed");
                 }
             }
-            let wait = match self.run_once().await {
-                Ok(outcome) if outcome.claimed == self.config.batch_size as usize => continue,
-                Ok(outcome) if outcome.retried > 0 => self
-                    .config
-                    .backoff
-                    .ceiling(1)
-                    .min(self.config.poll_interval),
-                Ok(_) => self.config.poll_interval,
-                Err(error) => {
-                    tracing::warn!(%error, "outbox: batch failed");
-                    self.config.poll_interval
+            if claim_more && in_flight.len() < depth {
+                // Claim the next batch while the batches in flight are published and settled.
+                let claim = self.claim();
+                tokio::pin!(claim);
+                let claimed = loop {
+                    tokio::select! {
+                        claimed = &mut claim => break claimed,
+                        Some(settled) = in_flight.next(), if !in_flight.is_empty() => {
+                            wait = self.next_wait(settled);
+                        }
+                    }
+                };
+                match claimed {
+                    Ok(batch) => {
+                        claim_more = batch.len() == self.config.batch_size as usize;
+                        if !batch.is_empty() {
+                            in_flight.push(self.settle(batch));
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox: claim failed");
+                        claim_more = false;
+                        wait = self.config.poll_interval;
+                    }
                 }
-            };
+                continue;
+            }
+            if let Some(settled) = in_flight.next().await {
+                wait = self.next_wait(settled);
+                continue;
+            }
+            // Nothing in flight and nothing more to claim: wait for a new event (notifications
+            // that arrived meanwhile are queued), a retry falling due, or the poll interval.
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = notified(&mut listener) => {}
                 () = tokio::time::sleep(wait) => {}
             }
+            claim_more = true;
+            wait = self.config.poll_interval;
+        }
+        // Stopped: finish what is in flight, so no lease is left behind.
+        while let Some(settled) = in_flight.next().await {
+            self.next_wait(settled);
         }
         tracing::info!(owner = %self.config.owner, "outbox: relay stopped");
     }

@@ -248,4 +248,11 @@ async fn a_lease_that_could_expire_while_its_event_is_in_flight_is_refused() {
         RelayConfig::default().lease_ttl(Duration::from_secs(90)),
     )
     .expect("a longer lease covers it");
+    let err = Relay::new(
+        db.pool.clone(),
+        publisher(None),
+        RelayConfig::default().pipeline_depth(0),
+    )
+    .expect_err("a relay keeps at least one batch in flight");
+    assert!(matches!(err, outbox::Error::InvalidConfig(_)), "{err}");
 }

@@ -5,32 +5,17 @@
 mod common;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode, header};
 use commerce_events::Event;
 use commerce_inventory::{AppState, app};
-use commerce_platform::{Authenticator, Claims};
+use commerce_platform::Authenticator;
+use commerce_platform::testing;
 use common::*;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use uuid::Uuid;
 
-const SECRET: &[u8] = b"inventory-idempotency-secret";
-
-fn state(pool: &sqlx::PgPool) -> AppState {
-    AppState {
-        pool: pool.clone(),
-        auth: Authenticator::new(SECRET, "service-key"),
-        topics: topics(),
-    }
-}
-
 fn token(sub: &str, roles: &[&str]) -> String {
-    Authenticator::new(SECRET, "service-key").issue(&Claims {
-        sub: sub.into(),
-        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-        exp: chrono::Utc::now().timestamp() + 600,
-    })
+    testing::token(&auth(), sub, roles)
 }
 
 #[derive(Debug, Clone)]
@@ -62,38 +47,19 @@ async fn add(
     key: Option<&str>,
     body: &Value,
 ) -> Reply {
-    let mut request = Request::post(format!("/api/v1/stock/{product}/add"))
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+    let uri = format!("/api/v1/stock/{product}/add");
+    let mut request = testing::request(Method::POST, &uri, Some(token))
         .header(header::CONTENT_TYPE, "application/json");
     if let Some(key) = key {
         request = request.header("idempotency-key", key);
     }
-    let response = app(state.clone())
-        .oneshot(request.body(Body::from(body.to_string())).expect("request"))
-        .await
-        .expect("response");
-    let status = response.status();
-    let (content_type, replayed) = {
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        (header("content-type"), header("idempotent-replayed"))
-    };
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
+    let request = request.body(Body::from(body.to_string())).expect("request");
+    let reply = testing::send(app(state.clone()), request).await;
     Reply {
-        status,
-        content_type,
-        replayed,
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        status: reply.status,
+        content_type: reply.content_type().map(str::to_owned),
+        replayed: reply.header("idempotent-replayed").map(str::to_owned),
+        body: reply.body,
     }
 }
 
@@ -249,11 +215,11 @@ async fn a_refused_token_stores_no_key() {
     add(&state, product, &customer, Some("k"), &body)
         .await
         .assert_problem(StatusCode::FORBIDDEN, "forbidden");
-    let forged = Authenticator::new(b"another secret", "k").issue(&Claims {
-        sub: "admin-1".into(),
-        roles: vec!["admin".into()],
-        exp: chrono::Utc::now().timestamp() + 600,
-    });
+    let forged = testing::token(
+        &Authenticator::new(b"another secret", "k"),
+        "admin-1",
+        &["admin"],
+    );
     add(&state, product, &forged, Some("k"), &body)
         .await
         .assert_problem(StatusCode::UNAUTHORIZED, "unauthorized");
@@ -309,21 +275,10 @@ async fn a_refused_add_does_not_consume_its_key() {
 #[tokio::test]
 async fn the_openapi_document_declares_the_key() {
     let db = db().await;
-    let response = app(state(&db.pool))
-        .oneshot(
-            Request::get("/openapi.json")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("response");
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let doc: Value = serde_json::from_slice(&bytes).expect("json");
+    let request = Request::get("/openapi.json")
+        .body(Body::empty())
+        .expect("request");
+    let doc = testing::send(app(state(&db.pool)), request).await.body;
     let add = &doc["paths"]["/api/v1/stock/{product_id}/add"]["post"];
     let key = add["parameters"]
         .as_array()

@@ -3,32 +3,17 @@
 mod common;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{StatusCode, header};
 use commerce_events::Event;
 use commerce_inventory::{AppState, Saga, app};
-use commerce_platform::{Authenticator, Claims};
+use commerce_platform::Authenticator;
+use commerce_platform::testing;
 use common::*;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use uuid::Uuid;
 
-const SECRET: &[u8] = b"inventory-test-secret";
-
-fn state(pool: &sqlx::PgPool) -> AppState {
-    AppState {
-        pool: pool.clone(),
-        auth: Authenticator::new(SECRET, "service-key"),
-        topics: topics(),
-    }
-}
-
 fn token(roles: &[&str]) -> String {
-    Authenticator::new(SECRET, "service-key").issue(&Claims {
-        sub: "someone".into(),
-        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-        exp: chrono::Utc::now().timestamp() + 600,
-    })
+    testing::token(&auth(), "someone", roles)
 }
 
 async fn call(
@@ -38,14 +23,11 @@ async fn call(
     token: Option<&str>,
     body: Option<Value>,
 ) -> (StatusCode, Option<String>, Value) {
-    let mut request = Request::builder().method(method).uri(uri);
+    let mut request = testing::request(method.parse().expect("a method"), uri, token);
     if method == "POST" {
         // The restock route requires a key; a fresh one per call (`admin_idempotency.rs` tests
         // retries).
         request = request.header("idempotency-key", Uuid::now_v7().to_string());
-    }
-    if let Some(token) = token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let body = match body {
         Some(body) => {
@@ -54,24 +36,9 @@ async fn call(
         }
         None => Body::empty(),
     };
-    let response = app(state.clone())
-        .oneshot(request.body(body).expect("request"))
-        .await
-        .expect("response");
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, content_type, json)
+    let reply = testing::send(app(state.clone()), request.body(body).expect("request")).await;
+    let content_type = reply.content_type().map(str::to_owned);
+    (reply.status, content_type, reply.body)
 }
 
 fn assert_problem(
@@ -96,11 +63,11 @@ async fn every_route_needs_an_admin() {
     let product = Uuid::now_v7();
     seed(&db.pool, product, 5).await;
     let customer = token(&["customer"]);
-    let forged = Authenticator::new(b"another secret", "k").issue(&Claims {
-        sub: "mallory".into(),
-        roles: vec!["admin".into()],
-        exp: chrono::Utc::now().timestamp() + 600,
-    });
+    let forged = testing::token(
+        &Authenticator::new(b"another secret", "k"),
+        "mallory",
+        &["admin"],
+    );
     let routes = [
         ("GET", format!("/api/v1/stock/{product}"), None),
         ("GET", format!("/api/v1/stock/{product}/movements"), None),

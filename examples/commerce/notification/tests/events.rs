@@ -5,44 +5,20 @@
 use chrono::{DateTime, Utc};
 use commerce_events::{Envelope, Event, Line};
 use commerce_notification::{CONSUMER, Notifier};
-use commerce_platform::events::{EventHandler, decode};
-use idempotency::Message;
-use idempotency::inbox::{self, Delivery};
+use commerce_platform::events::EventHandler;
+use commerce_platform::testing;
+use idempotency::inbox::Delivery;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-fn message(envelope: &Envelope) -> Message {
-    Message::new(
-        "test.orders",
-        0,
-        0,
-        Some(envelope.aggregate_id.clone().into_bytes()),
-        Some(envelope.to_json()),
-        vec![(
-            "event-id".into(),
-            Some(envelope.event_id.to_string().into_bytes()),
-        )],
-    )
-}
-
-/// What the consumer runner does with one message, as consumer `consumer`: decode, then inbox +
-/// handler in one transaction.
+/// [`testing::deliver`] to the notifier, as consumer `consumer`.
 async fn deliver_as(pool: &PgPool, consumer: &str, envelope: &Envelope) -> Delivery {
-    let event = decode(&message(envelope)).expect("decodes");
-    let mut tx = pool.begin().await.expect("begin");
-    let delivery = inbox::receive(&mut tx, consumer, &envelope.event_id.to_string())
-        .await
-        .expect("inbox");
-    if delivery == Delivery::Fresh {
-        Notifier.handle(&mut tx, event).await.expect("handled");
-    }
-    tx.commit().await.expect("commit");
-    delivery
+    testing::deliver(pool, consumer, &Notifier, envelope).await
 }
 
-/// [`deliver_as`] the service's consumer, of an event that must be fresh.
+/// [`testing::apply`] to the notifier, as the service's consumer: the event must be fresh.
 async fn apply(pool: &PgPool, envelope: &Envelope) {
-    assert_eq!(deliver_as(pool, CONSUMER, envelope).await, Delivery::Fresh);
+    testing::apply(pool, CONSUMER, &Notifier, envelope).await;
 }
 
 /// The handler alone, in its own transaction, with no inbox record at all.
@@ -88,10 +64,7 @@ async fn notifications(pool: &PgPool) -> Vec<Row> {
 }
 
 async fn database() -> testkit::TestDb {
-    testkit::database(&commerce_platform::setup::migrators(
-        &commerce_notification::MIGRATOR,
-    ))
-    .await
+    testing::database(&commerce_notification::MIGRATOR).await
 }
 
 fn placed(order_id: Uuid, customer_id: &str) -> Envelope {

@@ -1,16 +1,13 @@
 //! The notification API: any bearer token, the caller's own notifications oldest first, 401 / 400
 //! as problem+json.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use chrono::{DateTime, Duration, Utc};
 use commerce_events::{Envelope, Event};
 use commerce_notification::{AppState, CONSUMER, Notifier, app};
-use commerce_platform::events::EventHandler;
+use commerce_platform::testing;
 use commerce_platform::{Authenticator, Claims};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use uuid::Uuid;
 
 fn auth() -> Authenticator {
@@ -18,44 +15,17 @@ fn auth() -> Authenticator {
 }
 
 fn token(sub: &str) -> String {
-    auth().issue(&Claims {
-        sub: sub.into(),
-        roles: vec!["customer".into()],
-        exp: Utc::now().timestamp() + 300,
-    })
+    testing::token(&auth(), sub, &["customer"])
 }
 
 async fn get(state: &AppState, uri: &str, token: Option<&str>) -> (StatusCode, String, Value) {
-    let mut request = Request::get(uri);
-    if let Some(token) = token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let response = app(state.clone())
-        .oneshot(request.body(Body::empty()).expect("request"))
+    testing::call(app(state.clone()), Method::GET, uri, token)
         .await
-        .expect("response");
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    (status, content_type, json)
+        .into_parts()
 }
 
 async fn state() -> (testkit::TestDb, AppState) {
-    let db = testkit::database(&commerce_platform::setup::migrators(
-        &commerce_notification::MIGRATOR,
-    ))
-    .await;
+    let db = testing::database(&commerce_notification::MIGRATOR).await;
     let state = AppState {
         pool: db.pool.clone(),
         auth: auth(),
@@ -68,15 +38,7 @@ async fn state() -> (testkit::TestDb, AppState) {
 async fn deliver(state: &AppState, event: Event, occurred_at: DateTime<Utc>) -> Envelope {
     let mut envelope = event.into_envelope();
     envelope.occurred_at = occurred_at;
-    let mut tx = state.pool.begin().await.expect("begin");
-    let _ = idempotency::inbox::receive(&mut tx, CONSUMER, &envelope.event_id.to_string())
-        .await
-        .expect("inbox");
-    Notifier
-        .handle(&mut tx, envelope.clone())
-        .await
-        .expect("handled");
-    tx.commit().await.expect("commit");
+    testing::apply(&state.pool, CONSUMER, &Notifier, &envelope).await;
     envelope
 }
 
@@ -182,11 +144,7 @@ async fn customers_see_only_their_own_oldest_first() {
     assert_eq!(body, json!({ "notifications": [] }));
 
     // Someone with nothing sees an empty list, whatever their role.
-    let admin = auth().issue(&Claims {
-        sub: "carol".into(),
-        roles: vec!["admin".into()],
-        exp: Utc::now().timestamp() + 300,
-    });
+    let admin = testing::token(&auth(), "carol", &["admin"]);
     let (status, _, body) = get(&state, "/api/v1/notifications", Some(&admin)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, json!({ "notifications": [] }));

@@ -3,10 +3,11 @@
 mod common;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{Method, Request, StatusCode};
 use commerce_events::Event;
 use commerce_order::domain::OrderState;
-use common::{Harness, Reply, send};
+use commerce_platform::testing;
+use common::{Harness, Reply};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -116,8 +117,7 @@ async fn the_idempotency_key_is_required() {
     let product = h.products.add(100, true);
     let reply = h
         .send(
-            Request::post("/api/v1/orders")
-                .header("authorization", format!("Bearer {}", h.token("alice")))
+            testing::request(Method::POST, "/api/v1/orders", Some(&h.token("alice")))
                 .header("content-type", "application/json")
                 .body(Body::from(
                     json!({"lines": [{"product_id": product, "quantity": 1}]}).to_string(),
@@ -183,8 +183,7 @@ async fn invalid_requests_get_problems_and_write_nothing() {
     for (i, (what, body)) in cases.into_iter().enumerate() {
         let reply = h
             .send(
-                Request::post("/api/v1/orders")
-                    .header("authorization", format!("Bearer {}", h.token("alice")))
+                testing::request(Method::POST, "/api/v1/orders", Some(&h.token("alice")))
                     .header("content-type", "application/json")
                     .header("idempotency-key", format!("invalid-{i}"))
                     .body(Body::from(body))
@@ -202,8 +201,7 @@ async fn invalid_requests_get_problems_and_write_nothing() {
 
     let not_json = h
         .send(
-            Request::post("/api/v1/orders")
-                .header("authorization", format!("Bearer {}", h.token("alice")))
+            testing::request(Method::POST, "/api/v1/orders", Some(&h.token("alice")))
                 .header("content-type", "text/plain")
                 .header("idempotency-key", "text")
                 .body(Body::from(json!({"lines": [line(a, 1)]}).to_string()))
@@ -218,8 +216,7 @@ async fn invalid_requests_get_problems_and_write_nothing() {
     );
     let reply = h
         .send(
-            Request::post("/api/v1/orders")
-                .header("authorization", format!("Bearer {}", h.token("alice")))
+            testing::request(Method::POST, "/api/v1/orders", Some(&h.token("alice")))
                 .header("content-type", "application/json")
                 .header("idempotency-key", "huge")
                 .body(Body::from(huge))
@@ -481,13 +478,8 @@ async fn tokens_are_required_and_checked() {
 #[tokio::test]
 async fn serves_its_openapi_document() {
     let h = Harness::new().await;
-    let reply = send(
-        commerce_order::app(h.state.clone()),
-        Request::get("/openapi.json")
-            .body(Body::empty())
-            .expect("request"),
-    )
-    .await;
+    let app = commerce_order::app(h.state.clone());
+    let reply = testing::call(app, Method::GET, "/openapi.json", None).await;
     assert_eq!(reply.status, StatusCode::OK);
     let paths = reply.body["paths"].as_object().expect("paths");
     for path in [

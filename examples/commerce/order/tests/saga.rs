@@ -8,48 +8,19 @@ use std::time::Duration;
 use commerce_events::{Envelope, Event};
 use commerce_order::OrderSaga;
 use commerce_order::domain::OrderState;
-use commerce_platform::events::{EventHandler, Events, decode};
+use commerce_platform::events::{Events, decode};
+use commerce_platform::testing;
 use common::{Harness, count, eventually, insert_order};
-use idempotency::inbox::{self, Delivery};
+use idempotency::inbox::Delivery;
 use idempotency::{Consumer, ConsumerConfig, DeadLetterReason, Message};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-fn message(envelope: &Envelope) -> Message {
-    Message::new(
-        "test.inventory",
-        0,
-        0,
-        Some(envelope.aggregate_id.clone().into_bytes()),
-        Some(envelope.to_json()),
-        vec![
-            (
-                "event-id".into(),
-                Some(envelope.event_id.to_string().into_bytes()),
-            ),
-            (
-                "event-type".into(),
-                Some(envelope.event.event_type().as_bytes().to_vec()),
-            ),
-        ],
-    )
-}
-
-/// What the consumer runner does with one message: inbox and handler in one transaction.
+/// [`testing::deliver`] to `saga`, as the service's saga consumer.
 async fn deliver(pool: &PgPool, saga: &OrderSaga, envelope: &Envelope) -> Delivery {
-    let message = message(envelope);
-    let event = decode(&message).expect("decodes");
-    let mut tx = pool.begin().await.expect("begin");
-    let delivery = inbox::receive(&mut tx, "order.saga", &envelope.event_id.to_string())
-        .await
-        .expect("inbox");
-    if delivery == Delivery::Fresh {
-        saga.handle(&mut tx, event).await.expect("handled");
-    }
-    tx.commit().await.expect("commit");
-    delivery
+    testing::deliver(pool, "order.saga", saga, envelope).await
 }
 
 async fn state(pool: &PgPool, id: Uuid) -> (String, Option<String>, bool) {

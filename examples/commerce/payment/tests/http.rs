@@ -1,13 +1,10 @@
 //! The payment API: admin only, 401 / 403 / 404 / 400 as problem+json.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use commerce_events::{Event, Topics};
 use commerce_payment::{AppState, CONSUMER, Saga, app};
-use commerce_platform::events::{EventHandler, decode};
-use commerce_platform::{Authenticator, Claims};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use commerce_platform::Authenticator;
+use commerce_platform::testing;
 use uuid::Uuid;
 
 fn auth() -> Authenticator {
@@ -15,11 +12,7 @@ fn auth() -> Authenticator {
 }
 
 fn token(role: &str) -> String {
-    auth().issue(&Claims {
-        sub: "someone".into(),
-        roles: vec![role.into()],
-        exp: chrono::Utc::now().timestamp() + 300,
-    })
+    testing::token(&auth(), "someone", &[role])
 }
 
 async fn get(
@@ -27,37 +20,14 @@ async fn get(
     uri: &str,
     token: Option<&str>,
 ) -> (StatusCode, String, serde_json::Value) {
-    let mut request = Request::get(uri);
-    if let Some(token) = token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let response = app(state.clone())
-        .oneshot(request.body(Body::empty()).expect("request"))
+    testing::call(app(state.clone()), Method::GET, uri, token)
         .await
-        .expect("response");
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    (status, content_type, json)
+        .into_parts()
 }
 
 #[tokio::test]
 async fn admins_read_payments_and_others_are_refused() {
-    let db = testkit::database(&commerce_platform::setup::migrators(
-        &commerce_payment::MIGRATOR,
-    ))
-    .await;
+    let db = testing::database(&commerce_payment::MIGRATOR).await;
     let state = AppState {
         pool: db.pool.clone(),
         auth: auth(),
@@ -69,16 +39,13 @@ async fn admins_read_payments_and_others_are_refused() {
         customer_id: "alice".into(),
     }
     .into_envelope();
-    let message = idempotency::Message::new("t", 0, 0, None, Some(envelope.to_json()), vec![]);
-    let saga = Saga::new(Topics::new("test"));
-    let mut tx = db.pool.begin().await.expect("begin");
-    let _ = idempotency::inbox::receive(&mut tx, CONSUMER, &envelope.event_id.to_string())
-        .await
-        .expect("inbox");
-    saga.handle(&mut tx, decode(&message).expect("decodes"))
-        .await
-        .expect("handled");
-    tx.commit().await.expect("commit");
+    testing::apply(
+        &db.pool,
+        CONSUMER,
+        &Saga::new(Topics::new("test")),
+        &envelope,
+    )
+    .await;
 
     let uri = format!("/api/v1/payments/{order_id}");
     let (status, _, body) = get(&state, &uri, Some(&token("admin"))).await;
@@ -126,10 +93,7 @@ async fn admins_read_payments_and_others_are_refused() {
 
 #[tokio::test]
 async fn serves_its_openapi_document() {
-    let db = testkit::database(&commerce_platform::setup::migrators(
-        &commerce_payment::MIGRATOR,
-    ))
-    .await;
+    let db = testing::database(&commerce_payment::MIGRATOR).await;
     let state = AppState {
         pool: db.pool.clone(),
         auth: auth(),

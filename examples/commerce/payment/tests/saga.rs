@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use commerce_events::{Envelope, Event, Topics};
 use commerce_payment::{CONSUMER, Saga};
-use commerce_platform::events::{EventHandler, Events, decode};
-use idempotency::inbox::{self, Delivery};
+use commerce_platform::events::{Events, decode};
+use commerce_platform::testing::{self, published, published_types};
+use idempotency::inbox::Delivery;
 use idempotency::{DeadLetterReason, Message};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -16,39 +17,14 @@ fn saga() -> Saga {
     Saga::new(Topics::new("test"))
 }
 
-fn message(envelope: &Envelope) -> Message {
-    Message::new(
-        "test.inventory",
-        0,
-        0,
-        Some(envelope.aggregate_id.clone().into_bytes()),
-        Some(envelope.to_json()),
-        vec![(
-            "event-id".into(),
-            Some(envelope.event_id.to_string().into_bytes()),
-        )],
-    )
-}
-
-/// What the consumer runner does with one message: decode, then inbox + handler in one
-/// transaction.
+/// [`testing::deliver`] to `saga`, as the service's consumer.
 async fn deliver(pool: &PgPool, saga: &Saga, envelope: &Envelope) -> Delivery {
-    let message = message(envelope);
-    let event = decode(&message).expect("decodes");
-    let mut tx = pool.begin().await.expect("begin");
-    let delivery = inbox::receive(&mut tx, CONSUMER, &envelope.event_id.to_string())
-        .await
-        .expect("inbox");
-    if delivery == Delivery::Fresh {
-        saga.handle(&mut tx, event).await.expect("handled");
-    }
-    tx.commit().await.expect("commit");
-    delivery
+    testing::deliver(pool, CONSUMER, saga, envelope).await
 }
 
-/// [`deliver`] of an event that must be fresh.
+/// [`testing::apply`] to the saga, as the service's consumer: the event must be fresh.
 async fn apply(pool: &PgPool, envelope: &Envelope) {
-    assert_eq!(deliver(pool, &saga(), envelope).await, Delivery::Fresh);
+    testing::apply(pool, CONSUMER, &saga(), envelope).await;
 }
 
 fn reserved(order_id: Uuid, customer_id: &str, total_cents: i64) -> Envelope {
@@ -95,28 +71,8 @@ async fn payments(pool: &PgPool, order_id: Uuid) -> Vec<Row> {
     .collect()
 }
 
-/// The events the service enqueued for `order_id`, in order, with their topics.
-async fn published(pool: &PgPool, order_id: Uuid) -> Vec<(String, Event)> {
-    sqlx::query_as::<_, (String, Vec<u8>)>(
-        "SELECT topic, payload FROM outbox_events WHERE aggregate_id = $1 ORDER BY seq",
-    )
-    .bind(order_id.to_string())
-    .fetch_all(pool)
-    .await
-    .expect("outbox")
-    .into_iter()
-    .map(|(topic, payload)| {
-        let envelope = commerce_events::decode(&payload).expect("a valid envelope");
-        (topic, envelope.event)
-    })
-    .collect()
-}
-
 async fn database() -> testkit::TestDb {
-    testkit::database(&commerce_platform::setup::migrators(
-        &commerce_payment::MIGRATOR,
-    ))
-    .await
+    testing::database(&commerce_payment::MIGRATOR).await
 }
 
 #[tokio::test]
@@ -342,11 +298,7 @@ async fn a_concurrent_reservation_and_cancellation_never_leave_a_charge() {
     }
     for order_id in orders {
         let rows = payments(&db.pool, order_id).await;
-        let events: Vec<&'static str> = published(&db.pool, order_id)
-            .await
-            .iter()
-            .map(|(_, e)| e.event_type())
-            .collect();
+        let events = published_types(&db.pool, order_id).await;
         match rows.as_slice() {
             // The cancellation came first: no charge at all.
             [] => assert_eq!(events, Vec::<&str>::new()),

@@ -1,6 +1,7 @@
 //! What every commerce service shares: configuration from the environment, JWT and API-key
 //! authentication, problem+json errors, the pieces of every OpenAPI document, health / readiness
-//! / metrics routes, JSON logs with request ids, and start-up of its database and topics.
+//! / metrics routes, JSON logs with request ids, and start-up of its database and topics. Behind
+//! the `testing` feature, the `testing` module: helpers for the services' tests.
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,8 @@ pub mod ops;
 pub mod problem;
 pub mod runtime;
 pub mod setup;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use auth::{Admin, Authenticator, Caller, Claims, ServiceKey};
 pub use config::{Addrs, Config};

@@ -6,11 +6,11 @@ mod common;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use commerce_platform::events::{EventHandler, Events, decode};
+use commerce_platform::events::Events;
+use commerce_platform::testing;
 use commerce_product::{CONSUMER, StockCache, StockLevels};
 use common::{fixture, get, level};
-use idempotency::Message;
-use idempotency::inbox::{self, Delivery};
+use idempotency::inbox::Delivery;
 use redis::AsyncCommands;
 use uuid::Uuid;
 
@@ -138,17 +138,10 @@ async fn without_redis_reads_use_postgres_and_events_wait() {
     // rolls back and retries it later; stock_levels keeps the old figure meanwhile.
     let handler = StockLevels::new(down);
     let envelope = level(product, 3, 2);
-    let message = Message::new("t", 0, 0, None, Some(envelope.to_json()), vec![]);
-    let mut tx = f.db.pool.begin().await.expect("begin");
-    let _ = inbox::receive(&mut tx, CONSUMER, &envelope.event_id.to_string())
-        .await
-        .expect("inbox");
-    let error = handler
-        .handle(&mut tx, decode(&message).expect("decodes"))
+    let error = testing::try_deliver(&f.db.pool, CONSUMER, &handler, &envelope)
         .await
         .expect_err("redis is down");
     assert!(error.is_retriable(), "{error}");
-    tx.rollback().await.expect("rollback");
     assert_eq!(f.stored(product).await, Some((4, 1)));
 
     // Redis back: the retry applies it to both.

@@ -1,15 +1,12 @@
 //! The shipping API: reads for the owner or an admin, deliveries for admins, 400 / 401 / 403 /
 //! 404 / 409 as problem+json, and the OpenAPI document.
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use commerce_events::{Envelope, Event, Topics};
-use commerce_platform::events::{EventHandler, decode};
-use commerce_platform::{Authenticator, Claims};
+use commerce_platform::Authenticator;
+use commerce_platform::testing;
 use commerce_shipping::{AppState, CONSUMER, Saga, app};
-use http_body_util::BodyExt;
 use sqlx::PgPool;
-use tower::ServiceExt;
 use uuid::Uuid;
 
 fn auth() -> Authenticator {
@@ -17,11 +14,7 @@ fn auth() -> Authenticator {
 }
 
 fn token(sub: &str, role: &str) -> String {
-    auth().issue(&Claims {
-        sub: sub.into(),
-        roles: vec![role.into()],
-        exp: chrono::Utc::now().timestamp() + 300,
-    })
+    testing::token(&auth(), sub, &[role])
 }
 
 fn admin() -> String {
@@ -29,10 +22,7 @@ fn admin() -> String {
 }
 
 async fn state() -> (testkit::TestDb, AppState) {
-    let db = testkit::database(&commerce_platform::setup::migrators(
-        &commerce_shipping::MIGRATOR,
-    ))
-    .await;
+    let db = testing::database(&commerce_shipping::MIGRATOR).await;
     let state = AppState {
         pool: db.pool.clone(),
         auth: auth(),
@@ -43,17 +33,7 @@ async fn state() -> (testkit::TestDb, AppState) {
 
 /// Delivers `envelope` as the consumer runner does: inbox record and handler in one transaction.
 async fn apply(pool: &PgPool, envelope: &Envelope) {
-    let message = idempotency::Message::new("t", 0, 0, None, Some(envelope.to_json()), vec![]);
-    let mut tx = pool.begin().await.expect("begin");
-    let delivery = idempotency::inbox::receive(&mut tx, CONSUMER, &envelope.event_id.to_string())
-        .await
-        .expect("inbox");
-    assert_eq!(delivery, idempotency::inbox::Delivery::Fresh);
-    Saga::new(Topics::new("test"))
-        .handle(&mut tx, decode(&message).expect("decodes"))
-        .await
-        .expect("handled");
-    tx.commit().await.expect("commit");
+    testing::apply(pool, CONSUMER, &Saga::new(Topics::new("test")), envelope).await;
 }
 
 /// A confirmed order of `customer_id`: it has a `CREATED` shipment.
@@ -77,29 +57,9 @@ async fn call(
     uri: &str,
     token: Option<&str>,
 ) -> (StatusCode, String, serde_json::Value) {
-    let mut request = Request::builder().method(method).uri(uri);
-    if let Some(token) = token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let response = app(state.clone())
-        .oneshot(request.body(Body::empty()).expect("request"))
+    testing::call(app(state.clone()), method, uri, token)
         .await
-        .expect("response");
-    let status = response.status();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    (status, content_type, json)
+        .into_parts()
 }
 
 async fn get(

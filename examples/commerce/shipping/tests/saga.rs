@@ -1,54 +1,27 @@
 //! The saga consumer against a real PostgreSQL database: each event is delivered as the consumer
 //! runner delivers it (inbox record and handler in one transaction).
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use commerce_events::{Envelope, Event, Topics};
-use commerce_platform::events::{EventHandler, decode};
-use commerce_platform::{Authenticator, Claims};
+use commerce_platform::Authenticator;
+use commerce_platform::testing::{self, published, published_types};
 use commerce_shipping::{AppState, CONSUMER, Saga, app};
-use idempotency::Message;
-use idempotency::inbox::{self, Delivery};
+use idempotency::inbox::Delivery;
 use sqlx::PgPool;
-use tower::ServiceExt;
 use uuid::Uuid;
 
 fn saga() -> Saga {
     Saga::new(Topics::new("test"))
 }
 
-fn message(envelope: &Envelope) -> Message {
-    Message::new(
-        "test.orders",
-        0,
-        0,
-        Some(envelope.aggregate_id.clone().into_bytes()),
-        Some(envelope.to_json()),
-        vec![(
-            "event-id".into(),
-            Some(envelope.event_id.to_string().into_bytes()),
-        )],
-    )
-}
-
-/// What the consumer runner does with one message: decode, then inbox + handler in one
-/// transaction.
+/// [`testing::deliver`] to the saga, as its consumer.
 async fn deliver(pool: &PgPool, envelope: &Envelope) -> Delivery {
-    let event = decode(&message(envelope)).expect("decodes");
-    let mut tx = pool.begin().await.expect("begin");
-    let delivery = inbox::receive(&mut tx, CONSUMER, &envelope.event_id.to_string())
-        .await
-        .expect("inbox");
-    if delivery == Delivery::Fresh {
-        saga().handle(&mut tx, event).await.expect("handled");
-    }
-    tx.commit().await.expect("commit");
-    delivery
+    testing::deliver(pool, CONSUMER, &saga(), envelope).await
 }
 
-/// [`deliver`] of an event that must be fresh.
+/// [`testing::apply`] to the saga, as its consumer: the event must be fresh.
 async fn apply(pool: &PgPool, envelope: &Envelope) {
-    assert_eq!(deliver(pool, envelope).await, Delivery::Fresh);
+    testing::apply(pool, CONSUMER, &saga(), envelope).await;
 }
 
 fn confirmed(order_id: Uuid) -> Envelope {
@@ -111,28 +84,8 @@ async fn shipments(pool: &PgPool, order_id: Uuid) -> Vec<Row> {
     .collect()
 }
 
-/// The events the service enqueued for `order_id`, in order, with their topics.
-async fn published(pool: &PgPool, order_id: Uuid) -> Vec<(String, Event)> {
-    sqlx::query_as::<_, (String, Vec<u8>)>(
-        "SELECT topic, payload FROM outbox_events WHERE aggregate_id = $1 ORDER BY seq",
-    )
-    .bind(order_id.to_string())
-    .fetch_all(pool)
-    .await
-    .expect("outbox")
-    .into_iter()
-    .map(|(topic, payload)| {
-        let envelope = commerce_events::decode(&payload).expect("a valid envelope");
-        (topic, envelope.event)
-    })
-    .collect()
-}
-
 async fn database() -> testkit::TestDb {
-    testkit::database(&commerce_platform::setup::migrators(
-        &commerce_shipping::MIGRATOR,
-    ))
-    .await
+    testing::database(&commerce_shipping::MIGRATOR).await
 }
 
 /// The expected tracking number, spelled out independently of the crate.
@@ -143,25 +96,16 @@ fn tracking(order_id: Uuid) -> String {
 /// An admin marks the order's shipment delivered through the API.
 async fn deliver_by_admin(pool: &PgPool, order_id: Uuid) -> StatusCode {
     let auth = Authenticator::new(b"test-secret", "test-key");
-    let token = auth.issue(&Claims {
-        sub: "ops".into(),
-        roles: vec!["admin".into()],
-        exp: chrono::Utc::now().timestamp() + 300,
-    });
+    let token = testing::token(&auth, "ops", &["admin"]);
     let state = AppState {
         pool: pool.clone(),
         auth,
         topics: Topics::new("test"),
     };
-    let request = Request::post(format!("/api/v1/shipments/{order_id}/deliver"))
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Body::empty())
-        .expect("request");
-    app(state)
-        .oneshot(request)
+    let uri = format!("/api/v1/shipments/{order_id}/deliver");
+    testing::call(app(state), Method::POST, &uri, Some(&token))
         .await
-        .expect("response")
-        .status()
+        .status
 }
 
 #[tokio::test]
@@ -306,11 +250,7 @@ async fn a_concurrent_confirmation_and_cancellation_never_leave_a_live_shipment(
         let rows = shipments(&db.pool, order_id).await;
         assert_eq!(rows.len(), 1, "{rows:?}");
         assert_eq!(rows[0].state, "CANCELLED");
-        let events: Vec<&'static str> = published(&db.pool, order_id)
-            .await
-            .iter()
-            .map(|(_, e)| e.event_type())
-            .collect();
+        let events = published_types(&db.pool, order_id).await;
         match rows[0].carrier {
             // The cancellation came first: never shipped.
             None => assert_eq!(events, Vec::<&str>::new()),
@@ -332,11 +272,7 @@ async fn a_cancellation_after_delivery_leaves_it_delivered() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].state, "DELIVERED");
     assert_eq!(rows[0].reason, None);
-    let events: Vec<&'static str> = published(&db.pool, order_id)
-        .await
-        .iter()
-        .map(|(_, e)| e.event_type())
-        .collect();
+    let events = published_types(&db.pool, order_id).await;
     assert_eq!(events, ["ShipmentCreated", "ShipmentDelivered"]);
 }
 
@@ -365,11 +301,7 @@ async fn a_concurrent_delivery_and_cancellation_see_each_other() {
         let status = delivery.await.expect("task");
         assert_eq!(cancellation.await.expect("task"), Delivery::Fresh);
         let rows = shipments(&db.pool, order_id).await;
-        let events: Vec<&'static str> = published(&db.pool, order_id)
-            .await
-            .iter()
-            .map(|(_, e)| e.event_type())
-            .collect();
+        let events = published_types(&db.pool, order_id).await;
         match status {
             // Delivered first: the cancellation left it delivered.
             StatusCode::OK => {

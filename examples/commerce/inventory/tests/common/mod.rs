@@ -3,20 +3,32 @@
 #![allow(dead_code)]
 
 use commerce_events::{Envelope, Event, Line, Topics};
-use commerce_inventory::{SAGA_CONSUMER, Saga};
-use commerce_platform::events::{EventHandler, decode};
-use idempotency::inbox::{self, Delivery};
-use idempotency::{HandlerError, Message};
+use commerce_inventory::{AppState, SAGA_CONSUMER, Saga};
+use commerce_platform::Authenticator;
+use commerce_platform::testing;
+use idempotency::HandlerError;
+use idempotency::inbox::Delivery;
 use sqlx::PgPool;
 use testkit::TestDb;
 use uuid::Uuid;
 
 /// A fresh database with every migration the service runs.
 pub(crate) async fn db() -> TestDb {
-    testkit::database(&commerce_platform::setup::migrators(
-        &commerce_inventory::MIGRATOR,
-    ))
-    .await
+    testing::database(&commerce_inventory::MIGRATOR).await
+}
+
+/// The authenticator of the tests' API calls.
+pub(crate) fn auth() -> Authenticator {
+    Authenticator::new(b"inventory-test-secret", "service-key")
+}
+
+/// The API's state on `pool`, with [`auth`] and [`topics`].
+pub(crate) fn state(pool: &PgPool) -> AppState {
+    AppState {
+        pool: pool.clone(),
+        auth: auth(),
+        topics: topics(),
+    }
 }
 
 /// Topic names unique to one test (only created on the broker where a test needs them).
@@ -24,39 +36,14 @@ pub(crate) fn topics() -> Topics {
     Topics::new(&format!("test-{}", Uuid::new_v4().simple()))
 }
 
-/// The message the relay would publish for `envelope`.
-pub(crate) fn message(envelope: &Envelope) -> Message {
-    Message::new(
-        "test",
-        0,
-        0,
-        Some(envelope.aggregate_id.clone().into_bytes()),
-        Some(envelope.to_json()),
-        vec![(
-            "event-id".into(),
-            Some(envelope.event_id.to_string().into_bytes()),
-        )],
-    )
-}
-
-/// Delivers `envelope` as `idempotency::Consumer` does: decode, then one transaction with the
-/// inbox record and the handler's effects.
+/// Delivers `envelope` to `saga` as `idempotency::Consumer` does ([`testing::try_deliver`]):
+/// decode, then one transaction with the inbox record and the handler's effects.
 pub(crate) async fn deliver(
     pool: &PgPool,
     saga: &Saga,
     envelope: &Envelope,
 ) -> Result<Delivery, HandlerError> {
-    let message = message(envelope);
-    let event = decode(&message)?;
-    let event_id = message.header_str("event-id").expect("event id header");
-    let mut tx = pool.begin().await?;
-    if inbox::receive(&mut tx, SAGA_CONSUMER, event_id).await? == Delivery::Duplicate {
-        tx.commit().await?;
-        return Ok(Delivery::Duplicate);
-    }
-    saga.handle(&mut tx, event).await?;
-    tx.commit().await?;
-    Ok(Delivery::Fresh)
+    testing::try_deliver(pool, SAGA_CONSUMER, saga, envelope).await
 }
 
 /// [`deliver`]s a fresh event and asserts it applied.

@@ -1,5 +1,5 @@
 //! What the order service's tests share: a fresh database, a stub product service (a real HTTP
-//! server on 127.0.0.1:0), tokens, and requests through `app(state).oneshot(..)`.
+//! server on 127.0.0.1:0), tokens, and requests through `app(state)` read whole.
 
 #![allow(dead_code)]
 
@@ -11,17 +11,16 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use commerce_order::domain::{OrderLine, OrderState};
 use commerce_order::{AppState, app};
+use commerce_platform::testing;
 use commerce_platform::{Claims, Config};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use testkit::TestDb;
-use tower::ServiceExt;
 use uuid::Uuid;
 
 /// A product the stub serves: `(price_cents, active)`.
@@ -94,10 +93,7 @@ pub(crate) struct Harness {
 
 impl Harness {
     pub(crate) async fn new() -> Self {
-        let db = testkit::database(&commerce_platform::setup::migrators(
-            &commerce_order::MIGRATOR,
-        ))
-        .await;
+        let db = testing::database(&commerce_order::MIGRATOR).await;
         let config = Config::from_env().expect("config");
         let products = ProductStub::start(&config.api_key).await;
         let state = AppState::new(db.pool.clone(), &config)
@@ -131,8 +127,7 @@ impl Harness {
     /// `POST /api/v1/orders` as `sub` with `key`.
     pub(crate) async fn place(&self, sub: &str, key: &str, body: &Value) -> Reply {
         self.send(
-            Request::post("/api/v1/orders")
-                .header("authorization", format!("Bearer {}", self.token(sub)))
+            testing::request(Method::POST, "/api/v1/orders", Some(&self.token(sub)))
                 .header("content-type", "application/json")
                 .header("idempotency-key", key)
                 .body(Body::from(body.to_string()))
@@ -157,8 +152,7 @@ impl Harness {
 
     pub(crate) async fn get(&self, sub: &str, path: &str) -> Reply {
         self.send(
-            Request::get(path)
-                .header("authorization", format!("Bearer {}", self.token(sub)))
+            testing::request(Method::GET, path, Some(&self.token(sub)))
                 .body(Body::empty())
                 .expect("request"),
         )
@@ -167,8 +161,7 @@ impl Harness {
 
     pub(crate) async fn post(&self, sub: &str, path: &str) -> Reply {
         self.send(
-            Request::post(path)
-                .header("authorization", format!("Bearer {}", self.token(sub)))
+            testing::request(Method::POST, path, Some(&self.token(sub)))
                 .body(Body::empty())
                 .expect("request"),
         )
@@ -259,16 +252,11 @@ impl Reply {
 }
 
 pub(crate) async fn send(app: Router, request: Request<Body>) -> Reply {
-    let response = app.oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let testing::Reply {
+        status,
+        headers,
+        body,
+    } = testing::send(app, request).await;
     Reply {
         status,
         headers,

@@ -4,16 +4,13 @@
 #![allow(dead_code)]
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode, header};
 use commerce_events::{Envelope, Event};
-use commerce_platform::events::{EventHandler, decode};
-use commerce_platform::{Authenticator, Claims};
+use commerce_platform::Authenticator;
+use commerce_platform::testing;
 use commerce_product::{AppState, CONSUMER, StockCache, StockLevels, app};
-use http_body_util::BodyExt;
-use idempotency::Message;
-use idempotency::inbox::{self, Delivery};
+use idempotency::inbox::Delivery;
 use redis::AsyncCommands;
-use tower::ServiceExt;
 use uuid::Uuid;
 
 pub(crate) const API_KEY: &str = "test-service-key";
@@ -23,11 +20,7 @@ pub(crate) fn auth() -> Authenticator {
 }
 
 pub(crate) fn token(role: &str) -> String {
-    auth().issue(&Claims {
-        sub: format!("{role}-1"),
-        roles: vec![role.into()],
-        exp: chrono::Utc::now().timestamp() + 300,
-    })
+    testing::token(&auth(), &format!("{role}-1"), &[role])
 }
 
 pub(crate) struct Fixture {
@@ -38,10 +31,7 @@ pub(crate) struct Fixture {
 }
 
 pub(crate) async fn fixture() -> Fixture {
-    let db = testkit::database(&commerce_platform::setup::migrators(
-        &commerce_product::MIGRATOR,
-    ))
-    .await;
+    let db = testing::database(&commerce_product::MIGRATOR).await;
     let prefix = format!("test-{}", Uuid::new_v4().simple());
     let cache =
         StockCache::open(&testkit::redis::redis_url().await, prefix.as_str()).expect("a Redis URL");
@@ -65,32 +55,12 @@ impl Fixture {
     /// Delivers `envelope` as the consumer runner does: inbox record and handler in one
     /// transaction.
     pub(crate) async fn deliver(&self, envelope: &Envelope) -> Delivery {
-        let message = Message::new(
-            "test.inventory",
-            0,
-            0,
-            Some(envelope.aggregate_id.clone().into_bytes()),
-            Some(envelope.to_json()),
-            vec![(
-                "event-id".into(),
-                Some(envelope.event_id.to_string().into_bytes()),
-            )],
-        );
-        let event = decode(&message).expect("decodes");
-        let mut tx = self.db.pool.begin().await.expect("begin");
-        let delivery = inbox::receive(&mut tx, CONSUMER, &envelope.event_id.to_string())
-            .await
-            .expect("inbox");
-        if delivery == Delivery::Fresh {
-            self.stock.handle(&mut tx, event).await.expect("handled");
-        }
-        tx.commit().await.expect("commit");
-        delivery
+        testing::deliver(&self.db.pool, CONSUMER, &self.stock, envelope).await
     }
 
     /// [`deliver`](Self::deliver) of an event that must be fresh.
     pub(crate) async fn apply(&self, envelope: &Envelope) {
-        assert_eq!(self.deliver(envelope).await, Delivery::Fresh);
+        testing::apply(&self.db.pool, CONSUMER, &self.stock, envelope).await;
     }
 
     /// `(available, version)` in Redis.
@@ -170,46 +140,22 @@ pub(crate) struct Response {
 }
 
 pub(crate) async fn send(state: &AppState, request: Request<Body>) -> Response {
-    let response = app(state.clone()).oneshot(request).await.expect("response");
-    let header = |name| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let reply = testing::send(app(state.clone()), request).await;
+    let header = |name| reply.header(name).map(str::to_owned);
     let content_type = header(header::CONTENT_TYPE).unwrap_or_default();
     let location = header(header::LOCATION);
     let replayed = header(idempotency::IDEMPOTENT_REPLAYED);
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     Response {
-        status,
+        status: reply.status,
         content_type,
         location,
         replayed,
-        json,
-    }
-}
-
-fn with_token(
-    builder: axum::http::request::Builder,
-    token: Option<&str>,
-) -> axum::http::request::Builder {
-    match token {
-        Some(token) => builder.header(header::AUTHORIZATION, format!("Bearer {token}")),
-        None => builder,
+        json: reply.body,
     }
 }
 
 pub(crate) fn get(uri: &str, token: Option<&str>) -> Request<Body> {
-    with_token(Request::get(uri), token)
+    testing::request(Method::GET, uri, token)
         .body(Body::empty())
         .expect("request")
 }
@@ -226,7 +172,7 @@ pub(crate) fn post_with_key(
     key: Option<&str>,
     body: &str,
 ) -> Request<Body> {
-    let mut builder = with_token(Request::post(uri), token);
+    let mut builder = testing::request(Method::POST, uri, token);
     if let Some(key) = key {
         builder = builder.header(idempotency::IDEMPOTENCY_KEY, key);
     }
@@ -237,7 +183,7 @@ pub(crate) fn post_with_key(
 }
 
 pub(crate) fn put(uri: &str, token: Option<&str>, body: &str) -> Request<Body> {
-    with_token(Request::put(uri), token)
+    testing::request(Method::PUT, uri, token)
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body.to_owned()))
         .expect("request")
