@@ -61,9 +61,13 @@
 //!
 //! New events wake relays through `LISTEN outbox_events` (a statement trigger sends `NOTIFY`), so
 //! an event is published milliseconds after its commit; the poll interval is only the fallback.
-//! Metrics (through the `metrics` facade): `outbox_published_total`, `outbox_retried_total`,
-//! `outbox_failed_total`, `outbox_dead_lettered_total`, `outbox_batch_seconds`, `outbox_pending`,
-//! `outbox_oldest_pending_age_seconds`. Each batch runs in an `outbox.batch` tracing span.
+//! Metrics (through the `metrics` facade), each labelled `relay` with [`RelayConfig::name`] so
+//! the relays of several services stay apart: counters `outbox_published_total`,
+//! `outbox_retried_total`, `outbox_failed_total`, `outbox_dead_lettered_total`; histogram
+//! `outbox_batch_seconds`; gauges (refreshed every 5 s by a running relay) `outbox_pending`,
+//! `outbox_oldest_pending_age_seconds`, `outbox_leased` (events leased right now) and
+//! `outbox_dead_letters` (dead-letter depth: alert when it is above zero). Each batch runs in an
+//! `outbox.batch` tracing span.
 
 #![forbid(unsafe_code)]
 

@@ -40,6 +40,7 @@ pub enum Retention {
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     owner: String,
+    name: String,
     batch_size: u32,
     lease_ttl: Duration,
     poll_interval: Duration,
@@ -53,6 +54,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             owner: format!("relay-{}", uuid::Uuid::now_v7()),
+            name: "outbox".to_owned(),
             batch_size: 500,
             lease_ttl: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
@@ -68,6 +70,14 @@ impl RelayConfig {
     /// The lease owner name. Default: `relay-<uuidv7>`, unique per relay.
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = owner.into();
+        self
+    }
+
+    /// The name its metrics carry as the label `relay`, so the relays of several services in one
+    /// process (or one Prometheus) stay apart; relays over the same outbox share it. Default:
+    /// `outbox`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
         self
     }
 
@@ -234,7 +244,8 @@ impl<P: Publisher> Relay<P> {
                 match result {
                     Ok(()) => published.push(lease),
                     Err(error) => {
-                        metrics::counter!("outbox_failed_total").increment(1);
+                        metrics::counter!("outbox_failed_total", "relay" => self.config.name.clone())
+                            .increment(1);
                         self.fail(&lease, &event, &error, &mut outcome).await?;
                     }
                 }
@@ -246,10 +257,15 @@ impl<P: Publisher> Relay<P> {
         }
         .instrument(span)
         .await?;
-        metrics::counter!("outbox_published_total").increment(outcome.published as u64);
-        metrics::counter!("outbox_retried_total").increment(outcome.retried as u64);
-        metrics::counter!("outbox_dead_lettered_total").increment(outcome.dead_lettered as u64);
-        metrics::histogram!("outbox_batch_seconds").record(started.elapsed().as_secs_f64());
+        let relay = self.config.name.clone();
+        metrics::counter!("outbox_published_total", "relay" => relay.clone())
+            .increment(outcome.published as u64);
+        metrics::counter!("outbox_retried_total", "relay" => relay.clone())
+            .increment(outcome.retried as u64);
+        metrics::counter!("outbox_dead_lettered_total", "relay" => relay.clone())
+            .increment(outcome.dead_lettered as u64);
+        metrics::histogram!("outbox_batch_seconds", "relay" => relay)
+            .record(started.elapsed().as_secs_f64());
         if outcome.lost > 0 {
             tracing::warn!(
                 lost = outcome.lost,
@@ -351,7 +367,7 @@ impl<P: Publisher> Relay<P> {
         while !stop.is_cancelled() {
             if last_stats.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
                 last_stats = Some(Instant::now());
-                if let Err(error) = crate::stats::record(&self.pool).await {
+                if let Err(error) = crate::stats::record(&self.pool, &self.config.name).await {
                     tracing::debug!(%error, "outbox: pending stats failed");
                 }
             }

@@ -6,16 +6,24 @@ use sqlx::PgPool;
 
 use crate::Result;
 
-/// Records `outbox_pending` (unpublished events) and `outbox_oldest_pending_age_seconds`.
-pub(crate) async fn record(pool: &PgPool) -> Result<()> {
-    let (pending, oldest): (i64, Option<f64>) = sqlx::query_as(
-        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8
+/// Records the outbox's gauges, labelled `relay = name`: `outbox_pending` (unpublished events),
+/// `outbox_oldest_pending_age_seconds`, `outbox_leased` (events leased by a relay right now) and
+/// `outbox_dead_letters` (the dead-letter table's depth).
+pub(crate) async fn record(pool: &PgPool, name: &str) -> Result<()> {
+    let (pending, oldest, leased, dead): (i64, Option<f64>, i64, i64) = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8,
+                count(*) FILTER (WHERE lease_expires_at > now()),
+                (SELECT count(*) FROM outbox_dead_letters)
          FROM outbox_events WHERE next_attempt_at IS NOT NULL",
     )
     .fetch_one(pool)
     .await?;
-    metrics::gauge!("outbox_pending").set(pending as f64);
-    metrics::gauge!("outbox_oldest_pending_age_seconds").set(oldest.unwrap_or(0.0));
+    let relay = name.to_owned();
+    metrics::gauge!("outbox_pending", "relay" => relay.clone()).set(pending as f64);
+    metrics::gauge!("outbox_oldest_pending_age_seconds", "relay" => relay.clone())
+        .set(oldest.unwrap_or(0.0));
+    metrics::gauge!("outbox_leased", "relay" => relay.clone()).set(leased as f64);
+    metrics::gauge!("outbox_dead_letters", "relay" => relay).set(dead as f64);
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 mod compensation;
 mod edges;
+mod operations;
 mod redeliver;
 mod redelivery_and_crash;
 mod saga;

@@ -39,6 +39,28 @@ pub fn metrics() -> PrometheusHandle {
         .clone()
 }
 
+/// Times one API request for `http_request_duration_seconds`.
+async fn record_latency(
+    service: &'static str,
+    request: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics::histogram!(
+        "http_request_duration_seconds",
+        "service" => service,
+        "route" => route,
+        "status" => response.status().as_u16().to_string()
+    )
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
 /// A readiness check: `Ok` when the dependency answers, `Err(name: reason)` otherwise.
 pub type Check =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
@@ -94,9 +116,16 @@ async fn ready(State(checks): State<Arc<Vec<Check>>>) -> impl IntoResponse {
 }
 
 /// Adds `/health`, `/ready` (running `checks`), `/metrics`, request ids (`x-request-id`, made
-/// when absent and echoed) and a trace span per request carrying the id.
-pub fn with_operations(app: Router, checks: Vec<Check>) -> Router {
+/// when absent and echoed), a trace span per request carrying the id, and the histogram
+/// `http_request_duration_seconds` labelled with the `service`, the matched `route` and the
+/// `status` of every API request.
+pub fn with_operations(service: &'static str, app: Router, checks: Vec<Check>) -> Router {
     let handle = metrics();
+    let app = app.route_layer(axum::middleware::from_fn(
+        move |request: Request<axum::body::Body>, next: axum::middleware::Next| {
+            record_latency(service, request, next)
+        },
+    ));
     let ops = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))

@@ -90,6 +90,7 @@ pub async fn start(
         pool.clone(),
         publisher,
         RelayConfig::default()
+            .name(name)
             .owner(format!("{name}-relay-{}", uuid::Uuid::now_v7()))
             .poll_interval(Duration::from_millis(500)),
     )?
@@ -98,7 +99,7 @@ pub async fn start(
         crate::ops::database_check(pool.clone()),
         crate::ops::broker_check(config.kafka.clone()),
     ];
-    let app = crate::ops::with_operations(parts.router, checks);
+    let app = crate::ops::with_operations(name, parts.router, checks);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("{name}: cannot listen on {addr}"))?;

@@ -1,0 +1,96 @@
+//! What an operator reads: each service's relay and API in its own metric series, and a dead
+//! letter raising the depth gauge.
+
+use super::*;
+
+/// The `/metrics` text of one service.
+async fn metrics_of(world: &World, service: &str) -> String {
+    let url = format!("{}/metrics", world.client.base(service));
+    reqwest::get(url)
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// The value of the first sample of `series` (name and labels, as rendered) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn services_in_one_process_keep_their_own_series_and_a_dead_letter_raises_the_gauge() {
+    run(async {
+        let stack = stack().await;
+        let world = World::new(stack);
+        // Something through the order API, so its latency histogram has a sample.
+        let (_, dora) = world.customer("dora");
+        world
+            .client
+            .send(
+                world
+                    .client
+                    .request(Method::GET, "order", "/api/v1/orders", Some(&dora)),
+            )
+            .await
+            .expect("orders");
+        let text = metrics_of(&world, "order").await;
+        for service in [
+            "order",
+            "inventory",
+            "payment",
+            "product",
+            "shipping",
+            "notification",
+        ] {
+            assert!(
+                sample(&text, &format!("outbox_pending{{relay=\"{service}\"}}")).is_some(),
+                "no outbox_pending series of {service}:\n{text}"
+            );
+        }
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("http_request_duration_seconds")
+                    && l.contains("service=\"order\"")
+                    && l.contains("route=\"/api/v1/orders\"")
+                    && l.contains("status=\"200\"")),
+            "no latency series of the order API:\n{text}"
+        );
+
+        // An event too large for the broker is dead-lettered by the payment service's relay.
+        let series = "outbox_dead_letters{relay=\"payment\"}";
+        let before = sample(&metrics_of(&world, "payment").await, series).unwrap_or(0.0);
+        let pool = db(stack, "payment").await;
+        let mut tx = pool.begin().await.expect("begin");
+        let huge = outbox::NewEvent::bytes(
+            &stack.config.topics.payments,
+            "order",
+            Uuid::now_v7().to_string(),
+            "Oversized",
+            vec![b'x'; 2 * 1024 * 1024],
+        );
+        outbox::enqueue(&mut tx, &huge).await.expect("enqueue");
+        tx.commit().await.expect("commit");
+        let deadline = tokio::time::Instant::now() + FINAL;
+        loop {
+            let depth = sample(&metrics_of(&world, "payment").await, series).unwrap_or(0.0);
+            if depth >= before + 1.0 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "dead-letter depth stuck at {depth}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let reason: String =
+            sqlx::query_scalar("SELECT reason FROM outbox_dead_letters WHERE id = $1")
+                .bind(huge.id)
+                .fetch_one(&pool)
+                .await
+                .expect("dead letter");
+        assert_eq!(reason, "permanent publish failure");
+    });
+}
