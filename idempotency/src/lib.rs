@@ -133,8 +133,8 @@ pub use self::http::{
 pub use error::{Error, Result};
 #[cfg(feature = "kafka")]
 pub use kafka::{
-    Consumer, ConsumerConfig, ConsumerHandle, ConsumerStats, DeadLetterReason, Handler,
-    HandlerError, Message,
+    Consumer, ConsumerConfig, ConsumerHandle, ConsumerMonitor, ConsumerStats, DeadLetterReason,
+    Handler, HandlerError, Message,
 };
 
 /// The crate's migrations: `idempotency_keys` (keys, their leases and stored responses) and

@@ -18,6 +18,9 @@ pub struct ConsumerStats {
     pub dead_lettered: u64,
     /// Retriable failures (each followed by a retry of the same message).
     pub retries: u64,
+    /// Partitions assigned to this consumer right now: 0 before it joined its group, and while
+    /// the group gives it nothing to read.
+    pub partitions: u64,
 }
 
 #[derive(Debug, Default)]
@@ -26,6 +29,7 @@ pub(super) struct Counters {
     pub(super) duplicates: AtomicU64,
     pub(super) dead_lettered: AtomicU64,
     pub(super) retries: AtomicU64,
+    pub(super) partitions: AtomicU64,
 }
 
 impl Counters {
@@ -35,6 +39,7 @@ impl Counters {
             duplicates: self.duplicates.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            partitions: self.partitions.load(Ordering::Relaxed),
         }
     }
 }
@@ -53,6 +58,12 @@ impl ConsumerHandle {
         self.counters.snapshot()
     }
 
+    /// A view of the consumer's [`stats`](Self::stats) that outlives borrows of the handle, for
+    /// readiness checks and dashboards.
+    pub fn monitor(&self) -> ConsumerMonitor {
+        ConsumerMonitor(Arc::clone(&self.counters))
+    }
+
     /// Graceful shutdown: stops polling, finishes the message in hand (a message waiting for a
     /// retry is left for redelivery), commits the offsets, leaves the group, and returns.
     pub async fn shutdown(self) -> ConsumerStats {
@@ -64,6 +75,17 @@ impl ConsumerHandle {
     /// the messages after them are delivered again (to this group's next member).
     pub fn abort(self) {
         self.task.abort();
+    }
+}
+
+/// Reads a running consumer's [`ConsumerStats`] (see [`ConsumerHandle::monitor`]).
+#[derive(Debug, Clone)]
+pub struct ConsumerMonitor(Arc<Counters>);
+
+impl ConsumerMonitor {
+    /// What the consumer did so far, and how many partitions it holds.
+    pub fn stats(&self) -> ConsumerStats {
+        self.0.snapshot()
     }
 }
 

@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 
 pub use config::ConsumerConfig;
-pub use handle::{ConsumerHandle, ConsumerStats};
+pub use handle::{ConsumerHandle, ConsumerMonitor, ConsumerStats};
 use handle::{Counters, sleep_or_stop};
 pub use handler::{DeadLetterReason, Handler, HandlerError};
 use leases::{Background, CancellationToken};
@@ -33,9 +33,10 @@ use crate::inbox::{self, Delivery};
 use crate::{Error, Result};
 
 /// Commits stored offsets before partitions are revoked, so the next owner starts after the
-/// last message this instance finished.
+/// last message this instance finished, and counts the partitions held after each rebalance.
 struct RunnerContext {
     name: String,
+    counters: Arc<Counters>,
 }
 
 impl ClientContext for RunnerContext {}
@@ -50,6 +51,16 @@ impl ConsumerContext for RunnerContext {
             );
             commit(consumer, &self.name);
         }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        let held = consumer
+            .assignment()
+            .map_or(0, |assignment| assignment.count() as u64);
+        self.counters.partitions.store(held, Ordering::Relaxed);
+        metrics::gauge!("idempotency_consumer_partitions", "consumer" => self.name.clone())
+            .set(held as f64);
+        tracing::info!(consumer = %self.name, partitions = held, "consumer: partitions assigned");
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {
@@ -192,9 +203,11 @@ impl<H: Handler> Consumer<H> {
                 client.set(key, default);
             }
         }
+        let counters = Arc::new(Counters::default());
         let consumer: StreamConsumer<RunnerContext> =
             client.create_with_context(RunnerContext {
                 name: config.name.clone(),
+                counters: Arc::clone(&counters),
             })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -214,7 +227,7 @@ impl<H: Handler> Consumer<H> {
             handler,
             dead_letter_topic: config.resolved_dead_letter_topic(),
             config,
-            counters: Arc::new(Counters::default()),
+            counters,
         })
     }
 

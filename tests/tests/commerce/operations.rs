@@ -36,20 +36,32 @@ fn services_in_one_process_keep_their_own_series_and_a_dead_letter_raises_the_ga
             )
             .await
             .expect("orders");
-        let text = metrics_of(&world, "order").await;
-        for service in [
+        // Each relay refreshes its gauges every 5 s; all six show up in one process's metrics.
+        let services = [
             "order",
             "inventory",
             "payment",
             "product",
             "shipping",
             "notification",
-        ] {
+        ];
+        let deadline = tokio::time::Instant::now() + FINAL;
+        let text = loop {
+            let text = metrics_of(&world, "order").await;
+            let missing: Vec<&str> = services
+                .iter()
+                .copied()
+                .filter(|s| sample(&text, &format!("outbox_pending{{relay=\"{s}\"}}")).is_none())
+                .collect();
+            if missing.is_empty() {
+                break text;
+            }
             assert!(
-                sample(&text, &format!("outbox_pending{{relay=\"{service}\"}}")).is_some(),
-                "no outbox_pending series of {service}:\n{text}"
+                tokio::time::Instant::now() < deadline,
+                "no outbox_pending series of {missing:?}:\n{text}"
             );
-        }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
         assert!(
             text.lines()
                 .any(|l| l.starts_with("http_request_duration_seconds")
@@ -92,5 +104,53 @@ fn services_in_one_process_keep_their_own_series_and_a_dead_letter_raises_the_ga
                 .await
                 .expect("dead letter");
         assert_eq!(reason, "permanent publish failure");
+    });
+}
+
+/// `(status, body)` of a service's `/ready`.
+async fn ready(base: &str) -> (StatusCode, String) {
+    let response = reqwest::get(format!("{base}/ready")).await.expect("ready");
+    let status = response.status();
+    (status, response.text().await.expect("text"))
+}
+
+#[test]
+fn a_service_is_ready_only_while_its_consumers_hold_partitions() {
+    run(async {
+        let stack = stack().await;
+        let world = World::new(stack);
+        for service in [
+            "order",
+            "inventory",
+            "payment",
+            "product",
+            "shipping",
+            "notification",
+        ] {
+            let deadline = tokio::time::Instant::now() + FINAL;
+            loop {
+                let (status, body) = ready(&world.client.base(service)).await;
+                if status == StatusCode::OK {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{service}: {body}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+
+        // A shipping service whose topics do not exist: its consumer joins no partition, and it
+        // says so instead of answering ready while nothing moves.
+        let config = small(config().await);
+        let lonely = Service::Shipping.start(&config).await.expect("starts");
+        let base = format!("http://{}", lonely.addr);
+        // Long enough for a consumer with partitions to have joined its group.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (status, body) = ready(&base).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            body.contains("consumer shipping.saga: no partition assigned"),
+            "{body}"
+        );
+        lonely.shutdown().await;
     });
 }

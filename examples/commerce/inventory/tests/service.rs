@@ -148,11 +148,11 @@ async fn the_consumer_applies_each_event_once_and_dead_letters_poison() {
     )
     .await;
     eventually("four messages handled", || {
-        let stats = consumer.stats();
+        let stats = consumer.handle.stats();
         async move { stats.processed + stats.duplicates + stats.dead_lettered == 4 }
     })
     .await;
-    let stats = consumer.stats();
+    let stats = consumer.handle.stats();
     let inbox: Vec<(String, String)> =
         sqlx::query_as("SELECT consumer, event_id FROM idempotency_inbox ORDER BY received_at")
             .fetch_all(&db.pool)
@@ -193,7 +193,7 @@ async fn the_consumer_applies_each_event_once_and_dead_letters_poison() {
         .collect();
     reasons.sort();
     assert_eq!(reasons, ["decode-failed", "unknown-event-type"]);
-    consumer.shutdown().await;
+    consumer.handle.shutdown().await;
 }
 
 /// Drops the service's database when the test ends, however it ends.

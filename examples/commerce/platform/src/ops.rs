@@ -79,6 +79,20 @@ pub fn database_check(pool: sqlx::PgPool) -> Check {
     })
 }
 
+/// A check that a consumer holds at least one partition: a consumer that has not joined its
+/// group, or that the group leaves without work, moves nothing, and the service is not ready.
+pub fn consumer_check(name: String, consumer: idempotency::ConsumerMonitor) -> Check {
+    Arc::new(move || {
+        let partitions = consumer.stats().partitions;
+        let result = if partitions == 0 {
+            Err(format!("consumer {name}: no partition assigned"))
+        } else {
+            Ok(())
+        };
+        Box::pin(std::future::ready(result))
+    })
+}
+
 /// A check that the broker answers a metadata request.
 pub fn broker_check(bootstrap: String) -> Check {
     Arc::new(move || {

@@ -24,8 +24,17 @@ pub struct Running {
     pub addr: SocketAddr,
     server: Background,
     relay: Background,
-    consumers: Vec<ConsumerHandle>,
+    consumers: Vec<Consuming>,
     jobs: Vec<Background>,
+}
+
+/// A started consumer and its name (for readiness and logs), from [`consume`].
+#[derive(Debug)]
+pub struct Consuming {
+    /// Its name (its inbox name, `<service>.<purpose>`).
+    pub name: String,
+    /// The running consumer.
+    pub handle: ConsumerHandle,
 }
 
 /// What a service is made of, handed to [`start`].
@@ -33,8 +42,8 @@ pub struct Running {
 pub struct Parts {
     /// The HTTP API (operations routes are added by [`start`]).
     pub router: Router,
-    /// Started consumers.
-    pub consumers: Vec<ConsumerHandle>,
+    /// Started consumers: each must hold a partition for the service to be ready.
+    pub consumers: Vec<Consuming>,
     /// The service's own background jobs (the runtime adds the retention job).
     pub jobs: Vec<Background>,
 }
@@ -56,7 +65,7 @@ pub fn consume<H: EventHandler>(
     name: &str,
     topics: &[&str],
     handler: H,
-) -> Result<ConsumerHandle, idempotency::Error> {
+) -> Result<Consuming, idempotency::Error> {
     let group = format!("{}.{name}", config.topics.prefix);
     let mut consumer = ConsumerConfig::new(name, config.consumer_config(&group))
         .group_id(group)
@@ -69,7 +78,10 @@ pub fn consume<H: EventHandler>(
     for topic in topics {
         consumer = consumer.topic(*topic);
     }
-    Ok(Consumer::new(pool.clone(), consumer, Events(handler))?.spawn())
+    Ok(Consuming {
+        name: name.to_owned(),
+        handle: Consumer::new(pool.clone(), consumer, Events(handler))?.spawn(),
+    })
 }
 
 /// Starts the relay for `pool`'s outbox and serves `parts.router` (with the operations routes) on
@@ -95,10 +107,16 @@ pub async fn start(
             .poll_interval(Duration::from_millis(500)),
     )?
     .spawn();
-    let checks = vec![
+    let mut checks = vec![
         crate::ops::database_check(pool.clone()),
         crate::ops::broker_check(config.kafka.clone()),
     ];
+    checks.extend(
+        parts
+            .consumers
+            .iter()
+            .map(|c| crate::ops::consumer_check(c.name.clone(), c.handle.monitor())),
+    );
     let app = crate::ops::with_operations(name, parts.router, checks);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -168,7 +186,7 @@ impl Running {
     pub async fn shutdown(self) {
         self.server.shutdown().await;
         for consumer in self.consumers {
-            consumer.shutdown().await;
+            consumer.handle.shutdown().await;
         }
         for job in self.jobs {
             job.shutdown().await;
@@ -181,7 +199,7 @@ impl Running {
     pub fn kill(self) {
         self.server.abort();
         for consumer in self.consumers {
-            consumer.abort();
+            consumer.handle.abort();
         }
         for job in self.jobs {
             job.abort();
