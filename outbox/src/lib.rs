@@ -53,7 +53,7 @@
 //!   them.
 //! - **Poison isolation.** A permanent failure (too large, invalid) or an event out of attempts
 //!   ([`Backoff`]) moves to `outbox_dead_letters` with its reason and last error; see
-//!   [`dead_letters`] to list, replay or discard.
+//!   [`dead_letters`] to list, replay or discard (or the `outboxctl` operator CLI, from a shell).
 //! - **Fencing.** Marking, retrying and dead-lettering check the lease's owner and token, so a
 //!   relay whose lease expired and was re-claimed cannot change the new owner's state.
 //!
