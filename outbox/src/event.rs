@@ -33,7 +33,8 @@ pub struct NewEvent {
     pub event_type: String,
     /// The message value.
     pub payload: Vec<u8>,
-    /// Extra Kafka headers.
+    /// Extra Kafka headers. When enqueued, the current span's trace context is added (see
+    /// [`enqueue_many`]) unless a `traceparent` is set here.
     pub headers: BTreeMap<String, String>,
     /// When set, a second event with the same key for the same aggregate is not enqueued while
     /// the first is in the table.
@@ -118,6 +119,13 @@ pub async fn enqueue(conn: &mut PgConnection, event: &NewEvent) -> Result<bool> 
 /// Enqueues many events in one round trip, in slice order. Returns how many were inserted
 /// (events whose dedup key is already present are skipped).
 ///
+/// Each event's row also stores the trace context of the current `tracing` span (W3C
+/// `traceparent` / `tracestate`, written by OpenTelemetry's global propagator), unless the event
+/// sets its own `traceparent` header. The relay sends it with the event, and the `idempotency`
+/// consumer runner continues it, so one request's work across services is one trace. This needs
+/// a `tracing-opentelemetry` layer in the subscriber and a propagator, installed once at start:
+/// `opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new())`.
+///
 /// # Errors
 ///
 /// As [`enqueue`].
@@ -170,7 +178,9 @@ impl Columns {
         self.aggregate_id.push(e.aggregate_id.clone());
         self.event_type.push(e.event_type.clone());
         self.payload.push(e.payload.clone());
-        self.headers.push(serde_json::to_value(&e.headers)?);
+        let mut headers = e.headers.clone();
+        crate::trace::capture(&mut headers);
+        self.headers.push(serde_json::to_value(&headers)?);
         self.dedup_key.push(e.dedup_key.clone());
         Ok(())
     }

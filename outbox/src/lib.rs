@@ -74,12 +74,15 @@
 pub mod dead_letters;
 mod error;
 mod event;
+mod health;
 mod publisher;
 mod relay;
 mod stats;
+mod trace;
 
 pub use error::{Error, Result};
 pub use event::{NewEvent, enqueue, enqueue_many};
+pub use health::{RelayMonitor, Stalled};
 pub use leases::{Background, Backoff};
 pub use publisher::kafka::KafkaPublisher;
 pub use publisher::{Event, PublishError, Publisher};

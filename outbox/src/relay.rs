@@ -13,6 +13,7 @@ use sqlx::postgres::PgListener;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::health::RelayMonitor;
 use crate::publisher::{Event, PublishError, Publisher};
 use crate::{Error, Result};
 use leases::{Background, Backoff, CancellationToken};
@@ -156,6 +157,7 @@ pub struct Relay<P> {
     publisher: Arc<P>,
     config: RelayConfig,
     leases: RowLeases,
+    monitor: RelayMonitor,
 }
 
 impl<P: Publisher> Relay<P> {
@@ -200,9 +202,16 @@ impl<P: Publisher> Relay<P> {
         Ok(Self {
             pool,
             publisher: Arc::new(publisher),
+            monitor: RelayMonitor::new(config.name.clone()),
             config,
             leases,
         })
+    }
+
+    /// Reads whether this relay is publishing, from another task (for a readiness check); take
+    /// it before [`spawn`](Self::spawn).
+    pub fn monitor(&self) -> RelayMonitor {
+        self.monitor.clone()
     }
 
     /// Claims one batch, publishes it, and marks, retries or dead-letters every event in it.
@@ -212,7 +221,10 @@ impl<P: Publisher> Relay<P> {
     /// [`Error::Lease`] or [`Error::Database`] when the database fails; events already claimed
     /// are then republished after their lease expires.
     pub async fn run_once(&self) -> Result<BatchOutcome> {
-        let batch = self.claim().await?;
+        let batch = self
+            .claim()
+            .await
+            .inspect_err(|e| self.monitor.database_failed(e.to_string()))?;
         self.settle(batch).await
     }
 
@@ -227,6 +239,7 @@ impl<P: Publisher> Relay<P> {
     /// Publishes a claimed batch and marks, retries or dead-letters every event in it.
     async fn settle(&self, batch: Vec<(Lease<i64>, Event)>) -> Result<BatchOutcome> {
         if batch.is_empty() {
+            self.monitor.idle();
             return Ok(BatchOutcome::default());
         }
         let started = Instant::now();
@@ -240,10 +253,12 @@ impl<P: Publisher> Relay<P> {
                 ..BatchOutcome::default()
             };
             let mut published = Vec::with_capacity(batch.len());
+            let mut last_error = None;
             for ((lease, event), result) in batch.into_iter().zip(results) {
                 match result {
                     Ok(()) => published.push(lease),
                     Err(error) => {
+                        last_error = Some(error.to_string());
                         metrics::counter!("outbox_failed_total", "relay" => self.config.name.clone())
                             .increment(1);
                         self.fail(&lease, &event, &error, &mut outcome).await?;
@@ -253,10 +268,17 @@ impl<P: Publisher> Relay<P> {
             let marked = self.leases.complete_many(&self.pool, &published).await?;
             outcome.published = marked.len();
             outcome.lost += published.len() - marked.len();
+            match last_error {
+                Some(error) if outcome.published == 0 && outcome.retried > 0 => {
+                    self.monitor.publish_failed(error);
+                }
+                _ => self.monitor.progressed(),
+            }
             Ok::<_, Error>(outcome)
         }
         .instrument(span)
-        .await?;
+        .await
+        .inspect_err(|e| self.monitor.database_failed(e.to_string()))?;
         let relay = self.config.name.clone();
         metrics::counter!("outbox_published_total", "relay" => relay.clone())
             .increment(outcome.published as u64);
@@ -386,12 +408,15 @@ impl<P: Publisher> Relay<P> {
                 match claimed {
                     Ok(batch) => {
                         claim_more = batch.len() == self.config.batch_size as usize;
-                        if !batch.is_empty() {
+                        if batch.is_empty() {
+                            self.monitor.idle();
+                        } else {
                             in_flight.push(self.settle(batch));
                         }
                     }
                     Err(error) => {
                         tracing::warn!(%error, "outbox: claim failed");
+                        self.monitor.database_failed(error.to_string());
                         claim_more = false;
                         wait = self.config.poll_interval;
                     }

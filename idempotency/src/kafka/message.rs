@@ -89,6 +89,11 @@ impl Message {
             .and_then(|(_, value)| value.as_deref())
     }
 
+    /// The names of its headers, in order.
+    pub fn header_names(&self) -> impl Iterator<Item = &str> {
+        self.headers.iter().map(|(name, _)| name.as_str())
+    }
+
     /// [`header`](Self::header) as UTF-8.
     pub fn header_str(&self, name: &str) -> Option<&str> {
         self.header(name).and_then(|v| std::str::from_utf8(v).ok())

@@ -2,27 +2,28 @@
 //! letters.
 
 mod config;
+mod context;
 mod handle;
 mod handler;
 mod message;
+mod trace;
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use sqlx::PgPool;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 pub use config::ConsumerConfig;
+use context::{RunnerContext, commit};
 pub use handle::{ConsumerHandle, ConsumerMonitor, ConsumerStats};
 use handle::{Counters, sleep_or_stop};
 pub use handler::{DeadLetterReason, Handler, HandlerError};
@@ -31,61 +32,6 @@ pub use message::Message;
 
 use crate::inbox::{self, Delivery};
 use crate::{Error, Result};
-
-/// Commits stored offsets before partitions are revoked, so the next owner starts after the
-/// last message this instance finished, and counts the partitions held after each rebalance.
-struct RunnerContext {
-    name: String,
-    counters: Arc<Counters>,
-}
-
-impl ClientContext for RunnerContext {}
-
-impl ConsumerContext for RunnerContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            tracing::info!(
-                consumer = %self.name,
-                revoked = partitions.count(),
-                "consumer: partitions revoked; committing offsets"
-            );
-            commit(consumer, &self.name);
-        }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
-        let held = consumer
-            .assignment()
-            .map_or(0, |assignment| assignment.count() as u64);
-        self.counters.partitions.store(held, Ordering::Relaxed);
-        metrics::gauge!("idempotency_consumer_partitions", "consumer" => self.name.clone())
-            .set(held as f64);
-        tracing::info!(consumer = %self.name, partitions = held, "consumer: partitions assigned");
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {
-        if let Err(error) = result {
-            if !is_no_offset(&error) {
-                tracing::warn!(consumer = %self.name, %error, "consumer: offset commit failed");
-            }
-        }
-    }
-}
-
-fn is_no_offset(error: &KafkaError) -> bool {
-    matches!(
-        error,
-        KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)
-    )
-}
-
-fn commit<C: rdkafka::consumer::Consumer<Cx>, Cx: ConsumerContext>(consumer: &C, name: &str) {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => {}
-        Err(error) if is_no_offset(&error) => {}
-        Err(error) => tracing::warn!(consumer = %name, %error, "consumer: offset commit failed"),
-    }
-}
 
 /// A Kafka consumer that applies each event once through a [`Handler`].
 ///
@@ -148,8 +94,14 @@ fn commit<C: rdkafka::consumer::Consumer<Cx>, Cx: ConsumerContext>(consumer: &C,
 ///
 /// Metrics (through the `metrics` facade), labelled `consumer`:
 /// `idempotency_consumer_messages_total{outcome=processed|duplicate|dead_lettered}`,
-/// `idempotency_consumer_retries_total`, `idempotency_consumer_processing_seconds`, and the
-/// inbox's `idempotency_inbox_duplicates_total`.
+/// `idempotency_consumer_retries_total`, `idempotency_consumer_processing_seconds`,
+/// `idempotency_consumer_partitions`, and the inbox's `idempotency_inbox_duplicates_total`.
+///
+/// Tracing: each message is handled in a `consume` span whose parent is the trace context in the
+/// message's `traceparent` / `tracestate` headers (which `outbox` captures when an event is
+/// enqueued), through OpenTelemetry's global propagator; events the handler enqueues carry the
+/// same trace on. Install a `tracing-opentelemetry` layer and
+/// `opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new())` to use it.
 pub struct Consumer<H> {
     pool: PgPool,
     consumer: StreamConsumer<RunnerContext>,
@@ -265,7 +217,8 @@ impl<H: Handler> Consumer<H> {
                 }
             };
             let message = Message::from_kafka(&borrowed);
-            match self.process(&message, &stop).await {
+            let span = trace::span(name, &message);
+            match self.process(&message, &stop).instrument(span).await {
                 Processed::Done => {
                     if let Err(error) = self.consumer.store_offset_from_message(&borrowed) {
                         tracing::warn!(

@@ -13,8 +13,8 @@ use crate::Result;
 
 /// Publishes to Kafka: key = aggregate id (so one aggregate's events share a partition and keep
 /// their order), value = payload, headers `event-id`, `event-type`, `aggregate-type`,
-/// `aggregate-id`, `traceparent` (W3C; derived from the event id when the event has none) and the
-/// event's own headers.
+/// `aggregate-id` and the event's own headers (among them the trace context captured when it was
+/// enqueued: W3C `traceparent` and `tracestate`).
 ///
 /// The producer is idempotent (`enable.idempotence=true`, which implies `acks=all` and ordered
 /// retries), so librdkafka's internal retries never duplicate or reorder within a partition. Many
@@ -93,19 +93,11 @@ impl KafkaPublisher {
 impl Publisher for KafkaPublisher {
     async fn publish(&self, event: &Event) -> Result<(), PublishError> {
         let event_id = event.id.to_string();
-        let traceparent = format!(
-            "00-{}-{}-01",
-            event.id.simple(),
-            &event.id.simple().to_string()[16..]
-        );
-        let mut headers = OwnedHeaders::new_with_capacity(5 + event.headers.len())
+        let mut headers = OwnedHeaders::new_with_capacity(4 + event.headers.len())
             .insert(header("event-id", &event_id))
             .insert(header("event-type", &event.event_type))
             .insert(header("aggregate-type", &event.aggregate_type))
             .insert(header("aggregate-id", &event.aggregate_id));
-        if !event.headers.contains_key("traceparent") {
-            headers = headers.insert(header("traceparent", &traceparent));
-        }
         for (name, value) in event.headers.iter() {
             headers = headers.insert(header(name, value));
         }

@@ -2,8 +2,10 @@
 //! cluster where a broker must fail on command).
 
 mod failures;
+mod health;
 mod lifecycle;
 mod publishing;
+mod trace_context;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

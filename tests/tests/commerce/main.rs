@@ -9,6 +9,7 @@ mod redeliver;
 mod redelivery_and_crash;
 mod saga;
 mod shipping_and_notifications;
+mod trace_context;
 
 use redeliver::{redeliver, wait_caught_up};
 

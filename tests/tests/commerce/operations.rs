@@ -36,7 +36,8 @@ fn services_in_one_process_keep_their_own_series_and_a_dead_letter_raises_the_ga
             )
             .await
             .expect("orders");
-        // Each relay refreshes its gauges every 5 s; all six show up in one process's metrics.
+        // Each relay refreshes its gauges every 5 s; all six services' series show up in one
+        // process's metrics, each under its own label.
         let services = [
             "order",
             "inventory",
@@ -51,14 +52,18 @@ fn services_in_one_process_keep_their_own_series_and_a_dead_letter_raises_the_ga
             let missing: Vec<&str> = services
                 .iter()
                 .copied()
-                .filter(|s| sample(&text, &format!("outbox_pending{{relay=\"{s}\"}}")).is_none())
+                .filter(|s| {
+                    sample(&text, &format!("outbox_pending{{relay=\"{s}\"}}")).is_none()
+                        || sample(&text, &format!("outbox_relay_publishing{{relay=\"{s}\"}}"))
+                            != Some(1.0)
+                })
                 .collect();
             if missing.is_empty() {
                 break text;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "no outbox_pending series of {missing:?}:\n{text}"
+                "no pending or publishing series of {missing:?}:\n{text}"
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
@@ -127,15 +132,10 @@ fn a_service_is_ready_only_while_its_consumers_hold_partitions() {
             "shipping",
             "notification",
         ] {
-            let deadline = tokio::time::Instant::now() + FINAL;
-            loop {
-                let (status, body) = ready(&world.client.base(service)).await;
-                if status == StatusCode::OK {
-                    break;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "{service}: {body}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            ready_until(&world.client.base(service), |status, _| {
+                status == StatusCode::OK
+            })
+            .await;
         }
 
         // A shipping service whose topics do not exist: its consumer joins no partition, and it
@@ -152,5 +152,55 @@ fn a_service_is_ready_only_while_its_consumers_hold_partitions() {
             "{body}"
         );
         lonely.shutdown().await;
+    });
+}
+
+/// Polls `base`'s `/ready` until `done(status, body)`; returns the last answer.
+async fn ready_until(base: &str, done: impl Fn(StatusCode, &str) -> bool) -> (StatusCode, String) {
+    let deadline = tokio::time::Instant::now() + FINAL;
+    loop {
+        let (status, body) = ready(base).await;
+        if done(status, &body) {
+            return (status, body);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn a_service_whose_relay_cannot_publish_is_not_ready_until_it_publishes_again() {
+    run(async {
+        // The broker is this test's own: it stops it.
+        let mut broker = testkit::OwnedBroker::start().await;
+        let mut config = small(config().await);
+        config.kafka = broker.bootstrap_servers();
+        commerce_launcher::create_topics(&config)
+            .await
+            .expect("topics");
+        let inventory = Service::Inventory.start(&config).await.expect("starts");
+        let base = format!("http://{}", inventory.addr);
+        ready_until(&base, |status, _| status == StatusCode::OK).await;
+
+        broker.stop();
+        // A stock add commits an event the relay cannot hand to any broker.
+        config.addrs.inventory = inventory.addr;
+        let client = Client::new(&config);
+        let admin = client.token("admin", &["admin"]);
+        client
+            .add_stock(&admin, Uuid::new_v4(), 5)
+            .await
+            .expect("the database still takes the stock add");
+        // The broker check fails at once; the relay's verdict follows its delivery timeout (20 s).
+        let (status, body) = ready_until(&base, |_, body| body.contains("relay:")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("relay: not publishing"), "{body}");
+
+        broker.restart().await;
+        ready_until(&base, |status, _| status == StatusCode::OK).await;
+        inventory.shutdown().await;
     });
 }

@@ -69,7 +69,7 @@ async fn main() {
     let command = Cli::parse().command.unwrap_or(Command::All);
     // The demo prints its own story; its logs stay quiet unless RUST_LOG asks for more.
     let quiet = matches!(command, Command::Demo | Command::Token { .. });
-    commerce_platform::ops::init_logging(if quiet { "warn" } else { "info" });
+    commerce_platform::telemetry::init(if quiet { "warn" } else { "info" });
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {

@@ -1,6 +1,6 @@
 //! What every commerce service shares: configuration from the environment, JWT and API-key
 //! authentication, problem+json errors, the pieces of every OpenAPI document, health / readiness
-//! / metrics routes, JSON logs with request ids, and start-up of its database and topics. Behind
+//! / metrics routes, JSON logs with request and trace ids, and start-up of its database and topics. Behind
 //! the `testing` feature, the `testing` module: helpers for the services' tests.
 
 #![forbid(unsafe_code)]
@@ -14,6 +14,7 @@ pub mod ops;
 pub mod problem;
 pub mod runtime;
 pub mod setup;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 

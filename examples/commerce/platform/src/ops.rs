@@ -1,4 +1,4 @@
-//! Operations: JSON logs, request ids, `/health`, `/ready`, `/metrics`.
+//! Operations: request ids and spans, `/health`, `/ready`, `/metrics`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,19 +12,6 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-
-/// JSON logs to stdout, filtered by `RUST_LOG` (default `default_level`, e.g. `info`). Safe to
-/// call more than once.
-pub fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_env_filter(filter)
-        .try_init();
-}
 
 /// The process's Prometheus recorder (installed on first use; shared by services in one process).
 pub fn metrics() -> PrometheusHandle {
@@ -93,6 +80,23 @@ pub fn consumer_check(name: String, consumer: idempotency::ConsumerMonitor) -> C
     })
 }
 
+/// A check that the relay is publishing: a relay whose last batch published nothing because the
+/// broker refused or timed out every event (or whose claim failed) is stalled until a batch
+/// publishes again, and the service is not ready.
+pub fn relay_check(relay: outbox::RelayMonitor) -> Check {
+    Arc::new(move || {
+        let result = match relay.stalled() {
+            Some(stalled) => Err(format!(
+                "relay: not publishing for {} s: {}",
+                stalled.since.as_secs(),
+                stalled.error
+            )),
+            None => Ok(()),
+        };
+        Box::pin(std::future::ready(result))
+    })
+}
+
 /// A check that the broker answers a metadata request.
 pub fn broker_check(bootstrap: String) -> Check {
     Arc::new(move || {
@@ -130,7 +134,8 @@ async fn ready(State(checks): State<Arc<Vec<Check>>>) -> impl IntoResponse {
 }
 
 /// Adds `/health`, `/ready` (running `checks`), `/metrics`, request ids (`x-request-id`, made
-/// when absent and echoed), a trace span per request carrying the id, and the histogram
+/// when absent and echoed), a span per request carrying the id and the trace id (see
+/// [`telemetry`](crate::telemetry)), and the histogram
 /// `http_request_duration_seconds` labelled with the `service`, the matched `route` and the
 /// `status` of every API request.
 pub fn with_operations(service: &'static str, app: Router, checks: Vec<Check>) -> Router {
@@ -146,16 +151,7 @@ pub fn with_operations(service: &'static str, app: Router, checks: Vec<Check>) -
         .with_state(Arc::new(checks))
         .route("/metrics", get(move || std::future::ready(handle.render())));
     app.merge(ops)
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                let request_id = request
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id)
-            }),
-        )
+        .layer(TraceLayer::new_for_http().make_span_with(crate::telemetry::request_span))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }

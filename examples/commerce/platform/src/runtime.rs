@@ -105,12 +105,13 @@ pub async fn start(
             .name(name)
             .owner(format!("{name}-relay-{}", uuid::Uuid::now_v7()))
             .poll_interval(Duration::from_millis(500)),
-    )?
-    .spawn();
+    )?;
     let mut checks = vec![
         crate::ops::database_check(pool.clone()),
         crate::ops::broker_check(config.kafka.clone()),
+        crate::ops::relay_check(relay.monitor()),
     ];
+    let relay = relay.spawn();
     checks.extend(
         parts
             .consumers

@@ -1,0 +1,104 @@
+//! Whether a relay is publishing: what a readiness check asks.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Reads whether a relay is publishing, from another task (a readiness check); cheap to clone.
+/// From [`Relay::monitor`](crate::Relay::monitor).
+///
+/// A relay is *stalled* from the first batch that published nothing because the broker refused
+/// or timed out every event in it (or a claim or mark failed in the database), until a batch
+/// publishes again. A relay with nothing to publish is not stalled; a batch whose events are
+/// dead-lettered made progress. The gauge `outbox_relay_publishing{relay}` is 1 while the relay
+/// publishes and 0 while it is stalled.
+#[derive(Debug, Clone)]
+pub struct RelayMonitor {
+    name: String,
+    failing: Arc<Mutex<Option<Failing>>>,
+}
+
+#[derive(Debug)]
+struct Failing {
+    since: Instant,
+    error: String,
+    /// Whether the broker failed (only a publish clears it), or the database (a claim does).
+    broker: bool,
+}
+
+/// Why a relay is not publishing: for how long, and the last error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stalled {
+    /// Since the first failed batch.
+    pub since: Duration,
+    /// The last error.
+    pub error: String,
+}
+
+impl RelayMonitor {
+    pub(crate) fn new(name: String) -> Self {
+        Self {
+            name,
+            failing: Arc::default(),
+        }
+    }
+
+    /// `Some` while the relay is stalled (see the type's documentation), `None` otherwise.
+    pub fn stalled(&self) -> Option<Stalled> {
+        self.state().as_ref().map(|failing| Stalled {
+            since: failing.since.elapsed(),
+            error: failing.error.clone(),
+        })
+    }
+
+    /// A batch published (or had nothing to publish, or dead-lettered what it could not).
+    pub(crate) fn progressed(&self) {
+        if self.state().take().is_some() {
+            tracing::info!(relay = %self.name, "outbox: relay publishing again");
+        }
+        self.gauge(1.0);
+    }
+
+    /// A claim found nothing due: the database answers again, but a broker that failed has
+    /// not been tried since (its events wait for their retry).
+    pub(crate) fn idle(&self) {
+        let broker_failed = self.state().as_ref().is_some_and(|failing| failing.broker);
+        if !broker_failed {
+            self.progressed();
+        }
+    }
+
+    /// A batch published nothing: the broker refused or timed out every event in it.
+    pub(crate) fn publish_failed(&self, error: String) {
+        self.failed(error, true);
+    }
+
+    /// A claim or mark failed in the database.
+    pub(crate) fn database_failed(&self, error: String) {
+        self.failed(error, false);
+    }
+
+    fn failed(&self, error: String, broker: bool) {
+        let mut state = self.state();
+        let since = state
+            .as_ref()
+            .map_or_else(Instant::now, |failing| failing.since);
+        *state = Some(Failing {
+            since,
+            error,
+            broker,
+        });
+        drop(state);
+        self.gauge(0.0);
+    }
+
+    fn gauge(&self, value: f64) {
+        metrics::gauge!("outbox_relay_publishing", "relay" => self.name.clone()).set(value);
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Option<Failing>> {
+        // A panic while holding this lock leaves a valid state: recover it.
+        self.failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,72 @@
+//! A relay's health: stalled while the broker cannot take its events, publishing again after.
+
+use super::*;
+
+/// Publishes through an unreachable broker (every event times out) while `down` is set, and
+/// through the real one otherwise.
+struct Outage {
+    up: KafkaPublisher,
+    unreachable: KafkaPublisher,
+    down: Arc<AtomicBool>,
+}
+
+impl Publisher for Outage {
+    async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        if self.down.load(Ordering::SeqCst) {
+            self.unreachable.publish(event).await
+        } else {
+            self.up.publish(event).await
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_relay_is_stalled_while_the_broker_times_out_and_publishing_once_it_answers() {
+    let db = outbox_db().await;
+    let topic = testkit::kafka::topic(1).await;
+    let down = Arc::new(AtomicBool::new(true));
+    let unreachable = KafkaPublisher::from_config(
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.timeout.ms", "500"),
+    )
+    .expect("publisher");
+    let publisher = Outage {
+        up: kafka().await,
+        unreachable,
+        down: Arc::clone(&down),
+    };
+    let relay = Relay::new(
+        db.pool.clone(),
+        publisher,
+        RelayConfig::default().backoff(fast_backoff(u32::MAX)),
+    )
+    .expect("relay");
+    let monitor = relay.monitor();
+    assert_eq!(monitor.stalled(), None, "a new relay is not stalled");
+
+    let event =
+        NewEvent::json(&topic, "order", "1", "OrderPlaced", &serde_json::json!({})).expect("json");
+    let mut conn = db.pool.acquire().await.expect("connection");
+    outbox::enqueue(&mut conn, &event).await.expect("enqueue");
+    let outcome = relay.run_once().await.expect("batch");
+    assert_eq!((outcome.published, outcome.retried), (0, 1));
+    let stalled = monitor
+        .stalled()
+        .expect("stalled after a batch that published nothing");
+    assert!(!stalled.error.is_empty());
+
+    // Nothing due while the event waits for its retry: still stalled, the broker was not tried.
+    let outcome = relay.run_once().await.expect("batch");
+    if outcome.claimed == 0 {
+        assert!(
+            monitor.stalled().is_some(),
+            "an idle claim does not clear a broker stall"
+        );
+    }
+
+    down.store(false, Ordering::SeqCst);
+    drain(&relay, &db.pool).await;
+    assert_eq!(monitor.stalled(), None, "publishing again");
+    assert_eq!(testkit::kafka::read_all(&topic).await.len(), 1);
+}
