@@ -15,6 +15,7 @@ use super::handle::Counters;
 pub(super) struct RunnerContext {
     pub(super) name: String,
     pub(super) counters: Arc<Counters>,
+    pub(super) positions: super::lag::Positions,
 }
 
 impl ClientContext for RunnerContext {}
@@ -28,6 +29,13 @@ impl ConsumerContext for RunnerContext {
                 "consumer: partitions revoked; committing offsets"
             );
             commit(consumer, &self.name);
+            self.positions.revoked(
+                &self.name,
+                partitions
+                    .elements()
+                    .iter()
+                    .map(|p| (p.topic().to_owned(), p.partition())),
+            );
         }
     }
 

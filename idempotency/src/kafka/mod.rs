@@ -5,6 +5,7 @@ mod config;
 mod context;
 mod handle;
 mod handler;
+mod lag;
 mod message;
 mod trace;
 
@@ -95,7 +96,8 @@ use crate::{Error, Result};
 /// Metrics (through the `metrics` facade), labelled `consumer`:
 /// `idempotency_consumer_messages_total{outcome=processed|duplicate|dead_lettered}`,
 /// `idempotency_consumer_retries_total`, `idempotency_consumer_processing_seconds`,
-/// `idempotency_consumer_partitions`, and the inbox's `idempotency_inbox_duplicates_total`.
+/// `idempotency_consumer_partitions`, `idempotency_consumer_lag{topic, partition}` (sampled every
+/// 10 s for the partitions it has handled a message of), and the inbox's `idempotency_inbox_duplicates_total`.
 ///
 /// Tracing: each message is handled in a `consume` span whose parent is the trace context in the
 /// message's `traceparent` / `tracestate` headers (which `outbox` captures when an event is
@@ -110,6 +112,7 @@ pub struct Consumer<H> {
     config: ConsumerConfig,
     dead_letter_topic: String,
     counters: Arc<Counters>,
+    positions: lag::Positions,
 }
 
 impl<H> fmt::Debug for Consumer<H> {
@@ -156,10 +159,12 @@ impl<H: Handler> Consumer<H> {
             }
         }
         let counters = Arc::new(Counters::default());
+        let positions = lag::Positions::default();
         let consumer: StreamConsumer<RunnerContext> =
             client.create_with_context(RunnerContext {
                 name: config.name.clone(),
                 counters: Arc::clone(&counters),
+                positions: positions.clone(),
             })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -180,6 +185,7 @@ impl<H: Handler> Consumer<H> {
             dead_letter_topic: config.resolved_dead_letter_topic(),
             config,
             counters,
+            positions,
         })
     }
 
@@ -200,6 +206,8 @@ impl<H: Handler> Consumer<H> {
             topics = ?self.config.topics,
             "consumer: started"
         );
+        // Stops when the runner does (dropping it cancels it).
+        let _lag = lag::sample(name.to_owned(), &self.config.kafka, self.positions.clone());
         loop {
             let received = tokio::select! {
                 biased;
@@ -220,6 +228,8 @@ impl<H: Handler> Consumer<H> {
             let span = trace::span(name, &message);
             match self.process(&message, &stop).instrument(span).await {
                 Processed::Done => {
+                    self.positions
+                        .handled(message.topic(), message.partition(), message.offset());
                     if let Err(error) = self.consumer.store_offset_from_message(&borrowed) {
                         tracing::warn!(
                             consumer = %name,

@@ -36,8 +36,17 @@ fn services_in_one_process_keep_their_own_series_and_a_dead_letter_raises_the_ga
             )
             .await
             .expect("orders");
-        // Each relay refreshes its gauges every 5 s; all six services' series show up in one
-        // process's metrics, each under its own label.
+        // An order through the saga, so every service's consumer handles messages and reports
+        // its lag.
+        let product = world.product(1000, 1).await;
+        let id = world.place(&dora, &[(product, 1)]).await;
+        world
+            .client
+            .wait_settled(&dora, &id, FINAL)
+            .await
+            .expect("settled");
+        // Each relay refreshes its gauges every 5 s, each consumer its lag every 10 s; all six
+        // services' series show up in one process's metrics, each under its own label.
         let services = [
             "order",
             "inventory",
@@ -56,6 +65,9 @@ fn services_in_one_process_keep_their_own_series_and_a_dead_letter_raises_the_ga
                     sample(&text, &format!("outbox_pending{{relay=\"{s}\"}}")).is_none()
                         || sample(&text, &format!("outbox_relay_publishing{{relay=\"{s}\"}}"))
                             != Some(1.0)
+                        || !text.lines().any(|l| {
+                            l.starts_with(&format!("idempotency_consumer_lag{{consumer=\"{s}."))
+                        })
                 })
                 .collect();
             if missing.is_empty() {
@@ -63,7 +75,7 @@ fn services_in_one_process_keep_their_own_series_and_a_dead_letter_raises_the_ga
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "no pending or publishing series of {missing:?}:\n{text}"
+                "no pending, publishing or lag series of {missing:?}:\n{text}"
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
