@@ -1,8 +1,8 @@
 //! [`ConsumerHandle`]: a running consumer, its counters, and how it stops.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use leases::{Background, CancellationToken};
 
@@ -21,6 +21,9 @@ pub struct ConsumerStats {
     /// Partitions assigned to this consumer right now: 0 before it joined its group, and while
     /// the group gives it nothing to read.
     pub partitions: u64,
+    /// How long the message in hand has been failing and retried: `None` while messages flow.
+    /// A consumer stuck on one message (its partition waits) shows a growing duration.
+    pub retrying_for: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -30,6 +33,8 @@ pub(super) struct Counters {
     pub(super) dead_lettered: AtomicU64,
     pub(super) retries: AtomicU64,
     pub(super) partitions: AtomicU64,
+    /// Since when the message in hand is being retried.
+    pub(super) retrying_since: Mutex<Option<Instant>>,
 }
 
 impl Counters {
@@ -40,7 +45,24 @@ impl Counters {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             partitions: self.partitions.load(Ordering::Relaxed),
+            retrying_for: self.retrying().map(|since| since.elapsed()),
         }
+    }
+
+    fn retrying(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.retrying_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The message in hand failed and will be retried.
+    pub(super) fn retrying_again(&self) {
+        self.retrying().get_or_insert_with(Instant::now);
+    }
+
+    /// The message in hand is settled (applied, skipped or dead-lettered), or left for redelivery.
+    pub(super) fn settled(&self) {
+        *self.retrying() = None;
     }
 }
 

@@ -226,7 +226,9 @@ impl<H: Handler> Consumer<H> {
             };
             let message = Message::from_kafka(&borrowed);
             let span = trace::span(name, &message);
-            match self.process(&message, &stop).instrument(span).await {
+            let processed = self.process(&message, &stop).instrument(span).await;
+            self.counters.settled();
+            match processed {
                 Processed::Done => {
                     self.positions
                         .handled(message.topic(), message.partition(), message.offset());
@@ -282,6 +284,7 @@ impl<H: Handler> Consumer<H> {
                 None => {
                     let delay = self.config.backoff.delay(attempt);
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    self.counters.retrying_again();
                     metrics::counter!(
                         "idempotency_consumer_retries_total",
                         "consumer" => name.to_owned()

@@ -265,3 +265,38 @@ async fn after_a_graceful_shutdown_the_group_resumes_after_the_last_applied_mess
     assert_eq!(effects(&db.pool).await.len(), 5);
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_retrying_one_message_says_for_how_long_until_it_gets_past_it() {
+    let db = db().await;
+    let topic = testkit::kafka::topic(1).await;
+    let dead_letters = testkit::kafka::topic(1).await;
+    // Fails 40 times (10 to 100 ms apart, a few seconds in all), then applies.
+    produce(
+        &producer().await,
+        &topic,
+        &[event("e1", "Applied", br#"{"n": 1, "flaky": 40}"#)],
+    )
+    .await;
+    let (handler, _gate) = effects_handler(false);
+    let consumer = Consumer::new(
+        db.pool.clone(),
+        config("inventory", &topic, &dead_letters).await,
+        handler,
+    )
+    .expect("consumer")
+    .spawn();
+    let stuck = wait_for(&[&consumer], "a retry", |s| s.retries > 5).await;
+    assert_eq!(stuck.processed, 0);
+    assert!(
+        consumer
+            .stats()
+            .retrying_for
+            .is_some_and(|d| d > Duration::ZERO),
+        "{:?}",
+        consumer.stats()
+    );
+    wait_for(&[&consumer], "the message applied", |s| s.processed == 1).await;
+    assert_eq!(consumer.stats().retrying_for, None, "moving again");
+    consumer.shutdown().await;
+}

@@ -66,15 +66,24 @@ pub fn database_check(pool: sqlx::PgPool) -> Check {
     })
 }
 
-/// A check that a consumer holds at least one partition: a consumer that has not joined its
-/// group, or that the group leaves without work, moves nothing, and the service is not ready.
+/// How long a consumer may retry one message before its service is not ready: it moves nothing
+/// on that partition meanwhile.
+pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A check that a consumer holds at least one partition and is not stuck retrying one message
+/// for longer than [`STUCK_AFTER`]: a consumer that has not joined its group, that the group
+/// leaves without work, or that cannot get past a message moves nothing, and the service is not
+/// ready.
 pub fn consumer_check(name: String, consumer: idempotency::ConsumerMonitor) -> Check {
     Arc::new(move || {
-        let partitions = consumer.stats().partitions;
-        let result = if partitions == 0 {
-            Err(format!("consumer {name}: no partition assigned"))
-        } else {
-            Ok(())
+        let stats = consumer.stats();
+        let result = match stats.retrying_for {
+            _ if stats.partitions == 0 => Err(format!("consumer {name}: no partition assigned")),
+            Some(stuck) if stuck > STUCK_AFTER => Err(format!(
+                "consumer {name}: retrying one message for {} s",
+                stuck.as_secs()
+            )),
+            _ => Ok(()),
         };
         Box::pin(std::future::ready(result))
     })
