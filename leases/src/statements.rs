@@ -53,8 +53,15 @@ impl Statements {
 }
 
 /// The one fencing predicate, over the row aliased `t`: its id is among `$1`, its token is the one
-/// at the same position in `$2`, its owner is `$3`, and its lease is not finished. The rows are
-/// found through the key index (`id = ANY`), whatever the planner thinks of the other predicates.
+/// at the same position in `$2`, its owner is `$3`, and its lease is not finished.
+///
+/// The plan must not depend on the statistics. The rows are found through the key index
+/// (`id = ANY`), and each row's `(id, token)` is looked up in a hash of the `(id, token)` pairs:
+/// the membership test is wrapped in `IS TRUE`, so PostgreSQL cannot turn it into a join (a
+/// join with the pairs becomes a nested loop, quadratic in the batch, when the statistics are
+/// stale) and runs it as a hashed subplan. Measured with generic plans at batch 1000: 5 ms with
+/// fresh or stale statistics, where the semi-join took 185 ms with stale ones and looking the
+/// token up by position (`$2[array_position($1, id)]`, linear per row) 22 ms.
 fn held(t: &TableSpec) -> String {
     let TableSpec {
         id,
@@ -64,7 +71,8 @@ fn held(t: &TableSpec) -> String {
         ..
     } = t;
     format!(
-        "WHERE t.{id} = ANY($1) AND t.{token} = ($2::int8[])[array_position($1, t.{id})]
+        "WHERE t.{id} = ANY($1)
+           AND ((t.{id}, t.{token}) IN (SELECT * FROM unnest($1, $2::int8[]))) IS TRUE
            AND t.{owner} = $3 AND t.{expires_at} IS NOT NULL"
     )
 }

@@ -3,6 +3,7 @@
 mod fenced;
 mod heartbeat;
 mod named;
+mod plan;
 mod row_leases;
 mod validation;
 
