@@ -342,19 +342,26 @@ impl<P: Publisher> Relay<P> {
         Ok(())
     }
 
-    /// How long to wait before looking again when the relay runs dry after `settled`: sooner
-    /// when an event was scheduled for a retry.
-    fn next_wait(&self, settled: Result<BatchOutcome>) -> Duration {
+    /// After a batch is `settled`: how long to wait before looking again when the relay runs dry
+    /// (sooner when an event was scheduled for a retry), and whether to claim again at once
+    /// because the batch took events off their aggregates' heads (published or dead-lettered),
+    /// so the events behind them are claimable now.
+    fn after_batch(&self, settled: Result<BatchOutcome>) -> (Duration, bool) {
         match settled {
-            Ok(outcome) if outcome.retried > 0 => self
-                .config
-                .backoff
-                .ceiling(1)
-                .min(self.config.poll_interval),
-            Ok(_) => self.config.poll_interval,
+            Ok(outcome) => {
+                let wait = if outcome.retried > 0 {
+                    self.config
+                        .backoff
+                        .ceiling(1)
+                        .min(self.config.poll_interval)
+                } else {
+                    self.config.poll_interval
+                };
+                (wait, outcome.published + outcome.dead_lettered > 0)
+            }
             Err(error) => {
                 tracing::warn!(%error, "outbox: batch failed");
-                self.config.poll_interval
+                (self.config.poll_interval, false)
             }
         }
     }
@@ -383,7 +390,8 @@ impl<P: Publisher> Relay<P> {
         let mut last_stats = None::<Instant>;
         let depth = self.config.pipeline_depth as usize;
         let mut in_flight = FuturesUnordered::new();
-        // Whether to claim: the last claim was full (more is waiting), or the relay was woken.
+        // Whether to claim: the last claim was full (more is waiting), a batch unblocked the
+        // events behind it, or the relay was woken.
         let mut claim_more = true;
         let mut wait = self.config.poll_interval;
         while !stop.is_cancelled() {
@@ -397,17 +405,20 @@ impl<P: Publisher> Relay<P> {
                 // Claim the next batch while the batches in flight are published and settled.
                 let claim = self.claim();
                 tokio::pin!(claim);
+                let mut unblocked = false;
                 let claimed = loop {
                     tokio::select! {
                         claimed = &mut claim => break claimed,
                         Some(settled) = in_flight.next(), if !in_flight.is_empty() => {
-                            wait = self.next_wait(settled);
+                            let again;
+                            (wait, again) = self.after_batch(settled);
+                            unblocked |= again;
                         }
                     }
                 };
                 match claimed {
                     Ok(batch) => {
-                        claim_more = batch.len() == self.config.batch_size as usize;
+                        claim_more = unblocked || batch.len() == self.config.batch_size as usize;
                         if batch.is_empty() {
                             self.monitor.idle();
                         } else {
@@ -424,7 +435,9 @@ impl<P: Publisher> Relay<P> {
                 continue;
             }
             if let Some(settled) = in_flight.next().await {
-                wait = self.next_wait(settled);
+                let again;
+                (wait, again) = self.after_batch(settled);
+                claim_more |= again;
                 continue;
             }
             // Nothing in flight and nothing more to claim: wait for a new event (notifications
@@ -439,7 +452,7 @@ impl<P: Publisher> Relay<P> {
         }
         // Stopped: finish what is in flight, so no lease is left behind.
         while let Some(settled) = in_flight.next().await {
-            self.next_wait(settled);
+            self.after_batch(settled);
         }
         tracing::info!(owner = %self.config.owner, "outbox: relay stopped");
     }

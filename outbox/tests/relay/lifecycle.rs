@@ -49,6 +49,41 @@ impl Publisher for Slow {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_one_aggregate_drains_without_waiting_for_a_poll_per_event() {
+    let db = outbox_db().await;
+    let topic = testkit::kafka::topic(1).await;
+    // Committed before the relay listens: no notification will come for them.
+    let events: Vec<NewEvent> = (0..30)
+        .map(|n| NewEvent::bytes(&topic, "order", "hot", "OrderChanged", vec![n]))
+        .collect();
+    let mut tx = db.pool.begin().await.expect("begin");
+    outbox::enqueue_many(&mut tx, &events)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    let poll = Duration::from_secs(10);
+    let relay = Relay::new(
+        db.pool.clone(),
+        kafka().await,
+        RelayConfig::default().poll_interval(poll),
+    )
+    .expect("relay")
+    .spawn();
+    // Only the aggregate's oldest event is claimable at a time: a relay that waited for the
+    // poll interval between them would need 29 polls (290 s). It claims again as soon as a
+    // batch took an event off the aggregate's head.
+    wait_until_empty(&db.pool, 3 * poll).await;
+    relay.shutdown().await;
+    let published: Vec<Vec<u8>> = testkit::kafka::read_all(&topic)
+        .await
+        .iter()
+        .map(|m| m.payload().expect("payload").to_vec())
+        .collect();
+    let expected: Vec<Vec<u8>> = (0..30).map(|n| vec![n]).collect();
+    assert_eq!(published, expected, "in commit order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_leaves_no_row_leased() {
     let db = outbox_db().await;
     let topic = testkit::kafka::topic(1).await;

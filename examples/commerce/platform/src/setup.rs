@@ -37,8 +37,11 @@ pub async fn database(
             .execute(&mut conn)
             .await
         {
-            // Another process may have created it first.
-            if e.as_database_error().and_then(|d| d.code()).as_deref() != Some("42P04") {
+            // Another process may have created it first: `duplicate_database` when its create
+            // committed before this one began, a unique violation on `pg_database`'s name when
+            // the two ran at once.
+            let code = e.as_database_error().and_then(|d| d.code());
+            if !matches!(code.as_deref(), Some("42P04" | "23505")) {
                 return Err(e);
             }
         }
