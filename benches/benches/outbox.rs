@@ -23,6 +23,9 @@ use sqlx::PgPool;
 
 struct Scale {
     relay_events: usize,
+    /// Events of the one-aggregate run: the relay publishes them one claim at a time, and each
+    /// claim probes every pending event of the aggregate, so this run is kept small.
+    hot_events: usize,
     claim_rows: usize,
     latency_secs: u64,
     enqueue_events: usize,
@@ -30,12 +33,14 @@ struct Scale {
 
 const FULL: Scale = Scale {
     relay_events: 200_000,
+    hot_events: 200,
     claim_rows: 100_000,
     latency_secs: 10,
     enqueue_events: 20_000,
 };
 const SMOKE: Scale = Scale {
     relay_events: 2_000,
+    hot_events: 50,
     claim_rows: 2_000,
     latency_secs: 1,
     enqueue_events: 200,
@@ -86,9 +91,15 @@ enum Broker {
 }
 
 /// Events per second for `relays` relays, each keeping `depth` batches in flight, draining
-/// pre-enqueued events.
-async fn relay_end_to_end(scale: &Scale, relays: usize, depth: u32, broker: Broker) -> f64 {
-    let events = scale.relay_events;
+/// `events` pre-enqueued events spread over `aggregates` aggregates (interleaved, as live
+/// traffic is).
+async fn relay_end_to_end(
+    events: usize,
+    aggregates: usize,
+    relays: usize,
+    depth: u32,
+    broker: Broker,
+) -> f64 {
     let db = testkit::database(&[&outbox::MIGRATOR]).await;
     let mock = MockCluster::<'static, DefaultProducerContext>::new(1).expect("mock cluster");
     let topic = match broker {
@@ -98,8 +109,7 @@ async fn relay_end_to_end(scale: &Scale, relays: usize, depth: u32, broker: Brok
             "bench".to_owned()
         }
     };
-    // Interleaved aggregates, as live traffic is: 20 events per aggregate.
-    enqueue(&db.pool, &topic, events, 1000, (events / 20).max(1)).await;
+    enqueue(&db.pool, &topic, events, 1000, aggregates).await;
     sqlx::raw_sql("VACUUM ANALYZE outbox_events")
         .execute(&db.pool)
         .await
@@ -309,8 +319,12 @@ impl Publisher for Timed {
     }
 }
 
-/// p50 and p99 of commit-to-acknowledgement at a steady 1,000 events/s.
-async fn latency(scale: &Scale) -> (Duration, Duration, usize) {
+/// Writers committing one event per transaction each, paced together at the latency run's rate.
+const WRITERS: u32 = 16;
+
+/// p50 and p99 of commit-to-acknowledgement with [`WRITERS`] writers committing one event per
+/// transaction at `rate` events/s in all, and the rate they reached.
+async fn latency(scale: &Scale, rate: u32) -> (Duration, Duration, f64) {
     let db = testkit::database(&[&outbox::MIGRATOR]).await;
     let topic = testkit::kafka::topic(4).await;
     let acked = Arc::new(Mutex::new(HashMap::new()));
@@ -324,25 +338,38 @@ async fn latency(scale: &Scale) -> (Duration, Duration, usize) {
     )
     .expect("relay")
     .spawn();
+    let started = Instant::now();
+    let stop = started + Duration::from_secs(scale.latency_secs);
+    let writers = (0..WRITERS).map(|writer| {
+        let (pool, topic) = (db.pool.clone(), topic.clone());
+        tokio::spawn(async move {
+            let mut committed = HashMap::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(1) * WRITERS / rate);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut n = 0;
+            while Instant::now() < stop {
+                tick.tick().await;
+                let event = NewEvent::bytes(
+                    &topic,
+                    "order",
+                    format!("o-{writer}-{}", n % 100),
+                    "OrderPlaced",
+                    vec![7; 100],
+                );
+                n += 1;
+                let mut tx = pool.begin().await.expect("begin");
+                outbox::enqueue(&mut tx, &event).await.expect("enqueue");
+                tx.commit().await.expect("commit");
+                committed.insert(event.id, Instant::now());
+            }
+            committed
+        })
+    });
     let mut committed = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    let stop = Instant::now() + Duration::from_secs(scale.latency_secs);
-    let mut n = 0;
-    while Instant::now() < stop {
-        tick.tick().await;
-        let event = NewEvent::bytes(
-            &topic,
-            "order",
-            format!("o-{}", n % 1000),
-            "OrderPlaced",
-            vec![7; 100],
-        );
-        n += 1;
-        let mut tx = db.pool.begin().await.expect("begin");
-        outbox::enqueue(&mut tx, &event).await.expect("enqueue");
-        tx.commit().await.expect("commit");
-        committed.insert(event.id, Instant::now());
+    for writer in futures::future::join_all(writers).await {
+        committed.extend(writer.expect("writer"));
     }
+    let reached = committed.len() as f64 / started.elapsed().as_secs_f64();
     while pending(&db.pool).await > 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -354,7 +381,7 @@ async fn latency(scale: &Scale) -> (Duration, Duration, usize) {
         .collect();
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    (pick(0.50), pick(0.99), committed.len())
+    (pick(0.50), pick(0.99), reached)
 }
 
 async fn enqueue_rate(scale: &Scale, per_tx: usize) -> f64 {
@@ -387,10 +414,12 @@ fn main() {
             "relays", "Kafka, 1 in flight", "Kafka, 2 in flight", "ratio", "mock, 2 in flight"
         );
         let mut single = (0.0, 0.0);
+        // Interleaved aggregates, 20 events each.
+        let (events, aggregates) = (scale.relay_events, scale.relay_events / 20);
         for relays in [1, 2] {
-            let serial = relay_end_to_end(&scale, relays, 1, Broker::Kafka).await;
-            let pipelined = relay_end_to_end(&scale, relays, 2, Broker::Kafka).await;
-            let mock = relay_end_to_end(&scale, relays, 2, Broker::Mock).await;
+            let serial = relay_end_to_end(events, aggregates, relays, 1, Broker::Kafka).await;
+            let pipelined = relay_end_to_end(events, aggregates, relays, 2, Broker::Kafka).await;
+            let mock = relay_end_to_end(events, aggregates, relays, 2, Broker::Mock).await;
             println!(
                 "{relays:>7} | {serial:>18.0} | {pipelined:>18.0} | {:>6.2} | {mock:>18.0}",
                 pipelined / serial
@@ -412,6 +441,9 @@ fn main() {
             single.0 / hand
         );
 
+        let hot = relay_end_to_end(scale.hot_events, 1, 1, 2, Broker::Kafka).await;
+        println!("relay, one aggregate: {hot:.0} events/s");
+
         let (ours, hand) = claim_and_mark(&scale).await;
         println!(
             "\nclaim (per-aggregate order) + mark, {} rows, batch 1000",
@@ -423,13 +455,24 @@ fn main() {
         );
         println!("{ours:>14.0} | {hand:>14.0} | {:>6.2}", ours / hand);
 
-        let (p50, p99, n) = latency(&scale).await;
-        println!("\ncommit to broker acknowledgement at 1,000 events/s ({n} events)");
+        println!("\ncommit to broker acknowledgement, {WRITERS} writers, one event per commit");
         println!(
-            "p50 {:.1} ms | p99 {:.1} ms",
-            p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
+            "{:>8} | {:>8} | {:>8} | {:>8}",
+            "events/s", "reached", "p50 ms", "p99 ms"
         );
+        let mut at_goal = None;
+        for rate in [1_000, 5_000] {
+            let (p50, p99, reached) = latency(&scale, rate).await;
+            let (p50, p99) = (p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
+            println!("{rate:>8} | {reached:>8.0} | {p50:>8.1} | {p99:>8.1}");
+            at_goal = Some((rate, reached, p50, p99));
+        }
+        if let Some((rate, reached, p50, p99)) = at_goal {
+            println!(
+                "relay latency at {rate} events/s: p50 {p50:.1} ms, p99 {p99:.1} ms \
+                 (writers reached {reached:.0} events/s)"
+            );
+        }
 
         let single = enqueue_rate(&scale, 1).await;
         let hundred = enqueue_rate(&scale, 100).await;
