@@ -118,3 +118,33 @@ pub(super) async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> 
         () = stop.cancelled() => true,
     }
 }
+
+/// How long a stopping consumer waits for its clients to close (leave the group, flush).
+const CLOSE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Drops `clients` on a thread of their own and waits at most [`CLOSE_LIMIT`] for it.
+///
+/// rdkafka's consumer drop polls until librdkafka reports the consumer closed, with no bound:
+/// after its broker went away and came back that can take forever (rust-rdkafka issue 509), and
+/// on a runtime thread it would hang the runner's shutdown and starve other tasks. Past the limit
+/// the close goes on in the background; the group rebalances after its session timeout anyway.
+pub(super) async fn close(name: &str, clients: impl Send + 'static) {
+    let (closed, done) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("consumer-close".into())
+        .spawn(move || {
+            drop(clients);
+            drop(closed);
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(consumer = %name, %error, "consumer: no thread to close on");
+        return;
+    }
+    if tokio::time::timeout(CLOSE_LIMIT, done).await.is_err() {
+        tracing::warn!(
+            consumer = %name,
+            "consumer: closing took over {} s; it goes on in the background",
+            CLOSE_LIMIT.as_secs()
+        );
+    }
+}

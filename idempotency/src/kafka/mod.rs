@@ -245,6 +245,8 @@ impl<H: Handler> Consumer<H> {
             }
         }
         commit(&self.consumer, name);
+        let name = name.to_owned();
+        handle::close(&name, (self.consumer, self.producer)).await;
         tracing::info!(consumer = %name, "consumer: stopped");
     }
 

@@ -38,8 +38,13 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 });
 static STACK: OnceCell<Stack> = OnceCell::const_new();
 
+/// The longest any test of this binary may take: a hang fails its test, not the whole run.
+const TEST_LIMIT: Duration = Duration::from_secs(600);
+
 fn run<F: std::future::Future<Output = ()>>(test: F) {
-    RUNTIME.block_on(test);
+    RUNTIME
+        .block_on(async { tokio::time::timeout(TEST_LIMIT, test).await })
+        .unwrap_or_else(|_| panic!("the test did not finish within {TEST_LIMIT:?}"));
 }
 
 /// A configuration for a fresh stack: own databases and topics, any free ports, short timeouts.

@@ -126,7 +126,12 @@ fn services_in_one_process_keep_their_own_series_and_a_dead_letter_raises_the_ga
 
 /// `(status, body)` of a service's `/ready`.
 async fn ready(base: &str) -> (StatusCode, String) {
-    let response = reqwest::get(format!("{base}/ready")).await.expect("ready");
+    let response = reqwest::Client::new()
+        .get(format!("{base}/ready"))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("ready");
     let status = response.status();
     (status, response.text().await.expect("text"))
 }

@@ -20,10 +20,18 @@ pub struct Client {
 pub type Reply = (StatusCode, Value);
 
 impl Client {
-    /// A client for the stack configured by `config` (addresses and secrets).
+    /// A client for the stack configured by `config` (addresses and secrets). Each request
+    /// gives up after 30 s.
+    ///
+    /// # Panics
+    ///
+    /// When no TLS backend can be initialised (as `reqwest::Client::new` does).
     pub fn new(config: &Config) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("an HTTP client"),
             config: config.clone(),
             auth: config.authenticator(),
         }

@@ -106,18 +106,24 @@ pub fn relay_check(relay: outbox::RelayMonitor) -> Check {
     })
 }
 
-/// A check that the broker answers a metadata request.
-pub fn broker_check(bootstrap: String) -> Check {
-    Arc::new(move || {
-        let bootstrap = bootstrap.clone();
+/// A check that the broker answers a metadata request, through one client made here and kept
+/// (a client per probe would open new connections, and a thread, on every `/ready`).
+///
+/// # Errors
+///
+/// When the client cannot be created from `bootstrap`.
+pub fn broker_check(bootstrap: &str) -> anyhow::Result<Check> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let client: Arc<BaseConsumer> = Arc::new(
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .create()?,
+    );
+    Ok(Arc::new(move || {
+        let client = Arc::clone(&client);
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
-                use rdkafka::consumer::{BaseConsumer, Consumer};
-                let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", &bootstrap)
-                    .create()
-                    .map_err(|e| format!("broker: {e}"))?;
-                consumer
+                client
                     .fetch_metadata(None, std::time::Duration::from_secs(2))
                     .map(drop)
                     .map_err(|e| format!("broker: {e}"))
@@ -125,14 +131,23 @@ pub fn broker_check(bootstrap: String) -> Check {
             .await
             .map_err(|e| format!("broker: {e}"))?
         })
-    })
+    }))
 }
+
+/// How long one readiness check may take: a check that does not answer in time fails, so
+/// `/ready` always answers.
+const CHECK_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn ready(State(checks): State<Arc<Vec<Check>>>) -> impl IntoResponse {
     let mut failures = Vec::new();
     for check in checks.iter() {
-        if let Err(e) = check().await {
-            failures.push(e);
+        match tokio::time::timeout(CHECK_LIMIT, check()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failures.push(e),
+            Err(_) => failures.push(format!(
+                "a check did not answer within {} s",
+                CHECK_LIMIT.as_secs()
+            )),
         }
     }
     if failures.is_empty() {

@@ -108,7 +108,7 @@ pub async fn start(
     )?;
     let mut checks = vec![
         crate::ops::database_check(pool.clone()),
-        crate::ops::broker_check(config.kafka.clone()),
+        crate::ops::broker_check(&config.kafka)?,
         crate::ops::relay_check(relay.monitor()),
     ];
     let relay = relay.spawn();
