@@ -1,13 +1,16 @@
 //! `idempotency_layer`: requests per second and p99 latency of one axum handler that inserts one
-//! row, without the `idempotency` layer (its own transaction) and behind it in same-transaction
-//! mode (the row and the stored response in one transaction, a fresh key per request), measured
-//! in one run against the same PostgreSQL.
+//! row, without the `idempotency` layer (its own transaction), behind it in transactional mode
+//! (the key, the row and the stored response in one transaction) and behind it in lease mode
+//! (a committed lease, the handler's own transaction, then the stored response), a fresh key per
+//! request, measured in one run against the same PostgreSQL.
 //!
 //! Each variant runs at 1, 8 and 32 requests in flight, in-process (`Router::oneshot`, no HTTP
 //! server), on one pool with sqlx's default options.
 //!
 //! Run with `eval "$(scripts/services up)"; cargo bench -p benches --bench idempotency_layer`.
-//! Besides criterion's report it prints a table of both variants and their ratio per level.
+//! Besides criterion's report it prints a table of the three variants, each layer's ratio to
+//! the bare handler per level, and goal lines (`idempotency_layer 8: transactional ratio 0.85`;
+//! the goal is 0.8 at 8 and 32 in flight).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -42,7 +45,8 @@ struct Measured {
 static RESULTS: Mutex<BTreeMap<(usize, &'static str), Measured>> = Mutex::new(BTreeMap::new());
 
 const WITHOUT: &str = "without layer";
-const WITH: &str = "layer, same transaction";
+const TRANSACTIONAL: &str = "layer, transactional";
+const LEASE: &str = "layer, lease";
 
 /// Without the layer: the handler opens, uses and commits its own transaction.
 async fn insert_alone(State(pool): State<PgPool>, body: Bytes) -> StatusCode {
@@ -122,19 +126,29 @@ fn idempotency_layer(c: &mut Criterion) {
     let without = Router::new()
         .route("/items", post(insert_alone))
         .with_state(pool.clone());
-    let with = Router::new()
+    let transactional = Router::new()
         .route("/items", post(insert_in_request_tx))
         .route_layer(
             IdempotencyLayer::transactional(PostgresStore::new(pool.clone()))
                 .key_policy(KeyPolicy::Required),
         );
+    let lease = Router::new()
+        .route("/items", post(insert_alone))
+        .route_layer(
+            IdempotencyLayer::new(PostgresStore::new(pool.clone())).key_policy(KeyPolicy::Required),
+        )
+        .with_state(pool.clone());
     let keys = AtomicU64::new(0);
 
     let mut group = c.benchmark_group("idempotency_layer");
     group.sample_size(10);
     group.throughput(Throughput::Elements(REQUESTS as u64));
     for concurrency in CONCURRENCY {
-        for (name, app) in [(WITHOUT, &without), (WITH, &with)] {
+        for (name, app) in [
+            (WITHOUT, &without),
+            (TRANSACTIONAL, &transactional),
+            (LEASE, &lease),
+        ] {
             group.bench_function(BenchmarkId::new(name, concurrency), |b| {
                 b.to_async(&runtime).iter_custom(|iters| {
                     let keys = &keys;
@@ -181,30 +195,33 @@ fn main() {
          (median req/s over iterations, p99 over all requests)"
     );
     println!(
-        "{:>9} | {:>12} | {:>12} | {:>12} | {:>12} | {:>11} | {:>11}",
-        "in flight",
-        "req/s w/o",
-        "req/s layer",
-        "p99 w/o ms",
-        "p99 layer ms",
-        "req/s ratio",
-        "p99 ratio"
+        "{:>9} | {:<22} | {:>8} | {:>6} | {:>8} | {:>9}",
+        "in flight", "variant", "req/s", "ratio", "p99 ms", "p99 ratio"
     );
+    let mut goals = Vec::new();
     for concurrency in CONCURRENCY {
-        let (Some(without), Some(with)) = (
-            results.get(&(concurrency, WITHOUT)),
-            results.get(&(concurrency, WITH)),
-        ) else {
+        let Some(bare) = results.get(&(concurrency, WITHOUT)) else {
             continue; // filtered out
         };
-        let (rps_without, rps_with) = (median(&without.rates), median(&with.rates));
-        let (p99_without, p99_with) = (p99(&without.latencies), p99(&with.latencies));
-        println!(
-            "{concurrency:>9} | {rps_without:>12.0} | {rps_with:>12.0} | {:>12.2} | {:>12.2} | {:>11.2} | {:>11.2}",
-            p99_without.as_secs_f64() * 1000.0,
-            p99_with.as_secs_f64() * 1000.0,
-            rps_with / rps_without,
-            p99_with.as_secs_f64() / p99_without.as_secs_f64(),
-        );
+        let (bare_rps, bare_p99) = (median(&bare.rates), p99(&bare.latencies));
+        for name in [WITHOUT, TRANSACTIONAL, LEASE] {
+            let Some(measured) = results.get(&(concurrency, name)) else {
+                continue;
+            };
+            let (rps, p99) = (median(&measured.rates), p99(&measured.latencies));
+            println!(
+                "{concurrency:>9} | {name:<22} | {rps:>8.0} | {:>6.2} | {:>8.2} | {:>9.2}",
+                rps / bare_rps,
+                p99.as_secs_f64() * 1000.0,
+                p99.as_secs_f64() / bare_p99.as_secs_f64(),
+            );
+            if name != WITHOUT {
+                goals.push((concurrency, name, rps / bare_rps));
+            }
+        }
+    }
+    for (concurrency, name, ratio) in goals {
+        let mode = name.trim_start_matches("layer, ");
+        println!("idempotency_layer {concurrency}: {mode} ratio {ratio:.2}");
     }
 }

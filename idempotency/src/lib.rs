@@ -4,10 +4,18 @@
 //! - **HTTP**: [`IdempotencyLayer`] follows the IETF draft "The Idempotency-Key HTTP Header
 //!   Field" and Stripe's behaviour. A request with a key runs once; a retry gets the stored
 //!   response replayed (`Idempotent-Replayed: true`), a concurrent duplicate 409, a reuse of the
-//!   key for a different request 422. The in-flight lock is a lease of the [`leases`] crate,
-//!   separate from the key's retention. Keys live in PostgreSQL ([`PostgresStore`]) or in memory
-//!   ([`MemoryStore`]). With [`Tx`], the handler's writes and the stored response commit in one
-//!   transaction. Every error is [problem+json](problem).
+//!   key for a different request 422. Keys live in PostgreSQL ([`PostgresStore`]) or in memory
+//!   ([`MemoryStore`]). Every error is [problem+json](problem). Two modes:
+//!   - **transactional** ([`IdempotencyLayer::transactional`]), for handlers whose effects are
+//!     all in the database: the key is taken inside the request's own transaction ([`Tx`]), the
+//!     response is stored in it, and one commit makes the handler's writes and the key's
+//!     response durable together. A concurrent duplicate gets 409 at once (no waiting on a lock).
+//!     The connection is held for the whole handler.
+//!   - **lease** ([`IdempotencyLayer::new`]), for handlers with effects outside the database
+//!     (calls to other services, messages sent): the in-flight lock is a committed lease of the
+//!     [`leases`] crate, renewed while the handler runs and separate from the key's retention;
+//!     the response is stored after the handler returns. It costs a commit of its own per
+//!     request, and works with any [`Store`].
 //! - **Events**: [`inbox::receive`] records `(consumer, event id)` in the handler's transaction
 //!   and says whether the event is fresh or a duplicate; [`Consumer`] runs the whole consume loop
 //!   (decode, one transaction with the inbox and the effects, then the offset; retries in
@@ -64,23 +72,25 @@
 //!
 //! For requests with a key, on a method that is not safe, per (scope, route, key):
 //!
-//! - **At most one running.** While a request holds the key's lease, another request with the
-//!   key gets 409 and does not run. The lease is renewed while the handler runs; if its process
-//!   dies (or stalls without renewing), the key is free again after the lease ttl (30 s by
-//!   default), not after the retention. (With [`PostgresStore`], a crash of PostgreSQL itself
-//!   can lose a lock taken a fraction of a second before it, unless
-//!   [`synchronous_locks`](PostgresStore::synchronous_locks) is on; with [`Tx`] that cannot
-//!   duplicate an effect.)
-//! - **Fencing.** Storing the response checks the lease's owner and token in the same
-//!   statement, so a request that lost its lease (it stalled past the ttl and a retry took the
-//!   key) cannot overwrite the retry's outcome.
-//! - **Exactly-once effect, with [`Tx`].** The handler's writes and the stored response commit
-//!   in one transaction, and the commit is fenced by the lease: either both are there or
-//!   neither. A client retrying the same request until it gets a response other than 409 or
-//!   503 sees the effect happen once and always the same response, for as long as the key is
-//!   retained (24 h by default). A response that is not stored (5xx, a refusal, a panic, a
-//!   cancellation) rolls the writes back.
-//! - **At-least-once-but-not-concurrently, without [`Tx`].** Effects outside the transaction
+//! - **At most one running.** While a request holds the key, another request with the key gets
+//!   409 and does not run. In transactional mode the request's transaction holds it (a
+//!   transaction-level lock taken without waiting, then the key's row, which nobody sees before
+//!   the commit): however the request ends, the rollback or the commit frees it at once, and no
+//!   second holder can exist. In lease mode the lease is renewed while the handler runs; if its
+//!   process dies (or stalls without renewing), the key is free again after the lease ttl (30 s
+//!   by default), not after the retention. (With [`PostgresStore`] in lease mode, a crash of
+//!   PostgreSQL itself can lose a lock taken a fraction of a second before it, unless
+//!   [`synchronous_locks`](PostgresStore::synchronous_locks) is on.)
+//! - **Fencing (lease mode).** Storing the response checks the lease's owner and token in the
+//!   same statement, so a request that lost its lease (it stalled past the ttl and a retry took
+//!   the key) cannot overwrite the retry's outcome.
+//! - **Exactly-once effect, in transactional mode.** The handler's writes (through [`Tx`]) and
+//!   the stored response commit in one transaction: either both are there or neither. A client
+//!   retrying the same request until it gets a response other than 409 or 503 sees the effect
+//!   happen once and always the same response, for as long as the key is retained (24 h by
+//!   default). A response that is not stored (5xx, a refusal, a panic, a cancellation) rolls the
+//!   writes back and leaves the key free.
+//! - **At-least-once-but-not-concurrently, in lease mode.** Effects outside the transaction
 //!   (calls to other services, writes on other connections) happen before the response is
 //!   stored: if the process dies in between, or the store fails then, a retry after the lease
 //!   expires runs the handler again. The 5xx, cancellation and panic outcomes release the key
@@ -127,7 +137,7 @@ mod kafka;
 pub use self::http::{
     Acquire, Fingerprint, FingerprintOptions, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Idempotency,
     IdempotencyKey, IdempotencyLayer, KeyError, KeyPolicy, MAX_KEY_LEN, MemoryStore, PostgresStore,
-    Problem, Record, RecordState, ResponseFuture, ScopedKey, Store, StoredResponse,
+    Problem, Record, RecordState, ResponseFuture, ScopedKey, Store, StoredResponse, TakenIn,
     TransactionalStore, Tx, problem, stores_by_default, stores_server_errors_too,
 };
 pub use error::{Error, Result};

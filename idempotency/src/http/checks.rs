@@ -8,10 +8,11 @@ use http::{HeaderValue, Request, Response};
 use leases::Lease;
 
 use super::body::{Limited, read_limited};
-use super::config::Shared;
+use super::config::{Shared, Transactions};
 use super::outcome::{count, problem};
 use super::replay::replay;
-use super::store::{Acquire, ScopedKey, Store};
+use super::store::{Acquire, ScopedKey, Store, StoredResponse, TakenIn};
+use super::tx::TxSlot;
 use crate::{Error, Fingerprint, IdempotencyKey, KeyPolicy, Problem};
 
 /// What the checks decided for a request, before any handler runs.
@@ -20,8 +21,17 @@ pub(super) enum Decision {
     Answer(Response<Body>),
     /// Runs without idempotency (safe method, no key, policy off, fail-open).
     PassThrough(Request<Body>),
-    /// Runs under the key's lease.
-    Run(Request<Body>, Lease<i64>),
+    /// Runs under the key's lease: in lease mode on its own, in transactional mode inside the
+    /// transaction that took it (in the slot).
+    Run(Request<Body>, Lease<i64>, Option<TxSlot>),
+}
+
+/// What the store said about a key, in either mode.
+enum Found {
+    Free(Lease<i64>, Option<TxSlot>),
+    Busy,
+    Completed(StoredResponse),
+    Mismatch,
 }
 
 /// The checks: key, scope, body, fingerprint, then the store's answer.
@@ -71,20 +81,27 @@ pub(super) async fn decide<St: Store>(shared: &Shared<St>, request: Request<Body
     );
     let key = ScopedKey { scope, route, key };
     let request = Request::from_parts(parts, Body::from(body));
-    let acquired = shared
-        .store
-        .acquire(&key, &fingerprint, config.lease_ttl, config.retention)
-        .await;
-    match acquired {
-        Ok(Acquire::Acquired(lease)) => Decision::Run(request, lease),
-        Ok(Acquire::Completed(response)) => {
+    let found = match &shared.transactions {
+        Some(transactions) => take_in(shared, transactions, &key, &fingerprint).await,
+        None => shared
+            .store
+            .acquire(&key, &fingerprint, config.lease_ttl, config.retention)
+            .await
+            .map(|acquired| match acquired {
+                Acquire::Acquired(lease) => Found::Free(lease, None),
+                Acquire::InFlight { .. } => Found::Busy,
+                Acquire::Completed(response) => Found::Completed(response),
+                Acquire::Mismatch => Found::Mismatch,
+            }),
+    };
+    match found {
+        Ok(Found::Free(lease, slot)) => Decision::Run(request, lease, slot),
+        Ok(Found::Completed(response)) => {
             count("replayed");
             Decision::Answer(replay(response))
         }
-        Ok(Acquire::InFlight { .. }) => {
-            reject(Problem::in_progress(config.retry_after), "in_flight")
-        }
-        Ok(Acquire::Mismatch) => reject(Problem::key_reused(), "mismatch"),
+        Ok(Found::Busy) => reject(Problem::in_progress(config.retry_after), "in_flight"),
+        Ok(Found::Mismatch) => reject(Problem::key_reused(), "mismatch"),
         Err(Error::InvalidConfig(reason)) => {
             tracing::error!(%reason, "idempotency: invalid layer configuration");
             reject(Problem::misconfigured(), "misconfigured")
@@ -106,4 +123,29 @@ pub(super) async fn decide<St: Store>(shared: &Shared<St>, request: Request<Body
             )
         }
     }
+}
+
+/// Transactional mode: begins the request's transaction and takes the key in it. A key that is
+/// not free rolls the transaction back before the answer, so its lock is gone by then.
+async fn take_in<St: Store>(
+    shared: &Shared<St>,
+    transactions: &Transactions<St>,
+    key: &ScopedKey,
+    fingerprint: &Fingerprint,
+) -> Result<Found, Error> {
+    let config = &shared.config;
+    let mut tx = transactions.pool.begin().await?;
+    let lifetimes = (config.lease_ttl, config.retention);
+    let taken = (transactions.take_in)(&shared.store, &mut tx, key, fingerprint, lifetimes).await?;
+    let found = match taken {
+        TakenIn::Taken(lease) => {
+            let slot = TxSlot::begun(&transactions.pool, tx);
+            return Ok(Found::Free(lease, Some(slot)));
+        }
+        TakenIn::Busy => Found::Busy,
+        TakenIn::Completed(response) => Found::Completed(response),
+        TakenIn::Mismatch => Found::Mismatch,
+    };
+    tx.rollback().await?;
+    Ok(found)
 }

@@ -12,8 +12,8 @@ use futures::future::BoxFuture;
 use leases::Lease;
 use sqlx::{PgConnection, PgPool};
 
-use super::store::{StoredResponse, TransactionalStore};
-use crate::{FingerprintOptions, Result};
+use super::store::{ScopedKey, StoredResponse, TakenIn, TransactionalStore};
+use crate::{Fingerprint, FingerprintOptions, Result};
 
 /// Whether a route takes an `Idempotency-Key`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,9 +79,24 @@ pub(crate) struct Shared<St> {
     pub(crate) transactions: Option<Transactions<St>>,
 }
 
-/// [`TransactionalStore::complete_in`], captured when the layer is built with
+/// [`TransactionalStore`]'s methods, captured when the layer is built with
 /// [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional): the service itself
 /// asks only for a [`Store`](crate::Store).
+pub(crate) struct Transactions<St> {
+    pub(crate) pool: PgPool,
+    pub(crate) take_in: TakeIn<St>,
+    pub(crate) complete_in: CompleteIn<St>,
+    pub(crate) release_in: ReleaseIn<St>,
+}
+
+pub(crate) type TakeIn<St> = for<'a> fn(
+    &'a St,
+    &'a mut PgConnection,
+    &'a ScopedKey,
+    &'a Fingerprint,
+    (Duration, Duration),
+) -> BoxFuture<'a, Result<TakenIn>>;
+
 pub(crate) type CompleteIn<St> = for<'a> fn(
     &'a St,
     &'a mut PgConnection,
@@ -89,17 +104,16 @@ pub(crate) type CompleteIn<St> = for<'a> fn(
     &'a StoredResponse,
 ) -> BoxFuture<'a, Result<bool>>;
 
-/// Where handlers' transactions come from, and how a response is stored in one.
-pub(crate) struct Transactions<St> {
-    pub(crate) pool: PgPool,
-    pub(crate) complete_in: CompleteIn<St>,
-}
+pub(crate) type ReleaseIn<St> =
+    for<'a> fn(&'a St, &'a mut PgConnection, &'a Lease<i64>) -> BoxFuture<'a, Result<bool>>;
 
 impl<St> Clone for Transactions<St> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
+            take_in: self.take_in,
             complete_in: self.complete_in,
+            release_in: self.release_in,
         }
     }
 }
@@ -108,9 +122,13 @@ impl<St: TransactionalStore> Transactions<St> {
     pub(crate) fn of(store: &St) -> Self {
         Self {
             pool: store.pool().clone(),
+            take_in: |store, conn, key, fingerprint, (lease_ttl, retention)| {
+                Box::pin(store.take_in(conn, key, fingerprint, lease_ttl, retention))
+            },
             complete_in: |store, conn, lease, response| {
                 Box::pin(store.complete_in(conn, lease, response))
             },
+            release_in: |store, conn, lease| Box::pin(store.release_in(conn, lease)),
         }
     }
 }

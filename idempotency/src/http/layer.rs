@@ -24,14 +24,16 @@ use crate::{Error, FingerprintOptions, Result};
 ///    otherwise).
 /// 2. The body is read (413 over [`max_request_body`](Self::max_request_body)) and the request
 ///    [fingerprinted](crate::Fingerprint).
-/// 3. The store takes the key's lease, or answers: the stored response is replayed with
+/// 3. The store takes the key (in transactional mode inside the request's transaction, begun
+///    here; in lease mode as a committed lease), or answers: the stored response is replayed with
 ///    `Idempotent-Replayed: true`; 409 with `Retry-After` while another request with the key
 ///    runs; 422 if the key was used for a different request; 503 if the store is down (or the
 ///    request runs unprotected with [`fail_open`](Self::fail_open)).
-/// 4. The handler runs; the lease is renewed every third of its ttl while it does.
+/// 4. The handler runs; in lease mode the lease is renewed every third of its ttl while it does.
 /// 5. A response that [should be stored](Self::store_if) and fits in
-///    [`max_response_body`](Self::max_response_body) is stored, fenced by the lease (in the
-///    handler's transaction if it took a [`Tx`](crate::Tx)); any other outcome releases the key.
+///    [`max_response_body`](Self::max_response_body) is stored, fenced by the lease; in
+///    transactional mode in the request's transaction, which then commits. Any other outcome
+///    releases the key (in transactional mode: rolls the transaction back).
 ///
 /// Safe methods (`GET`, `HEAD`, `OPTIONS`, `TRACE`) and requests without a key (unless the key
 /// is [required](KeyPolicy::Required)) pass through.
@@ -64,9 +66,15 @@ impl<St: Clone> Clone for IdempotencyLayer<St> {
 }
 
 impl<St: TransactionalStore> IdempotencyLayer<St> {
-    /// Like [`new`](Self::new), and handlers can take the request's transaction ([`Tx`](crate::Tx)):
-    /// the stored response is written in it, so the handler's rows and the key's response commit
-    /// together.
+    /// Transactional mode, for handlers whose effects are all in the database: each keyed
+    /// request runs in a transaction the layer begins before the handler, which takes the key in
+    /// it ([`TransactionalStore::take_in`]: a lock taken without waiting, so a concurrent
+    /// duplicate gets 409 at once). The handler writes through [`Tx`](crate::Tx); the response
+    /// is stored in the same transaction, and one commit makes both durable. There is no lease
+    /// to renew and no separate commit for the lock; the connection is held for the whole
+    /// handler, so a handler that waits on slow calls to other systems, or whose effects are
+    /// outside the database, belongs in lease mode ([`new`](Self::new)). The lease ttl is not
+    /// used. Requests without a key get a [`Tx`](crate::Tx) too, begun at its first use.
     ///
     /// ```
     /// use idempotency::{IdempotencyLayer, KeyPolicy, PostgresStore};
@@ -86,8 +94,10 @@ impl<St: TransactionalStore> IdempotencyLayer<St> {
 }
 
 impl<St> IdempotencyLayer<St> {
-    /// A layer over `store` with the defaults every setter documents. Handlers behind it cannot
-    /// take a [`Tx`](crate::Tx); see [`transactional`](Self::transactional).
+    /// Lease mode, over `store`, with the defaults every setter documents: for handlers with
+    /// effects outside the database. The key is locked by a committed lease before the handler
+    /// runs, renewed while it runs, and the response is stored after it returns. Handlers behind
+    /// it cannot take a [`Tx`](crate::Tx); see [`transactional`](Self::transactional).
     pub const fn new(store: St) -> Self {
         Self {
             store,

@@ -5,6 +5,7 @@ mod body;
 mod checks;
 mod config;
 mod fingerprint;
+mod in_tx;
 mod key;
 mod layer;
 mod lease_guard;
@@ -25,6 +26,6 @@ pub use service::{Idempotency, ResponseFuture};
 pub use store::memory::MemoryStore;
 pub use store::postgres::PostgresStore;
 pub use store::{
-    Acquire, Record, RecordState, ScopedKey, Store, StoredResponse, TransactionalStore,
+    Acquire, Record, RecordState, ScopedKey, Store, StoredResponse, TakenIn, TransactionalStore,
 };
 pub use tx::Tx;

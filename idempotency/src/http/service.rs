@@ -138,12 +138,12 @@ where
     match decide(&shared, request).await {
         Decision::Answer(response) => Ok(response),
         Decision::PassThrough(request) => pass_through(inner, &shared, request).await,
-        Decision::Run(request, lease) => execute(inner, shared, request, lease).await,
+        Decision::Run(request, lease, slot) => execute(inner, shared, request, lease, slot).await,
     }
 }
 
 /// How a request that held its key ends.
-enum Ending<E> {
+pub(super) enum Ending<E> {
     /// A response to store: stored with the key (in the handler's transaction if it took one).
     Store(StoredResponse, Response<Body>),
     /// Not stored, but the handler's transaction commits: a response too large to keep.
@@ -152,12 +152,14 @@ enum Ending<E> {
     Release(Result<Response<Body>, E>, &'static str),
 }
 
-/// Runs a request that holds its key's lease, then settles it.
+/// Runs a request that holds its key (its lease, or in transactional mode the transaction in
+/// `slot`), then settles it.
 async fn execute<S, St, ResBody>(
     inner: BodyMapped<S>,
     shared: Arc<Shared<St>>,
     mut request: Request<Body>,
     lease: Lease<i64>,
+    slot: Option<TxSlot>,
 ) -> Result<Response<Body>, S::Error>
 where
     S: Service<Request<Body>, Response = Response<ResBody>> + Send,
@@ -166,13 +168,20 @@ where
     ResBody::Error: Into<BoxError>,
     St: Store,
 {
-    let guard = LeaseGuard {
+    // A lease outside a transaction is renewed while the handler runs, and released if the
+    // request is dropped; a transaction needs neither (nobody sees its lease, a drop rolls back).
+    let guard = slot.is_none().then(|| LeaseGuard {
         shared: Arc::clone(&shared),
         lease: Some(lease.clone()),
-    };
-    let slot = tx_slot(&shared, &mut request);
+    });
+    if let Some(slot) = &slot {
+        request.extensions_mut().insert(slot.clone());
+    }
     let config = &shared.config;
-    let ending = match run_handler(inner, request, &shared.store, &lease, config.lease_ttl).await {
+    let renew = guard
+        .is_some()
+        .then_some((&shared.store, &lease, config.lease_ttl));
+    let ending = match run_handler(inner, request, renew).await {
         Ok(Ok(response)) => ending(config, response).await,
         Ok(Err(error)) => Ending::Release(Err(error), "failed"),
         Err(panic) => {
@@ -183,7 +192,13 @@ where
             ending(config, Problem::handler_panicked().into_response()).await
         }
     };
-    settle(&shared, slot, guard, &lease, ending).await
+    match (slot, guard, &shared.transactions) {
+        (Some(slot), _, Some(transactions)) => {
+            super::in_tx::settle(&shared, transactions, slot, &lease, ending).await
+        }
+        (_, Some(guard), _) => settle(&shared, guard, &lease, ending).await,
+        _ => unreachable!("a request holds its key by a lease or in a transaction"),
+    }
 }
 
 /// What to do with the handler's response.
@@ -218,97 +233,48 @@ async fn ending<E>(config: &Config, response: Response<Body>) -> Ending<E> {
     }
 }
 
-/// The one place a request under a lease finishes: its transaction commits or rolls back, the key
-/// is stored or released, and the outcome is counted.
+/// The one place a request under a lease (lease mode) finishes: the key is stored or released,
+/// and the outcome is counted.
 async fn settle<St: Store, E>(
     shared: &Shared<St>,
-    slot: Option<TxSlot>,
     guard: LeaseGuard<St>,
     lease: &Lease<i64>,
     ending: Ending<E>,
 ) -> Result<Response<Body>, E> {
-    let retry_after = shared.config.retry_after;
-    let unavailable = || problem(Problem::store_unavailable(retry_after), "store_unavailable");
     let (stored, response) = match ending {
         Ending::Release(answer, outcome) => {
-            rollback(slot).await;
             guard.release().await;
             count(outcome);
             return answer;
         }
         Ending::CommitAndRelease(response) => {
-            let committed = commit(slot).await;
             guard.release().await;
-            return Ok(match committed {
-                Ok(()) => {
-                    count("released");
-                    response
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "idempotency: commit failed");
-                    unavailable()
-                }
-            });
+            count("released");
+            return Ok(response);
         }
         Ending::Store(stored, response) => (stored, response),
     };
-    let tx = match &slot {
-        Some(slot) => slot.take().await,
-        None => None,
-    };
-    let (Some(mut tx), Some(transactions)) = (tx, &shared.transactions) else {
-        // No transaction: store the response on its own. The handler's effects already happened,
-        // so the client gets its response whatever the store says.
-        guard.disarm();
-        match shared.store.complete(lease, &stored).await {
-            Ok(true) => count("executed"),
-            Ok(false) => {
-                tracing::warn!(
-                    "idempotency: the request lost its lease before completing; response not stored"
-                );
-                count("superseded");
-            }
-            Err(error) => {
-                tracing::warn!(
-                    %error,
-                    "idempotency: storing the response failed; the key stays locked until its \
-                     lease expires"
-                );
-                count("store_failed");
-            }
-        }
-        return Ok(response);
-    };
-    match (transactions.complete_in)(&shared.store, &mut tx, lease, &stored).await {
-        Ok(true) => match tx.commit().await {
-            Ok(()) => {
-                guard.disarm();
-                count("executed");
-                Ok(response)
-            }
-            Err(error) => {
-                // Rolled back, or committed with the acknowledgement lost: releasing is fenced
-                // and does nothing to a completed key, so a retry gets the replay or runs anew.
-                tracing::warn!(%error, "idempotency: commit failed");
-                guard.release().await;
-                Ok(unavailable())
-            }
-        },
+    // The handler's effects already happened, so the client gets its response whatever the
+    // store says.
+    guard.disarm();
+    match shared.store.complete(lease, &stored).await {
+        Ok(true) => count("executed"),
         Ok(false) => {
-            let _ = tx.rollback().await;
-            guard.disarm();
             tracing::warn!(
-                "idempotency: the request lost its lease to a retry; its transaction was rolled back"
+                "idempotency: the request lost its lease before completing; response not stored"
             );
-            Ok(problem(Problem::superseded(retry_after), "superseded"))
+            count("superseded");
         }
         Err(error) => {
-            tracing::warn!(%error, "idempotency: storing the response failed; rolled back");
-            let _ = tx.rollback().await;
-            guard.release().await;
-            Ok(unavailable())
+            tracing::warn!(
+                %error,
+                "idempotency: storing the response failed; the key stays locked until its \
+                 lease expires"
+            );
+            count("store_failed");
         }
     }
+    Ok(response)
 }
 
 /// Puts a slot for the request's transaction in its extensions, when the layer is transactional.
@@ -318,13 +284,12 @@ fn tx_slot<St>(shared: &Shared<St>, request: &mut Request<Body>) -> Option<TxSlo
     Some(slot)
 }
 
-/// Calls the handler, catching a panic, and renews the lease every third of its ttl meanwhile.
+/// Calls the handler, catching a panic, and renews the lease (`renew`: store, lease and ttl)
+/// every third of its ttl meanwhile.
 async fn run_handler<S, St, ResBody>(
     inner: BodyMapped<S>,
     request: Request<Body>,
-    store: &St,
-    lease: &Lease<i64>,
-    ttl: Duration,
+    renew: Option<(&St, &Lease<i64>, Duration)>,
 ) -> Result<Result<Response<Body>, S::Error>, Box<dyn std::any::Any + Send>>
 where
     S: Service<Request<Body>, Response = Response<ResBody>> + Send,
@@ -334,6 +299,9 @@ where
     St: Store,
 {
     let mut call = pin!(AssertUnwindSafe(inner.call(request)).catch_unwind());
+    let Some((store, lease, ttl)) = renew else {
+        return call.await;
+    };
     let every = (ttl / 3).max(Duration::from_millis(10));
     let mut next = Instant::now() + every;
     let mut held = true;

@@ -29,6 +29,14 @@ impl TxSlot {
         }
     }
 
+    /// A slot holding a transaction the layer began (transactional mode, where it holds the key).
+    pub(crate) fn begun(pool: &PgPool, tx: Transaction<'static, Postgres>) -> Self {
+        Self {
+            pool: pool.clone(),
+            tx: Arc::new(Mutex::new(Some(tx))),
+        }
+    }
+
     /// The transaction, if the handler began one. Waits until the handler let go of its [`Tx`].
     pub(crate) async fn take(&self) -> Slot {
         self.tx.lock().await.take()
@@ -38,17 +46,17 @@ impl TxSlot {
 /// The request's database transaction (same-transaction mode), as an axum extractor.
 ///
 /// Behind an [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional) layer, a
-/// handler that takes a `Tx` writes its business rows (and outbox events) in the transaction the
-/// layer then completes: the stored response is written in it and it commits, so the rows and the
-/// key's response commit together. If the response is not one to store (a 5xx or a refusal, see
-/// [`IdempotencyLayer::store_if`](crate::IdempotencyLayer::store_if)), the handler panics, the
-/// request is cancelled, or the request lost its key to a retry, it rolls back and nothing the
-/// handler wrote remains.
+/// handler that takes a `Tx` writes its business rows (and outbox events) in the transaction
+/// that holds the request's key: the layer writes the stored response in it and commits, so the
+/// rows and the key's response commit together. If the response is not one to store (a 5xx or a
+/// refusal, see [`IdempotencyLayer::store_if`](crate::IdempotencyLayer::store_if)), the handler
+/// panics, or the request is cancelled, it rolls back: nothing the handler wrote remains, and
+/// the key is free.
 ///
-/// The transaction begins at the first [`conn`](Self::conn), not when the handler is called, so
-/// a handler can do slow work first (call another service, say) without holding a connection.
-/// Requests without a key get a `Tx` too, committed under the same rule. The layer takes the
-/// transaction back when the handler returns; a `Tx` cannot outlive the request.
+/// For a keyed request the transaction began before the handler was called (it took the key).
+/// Requests without a key get a `Tx` too, begun at the first [`conn`](Self::conn) and committed
+/// under the same rule. The layer takes the transaction back when the handler returns; a `Tx`
+/// cannot outlive the request.
 ///
 /// ```
 /// use axum::response::{IntoResponse, Response};

@@ -2,14 +2,14 @@
 
 use super::*;
 
-async fn fifty_concurrent_requests_run_once<St: Store + Clone>(store: St, pool: &PgPool) {
+/// Fifty requests with one key behind `layer`; `tx`: the handler writes through its `Tx`.
+async fn fifty_concurrent_requests_run_once<St: Store + Clone>(
+    layer: IdempotencyLayer<St>,
+    tx: bool,
+    pool: &PgPool,
+) {
     let mut harness = Harness::new(pool);
-    let app = orders_app(
-        IdempotencyLayer::new(store),
-        &harness.app,
-        Hold::UntilOpen,
-        false,
-    );
+    let app = orders_app(layer, &harness.app, Hold::UntilOpen, tx);
     let body = r#"{"sku":"a","quantity":1}"#;
     let mut replies = tokio::task::JoinSet::new();
     for _ in 0..50 {
@@ -47,13 +47,23 @@ async fn fifty_concurrent_requests_run_once<St: Store + Clone>(store: St, pool: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_requests_with_one_key_run_the_handler_once() {
     let db = db().await;
-    fifty_concurrent_requests_run_once(PostgresStore::new(db.pool.clone()), &db.pool).await;
+    let store = PostgresStore::new(db.pool.clone());
+    fifty_concurrent_requests_run_once(IdempotencyLayer::new(store), false, &db.pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_requests_with_one_key_run_the_handler_once_in_transactional_mode() {
+    let db = db().await;
+    let store = PostgresStore::new(db.pool.clone());
+    fifty_concurrent_requests_run_once(IdempotencyLayer::transactional(store), true, &db.pool)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_requests_with_one_key_run_the_handler_once_in_memory() {
     let db = db().await;
-    fifty_concurrent_requests_run_once(MemoryStore::new(), &db.pool).await;
+    fifty_concurrent_requests_run_once(IdempotencyLayer::new(MemoryStore::new()), false, &db.pool)
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -67,7 +77,7 @@ async fn echo(Path(id): Path<String>, method: Method, body: Bytes) -> Response {
         .into_response()
 }
 
-async fn reuse_is_refused<St: Store + Clone>(store: St) {
+async fn reuse_is_refused<St: Store + Clone>(layer: IdempotencyLayer<St>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
     let app = Router::new()
@@ -77,7 +87,7 @@ async fn reuse_is_refused<St: Store + Clone>(store: St) {
             counted.fetch_add(1, Ordering::SeqCst);
             next.run(request)
         }))
-        .route_layer(IdempotencyLayer::new(store));
+        .route_layer(layer);
     let original = || {
         Request::builder()
             .method(Method::POST)
@@ -169,8 +179,13 @@ async fn reuse_is_refused<St: Store + Clone>(store: St) {
 #[tokio::test]
 async fn a_key_reused_for_a_different_request_gets_422() {
     let db = db().await;
-    reuse_is_refused(PostgresStore::new(db.pool.clone())).await;
-    reuse_is_refused(MemoryStore::new()).await;
+    reuse_is_refused(IdempotencyLayer::new(PostgresStore::new(db.pool.clone()))).await;
+    let db = super::db().await;
+    reuse_is_refused(IdempotencyLayer::transactional(PostgresStore::new(
+        db.pool.clone(),
+    )))
+    .await;
+    reuse_is_refused(IdempotencyLayer::new(MemoryStore::new())).await;
 }
 
 #[tokio::test]

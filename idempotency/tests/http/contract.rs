@@ -101,19 +101,24 @@ async fn flaky(State(calls): State<Arc<AtomicUsize>>) -> Response {
 async fn server_errors_release_the_key_unless_configured_to_be_stored() {
     let db = db().await;
     let store = PostgresStore::new(db.pool.clone());
-    for store_them in [false, true] {
+    let modes = [
+        ("lease", IdempotencyLayer::new(store.clone())),
+        ("transactional", IdempotencyLayer::transactional(store)),
+    ];
+    for ((mode, layer), store_them) in modes
+        .into_iter()
+        .flat_map(|mode| [(mode.clone(), false), (mode, true)])
+    {
         let calls = Arc::new(AtomicUsize::new(0));
         let app = Router::new()
             .route("/orders", post(flaky))
-            .route_layer(
-                IdempotencyLayer::new(store.clone()).store_if(if store_them {
-                    idempotency::stores_server_errors_too
-                } else {
-                    idempotency::stores_by_default
-                }),
-            )
+            .route_layer(layer.store_if(if store_them {
+                idempotency::stores_server_errors_too
+            } else {
+                idempotency::stores_by_default
+            }))
             .with_state(Arc::clone(&calls));
-        let key = format!("k-{store_them}");
+        let key = format!("k-{mode}-{store_them}");
         let first = send(&app, post_json("/orders", &key, "{}")).await;
         assert_eq!(first.status, StatusCode::SERVICE_UNAVAILABLE);
         let second = send(&app, post_json("/orders", &key, "{}")).await;

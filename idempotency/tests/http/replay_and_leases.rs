@@ -34,10 +34,10 @@ async fn raw_response() -> Response {
     response
 }
 
-async fn replay_is_byte_identical<St: Store + Clone>(store: St) {
+async fn replay_is_byte_identical<St: Store + Clone>(layer: IdempotencyLayer<St>) {
     let app = Router::new()
         .route("/orders", post(raw_response))
-        .route_layer(IdempotencyLayer::new(store));
+        .route_layer(layer);
     let first = send(&app, post_json("/orders", "k", "{}")).await;
     assert_eq!(first.status, StatusCode::CREATED);
     assert!(!first.replayed());
@@ -66,8 +66,13 @@ async fn replay_is_byte_identical<St: Store + Clone>(store: St) {
 #[tokio::test]
 async fn a_replay_is_byte_identical_and_marked() {
     let db = db().await;
-    replay_is_byte_identical(PostgresStore::new(db.pool.clone())).await;
-    replay_is_byte_identical(MemoryStore::new()).await;
+    replay_is_byte_identical(IdempotencyLayer::new(PostgresStore::new(db.pool.clone()))).await;
+    let db = super::db().await;
+    replay_is_byte_identical(IdempotencyLayer::transactional(PostgresStore::new(
+        db.pool.clone(),
+    )))
+    .await;
+    replay_is_byte_identical(IdempotencyLayer::new(MemoryStore::new())).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,23 +122,19 @@ async fn a_request_killed_mid_handler_holds_its_key_only_until_the_lease_expires
     assert!(send(&app, post_json("/orders", "k", "{}")).await.replayed());
 }
 
-async fn stale_owner_cannot_overwrite(tx_mode: bool) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_owner_cannot_store_its_response() {
     let db = db().await;
     let clock = ManualClock::new(Utc::now());
     let store = PostgresStore::new(db.pool.clone()).with_clock(clock.clone());
     let mut harness = Harness::new(&db.pool);
-    let layer = if tx_mode {
-        IdempotencyLayer::transactional(store.clone())
-    } else {
-        IdempotencyLayer::new(store.clone())
-    };
     let app = orders_app(
-        layer
+        IdempotencyLayer::new(store.clone())
             .lifetimes(Duration::from_secs(30), Duration::from_secs(24 * 3600))
             .expect("valid lifetimes"),
         &harness.app,
         Hold::UntilOpen,
-        tx_mode,
+        false,
     );
 
     // The first request stalls in its handler past its lease...
@@ -149,20 +150,13 @@ async fn stale_owner_cannot_overwrite(tx_mode: bool) {
     assert_eq!(retry.status, StatusCode::CREATED);
     assert_eq!(retry.text(), r#"{"attempt":1}"#);
 
-    // ... and then the stale owner finishes: it cannot store its response.
+    // ... and then the stale owner finishes: it cannot store its response. Its effect happened
+    // (it had no transaction to undo), so its client gets its response; the stored one stays
+    // the retry's.
     harness.open.send_replace(true);
     let stale = stale.await.expect("task");
-    if tx_mode {
-        // Its transaction was rolled back with its order row.
-        assert_eq!(stale.status, StatusCode::CONFLICT);
-        assert_eq!(stale.code(), "idempotency-key-superseded");
-        assert_eq!(count(&db.pool, "SELECT count(*) FROM orders").await, 1);
-    } else {
-        // Its effect happened (it had no transaction to undo), so its client gets its
-        // response; the stored one stays the retry's.
-        assert_eq!(stale.status, StatusCode::CREATED);
-        assert_eq!(stale.text(), r#"{"attempt":0}"#);
-    }
+    assert_eq!(stale.status, StatusCode::CREATED);
+    assert_eq!(stale.text(), r#"{"attempt":0}"#);
     let record = store.get(&scoped("k")).await.expect("get").expect("record");
     assert_eq!(record.token, 2);
     match record.state {
@@ -175,11 +169,41 @@ async fn stale_owner_cannot_overwrite(tx_mode: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_owner_cannot_store_its_response() {
-    stale_owner_cannot_overwrite(false).await;
-}
+async fn in_transactional_mode_a_slow_request_keeps_its_key_past_the_lease_ttl() {
+    let db = db().await;
+    let clock = ManualClock::new(Utc::now());
+    let store = PostgresStore::new(db.pool.clone()).with_clock(clock.clone());
+    let mut harness = Harness::new(&db.pool);
+    let app = orders_app(
+        IdempotencyLayer::transactional(store.clone())
+            .lifetimes(Duration::from_secs(30), Duration::from_secs(24 * 3600))
+            .expect("valid lifetimes"),
+        &harness.app,
+        Hold::UntilOpen,
+        true,
+    );
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stale_owner_in_same_transaction_mode_is_rolled_back() {
-    stale_owner_cannot_overwrite(true).await;
+    // The first request stalls in its handler past the lease ttl...
+    let slow = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, post_json("/orders", "k", "{}")).await }
+    });
+    assert_eq!(harness.entered().await, 0);
+    clock.advance(Duration::from_secs(31));
+
+    // ... and still holds the key: its transaction does, whatever the clock says. No second
+    // owner can exist, so none has to be fenced.
+    let retry = send(&app, post_json("/orders", "k", "{}")).await;
+    assert_eq!(retry.status, StatusCode::CONFLICT);
+    assert_eq!(retry.code(), "request-in-progress");
+    assert_eq!(harness.calls(), 1);
+
+    harness.open.send_replace(true);
+    let slow = slow.await.expect("task");
+    assert_eq!(slow.status, StatusCode::CREATED);
+    let replay = send(&app, post_json("/orders", "k", "{}")).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.body, slow.body);
+    assert_eq!(harness.calls(), 1);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM orders").await, 1);
 }

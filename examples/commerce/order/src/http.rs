@@ -143,7 +143,8 @@ async fn create_order(
         .collect();
     domain::validate_lines(&requested).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let ids: Vec<Uuid> = requested.iter().map(|&(id, _)| id).collect();
-    // No connection is held while the product service answers.
+    // The layer's transaction holds the order's idempotency key, so its connection is held
+    // while the product service answers (its client gives up after its timeout).
     let products = state
         .catalog
         .products(&state.product_base_url, &state.api_key, &ids)
@@ -160,8 +161,8 @@ async fn create_order(
     let total = domain::total_cents(&lines)
         .ok_or_else(|| ApiError::Unprocessable("the order's total is too large".into()))?;
 
-    // The transaction begins here, after the product service answered; the layer commits it with
-    // the stored response.
+    // The order and its event go into the layer's transaction, which commits them with the
+    // stored response.
     let conn = tx.conn().await.map_err(|_| {
         ApiError::Unavailable("the database is unavailable; retry with the same key".into())
     })?;

@@ -172,13 +172,49 @@ pub trait Store: Send + Sync + 'static {
     fn release(&self, lease: &Lease<i64>) -> impl Future<Output = Result<bool>> + Send;
 }
 
-/// A [`Store`] that can also write a response inside the handler's PostgreSQL transaction, so the
-/// handler's rows and the stored response commit together: what
+/// What [`TransactionalStore::take_in`] found for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakenIn {
+    /// The key is this transaction's: its lease was taken inside the transaction, which nobody
+    /// else sees before the commit. The request runs, and its response is stored with
+    /// [`complete_in`](TransactionalStore::complete_in) before the commit.
+    Taken(Lease<i64>),
+    /// Another request holds the key (its transaction, or a lease of the lease mode): answer 409
+    /// at once.
+    Busy,
+    /// The key completed with this response (within its retention).
+    Completed(StoredResponse),
+    /// The key was used with a different fingerprint.
+    Mismatch,
+}
+
+/// A [`Store`] whose keys can also be taken inside the handler's PostgreSQL transaction: what
 /// [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional) needs for
 /// [`Tx`](crate::Tx). [`PostgresStore`](crate::PostgresStore) is one.
+///
+/// The transaction holds the key: it takes a transaction-level lock on the key without waiting
+/// (a concurrent request with the key finds it busy at once), then the key's lease, invisible to
+/// others until the commit, which also stores the response. A rollback, however the request
+/// ended, frees the key at once and leaves nothing.
 pub trait TransactionalStore: Store {
     /// The pool the handlers' transactions come from (the store's own database).
     fn pool(&self) -> &PgPool;
+
+    /// Takes the key inside the transaction on `conn` without waiting, or reports why not. A
+    /// key is free when it is new, past its retention, released, or left by an expired lease of
+    /// a request with the same `fingerprint`; a new key is retained for `retention`.
+    ///
+    /// # Errors
+    ///
+    /// When a statement fails.
+    fn take_in(
+        &self,
+        conn: &mut PgConnection,
+        key: &ScopedKey,
+        fingerprint: &Fingerprint,
+        lease_ttl: Duration,
+        retention: Duration,
+    ) -> impl Future<Output = Result<TakenIn>> + Send;
 
     /// Like [`complete`](Store::complete), inside the transaction on `conn`.
     ///
@@ -190,5 +226,17 @@ pub trait TransactionalStore: Store {
         conn: &mut PgConnection,
         lease: &Lease<i64>,
         response: &StoredResponse,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Like [`release`](Store::release), inside the transaction on `conn`: the handler's rows
+    /// commit and the key stays free (a response too large to store).
+    ///
+    /// # Errors
+    ///
+    /// When the statement fails.
+    fn release_in(
+        &self,
+        conn: &mut PgConnection,
+        lease: &Lease<i64>,
     ) -> impl Future<Output = Result<bool>> + Send;
 }

@@ -8,7 +8,9 @@ use leases::{Clock, Completion, DatabaseClock, KeyClaim, Lease, RowLeases, Table
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgPool, Row};
 
-use super::{Acquire, Record, RecordState, ScopedKey, Store, StoredResponse, TransactionalStore};
+use super::{
+    Acquire, Record, RecordState, ScopedKey, Store, StoredResponse, TakenIn, TransactionalStore,
+};
 use crate::{Error, Fingerprint, Result};
 
 /// Takes a key: inserts it, or claims the row when its lease is free and it is past retention,
@@ -27,6 +29,18 @@ const ACQUIRE: KeyClaim = KeyClaim {
             AND (idempotency_keys.lease_expires_at IS NULL
                  OR idempotency_keys.fingerprint = excluded.fingerprint))",
 };
+
+/// Takes the key for the transaction without waiting: a transaction-level advisory lock on a
+/// 64-bit hash of scope, route and key (two keys sharing a hash only make each other wait their
+/// turn with a 409). A key that completed within its retention is not locked (`NULL`): its
+/// replays never contend.
+const LOCK: &str = "
+SELECT CASE WHEN EXISTS (
+    SELECT 1 FROM idempotency_keys
+    WHERE scope = $1 AND route = $2 AND idempotency_key = $3 AND completed_at IS NOT NULL
+      AND retain_until > coalesce($4::timestamptz, statement_timestamp()))
+THEN NULL
+ELSE pg_try_advisory_xact_lock(hashtextextended(concat_ws(chr(31), $1, $2, $3), 0)) END";
 
 const LOOKUP: &str = "
 SELECT fingerprint, created_at, retain_until, lease_token, completed_at, lease_expires_at,
@@ -57,8 +71,10 @@ DELETE FROM idempotency_keys WHERE id IN (
 /// key's retention (`retain_until`).
 ///
 /// It is a [`TransactionalStore`]: behind
-/// [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional), the response is
-/// written in the handler's transaction ([`Tx`](crate::Tx)).
+/// [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional), the key is taken
+/// inside the request's transaction ([`Tx`](crate::Tx)) after a transaction-level advisory lock on
+/// a hash of the key (taken without waiting, so a concurrent duplicate is answered at once), and
+/// the response is written in the same transaction.
 ///
 /// Cloning is cheap; clones share the pool and the lease owner.
 #[derive(Debug, Clone)]
@@ -96,7 +112,7 @@ impl PostgresStore {
     ///
     /// When the store cannot be reached.
     pub async fn get(&self, key: &ScopedKey) -> Result<Option<Record>> {
-        let Some((row, now)) = self.lookup(key).await? else {
+        let Some((row, now)) = self.lookup(&self.pool, key).await? else {
             return Ok(None);
         };
         if row.retain_until <= now {
@@ -139,14 +155,13 @@ impl PostgresStore {
         self
     }
 
-    /// Whether taking a key waits for its lock to be on disk (`synchronous_commit`) before the
-    /// handler runs. Default: `false`: the lock commits without waiting for a disk flush (a flush
-    /// per request saved), which only matters if PostgreSQL itself crashes within a fraction of
-    /// a second after a key was taken. For a handler that writes through [`Tx`](crate::Tx) that
-    /// cannot duplicate anything: its transaction's (synchronous) commit flushes the lock with
-    /// it, and a transaction that did not commit left nothing. For a handler with effects
-    /// outside its transaction, a lost lock lets a client's retry run while the first attempt
-    /// is still running; set `true` if that must not happen even then.
+    /// Lease mode: whether taking a key waits for its lock to be on disk (`synchronous_commit`)
+    /// before the handler runs. Default: `false`: the lock commits without waiting for a disk
+    /// flush (a flush per request saved), which only matters if PostgreSQL itself crashes within
+    /// a fraction of a second after a key was taken: a lost lock lets a client's retry run while
+    /// the first attempt is still running; set `true` if that must not happen even then. (In
+    /// transactional mode the key is taken inside the request's transaction, whose commit is
+    /// synchronous.)
     pub fn synchronous_locks(mut self, on: bool) -> Self {
         self.synchronous_locks = on;
         self
@@ -182,13 +197,17 @@ impl PostgresStore {
         }
     }
 
-    async fn lookup(&self, key: &ScopedKey) -> Result<Option<(KeyRow, DateTime<Utc>)>> {
+    async fn lookup(
+        &self,
+        executor: impl sqlx::PgExecutor<'_>,
+        key: &ScopedKey,
+    ) -> Result<Option<(KeyRow, DateTime<Utc>)>> {
         let row = sqlx::query(LOOKUP)
             .bind(self.clock.now())
             .bind(&key.scope)
             .bind(&key.route)
             .bind(key.key.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(executor)
             .await?;
         row.map(|row| Ok((KeyRow::decode(&row)?, row.try_get("now")?)))
             .transpose()
@@ -271,13 +290,16 @@ impl KeyRow {
 /// How many times `acquire` re-reads a row that changed under it before answering "in flight".
 const ACQUIRE_ATTEMPTS: usize = 5;
 
-impl Store for PostgresStore {
-    async fn acquire(
+impl PostgresStore {
+    /// [`Store::acquire`] on `conn` (inside a transaction or not); `synchronous` is the
+    /// `synchronous_commit` the statement sets for its transaction.
+    async fn acquire_on(
         &self,
+        conn: &mut PgConnection,
         key: &ScopedKey,
         fingerprint: &Fingerprint,
-        lease_ttl: Duration,
-        retention: Duration,
+        (lease_ttl, retention): (Duration, Duration),
+        synchronous: bool,
     ) -> Result<Acquire> {
         if retention.is_zero() {
             return Err(Error::InvalidConfig(
@@ -294,15 +316,15 @@ impl Store for PostgresStore {
                 .bind(key.key.as_str())
                 .bind(fingerprint.as_bytes().as_slice())
                 .bind(leases::interval(retention))
-                .bind(if self.synchronous_locks { "on" } else { "off" })
-                .fetch_optional(&self.pool)
+                .bind(if synchronous { "on" } else { "off" })
+                .fetch_optional(&mut *conn)
                 .await?;
             if let Some(row) = acquired {
                 return Ok(Acquire::Acquired(Lease::from_row(&row)?));
             }
             // The key is taken. Read it to say why; if it changed in between (released,
             // expired, purged), try to take it again.
-            let Some((row, now)) = self.lookup(key).await? else {
+            let Some((row, now)) = self.lookup(&mut *conn, key).await? else {
                 continue;
             };
             last_seen = Some(now);
@@ -328,6 +350,27 @@ impl Store for PostgresStore {
             lease_expires_at: last_seen.unwrap_or_else(Utc::now),
         })
     }
+}
+
+impl Store for PostgresStore {
+    async fn acquire(
+        &self,
+        key: &ScopedKey,
+        fingerprint: &Fingerprint,
+        lease_ttl: Duration,
+        retention: Duration,
+    ) -> Result<Acquire> {
+        let mut conn = self.pool.acquire().await?;
+        let lifetimes = (lease_ttl, retention);
+        self.acquire_on(
+            &mut conn,
+            key,
+            fingerprint,
+            lifetimes,
+            self.synchronous_locks,
+        )
+        .await
+    }
 
     async fn renew(&self, lease: &Lease<i64>, ttl: Duration) -> Result<bool> {
         Ok(self.leases.renew(&self.pool, lease, ttl).await?.is_some())
@@ -351,6 +394,39 @@ impl TransactionalStore for PostgresStore {
         &self.pool
     }
 
+    async fn take_in(
+        &self,
+        conn: &mut PgConnection,
+        key: &ScopedKey,
+        fingerprint: &Fingerprint,
+        lease_ttl: Duration,
+        retention: Duration,
+    ) -> Result<TakenIn> {
+        let locked: Option<bool> = sqlx::query_scalar(LOCK)
+            .bind(&key.scope)
+            .bind(&key.route)
+            .bind(key.key.as_str())
+            .bind(self.clock.now())
+            .fetch_one(&mut *conn)
+            .await?;
+        if locked == Some(false) {
+            return Ok(TakenIn::Busy);
+        }
+        // The handler's commit must stay synchronous: the claim sets it for the transaction.
+        let lifetimes = (lease_ttl, retention);
+        Ok(
+            match self
+                .acquire_on(conn, key, fingerprint, lifetimes, true)
+                .await?
+            {
+                Acquire::Acquired(lease) => TakenIn::Taken(lease),
+                Acquire::InFlight { .. } => TakenIn::Busy,
+                Acquire::Completed(response) => TakenIn::Completed(response),
+                Acquire::Mismatch => TakenIn::Mismatch,
+            },
+        )
+    }
+
     async fn complete_in(
         &self,
         conn: &mut PgConnection,
@@ -358,5 +434,9 @@ impl TransactionalStore for PostgresStore {
         response: &StoredResponse,
     ) -> Result<bool> {
         self.complete_on(conn, lease, response).await
+    }
+
+    async fn release_in(&self, conn: &mut PgConnection, lease: &Lease<i64>) -> Result<bool> {
+        Ok(self.leases.release(conn, lease, Duration::ZERO).await?)
     }
 }
