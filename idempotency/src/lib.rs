@@ -74,9 +74,10 @@
 //!
 //! - **At most one running.** While a request holds the key, another request with the key gets
 //!   409 and does not run. In transactional mode the request's transaction holds it (a
-//!   transaction-level lock taken without waiting, then the key's row, which nobody sees before
-//!   the commit): however the request ends, the rollback or the commit frees it at once, and no
-//!   second holder can exist. In lease mode the lease is renewed while the handler runs; if its
+//!   transaction-level lock taken without waiting; the completed key is written just before the
+//!   commit): however the request ends, the rollback or the commit frees it at once, and no
+//!   second holder can exist. (A key still under a lease of the lease mode, after a route
+//!   changed modes, is busy until the lease expires and is then taken over through it.) In lease mode the lease is renewed while the handler runs; if its
 //!   process dies (or stalls without renewing), the key is free again after the lease ttl (30 s
 //!   by default), not after the retention. (With [`PostgresStore`] in lease mode, a crash of
 //!   PostgreSQL itself can lose a lock taken a fraction of a second before it, unless

@@ -21,14 +21,30 @@ pub(super) enum Decision {
     Answer(Response<Body>),
     /// Runs without idempotency (safe method, no key, policy off, fail-open).
     PassThrough(Request<Body>),
-    /// Runs under the key's lease: in lease mode on its own, in transactional mode inside the
-    /// transaction that took it (in the slot).
-    Run(Request<Body>, Lease<i64>, Option<TxSlot>),
+    /// Runs holding the key.
+    Run(Request<Body>, Holder),
+}
+
+/// How a running request holds its key.
+pub(super) enum Holder {
+    /// Lease mode: a committed lease.
+    Lease(Lease<i64>),
+    /// Transactional mode: the request's transaction took it.
+    Transaction(InTx),
+}
+
+/// A key held by the request's transaction, and what storing it needs.
+pub(super) struct InTx {
+    pub(super) slot: TxSlot,
+    pub(super) key: ScopedKey,
+    pub(super) fingerprint: Fingerprint,
+    /// A lease of the lease mode, taken over in the transaction (rare; see [`TakenIn::Taken`]).
+    pub(super) lease: Option<Lease<i64>>,
 }
 
 /// What the store said about a key, in either mode.
 enum Found {
-    Free(Lease<i64>, Option<TxSlot>),
+    Free(Holder),
     Busy,
     Completed(StoredResponse),
     Mismatch,
@@ -88,14 +104,14 @@ pub(super) async fn decide<St: Store>(shared: &Shared<St>, request: Request<Body
             .acquire(&key, &fingerprint, config.lease_ttl, config.retention)
             .await
             .map(|acquired| match acquired {
-                Acquire::Acquired(lease) => Found::Free(lease, None),
+                Acquire::Acquired(lease) => Found::Free(Holder::Lease(lease)),
                 Acquire::InFlight { .. } => Found::Busy,
                 Acquire::Completed(response) => Found::Completed(response),
                 Acquire::Mismatch => Found::Mismatch,
             }),
     };
     match found {
-        Ok(Found::Free(lease, slot)) => Decision::Run(request, lease, slot),
+        Ok(Found::Free(holder)) => Decision::Run(request, holder),
         Ok(Found::Completed(response)) => {
             count("replayed");
             Decision::Answer(replay(response))
@@ -139,8 +155,12 @@ async fn take_in<St: Store>(
     let taken = (transactions.take_in)(&shared.store, &mut tx, key, fingerprint, lifetimes).await?;
     let found = match taken {
         TakenIn::Taken(lease) => {
-            let slot = TxSlot::begun(&transactions.pool, tx);
-            return Ok(Found::Free(lease, Some(slot)));
+            return Ok(Found::Free(Holder::Transaction(InTx {
+                slot: TxSlot::begun(&transactions.pool, tx),
+                key: key.clone(),
+                fingerprint: *fingerprint,
+                lease,
+            })));
         }
         TakenIn::Busy => Found::Busy,
         TakenIn::Completed(response) => Found::Completed(response),

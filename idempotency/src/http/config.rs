@@ -85,7 +85,7 @@ pub(crate) struct Shared<St> {
 pub(crate) struct Transactions<St> {
     pub(crate) pool: PgPool,
     pub(crate) take_in: TakeIn<St>,
-    pub(crate) complete_in: CompleteIn<St>,
+    pub(crate) store_in: StoreIn<St>,
     pub(crate) release_in: ReleaseIn<St>,
 }
 
@@ -97,11 +97,12 @@ pub(crate) type TakeIn<St> = for<'a> fn(
     (Duration, Duration),
 ) -> BoxFuture<'a, Result<TakenIn>>;
 
-pub(crate) type CompleteIn<St> = for<'a> fn(
+pub(crate) type StoreIn<St> = for<'a> fn(
     &'a St,
     &'a mut PgConnection,
-    &'a Lease<i64>,
+    (&'a ScopedKey, &'a Fingerprint, Option<&'a Lease<i64>>),
     &'a StoredResponse,
+    Duration,
 ) -> BoxFuture<'a, Result<bool>>;
 
 pub(crate) type ReleaseIn<St> =
@@ -112,7 +113,7 @@ impl<St> Clone for Transactions<St> {
         Self {
             pool: self.pool.clone(),
             take_in: self.take_in,
-            complete_in: self.complete_in,
+            store_in: self.store_in,
             release_in: self.release_in,
         }
     }
@@ -125,8 +126,8 @@ impl<St: TransactionalStore> Transactions<St> {
             take_in: |store, conn, key, fingerprint, (lease_ttl, retention)| {
                 Box::pin(store.take_in(conn, key, fingerprint, lease_ttl, retention))
             },
-            complete_in: |store, conn, lease, response| {
-                Box::pin(store.complete_in(conn, lease, response))
+            store_in: |store, conn, taken, response, retention| {
+                Box::pin(store.store_in(conn, taken, response, retention))
             },
             release_in: |store, conn, lease| Box::pin(store.release_in(conn, lease)),
         }

@@ -5,26 +5,27 @@
 
 use axum::body::Body;
 use http::Response;
-use leases::Lease;
 
-use super::config::{Shared, Transactions};
+use super::checks::InTx;
+use super::config::Shared;
 use super::outcome::{count, problem};
 use super::service::Ending;
-use super::tx::TxSlot;
 use crate::Problem;
 
 /// Commits or rolls back the request's transaction according to `ending`, storing the response
-/// or releasing the key in it first.
+/// (or releasing a lease taken over) in it first.
 pub(super) async fn settle<St, E>(
     shared: &Shared<St>,
-    transactions: &Transactions<St>,
-    slot: TxSlot,
-    lease: &Lease<i64>,
+    held: InTx,
     ending: Ending<E>,
 ) -> Result<Response<Body>, E> {
     let retry_after = shared.config.retry_after;
     let unavailable = || problem(Problem::store_unavailable(retry_after), "store_unavailable");
-    let Some(mut tx) = slot.take().await else {
+    let Some(transactions) = &shared.transactions else {
+        tracing::error!("idempotency: a transaction holds a key behind a lease-mode layer");
+        return Ok(unavailable());
+    };
+    let Some(mut tx) = held.slot.take().await else {
         // The slot held the transaction when the handler was called and nothing takes it out.
         tracing::error!("idempotency: the request's transaction is gone; nothing was committed");
         return Ok(unavailable());
@@ -37,16 +38,20 @@ pub(super) async fn settle<St, E>(
             count(outcome);
             return answer;
         }
-        Ending::CommitAndRelease(response) => (
-            (transactions.release_in)(&shared.store, &mut tx, lease).await,
-            "released",
-            response,
-        ),
-        Ending::Store(stored, response) => (
-            (transactions.complete_in)(&shared.store, &mut tx, lease, &stored).await,
-            "executed",
-            response,
-        ),
+        Ending::CommitAndRelease(response) => {
+            let released = match &held.lease {
+                Some(lease) => (transactions.release_in)(&shared.store, &mut tx, lease).await,
+                None => Ok(true), // nothing of the key was written
+            };
+            (released, "released", response)
+        }
+        Ending::Store(stored, response) => {
+            let taken = (&held.key, &held.fingerprint, held.lease.as_ref());
+            let retention = shared.config.retention;
+            let written =
+                (transactions.store_in)(&shared.store, &mut tx, taken, &stored, retention).await;
+            (written, "executed", response)
+        }
     };
     match written {
         Ok(true) => match tx.commit().await {
@@ -62,8 +67,7 @@ pub(super) async fn settle<St, E>(
             }
         },
         Ok(false) => {
-            // Nobody else sees the key's row before the commit, so only a lease-mode request
-            // taking over an expired lease of the same key can get here.
+            // Only a lease-mode request on the same key can have taken it meanwhile.
             let _ = tx.rollback().await;
             tracing::warn!("idempotency: the key was taken over; the transaction was rolled back");
             Ok(problem(Problem::superseded(retry_after), "superseded"))

@@ -73,8 +73,11 @@ impl<St: TransactionalStore> IdempotencyLayer<St> {
     /// is stored in the same transaction, and one commit makes both durable. There is no lease
     /// to renew and no separate commit for the lock; the connection is held for the whole
     /// handler, so a handler that waits on slow calls to other systems, or whose effects are
-    /// outside the database, belongs in lease mode ([`new`](Self::new)). The lease ttl is not
-    /// used. Requests without a key get a [`Tx`](crate::Tx) too, begun at its first use.
+    /// outside the database, belongs in lease mode ([`new`](Self::new)). The lease ttl only
+    /// applies to a key taken over from an expired lease of the lease mode (after a route changed
+    /// modes). While a request runs, its key has no row yet: [`PostgresStore::get`](crate::PostgresStore::get) shows only
+    /// completed keys. Requests without a key get a [`Tx`](crate::Tx) too, begun at its first
+    /// use.
     ///
     /// ```
     /// use idempotency::{IdempotencyLayer, KeyPolicy, PostgresStore};

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tower::{BoxError, Service};
 
 use super::body::{Limited, chain, read_limited};
-use super::checks::{Decision, decide};
+use super::checks::{Decision, Holder, decide};
 use super::config::{Config, Shared};
 use super::lease_guard::LeaseGuard;
 use super::outcome::{count, problem};
@@ -138,7 +138,14 @@ where
     match decide(&shared, request).await {
         Decision::Answer(response) => Ok(response),
         Decision::PassThrough(request) => pass_through(inner, &shared, request).await,
-        Decision::Run(request, lease, slot) => execute(inner, shared, request, lease, slot).await,
+        Decision::Run(request, Holder::Lease(lease)) => {
+            execute(inner, shared, request, lease).await
+        }
+        Decision::Run(mut request, Holder::Transaction(held)) => {
+            request.extensions_mut().insert(held.slot.clone());
+            let ending = respond::<_, St, _>(inner, request, None, &shared.config).await;
+            super::in_tx::settle(&shared, held, ending).await
+        }
     }
 }
 
@@ -152,14 +159,12 @@ pub(super) enum Ending<E> {
     Release(Result<Response<Body>, E>, &'static str),
 }
 
-/// Runs a request that holds its key (its lease, or in transactional mode the transaction in
-/// `slot`), then settles it.
+/// Runs a request that holds its key's lease (lease mode), then settles it.
 async fn execute<S, St, ResBody>(
     inner: BodyMapped<S>,
     shared: Arc<Shared<St>>,
-    mut request: Request<Body>,
+    request: Request<Body>,
     lease: Lease<i64>,
-    slot: Option<TxSlot>,
 ) -> Result<Response<Body>, S::Error>
 where
     S: Service<Request<Body>, Response = Response<ResBody>> + Send,
@@ -168,20 +173,32 @@ where
     ResBody::Error: Into<BoxError>,
     St: Store,
 {
-    // A lease outside a transaction is renewed while the handler runs, and released if the
-    // request is dropped; a transaction needs neither (nobody sees its lease, a drop rolls back).
-    let guard = slot.is_none().then(|| LeaseGuard {
+    let guard = LeaseGuard {
         shared: Arc::clone(&shared),
         lease: Some(lease.clone()),
-    });
-    if let Some(slot) = &slot {
-        request.extensions_mut().insert(slot.clone());
-    }
+    };
     let config = &shared.config;
-    let renew = guard
-        .is_some()
-        .then_some((&shared.store, &lease, config.lease_ttl));
-    let ending = match run_handler(inner, request, renew).await {
+    let renew = (&shared.store, &lease, config.lease_ttl);
+    let ending = respond(inner, request, Some(renew), config).await;
+    settle(&shared, guard, &lease, ending).await
+}
+
+/// Calls the handler (renewing the lease meanwhile, in lease mode) and says how the request
+/// ends.
+async fn respond<S, St, ResBody>(
+    inner: BodyMapped<S>,
+    request: Request<Body>,
+    renew: Option<(&St, &Lease<i64>, Duration)>,
+    config: &Config,
+) -> Ending<S::Error>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>> + Send,
+    S::Future: Send,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+    St: Store,
+{
+    match run_handler(inner, request, renew).await {
         Ok(Ok(response)) => ending(config, response).await,
         Ok(Err(error)) => Ending::Release(Err(error), "failed"),
         Err(panic) => {
@@ -191,13 +208,6 @@ where
             );
             ending(config, Problem::handler_panicked().into_response()).await
         }
-    };
-    match (slot, guard, &shared.transactions) {
-        (Some(slot), _, Some(transactions)) => {
-            super::in_tx::settle(&shared, transactions, slot, &lease, ending).await
-        }
-        (_, Some(guard), _) => settle(&shared, guard, &lease, ending).await,
-        _ => unreachable!("a request holds its key by a lease or in a transaction"),
     }
 }
 

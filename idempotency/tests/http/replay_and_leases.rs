@@ -207,3 +207,57 @@ async fn in_transactional_mode_a_slow_request_keeps_its_key_past_the_lease_ttl()
     assert_eq!(harness.calls(), 1);
     assert_eq!(count(&db.pool, "SELECT count(*) FROM orders").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_mode_waits_out_a_lease_mode_holder_then_takes_the_key_over_fenced() {
+    // A route switched from lease mode to transactional mode while a request held its key.
+    let db = db().await;
+    let clock = ManualClock::new(Utc::now());
+    let store = PostgresStore::new(db.pool.clone()).with_clock(clock.clone());
+    let lifetimes = (Duration::from_secs(30), Duration::from_secs(24 * 3600));
+    let mut harness = Harness::new(&db.pool);
+    let lease_mode = orders_app(
+        IdempotencyLayer::new(store.clone())
+            .lifetimes(lifetimes.0, lifetimes.1)
+            .expect("valid lifetimes"),
+        &harness.app,
+        Hold::Forever,
+        false,
+    );
+    let transactional = orders_app(
+        IdempotencyLayer::transactional(store.clone())
+            .lifetimes(lifetimes.0, lifetimes.1)
+            .expect("valid lifetimes"),
+        &harness.app,
+        Hold::No,
+        true,
+    );
+    // The lease-mode request dies in its handler, holding the key's lease.
+    let mut doomed = Box::pin(send(&lease_mode, post_json("/orders", "k", "{}")));
+    tokio::select! {
+        reply = &mut doomed => panic!("the first request returned: {reply:?}"),
+        n = harness.entered() => assert_eq!(n, 0),
+    }
+    std::mem::forget(doomed);
+
+    // While its lease runs: 409, and a different request with the key: 422.
+    let busy = send(&transactional, post_json("/orders", "k", "{}")).await;
+    assert_eq!(busy.code(), "request-in-progress");
+    let other = send(&transactional, post_json("/orders", "k", r#"{"x":1}"#)).await;
+    assert_eq!(other.code(), "idempotency-key-reused");
+
+    // Once it expired, the transactional request takes the key over through the lease (a new
+    // token, so the dead holder could not store over it) and completes it.
+    clock.advance(Duration::from_secs(31));
+    let taken = send(&transactional, post_json("/orders", "k", "{}")).await;
+    assert_eq!(taken.status, StatusCode::CREATED, "{taken:?}");
+    let record = store.get(&scoped("k")).await.expect("get").expect("record");
+    assert_eq!(record.token, 2);
+    assert!(matches!(record.state, RecordState::Completed(ref r) if r.body == taken.body));
+    assert!(
+        send(&transactional, post_json("/orders", "k", "{}"))
+            .await
+            .replayed()
+    );
+    assert_eq!(harness.calls(), 2);
+}

@@ -99,7 +99,7 @@ async fn in_same_transaction_mode_the_business_row_and_the_key_commit_or_roll_ba
              IF NEW.status = 299 THEN RAISE EXCEPTION 'refusing to store 299'; END IF;
              RETURN NEW;
          END $$;
-         CREATE TRIGGER refuse_299 BEFORE UPDATE ON idempotency_keys
+         CREATE TRIGGER refuse_299 BEFORE INSERT OR UPDATE ON idempotency_keys
              FOR EACH ROW EXECUTE FUNCTION refuse_299();",
     )
     .execute(&db.pool)

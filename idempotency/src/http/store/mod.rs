@@ -175,10 +175,11 @@ pub trait Store: Send + Sync + 'static {
 /// What [`TransactionalStore::take_in`] found for a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TakenIn {
-    /// The key is this transaction's: its lease was taken inside the transaction, which nobody
-    /// else sees before the commit. The request runs, and its response is stored with
-    /// [`complete_in`](TransactionalStore::complete_in) before the commit.
-    Taken(Lease<i64>),
+    /// The key is this transaction's. The request runs, and its response is stored with
+    /// [`store_in`](TransactionalStore::store_in) before the commit. Usually nothing is written
+    /// before that (`None`); a key left by an expired lease of the lease mode is taken over with
+    /// a lease of its own, inside the transaction (`Some`).
+    Taken(Option<Lease<i64>>),
     /// Another request holds the key (its transaction, or a lease of the lease mode): answer 409
     /// at once.
     Busy,
@@ -193,16 +194,16 @@ pub enum TakenIn {
 /// [`Tx`](crate::Tx). [`PostgresStore`](crate::PostgresStore) is one.
 ///
 /// The transaction holds the key: it takes a transaction-level lock on the key without waiting
-/// (a concurrent request with the key finds it busy at once), then the key's lease, invisible to
-/// others until the commit, which also stores the response. A rollback, however the request
-/// ended, frees the key at once and leaves nothing.
+/// (a concurrent request with the key finds it busy at once), and writes the completed key with
+/// the response just before the commit. A rollback, however the request ended, frees the key at
+/// once and leaves nothing.
 pub trait TransactionalStore: Store {
     /// The pool the handlers' transactions come from (the store's own database).
     fn pool(&self) -> &PgPool;
 
     /// Takes the key inside the transaction on `conn` without waiting, or reports why not. A
     /// key is free when it is new, past its retention, released, or left by an expired lease of
-    /// a request with the same `fingerprint`; a new key is retained for `retention`.
+    /// a request with the same `fingerprint` (taken over with a lease of `lease_ttl`).
     ///
     /// # Errors
     ///
@@ -216,20 +217,25 @@ pub trait TransactionalStore: Store {
         retention: Duration,
     ) -> impl Future<Output = Result<TakenIn>> + Send;
 
-    /// Like [`complete`](Store::complete), inside the transaction on `conn`.
+    /// Stores the completed key with `response` in the transaction on `conn`, retained for
+    /// `retention`; `lease` is the one [`take_in`](Self::take_in) took over, if any. Returns
+    /// `false` (and stores nothing) when the key was taken by another request meanwhile (a
+    /// lease-mode request on the same key): the transaction must then roll back.
     ///
     /// # Errors
     ///
     /// When the statement fails.
-    fn complete_in(
+    fn store_in(
         &self,
         conn: &mut PgConnection,
-        lease: &Lease<i64>,
+        taken: (&ScopedKey, &Fingerprint, Option<&Lease<i64>>),
         response: &StoredResponse,
+        retention: Duration,
     ) -> impl Future<Output = Result<bool>> + Send;
 
-    /// Like [`release`](Store::release), inside the transaction on `conn`: the handler's rows
-    /// commit and the key stays free (a response too large to store).
+    /// Like [`release`](Store::release), inside the transaction on `conn`: for a lease taken over
+    /// by [`take_in`](Self::take_in) when the handler's rows commit without a stored response
+    /// (one too large to store).
     ///
     /// # Errors
     ///

@@ -30,17 +30,35 @@ const ACQUIRE: KeyClaim = KeyClaim {
                  OR idempotency_keys.fingerprint = excluded.fingerprint))",
 };
 
-/// Takes the key for the transaction without waiting: a transaction-level advisory lock on a
-/// 64-bit hash of scope, route and key (two keys sharing a hash only make each other wait their
-/// turn with a 409). A key that completed within its retention is not locked (`NULL`): its
-/// replays never contend.
-const LOCK: &str = "
-SELECT CASE WHEN EXISTS (
-    SELECT 1 FROM idempotency_keys
-    WHERE scope = $1 AND route = $2 AND idempotency_key = $3 AND completed_at IS NOT NULL
-      AND retain_until > coalesce($4::timestamptz, statement_timestamp()))
-THEN NULL
-ELSE pg_try_advisory_xact_lock(hashtextextended(concat_ws(chr(31), $1, $2, $3), 0)) END";
+/// Takes the key for the transaction without waiting, and reads it: a transaction-level
+/// advisory lock on a 64-bit hash of scope, route and key (two keys sharing a hash only make each
+/// other wait their turn with a 409). A key that completed within its retention is not locked
+/// (`locked` is `NULL`): its replays never contend.
+const TAKE: &str = "
+SELECT CASE WHEN k.completed_at IS NOT NULL AND k.retain_until > n.now THEN NULL
+       ELSE pg_try_advisory_xact_lock(hashtextextended(concat_ws(chr(31), $2, $3, $4), 0))
+       END AS locked,
+       n.now, k.fingerprint, k.created_at, k.retain_until, k.lease_token, k.completed_at,
+       k.lease_expires_at, k.status, k.header_names, k.header_values, k.body
+FROM (SELECT coalesce($1::timestamptz, statement_timestamp()) AS now) AS n
+LEFT JOIN idempotency_keys AS k ON k.scope = $2 AND k.route = $3 AND k.idempotency_key = $4";
+
+/// Writes the completed key in the request's transaction: a new row, or over a row that holds no
+/// lease and is past its retention or was released (a row with a lease, live or expired, is only
+/// ever changed through its lease). No row written: the key was taken meanwhile.
+const STORE: &str = "
+INSERT INTO idempotency_keys AS k (scope, route, idempotency_key, fingerprint, created_at,
+    retain_until, completed_at, status, header_names, header_values, body)
+SELECT $2, $3, $4, $5, n.now, n.now + $6::interval, n.now, $7, $8, $9, $10
+FROM (SELECT coalesce($1::timestamptz, statement_timestamp()) AS now) AS n
+ON CONFLICT (scope, route, idempotency_key) DO UPDATE SET
+    fingerprint = excluded.fingerprint, created_at = excluded.created_at,
+    retain_until = excluded.retain_until, completed_at = excluded.completed_at,
+    status = excluded.status, header_names = excluded.header_names,
+    header_values = excluded.header_values, body = excluded.body
+WHERE k.lease_expires_at IS NULL
+  AND (k.retain_until <= excluded.created_at OR k.completed_at IS NULL)
+RETURNING 1";
 
 const LOOKUP: &str = "
 SELECT fingerprint, created_at, retain_until, lease_token, completed_at, lease_expires_at,
@@ -71,10 +89,10 @@ DELETE FROM idempotency_keys WHERE id IN (
 /// key's retention (`retain_until`).
 ///
 /// It is a [`TransactionalStore`]: behind
-/// [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional), the key is taken
-/// inside the request's transaction ([`Tx`](crate::Tx)) after a transaction-level advisory lock on
-/// a hash of the key (taken without waiting, so a concurrent duplicate is answered at once), and
-/// the response is written in the same transaction.
+/// [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional), the request's
+/// transaction ([`Tx`](crate::Tx)) holds the key by a transaction-level advisory lock on a hash of
+/// it (taken without waiting, so a concurrent duplicate is answered at once), and the completed
+/// key is written with the response in the same transaction, one statement before the commit.
 ///
 /// Cloning is cheap; clones share the pool and the lease owner.
 #[derive(Debug, Clone)]
@@ -402,24 +420,45 @@ impl TransactionalStore for PostgresStore {
         lease_ttl: Duration,
         retention: Duration,
     ) -> Result<TakenIn> {
-        let locked: Option<bool> = sqlx::query_scalar(LOCK)
+        let row = sqlx::query(TAKE)
+            .bind(self.clock.now())
             .bind(&key.scope)
             .bind(&key.route)
             .bind(key.key.as_str())
-            .bind(self.clock.now())
             .fetch_one(&mut *conn)
             .await?;
-        if locked == Some(false) {
+        if row.try_get::<Option<bool>, _>("locked")? == Some(false) {
             return Ok(TakenIn::Busy);
         }
-        // The handler's commit must stay synchronous: the claim sets it for the transaction.
+        if row.try_get::<Option<Vec<u8>>, _>("fingerprint")?.is_none() {
+            return Ok(TakenIn::Taken(None));
+        }
+        let now: DateTime<Utc> = row.try_get("now")?;
+        let found = KeyRow::decode(&row)?;
+        if found.lease_expires_at.is_none() && (found.retain_until <= now || !found.completed) {
+            return Ok(TakenIn::Taken(None));
+        }
+        if found.fingerprint != *fingerprint {
+            return Ok(TakenIn::Mismatch);
+        }
+        if found.completed {
+            return match found.state()? {
+                RecordState::Completed(response) => Ok(TakenIn::Completed(response)),
+                _ => Err(Error::Corrupt("completed key without a response".into())),
+            };
+        }
+        // Held by a lease of the lease mode: busy while it runs, taken over (fenced, through
+        // the lease) once it expired.
+        if found.lease_expires_at.is_some_and(|expires| expires > now) {
+            return Ok(TakenIn::Busy);
+        }
         let lifetimes = (lease_ttl, retention);
         Ok(
             match self
                 .acquire_on(conn, key, fingerprint, lifetimes, true)
                 .await?
             {
-                Acquire::Acquired(lease) => TakenIn::Taken(lease),
+                Acquire::Acquired(lease) => TakenIn::Taken(Some(lease)),
                 Acquire::InFlight { .. } => TakenIn::Busy,
                 Acquire::Completed(response) => TakenIn::Completed(response),
                 Acquire::Mismatch => TakenIn::Mismatch,
@@ -427,13 +466,31 @@ impl TransactionalStore for PostgresStore {
         )
     }
 
-    async fn complete_in(
+    async fn store_in(
         &self,
         conn: &mut PgConnection,
-        lease: &Lease<i64>,
+        (key, fingerprint, lease): (&ScopedKey, &Fingerprint, Option<&Lease<i64>>),
         response: &StoredResponse,
+        retention: Duration,
     ) -> Result<bool> {
-        self.complete_on(conn, lease, response).await
+        if let Some(lease) = lease {
+            return self.complete_on(conn, lease, response).await;
+        }
+        let (names, values) = response.header_lists();
+        let stored = sqlx::query(STORE)
+            .bind(self.clock.now())
+            .bind(&key.scope)
+            .bind(&key.route)
+            .bind(key.key.as_str())
+            .bind(fingerprint.as_bytes().as_slice())
+            .bind(leases::interval(retention))
+            .bind(i32::from(response.status.as_u16()))
+            .bind(names)
+            .bind(values)
+            .bind(response.body.as_ref())
+            .fetch_optional(conn)
+            .await?;
+        Ok(stored.is_some())
     }
 
     async fn release_in(&self, conn: &mut PgConnection, lease: &Lease<i64>) -> Result<bool> {
