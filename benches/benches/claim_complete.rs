@@ -11,8 +11,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use leases::{Lease, RowLeases, TableSpec};
+use leases::{Lease, RowLeases};
 use sqlx::PgPool;
+
+#[path = "shared/jobs.rs"]
+mod jobs;
 
 /// Due rows per measured cycle: 100,000, or 2,000 in the smoke run.
 static ROWS: std::sync::LazyLock<i64> = std::sync::LazyLock::new(|| {
@@ -91,21 +94,7 @@ async fn by_hand(pool: &PgPool, batch: u32) -> usize {
 
 fn claim_complete(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let db = runtime.block_on(async {
-        let db = testkit::database(&[&leases::MIGRATOR]).await;
-        sqlx::raw_sql(
-            "CREATE TABLE jobs (
-                id bigint PRIMARY KEY, lease_owner text, lease_token bigint NOT NULL DEFAULT 0,
-                lease_expires_at timestamptz, attempts int NOT NULL DEFAULT 0,
-                next_attempt_at timestamptz DEFAULT now());
-             CREATE INDEX jobs_due ON jobs (next_attempt_at, id) WHERE next_attempt_at IS NOT NULL;",
-        )
-        .execute(&db.pool)
-        .await
-        .expect("create");
-        db
-    });
-    let leases = RowLeases::new(&TableSpec::builder("jobs").build().expect("spec"), "bench");
+    let (db, leases) = runtime.block_on(jobs::database());
 
     let mut group = c.benchmark_group("claim_complete");
     group.sample_size(10);

@@ -14,8 +14,11 @@
 
 use std::time::{Duration, Instant};
 
-use leases::{Lease, RowLeases, TableSpec};
+use leases::{Lease, RowLeases};
 use sqlx::PgPool;
+
+#[path = "shared/jobs.rs"]
+mod jobs;
 
 const BATCH: u32 = 1000;
 const TTL: Duration = Duration::from_secs(60);
@@ -119,23 +122,17 @@ fn main() {
     let plan = plan();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let db = testkit::database(&[&leases::MIGRATOR]).await;
-        sqlx::raw_sql(
-            "CREATE TABLE jobs (
-                id bigint PRIMARY KEY, lease_owner text, lease_token bigint NOT NULL DEFAULT 0,
-                lease_expires_at timestamptz, attempts int NOT NULL DEFAULT 0,
-                next_attempt_at timestamptz DEFAULT now());
-             CREATE INDEX jobs_due ON jobs (next_attempt_at, id) WHERE next_attempt_at IS NOT NULL;",
-        )
-        .execute(&db.pool)
-        .await
-        .expect("create");
-        let leases = RowLeases::new(&TableSpec::builder("jobs").build().expect("spec"), "bench");
+        let (db, leases) = jobs::database().await;
         let mut lines = Vec::new();
         for &backlog in plan.backlogs {
             let mut next_id = fill(&db.pool, backlog).await;
             let rate = mean(&steady(&db.pool, &leases, &mut next_id, plan.run, plan.run).await);
-            lines.push((format!("backlog {backlog}"), backlog.to_string(), rate, None));
+            lines.push((
+                format!("backlog {backlog}"),
+                backlog.to_string(),
+                rate,
+                None,
+            ));
         }
 
         // A snapshot held open: nothing deleted after it can be vacuumed away.
@@ -151,7 +148,10 @@ fn main() {
             .execute(&mut *holder)
             .await
             .expect("release the snapshot");
-        let held = format!("backlog {smallest}, snapshot held {} s", plan.held.as_secs());
+        let held = format!(
+            "backlog {smallest}, snapshot held {} s",
+            plan.held.as_secs()
+        );
         lines.push((held, "held".to_owned(), mean(&slices), Some(slices)));
 
         let base = lines[0].2;
