@@ -120,15 +120,15 @@ pub(super) async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) -> 
 }
 
 /// How long a stopping consumer waits for its clients to close (leave the group, flush).
-const CLOSE_LIMIT: Duration = Duration::from_secs(30);
+pub(super) const CLOSE_LIMIT: Duration = Duration::from_secs(30);
 
-/// Drops `clients` on a thread of their own and waits at most [`CLOSE_LIMIT`] for it.
+/// Drops `clients` on a thread of their own and waits at most `limit` ([`CLOSE_LIMIT`]) for it.
 ///
 /// rdkafka's consumer drop polls until librdkafka reports the consumer closed, with no bound:
 /// after its broker went away and came back that can take forever (rust-rdkafka issue 509), and
 /// on a runtime thread it would hang the runner's shutdown and starve other tasks. Past the limit
 /// the close goes on in the background; the group rebalances after its session timeout anyway.
-pub(super) async fn close(name: &str, clients: impl Send + 'static) {
+pub(super) async fn close(name: &str, clients: impl Send + 'static, limit: Duration) {
     let (closed, done) = tokio::sync::oneshot::channel::<()>();
     let spawned = std::thread::Builder::new()
         .name("consumer-close".into())
@@ -140,11 +140,57 @@ pub(super) async fn close(name: &str, clients: impl Send + 'static) {
         tracing::warn!(consumer = %name, %error, "consumer: no thread to close on");
         return;
     }
-    if tokio::time::timeout(CLOSE_LIMIT, done).await.is_err() {
+    if tokio::time::timeout(limit, done).await.is_err() {
         tracing::warn!(
             consumer = %name,
-            "consumer: closing took over {} s; it goes on in the background",
-            CLOSE_LIMIT.as_secs()
+            "consumer: closing took over {limit:?}; it goes on in the background"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc;
+
+    /// Clients whose drop blocks until the test lets it go (5 s at most, so a close that waited
+    /// for it fails the test instead of hanging it), then says it finished.
+    struct Closing {
+        gate: mpsc::Receiver<()>,
+        closed: Arc<AtomicBool>,
+    }
+
+    impl Drop for Closing {
+        fn drop(&mut self) {
+            let _ = self.gate.recv_timeout(Duration::from_secs(5));
+            self.closed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn closing() -> (Closing, mpsc::Sender<()>, Arc<AtomicBool>) {
+        let (open, gate) = mpsc::channel();
+        let closed = Arc::new(AtomicBool::new(false));
+        let clients = Closing {
+            gate,
+            closed: Arc::clone(&closed),
+        };
+        (clients, open, closed)
+    }
+
+    #[tokio::test]
+    async fn a_close_that_never_ends_is_left_behind_after_the_limit() {
+        let (clients, open, closed) = closing();
+        close("stuck", clients, Duration::from_millis(50)).await;
+        assert!(!closed.load(Ordering::SeqCst), "close returned without it");
+        drop(open); // the stuck drop ends now, on its own thread
+    }
+
+    #[tokio::test]
+    async fn a_close_that_ends_is_waited_for() {
+        let (clients, open, closed) = closing();
+        open.send(()).expect("the gate is open");
+        close("quick", clients, CLOSE_LIMIT).await;
+        assert!(closed.load(Ordering::SeqCst));
     }
 }

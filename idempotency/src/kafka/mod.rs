@@ -246,7 +246,7 @@ impl<H: Handler> Consumer<H> {
         }
         commit(&self.consumer, name);
         let name = name.to_owned();
-        handle::close(&name, (self.consumer, self.producer)).await;
+        handle::close(&name, (self.consumer, self.producer), handle::CLOSE_LIMIT).await;
         tracing::info!(consumer = %name, "consumer: stopped");
     }
 
