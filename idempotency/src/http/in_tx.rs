@@ -12,6 +12,28 @@ use super::outcome::{count, problem};
 use super::service::Ending;
 use crate::Problem;
 
+/// Counts a request dropped before it settled (its client went away) as `cancelled`, as lease
+/// mode does; its transaction rolls back when its connection goes back to the pool.
+pub(super) struct CountCancelled(bool);
+
+impl CountCancelled {
+    pub(super) fn armed() -> Self {
+        Self(true)
+    }
+
+    pub(super) fn disarm(mut self) {
+        self.0 = false;
+    }
+}
+
+impl Drop for CountCancelled {
+    fn drop(&mut self) {
+        if self.0 {
+            count("cancelled");
+        }
+    }
+}
+
 /// Commits or rolls back the request's transaction according to `ending`, storing the response
 /// (or releasing a lease taken over) in it first.
 pub(super) async fn settle<St, E>(

@@ -142,9 +142,12 @@ where
             execute(inner, shared, request, lease).await
         }
         Decision::Run(mut request, Holder::Transaction(held)) => {
+            let cancelled = super::in_tx::CountCancelled::armed();
             request.extensions_mut().insert(held.slot.clone());
             let ending = respond::<_, St, _>(inner, request, None, &shared.config).await;
-            super::in_tx::settle(&shared, held, ending).await
+            let answer = super::in_tx::settle(&shared, held, ending).await;
+            cancelled.disarm();
+            answer
         }
     }
 }
