@@ -16,25 +16,26 @@ use super::tx::TxSlot;
 use crate::{Error, Fingerprint, IdempotencyKey, KeyPolicy, Problem};
 
 /// What the checks decided for a request, before any handler runs.
-pub(super) enum Decision {
+pub(super) enum Decision<St> {
     /// Answered by the layer itself (rejected, replayed, in flight, store down); counted.
     Answer(Response<Body>),
     /// Runs without idempotency (safe method, no key, policy off, fail-open).
     PassThrough(Request<Body>),
     /// Runs holding the key.
-    Run(Request<Body>, Holder),
+    Run(Request<Body>, Holder<St>),
 }
 
 /// How a running request holds its key.
-pub(super) enum Holder {
+pub(super) enum Holder<St> {
     /// Lease mode: a committed lease.
     Lease(Lease<i64>),
     /// Transactional mode: the request's transaction took it.
-    Transaction(InTx),
+    Transaction(InTx<St>),
 }
 
 /// A key held by the request's transaction, and what storing it needs.
-pub(super) struct InTx {
+pub(super) struct InTx<St> {
+    pub(super) transactions: Transactions<St>,
     pub(super) slot: TxSlot,
     pub(super) key: ScopedKey,
     pub(super) fingerprint: Fingerprint,
@@ -43,15 +44,15 @@ pub(super) struct InTx {
 }
 
 /// What the store said about a key, in either mode.
-enum Found {
-    Free(Holder),
+enum Found<St> {
+    Free(Holder<St>),
     Busy,
     Completed(StoredResponse),
     Mismatch,
 }
 
 /// The checks: key, scope, body, fingerprint, then the store's answer.
-pub(super) async fn decide<St: Store>(shared: &Shared<St>, request: Request<Body>) -> Decision {
+pub(super) async fn decide<St: Store>(shared: &Shared<St>, request: Request<Body>) -> Decision<St> {
     let config = &shared.config;
     if config.policy == KeyPolicy::Off || request.method().is_safe() {
         return Decision::PassThrough(request);
@@ -148,7 +149,7 @@ async fn take_in<St: Store>(
     transactions: &Transactions<St>,
     key: &ScopedKey,
     fingerprint: &Fingerprint,
-) -> Result<Found, Error> {
+) -> Result<Found<St>, Error> {
     let config = &shared.config;
     let mut tx = transactions.pool.begin().await?;
     let lifetimes = (config.lease_ttl, config.retention);
@@ -156,6 +157,7 @@ async fn take_in<St: Store>(
     let found = match taken {
         TakenIn::Taken(lease) => {
             return Ok(Found::Free(Holder::Transaction(InTx {
+                transactions: transactions.clone(),
                 slot: TxSlot::begun(&transactions.pool, tx),
                 key: key.clone(),
                 fingerprint: *fingerprint,

@@ -38,15 +38,12 @@ impl Drop for CountCancelled {
 /// (or releasing a lease taken over) in it first.
 pub(super) async fn settle<St, E>(
     shared: &Shared<St>,
-    held: InTx,
+    held: InTx<St>,
     ending: Ending<E>,
 ) -> Result<Response<Body>, E> {
     let retry_after = shared.config.retry_after;
     let unavailable = || problem(Problem::store_unavailable(retry_after), "store_unavailable");
-    let Some(transactions) = &shared.transactions else {
-        tracing::error!("idempotency: a transaction holds a key behind a lease-mode layer");
-        return Ok(unavailable());
-    };
+    let transactions = &held.transactions;
     let Some(mut tx) = held.slot.take().await else {
         // The slot held the transaction when the handler was called and nothing takes it out.
         tracing::error!("idempotency: the request's transaction is gone; nothing was committed");
