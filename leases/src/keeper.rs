@@ -95,11 +95,15 @@ impl LeaseKeeper {
 
     /// Waits until this keeper holds the lease, and returns it.
     pub async fn acquired(&mut self) -> NamedLease {
-        match self.state.wait_for(Option::is_some).await {
-            Ok(lease) => lease
-                .clone()
-                .unwrap_or_else(|| unreachable!("waited for Some")),
-            Err(_) => std::future::pending().await,
+        // (The watch guard is dropped before any other await, so the future is `Send`.)
+        let held = self
+            .state
+            .wait_for(Option::is_some)
+            .await
+            .map(|l| l.clone());
+        match held {
+            Ok(Some(lease)) => lease,
+            _ => std::future::pending().await,
         }
     }
 

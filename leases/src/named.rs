@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{FromRow, PgExecutor};
+use sqlx::{AssertSqlSafe, FromRow, PgExecutor};
 
 use crate::Result;
 use crate::clock::{Clock, DatabaseClock, positive_interval};
+use crate::fenced::FencedQuery;
 
 /// A named lease held by one owner.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -140,6 +141,33 @@ impl NamedLeases {
         Ok(released.rows_affected() == 1)
     }
 
+    /// A statement of the caller's that takes effect only while `lease` is held: `statement` may
+    /// use `lease_held` as a `FROM` (or `USING`) item, which has one row while the lease is held
+    /// by its owner with its token, and none once it was released or taken over. It may start
+    /// with its own `WITH` list. `$1` to `$3` are bound to the lease; the caller's parameters are
+    /// `$4` onward.
+    ///
+    /// The check and the write are one statement: `lease_held` locks the lease's row (`FOR
+    /// SHARE`), so no takeover can commit between them, and a holder paused past its lease
+    /// changes nothing once another owner took the lease.
+    ///
+    /// ```no_run
+    /// # async fn example(named: leases::NamedLeases, pool: sqlx::PgPool, lease: leases::NamedLease) -> leases::Result<()> {
+    /// let archived = named
+    ///     .fenced_query(&lease, "DELETE FROM reports USING lease_held WHERE reports.day < $4")
+    ///     .bind(chrono::Utc::now())
+    ///     .execute(&pool)
+    ///     .await?
+    ///     .rows_affected();
+    /// # let _ = archived; Ok(()) }
+    /// ```
+    pub fn fenced_query(&self, lease: &NamedLease, statement: &'static str) -> FencedQuery {
+        sqlx::query(AssertSqlSafe(with_lease_held(statement)))
+            .bind(lease.name.clone())
+            .bind(lease.owner.clone())
+            .bind(lease.token)
+    }
+
     /// The current holder of `name`, if its lease is valid now.
     ///
     /// # Errors
@@ -159,6 +187,18 @@ impl NamedLeases {
         .bind(name)
         .fetch_optional(executor)
         .await?)
+    }
+}
+
+/// `statement` after a `lease_held` CTE: one row while the lease `$1` is held by `$2` with token
+/// `$3` (expired but not taken over counts as held, as for [`NamedLeases::renew`]).
+fn with_lease_held(statement: &str) -> String {
+    const HELD: &str = "lease_held AS (SELECT token FROM leases_named
+         WHERE name = $1 AND owner = $2 AND token = $3 AND expires_at IS NOT NULL FOR SHARE)";
+    let statement = statement.trim_start();
+    match statement.split_once(char::is_whitespace) {
+        Some((with, rest)) if with.eq_ignore_ascii_case("WITH") => format!("WITH {HELD}, {rest}"),
+        _ => format!("WITH {HELD} {statement}"),
     }
 }
 

@@ -34,6 +34,25 @@ pub struct DeadLetter {
     pub dead_at: DateTime<Utc>,
 }
 
+/// The statement that inserts the outbox rows in `moved` into the dead-letter table, given SQL
+/// expressions for their attempts, reason and last error (a replaced dead letter takes the new
+/// values).
+macro_rules! insert_moved {
+    ($attempts:literal, $reason:literal, $last_error:literal) => {
+        concat!(
+            "INSERT INTO outbox_dead_letters
+                (id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key,
+                 created_at, attempts, reason, last_error)
+             SELECT id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key,
+                    created_at, ", $attempts, ", ", $reason, ", ", $last_error, "
+             FROM moved
+             ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, reason = EXCLUDED.reason,
+                last_error = EXCLUDED.last_error, dead_at = now()"
+        )
+    };
+}
+pub(crate) use insert_moved;
+
 /// Moves a leased event to the dead-letter table with `reason` and `last_error`, if the lease is
 /// still held: one fenced statement of `leases`.
 pub(crate) async fn bury(
@@ -44,17 +63,7 @@ pub(crate) async fn bury(
     last_error: &str,
 ) -> Result<bool> {
     let moved = leases
-        .move_query(
-            lease,
-            "INSERT INTO outbox_dead_letters
-                (id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key,
-                 created_at, attempts, reason, last_error)
-             SELECT id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key,
-                    created_at, attempts, $6, $7
-             FROM moved
-             ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, reason = EXCLUDED.reason,
-                last_error = EXCLUDED.last_error, dead_at = now()",
-        )
+        .move_query(lease, insert_moved!("attempts", "$6", "$7"))
         .bind(reason)
         .bind(last_error)
         .execute(pool)

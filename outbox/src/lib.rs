@@ -57,6 +57,15 @@
 //! - **Fencing.** Marking, retrying and dead-lettering check the lease's owner and token, so a
 //!   relay whose lease expired and was re-claimed cannot change the new owner's state.
 //!
+//! # Exactly once on the wire
+//!
+//! The default relay is at least once. [`exactly_once::ExactlyOnceRelay`] is the opt-in mode for
+//! topics read by consumers that cannot deduplicate (analytics sinks, stream processors, other
+//! teams' services): every batch is a Kafka transaction that also writes a progress record, and a
+//! relay that takes over reads that record before it publishes, so a `read_committed` consumer
+//! sees each event once, in per-aggregate order, whatever crashes or pauses happen between the
+//! broker and the mark. Its module documentation states the guarantee, the cost and the limits.
+//!
 //! # Operations
 //!
 //! New events wake relays through `LISTEN outbox_events` (a statement trigger sends `NOTIFY`), so
@@ -74,6 +83,7 @@
 pub mod dead_letters;
 mod error;
 mod event;
+pub mod exactly_once;
 mod health;
 mod publisher;
 mod relay;

@@ -458,7 +458,7 @@ impl<P: Publisher> Relay<P> {
     }
 }
 
-async fn listen(pool: &PgPool) -> Result<PgListener> {
+pub(crate) async fn listen(pool: &PgPool) -> Result<PgListener> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen("outbox_events").await?;
     Ok(listener)
@@ -466,7 +466,7 @@ async fn listen(pool: &PgPool) -> Result<PgListener> {
 
 /// Resolves on the next notification; never without a listener. A broken listener reconnects on
 /// the next call.
-async fn notified(listener: &mut Option<PgListener>) {
+pub(crate) async fn notified(listener: &mut Option<PgListener>) {
     match listener {
         Some(l) => {
             if let Err(error) = l.recv().await {

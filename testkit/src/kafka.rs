@@ -138,3 +138,66 @@ pub async fn read_all_from(
     }
     messages
 }
+
+/// Every message of `topic` that a consumer with `isolation.level=<isolation>` sees
+/// (`read_committed` or `read_uncommitted`), read from the beginning of every partition to its end
+/// (for `read_committed`, the last stable offset: call it when no transaction is open). Unlike
+/// [`read_all_from`] it does not count on offsets being contiguous, which transaction markers and
+/// aborted records are not.
+///
+/// # Panics
+///
+/// When the broker cannot be reached, or the end is not reached within 120 s.
+pub async fn read_to_end(
+    bootstrap_servers: &str,
+    topic: &str,
+    isolation: &str,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::error::KafkaError;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .set(
+            "group.id",
+            format!("read-to-end-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("create a Kafka consumer");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("topic metadata");
+    let mut remaining: std::collections::HashSet<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let mut assignment = TopicPartitionList::new();
+    for &p in &remaining {
+        assignment
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .expect("assign");
+    }
+    consumer.assign(&assignment).expect("assign partitions");
+    let mut messages = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while !remaining.is_empty() {
+        let next = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("read_to_end({topic}) timed out; partitions left: {remaining:?}")
+            });
+        match next {
+            Ok(message) => messages.push(message.detach()),
+            Err(KafkaError::PartitionEOF(partition)) => {
+                remaining.remove(&partition);
+            }
+            Err(error) => panic!("consume {topic}: {error}"),
+        }
+    }
+    messages
+}

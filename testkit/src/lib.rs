@@ -23,6 +23,7 @@ pub use leases::ManualClock;
 pub use pg_server::OwnedPostgres;
 pub use postgres::{TestDb, database, database_on};
 use process::free_port;
+pub use process::signal;
 
 /// Resolves a service address: the environment variable, else a container, else a clear panic.
 async fn service_url(var: &str, container: docker::Service) -> String {

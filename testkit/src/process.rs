@@ -27,7 +27,11 @@ pub(crate) fn terminate(process: &mut Child, limit: Duration) {
 }
 
 /// Sends `SIG<name>` to `pid` with kill(1) (the workspace forbids the unsafe libc call).
-pub(crate) fn signal(pid: u32, name: &str) {
+///
+/// # Panics
+///
+/// When kill(1) fails (no such process, say).
+pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(pid.to_string())

@@ -17,6 +17,7 @@ pub struct ConsumerConfig {
     pub(super) dead_letter_producer: Option<ClientConfig>,
     pub(super) event_id_header: String,
     pub(super) backoff: Backoff,
+    pub(super) read_committed: bool,
 }
 
 impl fmt::Debug for ConsumerConfig {
@@ -29,6 +30,7 @@ impl fmt::Debug for ConsumerConfig {
             .field("dead_letter_topic", &self.resolved_dead_letter_topic())
             .field("event_id_header", &self.event_id_header)
             .field("backoff", &self.backoff)
+            .field("read_committed", &self.read_committed)
             .finish_non_exhaustive()
     }
 }
@@ -37,7 +39,7 @@ impl ConsumerConfig {
     /// A consumer named `name` (its inbox records are `(name, event id)`, and its default group
     /// id), connecting with `kafka` (at least `bootstrap.servers`; security settings too). The
     /// runner sets `group.id`, `enable.auto.commit=true`, `enable.auto.offset.store=false` and
-    /// `enable.partition.eof=false` itself, and `auto.offset.reset=earliest` and
+    /// `enable.partition.eof=false` and `isolation.level` ([`read_committed`](Self::read_committed)) itself, and `auto.offset.reset=earliest` and
     /// `auto.commit.interval.ms=1000` unless `kafka` sets them.
     pub fn new(name: impl Into<String>, kafka: ClientConfig) -> Self {
         Self {
@@ -54,6 +56,7 @@ impl ConsumerConfig {
                 u32::MAX,
             )
             .expect("100 ms to 30 s with u32::MAX attempts is a valid backoff"),
+            read_committed: true,
         }
     }
 
@@ -97,6 +100,16 @@ impl ConsumerConfig {
     /// a database outage holds the partition rather than dead-lettering everything in it).
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Whether to read only committed messages (`isolation.level=read_committed`): the records
+    /// of aborted Kafka transactions are skipped, and a transaction's records are delivered once
+    /// it commits. Keep it on for topics written by the exactly-once relay
+    /// (`outbox::exactly_once`), to which it is what makes each event arrive once; for topics
+    /// written without transactions it changes nothing. Default: `true`.
+    pub fn read_committed(mut self, read_committed: bool) -> Self {
+        self.read_committed = read_committed;
         self
     }
 

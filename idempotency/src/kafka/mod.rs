@@ -149,7 +149,15 @@ impl<H: Handler> Consumer<H> {
             .set("group.id", config.resolved_group_id())
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set(
+                "isolation.level",
+                if config.read_committed {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            );
         for (key, default) in [
             ("auto.offset.reset", "earliest"),
             ("auto.commit.interval.ms", "1000"),

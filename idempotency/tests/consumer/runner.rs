@@ -300,3 +300,76 @@ async fn a_consumer_retrying_one_message_says_for_how_long_until_it_gets_past_it
     assert_eq!(consumer.stats().retrying_for, None, "moving again");
     consumer.shutdown().await;
 }
+
+/// Sends `aborted` in a Kafka transaction that is aborted, then `committed` in one that commits.
+async fn one_aborted_one_committed(topic: &str, aborted: Event<'_>, committed: Event<'_>) {
+    use rdkafka::producer::Producer as _;
+
+    let producer: FutureProducer = testkit::kafka::producer_config()
+        .await
+        .set(
+            "transactional.id",
+            format!("test-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .create()
+        .expect("transactional producer");
+    let timeout = Duration::from_secs(30);
+    let (p, t) = (producer.clone(), timeout);
+    tokio::task::spawn_blocking(move || p.init_transactions(t))
+        .await
+        .expect("join")
+        .expect("init");
+    for (event, commit) in [(aborted, false), (committed, true)] {
+        producer.begin_transaction().expect("begin");
+        produce(&producer, topic, &[event]).await;
+        let p = producer.clone();
+        tokio::task::spawn_blocking(move || {
+            if commit {
+                p.commit_transaction(timeout)
+            } else {
+                p.abort_transaction(timeout)
+            }
+        })
+        .await
+        .expect("join")
+        .expect("end the transaction");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_an_aborted_transaction_are_skipped_unless_read_committed_is_off() {
+    let topic = testkit::kafka::topic(1).await;
+    let dead_letters = testkit::kafka::topic(1).await;
+    one_aborted_one_committed(
+        &topic,
+        event("aborted", "Applied", br#"{"n": 1}"#),
+        event("committed", "Applied", br#"{"n": 2}"#),
+    )
+    .await;
+    for (read_committed, expected) in [
+        (true, vec![("committed".to_owned(), 2)]),
+        (
+            false,
+            vec![("aborted".to_owned(), 1), ("committed".to_owned(), 2)],
+        ),
+    ] {
+        let db = db().await;
+        let (handler, _gate) = effects_handler(false);
+        let config = config("inventory", &topic, &dead_letters)
+            .await
+            .read_committed(read_committed);
+        let consumer = Consumer::new(db.pool.clone(), config, handler)
+            .expect("consumer")
+            .spawn();
+        wait_for(&[&consumer], "the committed event", |s| {
+            s.processed == expected.len() as u64
+        })
+        .await;
+        assert_eq!(
+            effects(&db.pool).await,
+            expected,
+            "read_committed {read_committed}"
+        );
+        consumer.shutdown().await;
+    }
+}

@@ -173,3 +173,61 @@ async fn named_lease_acquire_renew_release_with_manual_clock() {
         .expect("released");
     assert_eq!(c.token, b.token + 1);
 }
+
+#[tokio::test]
+async fn a_fenced_statement_writes_while_its_named_lease_is_held_and_not_after_a_takeover() {
+    let db = testkit::database(&[&leases::MIGRATOR]).await;
+    sqlx::raw_sql(
+        "CREATE TABLE reports (day int PRIMARY KEY); INSERT INTO reports VALUES (1), (2), (3)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("reports");
+    let clock = ManualClock::new(db_now(&db.pool).await);
+    let named = NamedLeases::new().with_clock(clock.clone());
+    let ttl = Duration::from_secs(10);
+    let a = named
+        .acquire(&db.pool, "archiver", "a", ttl)
+        .await
+        .expect("acquire")
+        .expect("free");
+    let delete =
+        |lease| named.fenced_query(lease, "DELETE FROM reports USING lease_held WHERE day = $4");
+
+    let held = delete(&a).bind(1).execute(&db.pool).await.expect("delete");
+    assert_eq!(held.rows_affected(), 1, "the holder's write takes effect");
+
+    // Expired but not taken over: still a's.
+    clock.advance(ttl + Duration::from_secs(1));
+    let expired = delete(&a).bind(2).execute(&db.pool).await.expect("delete");
+    assert_eq!(expired.rows_affected(), 1);
+
+    let b = named
+        .acquire(&db.pool, "archiver", "b", ttl)
+        .await
+        .expect("acquire")
+        .expect("expired, so free");
+    let late = delete(&a).bind(3).execute(&db.pool).await.expect("delete");
+    assert_eq!(
+        late.rows_affected(),
+        0,
+        "a deposed holder's write is refused"
+    );
+
+    // A statement with its own WITH list, run by the new holder.
+    let counted: (i64, i64) = named
+        .fenced_query(
+            &b,
+            "WITH gone AS (DELETE FROM reports USING lease_held WHERE day = $4 RETURNING 1)
+             SELECT (SELECT count(*) FROM lease_held), (SELECT count(*) FROM gone)",
+        )
+        .bind(3)
+        .try_map(|row: sqlx::postgres::PgRow| {
+            use sqlx::Row as _;
+            Ok((row.try_get(0)?, row.try_get(1)?))
+        })
+        .fetch_one(&db.pool)
+        .await
+        .expect("delete");
+    assert_eq!(counted, (1, 1));
+}

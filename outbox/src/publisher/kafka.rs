@@ -69,10 +69,7 @@ impl KafkaPublisher {
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a `message.timeout.ms` that is
     /// not a number of milliseconds.
     pub fn from_config(config: &ClientConfig) -> Result<Self> {
-        let mut config = config.clone();
-        if config.get("partitioner").is_none() {
-            config.set("partitioner", "murmur2_random");
-        }
+        let mut config = producer_config(config);
         let message_timeout = config
             .get("message.timeout.ms")
             .unwrap_or(MESSAGE_TIMEOUT_MS)
@@ -80,8 +77,6 @@ impl KafkaPublisher {
             .map_err(|e| crate::Error::InvalidConfig(format!("message.timeout.ms: {e}")))?;
         let producer = config
             .set("message.timeout.ms", message_timeout.to_string())
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
             .create()?;
         Ok(Self {
             producer,
@@ -92,22 +87,9 @@ impl KafkaPublisher {
 
 impl Publisher for KafkaPublisher {
     async fn publish(&self, event: &Event) -> Result<(), PublishError> {
-        let event_id = event.id.to_string();
-        let mut headers = OwnedHeaders::new_with_capacity(4 + event.headers.len())
-            .insert(header("event-id", &event_id))
-            .insert(header("event-type", &event.event_type))
-            .insert(header("aggregate-type", &event.aggregate_type))
-            .insert(header("aggregate-id", &event.aggregate_id));
-        for (name, value) in event.headers.iter() {
-            headers = headers.insert(header(name, value));
-        }
-        let record = FutureRecord::to(&event.topic)
-            .key(&event.aggregate_id)
-            .payload(&event.payload)
-            .headers(headers);
         match self
             .producer
-            .send(record, Timeout::After(QUEUE_TIMEOUT))
+            .send(record(event), Timeout::After(QUEUE_TIMEOUT))
             .await
         {
             Ok(_) => Ok(()),
@@ -120,6 +102,35 @@ impl Publisher for KafkaPublisher {
     }
 }
 
+/// `config` with what every outbox producer sets: idempotence, `acks=all`, and the Java client's
+/// partitioner unless it names one.
+pub(crate) fn producer_config(config: &ClientConfig) -> ClientConfig {
+    let mut config = config.clone();
+    if config.get("partitioner").is_none() {
+        config.set("partitioner", "murmur2_random");
+    }
+    config.set("enable.idempotence", "true").set("acks", "all");
+    config
+}
+
+/// The Kafka record of an event: key = aggregate id, value = payload, the event's identity as
+/// headers, then its own headers.
+pub(crate) fn record(event: &Event) -> FutureRecord<'_, str, [u8]> {
+    let event_id = event.id.to_string();
+    let mut headers = OwnedHeaders::new_with_capacity(4 + event.headers.len())
+        .insert(header("event-id", &event_id))
+        .insert(header("event-type", &event.event_type))
+        .insert(header("aggregate-type", &event.aggregate_type))
+        .insert(header("aggregate-id", &event.aggregate_id));
+    for (name, value) in event.headers.iter() {
+        headers = headers.insert(header(name, value));
+    }
+    FutureRecord::to(&event.topic)
+        .key(event.aggregate_id.as_str())
+        .payload(event.payload.as_slice())
+        .headers(headers)
+}
+
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
     Header {
         key,
@@ -129,7 +140,7 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
 
 /// Permanent: the broker or client will refuse this message every time. Everything else
 /// (timeouts, unavailable brokers, unknown outcomes) is worth retrying.
-fn classify(error: &KafkaError) -> PublishError {
+pub(crate) fn classify(error: &KafkaError) -> PublishError {
     let permanent = matches!(
         error.rdkafka_error_code(),
         Some(

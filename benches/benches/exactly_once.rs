@@ -1,0 +1,261 @@
+//! The exactly-once relay next to the default relay, in one run, against real PostgreSQL and
+//! Apache Kafka, printed as tables:
+//!
+//! 1. throughput: pre-enqueued events over interleaved aggregates, drained by one relay of each
+//!    mode (the default relay keeping 2 batches in flight; the exactly-once relay with 1, 2 and 4
+//!    shards, one transaction in flight per shard), and every event in one aggregate;
+//! 2. commit-to-visible latency at a steady rate: from the writer's commit to the moment a
+//!    `read_committed` consumer receives the event.
+//!
+//! Run: `eval "$(scripts/services up)"; cargo bench -p benches --bench exactly_once`. Under
+//! `cargo test` (no `--bench` argument) it runs a small smoke version of each.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
+use outbox::{Background, KafkaPublisher, NewEvent, Relay, RelayConfig};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use sqlx::PgPool;
+use testkit::TestDb;
+
+struct Scale {
+    events: usize,
+    hot_events: usize,
+    latency_secs: u64,
+}
+
+const FULL: Scale = Scale {
+    events: 100_000,
+    hot_events: 20_000,
+    latency_secs: 10,
+};
+const SMOKE: Scale = Scale {
+    events: 2_000,
+    hot_events: 500,
+    latency_secs: 1,
+};
+
+/// Steady rate of the latency runs, events per second.
+const RATE: u32 = 1_000;
+/// Concurrent writers of the latency runs, one event per transaction.
+const WRITERS: u32 = 8;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Default,
+    ExactlyOnce { shards: u32 },
+}
+
+async fn enqueue(pool: &PgPool, topic: &str, events: usize, aggregates: usize) {
+    for start in (0..events).step_by(1_000) {
+        let batch: Vec<NewEvent> = (start..(start + 1_000).min(events))
+            .map(|i| {
+                let key = format!("o-{}", i % aggregates);
+                NewEvent::bytes(topic, "order", key, "OrderPlaced", vec![7; 100])
+            })
+            .collect();
+        let mut tx = pool.begin().await.expect("begin");
+        outbox::enqueue_many(&mut tx, &batch)
+            .await
+            .expect("enqueue");
+        tx.commit().await.expect("commit");
+    }
+}
+
+async fn pending(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox_events")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+async fn spawn(mode: Mode, pool: &PgPool) -> Background {
+    let kafka = testkit::kafka::producer_config().await;
+    match mode {
+        Mode::Default => {
+            let config = RelayConfig::default()
+                .batch_size(1_000)
+                .poll_interval(Duration::from_millis(20));
+            let publisher = KafkaPublisher::from_config(&kafka).expect("publisher");
+            Relay::new(pool.clone(), publisher, config)
+                .expect("relay")
+                .spawn()
+        }
+        Mode::ExactlyOnce { shards } => {
+            let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
+            let config = ExactlyOnceConfig::new(name)
+                .shards(shards)
+                .batch_size(1_000)
+                .poll_interval(Duration::from_millis(20));
+            ExactlyOnceRelay::new(pool.clone(), &kafka, config)
+                .await
+                .expect("relay")
+                .spawn()
+        }
+    }
+}
+
+async fn database() -> TestDb {
+    testkit::database(&[&outbox::MIGRATOR, &leases::MIGRATOR]).await
+}
+
+/// Events per second draining `events` pre-enqueued events over `aggregates` aggregates.
+async fn throughput(mode: Mode, events: usize, aggregates: usize) -> f64 {
+    let db = database().await;
+    let topic = testkit::kafka::topic(4).await;
+    enqueue(&db.pool, &topic, events, aggregates).await;
+    sqlx::raw_sql("VACUUM ANALYZE outbox_events")
+        .execute(&db.pool)
+        .await
+        .expect("analyze");
+    let start = Instant::now();
+    let relay = spawn(mode, &db.pool).await;
+    while pending(&db.pool).await > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = start.elapsed();
+    relay.shutdown().await;
+    events as f64 / elapsed.as_secs_f64()
+}
+
+/// Commit-to-visible p50 and p99 at [`RATE`] events/s: `WRITERS` writers commit one event per
+/// transaction; a `read_committed` consumer notes when each arrives.
+async fn latency(mode: Mode, scale: &Scale) -> (Duration, Duration) {
+    let db = database().await;
+    let topic = testkit::kafka::topic(4).await;
+    let consumer: StreamConsumer = testkit::kafka::producer_config()
+        .await
+        .set(
+            "group.id",
+            format!("bench-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let relay = spawn(mode, &db.pool).await;
+    let stop = Instant::now() + Duration::from_secs(scale.latency_secs);
+    let writers = (0..WRITERS).map(|writer| {
+        let (pool, topic) = (db.pool.clone(), topic.clone());
+        tokio::spawn(async move {
+            let mut committed = HashMap::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(1) * WRITERS / RATE);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut n = 0;
+            while Instant::now() < stop {
+                tick.tick().await;
+                n += 1;
+                let key = format!("o-{writer}-{}", n % 100);
+                let event = NewEvent::bytes(&topic, "order", key, "OrderPlaced", vec![7; 100]);
+                let mut tx = pool.begin().await.expect("begin");
+                outbox::enqueue(&mut tx, &event).await.expect("enqueue");
+                tx.commit().await.expect("commit");
+                committed.insert(event.id.to_string(), Instant::now());
+            }
+            committed
+        })
+    });
+    // Reads until no event arrived for 3 s after the writers stopped.
+    let reader = tokio::spawn(async move {
+        let mut seen = HashMap::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+                Ok(message) => {
+                    let message = message.expect("consume");
+                    let id = message
+                        .headers()
+                        .and_then(|h| h.iter().find(|h| h.key == "event-id").and_then(|h| h.value))
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .expect("event-id");
+                    seen.insert(id, Instant::now());
+                }
+                Err(_) if Instant::now() > stop => return seen,
+                Err(_) => {}
+            }
+        }
+    });
+    let mut committed = HashMap::new();
+    for writer in futures::future::join_all(writers).await {
+        committed.extend(writer.expect("writer"));
+    }
+    while pending(&db.pool).await > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = reader.await.expect("reader");
+    relay.shutdown().await;
+    let mut latencies: Vec<Duration> = committed
+        .iter()
+        .filter_map(|(id, at)| seen.get(id).map(|v| v.saturating_duration_since(*at)))
+        .collect();
+    assert!(!latencies.is_empty(), "the consumer saw events");
+    latencies.sort();
+    let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    (pick(0.50), pick(0.99))
+}
+
+fn main() {
+    let full =
+        std::env::args().any(|a| a == "--bench") && std::env::var_os("BENCH_SMOKE").is_none();
+    let scale = if full { FULL } else { SMOKE };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        println!(
+            "exactly-once relay benchmarks ({})",
+            if full {
+                "full"
+            } else {
+                "smoke run; pass --bench for figures"
+            }
+        );
+        let (events, aggregates) = (scale.events, scale.events / 20);
+        println!("\nthroughput, {events} events over {aggregates} aggregates, acks=all");
+        println!("{:>26} | {:>10} | {:>6}", "relay", "events/s", "ratio");
+        let default = throughput(Mode::Default, events, aggregates).await;
+        println!(
+            "{:>26} | {default:>10.0} | {:>6.2}",
+            "default, 2 in flight", 1.0
+        );
+        let mut four = 0.0;
+        for shards in [1, 2, 4] {
+            let rate = throughput(Mode::ExactlyOnce { shards }, events, aggregates).await;
+            let label = format!("exactly-once, {shards} shards");
+            println!("{label:>26} | {rate:>10.0} | {:>6.2}", rate / default);
+            four = rate;
+        }
+        println!(
+            "exactly-once relay: {four:.0} events/s, default relay {default:.0} events/s, \
+             ratio {:.2}",
+            four / default
+        );
+        let hot = throughput(Mode::ExactlyOnce { shards: 4 }, scale.hot_events, 1).await;
+        println!("exactly-once relay, one aggregate: {hot:.0} events/s");
+
+        println!(
+            "\ncommit to visible (read_committed consumer), {RATE} events/s, {WRITERS} writers"
+        );
+        println!("{:>26} | {:>8} | {:>8}", "relay", "p50 ms", "p99 ms");
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (d50, d99) = latency(Mode::Default, &scale).await;
+        println!("{:>26} | {:>8.1} | {:>8.1}", "default", ms(d50), ms(d99));
+        let (e50, e99) = latency(Mode::ExactlyOnce { shards: 4 }, &scale).await;
+        println!(
+            "{:>26} | {:>8.1} | {:>8.1}",
+            "exactly-once, 4 shards",
+            ms(e50),
+            ms(e99)
+        );
+        println!(
+            "exactly-once latency at {RATE} events/s: p50 {:.1} ms, p99 {:.1} ms \
+             (default relay p50 {:.1} ms, p99 {:.1} ms)",
+            ms(e50),
+            ms(e99),
+            ms(d50),
+            ms(d99)
+        );
+    });
+}

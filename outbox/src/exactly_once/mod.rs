@@ -1,0 +1,269 @@
+//! Exactly once on the wire: a relay mode that publishes every batch in one Kafka transaction
+//! together with a record of the outbox rows it covers.
+//!
+//! # What "exactly once" means here
+//!
+//! A consumer that reads with `isolation.level=read_committed` (the `idempotency` crate's runner
+//! does by default) sees each outbox event — each event id — **once**, in per-aggregate order,
+//! whatever relay crashes, pauses or broker restarts happen in between. Consumers reading
+//! `read_uncommitted` may also see the records of aborted transactions.
+//!
+//! # How
+//!
+//! - **Shards.** The outbox is split into [`shards`](ExactlyOnceConfig::shards) by a hash of the
+//!   aggregate (type and id), so one aggregate always belongs to one shard. Each shard is owned
+//!   through a named lease of [`leases`] (`outbox/<name>/<shard>-of-<shards>`) and has a stable
+//!   `transactional.id` (`<name>-<shard>-of-<shards>`). Shards publish in parallel; a relay takes
+//!   every shard whose lease is free, so a second relay is a hot standby that takes over the
+//!   shards of one that dies.
+//! - **One transaction per batch.** A shard's owner claims its oldest unpublished events in `seq`
+//!   order and publishes them in one Kafka transaction together with a **progress record** (the
+//!   batch's `seq`s, keyed by shard) on the shard's partition of the compacted progress topic.
+//!   Only after the Kafka commit does it mark the rows in PostgreSQL, in one statement fenced by
+//!   the shard lease's token.
+//! - **Taking over.** A new owner first calls `init_transactions` with the shard's
+//!   `transactional.id`: the broker completes or aborts the previous owner's open transaction and
+//!   fences that producer, so its late sends and commits are refused. The new owner then reads
+//!   the shard's last committed progress record and marks those rows (the previous owner may have
+//!   died between its Kafka commit and its mark) before it publishes anything. Its marks are
+//!   fenced by the lease token, so a previous owner that wakes up changes nothing in PostgreSQL
+//!   either.
+//! - **Poison events.** An event the broker or client refuses for good (too large, invalid topic)
+//!   aborts the transaction; it is moved to `outbox_dead_letters` with its reason, and the rest of
+//!   the batch is published again in the next transaction. An event whose transactions keep
+//!   failing for a retriable reason is dead-lettered after [`Backoff::max_attempts`] attempts,
+//!   as in the default relay.
+//!
+//! # Failures covered
+//!
+//! A relay killed at any point (before, during or after the Kafka commit, before the mark); a
+//! relay paused past its lease and resumed; a lost database connection; a broker restart in the
+//! middle of transactions (the aborted ones are invisible to `read_committed` consumers, and
+//! their events go out again in a later transaction).
+//!
+//! # Costs and limits
+//!
+//! - A commit per batch (a few broker round trips), and `read_committed` consumers see an event
+//!   only once its transaction commits: see `docs/benchmarks.md` for the figures against the
+//!   default relay.
+//! - One transaction in flight per shard; parallelism comes from shards.
+//! - Run one mode at a time over one outbox: a default [`Relay`](crate::Relay) beside this one
+//!   could publish the same event again.
+//! - Change the shard count only after every relay of the old count shut down cleanly (a clean
+//!   shutdown marks every committed batch): the progress of a crashed shard is read only by the
+//!   next owner of the same shard.
+//! - Effects in other systems (a consumer's database, an email) still need the consumer's inbox:
+//!   exactly once on the wire does not make a consumer's own processing exactly once.
+
+mod progress;
+mod shard;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leases::{Backoff, NamedLeases};
+use rdkafka::ClientConfig;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::relay::{listen, notified};
+use crate::{Background, Error, Result, Retention};
+use leases::CancellationToken;
+
+/// How an [`ExactlyOnceRelay`] works. Every setter documents its default.
+#[derive(Debug, Clone)]
+pub struct ExactlyOnceConfig {
+    name: String,
+    owner: String,
+    shards: u32,
+    progress_topic: String,
+    batch_size: u32,
+    lease_ttl: Duration,
+    poll_interval: Duration,
+    transaction_timeout: Duration,
+    backoff: Backoff,
+    retention: Retention,
+}
+
+impl ExactlyOnceConfig {
+    /// A relay named `name`: the prefix of its shards' `transactional.id`s and lease names, its
+    /// progress topic's default name, and its metrics label `relay`. Give every outbox on a
+    /// Kafka cluster its own name: two outboxes with one name would fence each other's producers.
+    pub fn new(name: impl Into<String>) -> Self {
+        let name = name.into();
+        Self {
+            owner: format!("relay-{}", uuid::Uuid::now_v7()),
+            shards: 4,
+            progress_topic: format!("{name}.outbox-progress"),
+            name,
+            batch_size: 500,
+            lease_ttl: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            transaction_timeout: Duration::from_secs(30),
+            backoff: Backoff::default(),
+            retention: Retention::default(),
+        }
+    }
+
+    /// The owner name its shard leases carry. Default: `relay-<uuidv7>`, unique per relay.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// How many shards the outbox is split into: at most this many transactions run at once.
+    /// Every relay over one outbox must use the same count. Default: 4.
+    pub fn shards(mut self, shards: u32) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// The compacted topic the relay owns for its progress records; it is created (with one
+    /// partition per shard) when missing. Default: `<name>.outbox-progress`.
+    pub fn progress_topic(mut self, topic: impl Into<String>) -> Self {
+        self.progress_topic = topic.into();
+        self
+    }
+
+    /// Events per transaction. Default: 500.
+    pub fn batch_size(mut self, n: u32) -> Self {
+        self.batch_size = n;
+        self
+    }
+
+    /// How long a shard lease lasts without renewal (renewed every third of it): how long the
+    /// shards of a relay that died wait before another relay takes them. Default: 30 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// How often a shard looks for events when no notification arrives. Default: 1 s.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// How long `init_transactions`, a commit or an abort may block before it counts as failed.
+    /// Default: 30 s.
+    pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.transaction_timeout = timeout;
+        self
+    }
+
+    /// The delay between failed transactions of a shard, and how many times one event's
+    /// transaction may fail before the event is dead-lettered. Default: [`Backoff::default`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// What to do with published rows. Default: [`Retention::Delete`].
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+}
+
+/// Publishes the outbox with Kafka transactions: see the [module documentation](self) for the
+/// guarantee, how it is kept and what it costs.
+///
+/// ```no_run
+/// use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
+///
+/// # async fn run(pool: sqlx::PgPool) -> outbox::Result<()> {
+/// let mut kafka = rdkafka::ClientConfig::new();
+/// kafka.set("bootstrap.servers", "127.0.0.1:9092");
+/// let relay = ExactlyOnceRelay::new(pool, &kafka, ExactlyOnceConfig::new("orders")).await?;
+/// let handle = relay.spawn();
+/// // ...
+/// handle.shutdown().await; // commits and marks the batches in flight, then releases the shards
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ExactlyOnceRelay {
+    shared: Arc<shard::Shared>,
+}
+
+impl ExactlyOnceRelay {
+    /// A relay over the outbox in `pool`'s database (run [`MIGRATOR`](crate::MIGRATOR) and
+    /// [`leases::MIGRATOR`] first), producing with `kafka` (at least `bootstrap.servers`; the
+    /// relay sets `transactional.id`, idempotence and `acks=all`). Creates the progress topic
+    /// when it is missing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for zero shards, batch size, lease ttl, poll interval or
+    /// transaction timeout, or a progress topic with fewer partitions than shards;
+    /// [`Error::Kafka`] when the progress topic cannot be created or described.
+    pub async fn new(
+        pool: PgPool,
+        kafka: &ClientConfig,
+        config: ExactlyOnceConfig,
+    ) -> Result<Self> {
+        if config.shards == 0
+            || config.batch_size == 0
+            || config.lease_ttl.is_zero()
+            || config.poll_interval.is_zero()
+            || config.transaction_timeout.is_zero()
+        {
+            return Err(Error::InvalidConfig(
+                "shards, batch size, lease ttl, poll interval and transaction timeout must be \
+                 greater than zero"
+                    .into(),
+            ));
+        }
+        progress::ensure_topic(kafka, &config.progress_topic, config.shards).await?;
+        Ok(Self {
+            shared: Arc::new(shard::Shared {
+                pool,
+                kafka: crate::publisher::kafka::producer_config(kafka),
+                config,
+                named: NamedLeases::new(),
+                wake: Notify::new(),
+            }),
+        })
+    }
+
+    /// Runs the relay in the background: one task per shard, each taking its shard's lease when
+    /// it is free. [`Background::shutdown`] lets every shard commit and mark its transaction in
+    /// flight, then releases the shard leases; [`Background::abort`] stops it as a crash would.
+    pub fn spawn(self) -> Background {
+        Background::spawn(|stop| self.run(stop))
+    }
+
+    async fn run(self, stop: CancellationToken) {
+        let mut shards = JoinSet::new();
+        for shard in 0..self.shared.config.shards {
+            shards.spawn(shard::run(self.shared.clone(), shard, stop.clone()));
+        }
+        let mut listener = match listen(&self.shared.pool).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "outbox: LISTEN failed; polling only");
+                None
+            }
+        };
+        let stats_every = Duration::from_secs(5);
+        let mut next_stats = Instant::now();
+        while !stop.is_cancelled() {
+            if Instant::now() >= next_stats {
+                next_stats = Instant::now() + stats_every;
+                if let Err(error) =
+                    crate::stats::record(&self.shared.pool, &self.shared.config.name).await
+                {
+                    tracing::debug!(%error, "outbox: pending stats failed");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = notified(&mut listener) => self.shared.wake.notify_waiters(),
+                () = tokio::time::sleep_until(next_stats) => {}
+            }
+        }
+        while shards.join_next().await.is_some() {}
+        tracing::info!(owner = %self.shared.config.owner, "outbox: exactly-once relay stopped");
+    }
+}

@@ -1,0 +1,385 @@
+//! One shard: held through a named lease, published through one transactional producer, one
+//! transaction at a time.
+
+use std::sync::Arc;
+
+use futures::future::join_all;
+use leases::{CancellationToken, LeaseKeeper, NamedLease, NamedLeases};
+use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer as _};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::ExactlyOnceConfig;
+use super::progress::{Place, Progress};
+use crate::Retention;
+use crate::dead_letters::insert_moved;
+use crate::publisher::kafka::{classify, record};
+use crate::publisher::{Event, PublishError};
+
+/// What every shard of a relay shares.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) pool: PgPool,
+    pub(super) kafka: ClientConfig,
+    pub(super) config: ExactlyOnceConfig,
+    pub(super) named: NamedLeases,
+    /// Woken on every `outbox_events` notification.
+    pub(super) wake: Notify,
+}
+
+/// The shard's oldest unpublished events, in `seq` order.
+const CLAIM: &str = "SELECT seq, id, topic, aggregate_type, aggregate_id, event_type, payload,
+        headers, created_at, attempts
+     FROM outbox_events
+     WHERE next_attempt_at IS NOT NULL
+       AND (hashtextextended(aggregate_type || chr(31) || aggregate_id, 0)
+            & 9223372036854775807) % $1 = $2
+     ORDER BY seq LIMIT $3";
+
+/// Marks published rows while the shard lease is held; returns whether it was held, and how many
+/// rows it marked.
+const MARK_DELETE: &str = "WITH marked AS (
+        DELETE FROM outbox_events USING lease_held
+        WHERE seq = ANY($4) AND next_attempt_at IS NOT NULL RETURNING 1)
+     SELECT EXISTS (SELECT FROM lease_held), (SELECT count(*) FROM marked)";
+const MARK_KEEP: &str = "WITH marked AS (
+        UPDATE outbox_events SET published_at = now(), next_attempt_at = NULL,
+            lease_expires_at = NULL
+        FROM lease_held
+        WHERE seq = ANY($4) AND next_attempt_at IS NOT NULL RETURNING 1)
+     SELECT EXISTS (SELECT FROM lease_held), (SELECT count(*) FROM marked)";
+
+/// Moves one row to the dead letters while the shard lease is held.
+const BURY: &str = concat!(
+    "WITH moved AS (
+        DELETE FROM outbox_events USING lease_held WHERE seq = $4 RETURNING outbox_events.*) ",
+    insert_moved!("$5", "$6", "$7")
+);
+
+/// Why a shard's ownership episode ended.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    /// The shard lease was taken over: another relay owns the shard now.
+    #[error("the shard lease was lost")]
+    LeaseLost,
+    /// The broker fenced this producer, or a transactional call failed for good.
+    #[error("transactional producer failed: {0}")]
+    Kafka(#[from] KafkaError),
+    /// The database or the progress topic failed.
+    #[error(transparent)]
+    Outbox(#[from] crate::Error),
+}
+
+impl From<sqlx::Error> for Ended {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Outbox(error.into())
+    }
+}
+
+/// How one transaction ended.
+enum Transaction {
+    Committed,
+    /// Aborted: the failed events (by index in the batch), or none when the transaction as a
+    /// whole failed.
+    Aborted(Vec<(usize, PublishError)>),
+}
+
+/// Owns shard `shard` whenever its lease is free, until `stop`.
+pub(super) async fn run(shared: Arc<Shared>, shard: u32, stop: CancellationToken) {
+    let config = &shared.config;
+    let mut keeper = match LeaseKeeper::start(
+        shared.named.clone(),
+        shared.pool.clone(),
+        format!("outbox/{}/{shard}-of-{}", config.name, config.shards),
+        config.owner.clone(),
+        config.lease_ttl,
+        config.lease_ttl / 3,
+    ) {
+        Ok(keeper) => keeper,
+        Err(error) => {
+            tracing::error!(%error, shard, "outbox: cannot keep the shard lease");
+            return;
+        }
+    };
+    loop {
+        let lease = tokio::select! {
+            () = stop.cancelled() => break,
+            lease = keeper.acquired() => lease,
+        };
+        let span = tracing::info_span!("outbox.shard", shard, token = lease.token);
+        let ended = tokio::select! {
+            ended = shared.own(shard, &lease, &stop).instrument(span) => ended,
+            () = keeper.lost() => Err(Ended::LeaseLost),
+        };
+        let error = match ended {
+            Ok(()) => break,
+            Err(error) => error,
+        };
+        tracing::warn!(%error, shard, "outbox: shard stopped publishing");
+        let wait = async {
+            match error {
+                Ended::LeaseLost => keeper.lost().await,
+                _ => tokio::time::sleep(config.poll_interval).await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = wait => {}
+        }
+    }
+    keeper.shutdown().await;
+}
+
+impl Shared {
+    /// One ownership episode: fences the previous owner, settles its last transaction, then
+    /// publishes batch after batch until `stop` (returning after the batch in flight is marked).
+    async fn own(
+        &self,
+        shard: u32,
+        lease: &NamedLease,
+        stop: &CancellationToken,
+    ) -> Result<(), Ended> {
+        let config = &self.config;
+        let place = Place::new(&config.progress_topic, shard, config.shards);
+        let producer: FutureProducer = self
+            .kafka
+            .clone()
+            .set(
+                "transactional.id",
+                format!("{}-{shard}-of-{}", config.name, config.shards),
+            )
+            .create()?;
+        let producer = TxProducer(Some(producer));
+        // Make sure the lease is still ours before fencing whoever holds the transactional id.
+        self.mark(lease, &[]).await?;
+        let timeout = config.transaction_timeout;
+        producer
+            .blocking(move |p| p.init_transactions(timeout))
+            .await?;
+        let previous = place.last_committed(&self.kafka, timeout).await?;
+        let marked = self.mark(lease, &previous.seqs).await?;
+        if marked > 0 {
+            tracing::info!(
+                shard,
+                events = marked,
+                previous_token = previous.token,
+                "outbox: marked the events of the previous owner's last transaction, which it \
+                 had committed to Kafka but not marked"
+            );
+        }
+        let mut failures = 0u32;
+        while !stop.is_cancelled() {
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let batch: Vec<Event> = sqlx::query_as(CLAIM)
+                .bind(i64::from(config.shards))
+                .bind(i64::from(shard))
+                .bind(i64::from(config.batch_size))
+                .fetch_all(&self.pool)
+                .await?;
+            if batch.is_empty() {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = woken => {}
+                    () = tokio::time::sleep(config.poll_interval) => {}
+                }
+                continue;
+            }
+            let started = Instant::now();
+            match self.transact(&producer, &place, lease, &batch).await? {
+                Transaction::Committed => {
+                    failures = 0;
+                    let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
+                    self.mark(lease, &seqs).await?;
+                    self.count("outbox_published_total", batch.len());
+                    metrics::histogram!("outbox_batch_seconds", "relay" => config.name.clone())
+                        .record(started.elapsed().as_secs_f64());
+                }
+                Transaction::Aborted(failed) => {
+                    failures += 1;
+                    self.count("outbox_transactions_aborted_total", 1);
+                    self.settle_failures(lease, &batch, &failed, failures)
+                        .await?;
+                    let delay = config.backoff.delay(failures);
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `batch` and its progress record in one transaction.
+    async fn transact(
+        &self,
+        producer: &TxProducer,
+        place: &Place,
+        lease: &NamedLease,
+        batch: &[Event],
+    ) -> Result<Transaction, Ended> {
+        let timeout = self.config.transaction_timeout;
+        producer.get().begin_transaction()?;
+        let mut deliveries = Vec::with_capacity(batch.len() + 1);
+        let mut failed = Vec::new();
+        for (index, event) in batch.iter().enumerate() {
+            match producer.get().send_result(record(event)) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((error, _)) => {
+                    failed.push((index, classify(&error)));
+                    break;
+                }
+            }
+        }
+        if failed.is_empty() {
+            let progress = serde_json::to_vec(&Progress {
+                token: lease.token,
+                seqs: batch.iter().map(|e| e.seq).collect(),
+            })
+            .map_err(crate::Error::from)?;
+            match producer.get().send_result(place.record(&progress)) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((error, _)) => return Err(error.into()),
+            }
+        }
+        for (index, delivered) in join_all(deliveries).await.into_iter().enumerate() {
+            let error = match delivered {
+                Ok(Ok(_)) => continue,
+                Ok(Err((error, _))) => classify(&error),
+                Err(_) => PublishError::retriable("the producer dropped the message"),
+            };
+            // The progress record is the last one: its failure blames no event.
+            if index < batch.len() {
+                failed.push((index, error));
+            } else {
+                tracing::warn!(%error, "outbox: the progress record was not written");
+            }
+        }
+        if failed.is_empty() {
+            match producer
+                .blocking(move |p| p.commit_transaction(timeout))
+                .await
+            {
+                Ok(()) => return Ok(Transaction::Committed),
+                // Aborting is safe; whether the commit happened is learnt by initializing a new
+                // producer, which completes it, and reading the progress record it wrote.
+                Err(KafkaError::Transaction(error)) if error.txn_requires_abort() => {
+                    tracing::warn!(%error, "outbox: commit failed; aborting the transaction");
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        producer
+            .blocking(move |p| p.abort_transaction(timeout))
+            .await?;
+        Ok(Transaction::Aborted(failed))
+    }
+
+    /// After an aborted transaction: dead-letters the events refused for good, and the first
+    /// failed event once `failures` transactions in a row have failed.
+    async fn settle_failures(
+        &self,
+        lease: &NamedLease,
+        batch: &[Event],
+        failed: &[(usize, PublishError)],
+        failures: u32,
+    ) -> Result<(), Ended> {
+        let exhausted = failures >= self.config.backoff.max_attempts();
+        let permanent = failed.iter().filter(|(_, e)| !e.is_retriable());
+        let first = failed.first().filter(|_| exhausted);
+        let mut buried = 0;
+        for (index, error) in permanent.chain(first.filter(|(_, e)| e.is_retriable())) {
+            let event = &batch[*index];
+            let reason = if error.is_retriable() {
+                format!("attempts exhausted ({failures})")
+            } else {
+                "permanent publish failure".to_owned()
+            };
+            tracing::error!(event_id = %event.id, %reason, %error, "outbox: dead-lettering event");
+            let attempts = i32::try_from(failures).unwrap_or(i32::MAX);
+            buried += self
+                .named
+                .fenced_query(lease, BURY)
+                .bind(event.seq)
+                .bind(attempts)
+                .bind(reason)
+                .bind(error.to_string())
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        self.count("outbox_dead_lettered_total", buried as usize);
+        if failed.is_empty() || buried > 0 {
+            return Ok(());
+        }
+        let (index, error) = &failed[0];
+        tracing::warn!(event_id = %batch[*index].id, failures, %error, "outbox: transaction aborted; retrying");
+        Ok(())
+    }
+
+    /// Marks `seqs` published while `lease` is held, returning how many rows it marked (rows
+    /// already marked are skipped); [`Ended::LeaseLost`] when the lease is not held.
+    async fn mark(&self, lease: &NamedLease, seqs: &[i64]) -> Result<i64, Ended> {
+        let statement = match self.config.retention {
+            Retention::Delete => MARK_DELETE,
+            Retention::Keep => MARK_KEEP,
+        };
+        let (held, marked): (bool, i64) = self
+            .named
+            .fenced_query(lease, statement)
+            .bind(seqs)
+            .try_map(|row: sqlx::postgres::PgRow| {
+                use sqlx::Row as _;
+                Ok((row.try_get(0)?, row.try_get(1)?))
+            })
+            .fetch_one(&self.pool)
+            .await?;
+        if held {
+            Ok(marked)
+        } else {
+            Err(Ended::LeaseLost)
+        }
+    }
+
+    fn count(&self, counter: &'static str, n: usize) {
+        metrics::counter!(counter, "relay" => self.config.name.clone()).increment(n as u64);
+    }
+}
+
+/// A transactional producer whose blocking calls run off the runtime, and which is dropped off
+/// the runtime too (a drop purges and flushes for up to 500 ms).
+struct TxProducer(Option<FutureProducer>);
+
+impl TxProducer {
+    fn get(&self) -> &FutureProducer {
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+
+    async fn blocking<F>(&self, call: F) -> Result<(), KafkaError>
+    where
+        F: FnOnce(&FutureProducer) -> Result<(), KafkaError> + Send + 'static,
+    {
+        let producer = self.get().clone();
+        tokio::task::spawn_blocking(move || call(&producer))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
+    }
+}
+
+impl Drop for TxProducer {
+    fn drop(&mut self) {
+        if let (Some(producer), Ok(runtime)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn_blocking(move || drop(producer));
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The exactly-once relay against real PostgreSQL and Apache Kafka, in one process: every event
+//! once to a `read_committed` consumer, in per-aggregate order, with progress records that cover
+//! exactly the published rows, and poison events dead-lettered without holding the shard.
+//! (Crashes, pauses and broker restarts, with real processes, are in `tests/tests/exactly_once_*`.)
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
+use outbox::{Backoff, NewEvent};
+use rdkafka::Message;
+use rdkafka::message::{Headers, OwnedMessage};
+use sqlx::PgPool;
+use testkit::TestDb;
+
+const SHARDS: u32 = 4;
+
+async fn db() -> TestDb {
+    testkit::database(&[&outbox::MIGRATOR, &leases::MIGRATOR]).await
+}
+
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+/// Enqueues `per_aggregate` events for each aggregate, interleaved, each payload `<aggregate>:<n>`.
+async fn enqueue(pool: &PgPool, topic: &str, aggregates: &[String], per_aggregate: usize) {
+    let mut tx = pool.begin().await.expect("begin");
+    for n in 0..per_aggregate {
+        for aggregate in aggregates {
+            let payload = format!("{aggregate}:{n}").into_bytes();
+            let event = NewEvent::bytes(topic, "order", aggregate, "Numbered", payload);
+            outbox::enqueue(&mut tx, &event).await.expect("enqueue");
+        }
+    }
+    tx.commit().await.expect("commit");
+}
+
+async fn relay(pool: &PgPool, name: &str) -> outbox::Background {
+    let kafka = testkit::kafka::producer_config().await;
+    let config = ExactlyOnceConfig::new(name)
+        .shards(SHARDS)
+        .batch_size(100)
+        .lease_ttl(Duration::from_secs(5))
+        .backoff(
+            Backoff::new(Duration::from_millis(10), Duration::from_millis(50), 3).expect("backoff"),
+        );
+    ExactlyOnceRelay::new(pool.clone(), &kafka, config)
+        .await
+        .expect("relay")
+        .spawn()
+}
+
+async fn wait_until_empty(pool: &PgPool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while count(pool, "SELECT count(*) FROM outbox_events").await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox did not drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn event_id(message: &OwnedMessage) -> String {
+    let headers = message.headers().expect("headers");
+    let id = headers
+        .iter()
+        .find(|h| h.key == "event-id")
+        .and_then(|h| h.value);
+    String::from_utf8_lossy(id.expect("event-id")).into_owned()
+}
+
+/// Asserts every message's event id is unique and each aggregate's payloads count up from 0;
+/// returns how many messages each aggregate had.
+fn assert_once_in_order(messages: &[OwnedMessage]) -> HashMap<String, usize> {
+    let mut ids = BTreeSet::new();
+    let mut next: HashMap<String, usize> = HashMap::new();
+    for message in messages {
+        assert!(ids.insert(event_id(message)), "an event appeared twice");
+        let payload = String::from_utf8_lossy(message.payload().expect("payload")).into_owned();
+        let (aggregate, n) = payload.split_once(':').expect("aggregate:n");
+        let expected = next.entry(aggregate.to_owned()).or_default();
+        assert_eq!(
+            n.parse::<usize>().expect("n"),
+            *expected,
+            "{aggregate} out of order"
+        );
+        *expected += 1;
+    }
+    next
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_reaches_read_committed_consumers_once_in_order_and_is_marked() {
+    let db = db().await;
+    let bootstrap = testkit::kafka::bootstrap_servers().await;
+    let topic = testkit::kafka::topic(4).await;
+    let aggregates: Vec<String> = (0..20).map(|a| format!("agg-{a}")).collect();
+    enqueue(&db.pool, &topic, &aggregates, 50).await;
+    let name = format!("eos-{}", uuid::Uuid::new_v4().simple());
+
+    let relay = relay(&db.pool, &name).await;
+    wait_until_empty(&db.pool).await;
+    relay.shutdown().await;
+
+    let messages = testkit::kafka::read_to_end(&bootstrap, &topic, "read_committed").await;
+    assert_eq!(messages.len(), 1_000);
+    let per_aggregate = assert_once_in_order(&messages);
+    assert!(per_aggregate.values().all(|&n| n == 50));
+
+    // One progress partition per shard; together the records cover every row exactly once.
+    let progress_topic = format!("{name}.outbox-progress");
+    let records = testkit::kafka::read_to_end(&bootstrap, &progress_topic, "read_committed").await;
+    let mut covered = Vec::new();
+    for record in &records {
+        let key = String::from_utf8_lossy(record.key().expect("key")).into_owned();
+        assert_eq!(key, format!("{}/{SHARDS}", record.partition()));
+        let progress: serde_json::Value =
+            serde_json::from_slice(record.payload().expect("payload")).expect("json");
+        covered.extend(
+            progress["seqs"]
+                .as_array()
+                .expect("seqs")
+                .iter()
+                .map(|s| s.as_i64().expect("seq")),
+        );
+    }
+    covered.sort_unstable();
+    assert_eq!(covered, (1..=1_000).collect::<Vec<i64>>());
+
+    // A clean shutdown released every shard.
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM leases_named WHERE owner IS NULL"
+        )
+        .await,
+        i64::from(SHARDS)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_is_dead_lettered_and_the_rest_of_its_shard_goes_out_once() {
+    let db = db().await;
+    let bootstrap = testkit::kafka::bootstrap_servers().await;
+    let topic = testkit::kafka::topic(2).await;
+    let aggregates: Vec<String> = (0..4).map(|a| format!("agg-{a}")).collect();
+    enqueue(&db.pool, &topic, &aggregates, 10).await;
+    // Larger than librdkafka's message.max.bytes (1 MB): refused every time.
+    let poison = NewEvent::bytes(&topic, "order", "agg-1", "TooLarge", vec![b'x'; 2_000_000]);
+    let mut tx = db.pool.begin().await.expect("begin");
+    outbox::enqueue(&mut tx, &poison).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    let after = NewEvent::bytes(&topic, "order", "agg-1", "Numbered", b"agg-1:10".to_vec());
+    let mut tx = db.pool.begin().await.expect("begin");
+    outbox::enqueue(&mut tx, &after).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    let relay = relay(&db.pool, &format!("eos-{}", uuid::Uuid::new_v4().simple())).await;
+    wait_until_empty(&db.pool).await;
+    relay.shutdown().await;
+
+    let (reason, aggregate): (String, String) =
+        sqlx::query_as("SELECT reason, aggregate_id FROM outbox_dead_letters")
+            .fetch_one(&db.pool)
+            .await
+            .expect("one dead letter");
+    assert_eq!(
+        (reason.as_str(), aggregate.as_str()),
+        ("permanent publish failure", "agg-1")
+    );
+    let messages = testkit::kafka::read_to_end(&bootstrap, &topic, "read_committed").await;
+    assert_eq!(messages.len(), 41, "40 events and the one after the poison");
+    let per_aggregate = assert_once_in_order(&messages);
+    assert_eq!(
+        per_aggregate["agg-1"], 11,
+        "the events after the poison went out"
+    );
+}

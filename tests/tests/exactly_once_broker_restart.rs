@@ -1,0 +1,88 @@
+//! The exactly-once relay while its broker (one this test owns) is SIGKILLed in the middle of a
+//! transaction and started again: the transactions that were open are aborted, invisible to
+//! `read_committed` consumers, and their events go out again in later transactions, once.
+
+use std::time::Duration;
+
+use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
+use sqlx::PgPool;
+use testkit::OwnedBroker;
+use workspace_tests::relay_process::{Wire, enqueue_numbered, open_transaction};
+
+const AGGREGATES: usize = 30;
+const PER_AGGREGATE: usize = 1_000;
+
+async fn remaining(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox_events")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+async fn wait_for_remaining(pool: &PgPool, at_most: i64, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while remaining(pool).await > at_most {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox did not get down to {at_most} events within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again_once() {
+    let mut broker = OwnedBroker::start().await;
+    let bootstrap = broker.bootstrap_servers();
+    let db = testkit::database(&[&outbox::MIGRATOR, &leases::MIGRATOR]).await;
+    let topic = testkit::kafka::topic_on(&bootstrap, 4).await;
+    enqueue_numbered(&db.pool, &topic, AGGREGATES, PER_AGGREGATE, 1_000).await;
+    let events = (AGGREGATES * PER_AGGREGATE) as i64;
+
+    let mut kafka = testkit::kafka::producer_config_for(&bootstrap);
+    // A transaction whose records cannot be delivered for 3 s fails (and is aborted), so an
+    // outage longer than that is certain to abort the transactions it caught.
+    kafka.set("transaction.timeout.ms", "3000");
+    let config = ExactlyOnceConfig::new("restart")
+        .shards(2)
+        .batch_size(200)
+        .lease_ttl(Duration::from_secs(30))
+        .transaction_timeout(Duration::from_secs(10))
+        .poll_interval(Duration::from_millis(200));
+    let relay = ExactlyOnceRelay::new(db.pool.clone(), &kafka, config)
+        .await
+        .expect("relay")
+        .spawn();
+
+    wait_for_remaining(&db.pool, events - 5_000, Duration::from_secs(120)).await;
+    let mut open = false;
+    for _ in 0..200 {
+        if open_transaction(&bootstrap, &topic) {
+            open = true;
+            break;
+        }
+    }
+    assert!(open, "caught a transaction with records on the broker");
+    broker.kill();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    broker.restart().await;
+
+    wait_for_remaining(&db.pool, 0, Duration::from_secs(180)).await;
+    relay.shutdown().await;
+    let committed =
+        Wire::of(&testkit::kafka::read_to_end(&bootstrap, &topic, "read_committed").await);
+    let uncommitted =
+        Wire::of(&testkit::kafka::read_to_end(&bootstrap, &topic, "read_uncommitted").await);
+    println!(
+        "broker restart: read_committed saw {} records, read_uncommitted {} (aborted: {})",
+        committed.messages,
+        uncommitted.messages,
+        uncommitted.messages - committed.messages
+    );
+    assert_eq!(committed.distinct, events as usize, "every event arrived");
+    assert!(committed.consecutive, "once each, in per-aggregate order");
+    assert!(
+        uncommitted.duplicates > 0,
+        "the transactions open at the kill were aborted and their events published again"
+    );
+}
