@@ -92,18 +92,26 @@ async fn drained(pool: &PgPool) {
     .await;
 }
 
-/// Waits until `a`'s log says it no longer holds the shard lease.
-async fn deposed(a: &RelayProcess) {
+/// Waits until `a`'s log says it no longer holds the shard lease (its keeper found the lease
+/// taken, or saw no renewal succeed for a ttl, or a fenced statement found it gone), and checks
+/// that `b` still holds it.
+async fn deposed(a: &RelayProcess, pool: &PgPool) {
     eventually(
         Duration::from_secs(30),
         "a learns its lease is gone",
         || {
-            let gone =
-                a.logged("lease was lost") + a.logged("named lease lost to another owner") > 0;
+            let gone = ["lease was lost", "lost to another owner", "stepping down"]
+                .iter()
+                .any(|text| a.logged(text) > 0);
             async move { gone }
         },
     )
     .await;
+    assert_eq!(
+        scalar(pool, "SELECT count(*) FROM leases_named WHERE owner = 'b'").await,
+        1,
+        "b keeps the shard"
+    );
 }
 
 /// Shuts `b` down; asserts every event reached `read_committed` consumers once, in order, and
@@ -153,7 +161,7 @@ async fn a_relay_paused_in_the_middle_of_a_transaction_is_fenced_by_the_broker()
         },
     )
     .await;
-    deposed(&a).await;
+    deposed(&a, &setup.db.pool).await;
     a.kill();
 
     let (committed, uncommitted) = on_the_wire(&setup, b).await;
@@ -215,7 +223,12 @@ async fn a_relay_paused_after_its_commit_has_its_late_mark_refused_by_the_lease_
     drained(&pool).await;
 
     testkit::signal(a.pid(), "CONT");
-    deposed(&a).await;
+    deposed(&a, &setup.db.pool).await;
+    assert!(
+        a.logged("error=the shard lease was lost") > 0,
+        "a's late mark found its lease gone: {:?}",
+        a.log()
+    );
     a.kill();
     on_the_wire(&setup, b).await;
 }

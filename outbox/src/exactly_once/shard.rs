@@ -9,7 +9,7 @@ use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer as _};
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -111,10 +111,11 @@ pub(super) async fn run(shared: Arc<Shared>, shard: u32, stop: CancellationToken
             lease = keeper.acquired() => lease,
         };
         let span = tracing::info_span!("outbox.shard", shard, token = lease.token);
-        let ended = tokio::select! {
-            ended = shared.own(shard, &lease, &stop).instrument(span) => ended,
-            () = keeper.lost() => Err(Ended::LeaseLost),
-        };
+        let mut held = keeper.subscribe();
+        let ended = shared
+            .own(shard, &lease, &stop, &mut held)
+            .instrument(span)
+            .await;
         let error = match ended {
             Ok(()) => break,
             Err(error) => error,
@@ -136,12 +137,16 @@ pub(super) async fn run(shared: Arc<Shared>, shard: u32, stop: CancellationToken
 
 impl Shared {
     /// One ownership episode: fences the previous owner, settles its last transaction, then
-    /// publishes batch after batch until `stop` (returning after the batch in flight is marked).
+    /// publishes batch after batch until `stop` (returning after the batch in flight is marked)
+    /// or until the keeper no longer holds `lease` (checked between transactions: a transaction
+    /// under way runs to its end, where the broker refuses its commit and the lease token its
+    /// mark if another owner took over meanwhile).
     async fn own(
         &self,
         shard: u32,
         lease: &NamedLease,
         stop: &CancellationToken,
+        held: &mut watch::Receiver<Option<NamedLease>>,
     ) -> Result<(), Ended> {
         let config = &self.config;
         let place = Place::new(&config.progress_topic, shard, config.shards);
@@ -173,6 +178,9 @@ impl Shared {
         }
         let mut failures = 0u32;
         while !stop.is_cancelled() {
+            if held.borrow_and_update().as_ref().map(|l| l.token) != Some(lease.token) {
+                return Err(Ended::LeaseLost);
+            }
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
@@ -186,6 +194,7 @@ impl Shared {
                 tokio::select! {
                     () = stop.cancelled() => {}
                     () = woken => {}
+                    _ = held.changed() => {}
                     () = tokio::time::sleep(config.poll_interval) => {}
                 }
                 continue;
@@ -208,6 +217,7 @@ impl Shared {
                     let delay = config.backoff.delay(failures);
                     tokio::select! {
                         () = stop.cancelled() => {}
+                        _ = held.changed() => {}
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
