@@ -15,11 +15,15 @@ use std::time::{Duration, Instant};
 
 use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
 use outbox::{Background, KafkaPublisher, NewEvent, Relay, RelayConfig};
+use outbox_events::{enqueue, pending};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use sqlx::PgPool;
 use testkit::TestDb;
+
+#[path = "shared/outbox_events.rs"]
+mod outbox_events;
 
 struct Scale {
     events: usize,
@@ -47,29 +51,6 @@ const WRITERS: u32 = 8;
 enum Mode {
     Default,
     ExactlyOnce { shards: u32 },
-}
-
-async fn enqueue(pool: &PgPool, topic: &str, events: usize, aggregates: usize) {
-    for start in (0..events).step_by(1_000) {
-        let batch: Vec<NewEvent> = (start..(start + 1_000).min(events))
-            .map(|i| {
-                let key = format!("o-{}", i % aggregates);
-                NewEvent::bytes(topic, "order", key, "OrderPlaced", vec![7; 100])
-            })
-            .collect();
-        let mut tx = pool.begin().await.expect("begin");
-        outbox::enqueue_many(&mut tx, &batch)
-            .await
-            .expect("enqueue");
-        tx.commit().await.expect("commit");
-    }
-}
-
-async fn pending(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox_events")
-        .fetch_one(pool)
-        .await
-        .expect("count")
 }
 
 async fn spawn(mode: Mode, pool: &PgPool) -> Background {
@@ -106,7 +87,7 @@ async fn database() -> TestDb {
 async fn throughput(mode: Mode, events: usize, aggregates: usize) -> f64 {
     let db = database().await;
     let topic = testkit::kafka::topic(4).await;
-    enqueue(&db.pool, &topic, events, aggregates).await;
+    enqueue(&db.pool, &topic, events, 1_000, aggregates).await;
     sqlx::raw_sql("VACUUM ANALYZE outbox_events")
         .execute(&db.pool)
         .await
@@ -139,6 +120,8 @@ async fn latency(mode: Mode, scale: &Scale) -> (Duration, Duration) {
         .expect("consumer");
     consumer.subscribe(&[&topic]).expect("subscribe");
     let relay = spawn(mode, &db.pool).await;
+    // Start measuring once the relay is up (shard leases taken, producers initialized).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let stop = Instant::now() + Duration::from_secs(scale.latency_secs);
     let writers = (0..WRITERS).map(|writer| {
         let (pool, topic) = (db.pool.clone(), topic.clone());

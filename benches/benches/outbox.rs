@@ -18,9 +18,13 @@ use std::time::{Duration, Instant};
 
 use leases::{Lease, RowLeases, TableSpec};
 use outbox::{Event, KafkaPublisher, NewEvent, PublishError, Publisher, Relay, RelayConfig};
+use outbox_events::{enqueue, pending};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use sqlx::PgPool;
+
+#[path = "shared/outbox_events.rs"]
+mod outbox_events;
 
 struct Scale {
     relay_events: usize,
@@ -46,36 +50,6 @@ const SMOKE: Scale = Scale {
     latency_secs: 1,
     enqueue_events: 200,
 };
-
-async fn enqueue(pool: &PgPool, topic: &str, events: usize, per_tx: usize, aggregates: usize) {
-    let mut n = 0;
-    while n < events {
-        let batch: Vec<NewEvent> = (n..(n + per_tx).min(events))
-            .map(|i| {
-                NewEvent::bytes(
-                    topic,
-                    "order",
-                    format!("o-{}", i % aggregates),
-                    "OrderPlaced",
-                    vec![7; 100],
-                )
-            })
-            .collect();
-        n += batch.len();
-        let mut tx = pool.begin().await.expect("begin");
-        outbox::enqueue_many(&mut tx, &batch)
-            .await
-            .expect("enqueue");
-        tx.commit().await.expect("commit");
-    }
-}
-
-async fn pending(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox_events")
-        .fetch_one(pool)
-        .await
-        .expect("count")
-}
 
 async fn publisher() -> KafkaPublisher {
     KafkaPublisher::from_config(&testkit::kafka::producer_config().await).expect("publisher")

@@ -198,6 +198,34 @@ pub async fn enqueue_numbered(
     }
 }
 
+/// The events still in the outbox of `pool`'s database.
+///
+/// # Panics
+///
+/// When the database refuses.
+pub async fn remaining(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox_events")
+        .fetch_one(pool)
+        .await
+        .expect("count the outbox")
+}
+
+/// Waits until at most `at_most` events are left in the outbox.
+///
+/// # Panics
+///
+/// When that takes longer than `limit`.
+pub async fn wait_for_remaining(pool: &PgPool, at_most: i64, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while remaining(pool).await > at_most {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the outbox did not get down to {at_most} events within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// What a consumer saw of numbered events.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Wire {

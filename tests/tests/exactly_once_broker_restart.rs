@@ -5,30 +5,13 @@
 use std::time::Duration;
 
 use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
-use sqlx::PgPool;
 use testkit::OwnedBroker;
-use workspace_tests::relay_process::{Wire, enqueue_numbered, open_transaction};
+use workspace_tests::relay_process::{
+    Wire, enqueue_numbered, open_transaction, wait_for_remaining,
+};
 
 const AGGREGATES: usize = 30;
 const PER_AGGREGATE: usize = 1_000;
-
-async fn remaining(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox_events")
-        .fetch_one(pool)
-        .await
-        .expect("count")
-}
-
-async fn wait_for_remaining(pool: &PgPool, at_most: i64, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while remaining(pool).await > at_most {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the outbox did not get down to {at_most} events within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again_once() {

@@ -1,7 +1,8 @@
 //! An exactly-once relay process paused (SIGSTOP) past its shard lease, replaced by a new owner,
 //! then resumed: the broker refuses its late transaction (its producer was fenced by the new
 //! owner's `init_transactions`), PostgreSQL refuses its late mark (the lease token moved on), and
-//! no event reaches a `read_committed` consumer twice.
+//! no event reaches a `read_committed` consumer twice. A relay paused past its lease with no
+//! other relay to take over takes its shard back (under a new token) and finishes.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use sqlx::ConnectOptions as _;
 use sqlx::PgPool;
 use testkit::TestDb;
 use workspace_tests::relay_process::{
-    Mode, RelayProcess, RelaySpec, Wire, enqueue_numbered, open_transaction,
+    Mode, RelayProcess, RelaySpec, Wire, enqueue_numbered, open_transaction, remaining,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_relay-process");
@@ -20,10 +21,6 @@ async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
         .fetch_one(pool)
         .await
         .expect("query")
-}
-
-async fn remaining(pool: &PgPool) -> i64 {
-    scalar(pool, "SELECT count(*) FROM outbox_events").await
 }
 
 /// Polls `check` every 50 ms until it holds, failing the test after `limit`.
@@ -231,4 +228,29 @@ async fn a_relay_paused_after_its_commit_has_its_late_mark_refused_by_the_lease_
     );
     a.kill();
     on_the_wire(&setup, b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_relay_paused_past_its_lease_takes_its_shard_back_and_finishes() {
+    let (setup, a) = started().await;
+    testkit::signal(a.pid(), "STOP");
+    tokio::time::sleep(setup.spec.lease_ttl * 2).await;
+    testkit::signal(a.pid(), "CONT");
+    // Its keeper steps down and takes the shard again under a new token; the shard follows.
+    drained(&setup.db.pool).await;
+    assert_eq!(
+        scalar(
+            &setup.db.pool,
+            "SELECT count(*) FROM leases_named WHERE owner = 'a' AND token > 1"
+        )
+        .await,
+        1,
+        "a holds the shard under a newer token"
+    );
+    a.shutdown();
+    let bootstrap = &setup.spec.bootstrap_servers;
+    let committed =
+        Wire::of(&testkit::kafka::read_to_end(bootstrap, &setup.topic, "read_committed").await);
+    assert_eq!(committed.distinct, EVENTS as usize, "every event arrived");
+    assert!(committed.consecutive, "once each, in per-aggregate order");
 }

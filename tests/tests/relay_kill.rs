@@ -12,9 +12,9 @@
 use std::time::Duration;
 
 use sqlx::ConnectOptions as _;
-use sqlx::PgPool;
 use workspace_tests::relay_process::{
-    Mode, RelayProcess, RelaySpec, Wire, end_sessions, enqueue_numbered,
+    Mode, RelayProcess, RelaySpec, Wire, end_sessions, enqueue_numbered, remaining,
+    wait_for_remaining,
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_relay-process");
@@ -24,24 +24,6 @@ const EVENTS: usize = AGGREGATES * PER_AGGREGATE;
 const KILLS: usize = 8;
 /// How many events each relay publishes before it is held and killed.
 const PER_LIFE: i64 = 6_000;
-
-async fn remaining(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE next_attempt_at IS NOT NULL")
-        .fetch_one(pool)
-        .await
-        .expect("count")
-}
-
-async fn wait_for_remaining(pool: &PgPool, at_most: i64, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while remaining(pool).await > at_most {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the relay did not get the outbox down to {at_most} events within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Runs `mode` through the kills; returns what a `read_committed` consumer saw, and how many
 /// events new exactly-once owners found committed but unmarked and marked.

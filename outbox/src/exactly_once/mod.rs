@@ -41,6 +41,15 @@
 //! middle of transactions (the aborted ones are invisible to `read_committed` consumers, and
 //! their events go out again in a later transaction).
 //!
+//! # Operations
+//!
+//! Metrics, labelled `relay` with the relay's name: `outbox_published_total`,
+//! `outbox_dead_lettered_total`, `outbox_transactions_aborted_total`, the histogram
+//! `outbox_batch_seconds`, and the outbox gauges of the default relay (`outbox_pending`,
+//! `outbox_oldest_pending_age_seconds`, `outbox_dead_letters`). Shard ownership is visible in
+//! `leases_named` (`outbox/<name>/…` rows: owner, token, expiry); a new owner that marks a
+//! previous owner's committed batch logs it at `INFO`.
+//!
 //! # Costs and limits
 //!
 //! - A commit per batch (a few broker round trips), and `read_committed` consumers see an event
@@ -49,9 +58,12 @@
 //! - One transaction in flight per shard; parallelism comes from shards.
 //! - Run one mode at a time over one outbox: a default [`Relay`](crate::Relay) beside this one
 //!   could publish the same event again.
-//! - Change the shard count only after every relay of the old count shut down cleanly (a clean
-//!   shutdown marks every committed batch): the progress of a crashed shard is read only by the
-//!   next owner of the same shard.
+//! - Change the shard count, the relay's name or the progress topic only after every relay of
+//!   the old configuration shut down cleanly (a clean shutdown marks every committed batch): the
+//!   progress of a crashed shard is read only by the next owner of the same shard, name and
+//!   topic.
+//! - The claim walks the outbox in `seq` order; with [`Retention::Keep`] it walks the kept,
+//!   published rows too, so purge them regularly.
 //! - Effects in other systems (a consumer's database, an email) still need the consumer's inbox:
 //!   exactly once on the wire does not make a consumer's own processing exactly once.
 
@@ -71,6 +83,9 @@ use tokio::time::Instant;
 use crate::relay::{listen, notified};
 use crate::{Background, Error, Result, Retention};
 use leases::CancellationToken;
+
+/// The largest [`ExactlyOnceConfig::batch_size`].
+const MAX_BATCH: u32 = 10_000;
 
 /// How an [`ExactlyOnceRelay`] works. Every setter documents its default.
 #[derive(Debug, Clone)]
@@ -127,7 +142,7 @@ impl ExactlyOnceConfig {
         self
     }
 
-    /// Events per transaction. Default: 500.
+    /// Events per transaction, at most 10,000. Default: 500.
     pub fn batch_size(mut self, n: u32) -> Self {
         self.batch_size = n;
         self
@@ -196,8 +211,9 @@ impl ExactlyOnceRelay {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for zero shards, batch size, lease ttl, poll interval or
-    /// transaction timeout, or a progress topic with fewer partitions than shards;
-    /// [`Error::Kafka`] when the progress topic cannot be created or described.
+    /// transaction timeout, a batch size over 10,000, or a progress topic with fewer partitions
+    /// than shards; [`Error::Kafka`] for a client configuration librdkafka refuses, or when the
+    /// progress topic cannot be created or described.
     pub async fn new(
         pool: PgPool,
         kafka: &ClientConfig,
@@ -215,11 +231,23 @@ impl ExactlyOnceRelay {
                     .into(),
             ));
         }
-        progress::ensure_topic(kafka, &config.progress_topic, config.shards).await?;
+        if config.batch_size > MAX_BATCH {
+            return Err(Error::InvalidConfig(format!(
+                "a batch holds at most {MAX_BATCH} events (its progress record must stay small)"
+            )));
+        }
+        let kafka = crate::publisher::kafka::producer_config(kafka);
+        // Refuse a configuration librdkafka refuses for a transactional producer (a
+        // `message.timeout.ms` above `transaction.timeout.ms`, say) now, not in every shard.
+        let _: rdkafka::producer::FutureProducer = kafka
+            .clone()
+            .set("transactional.id", format!("{}-check", config.name))
+            .create()?;
+        progress::ensure_topic(&kafka, &config.progress_topic, config.shards).await?;
         Ok(Self {
             shared: Arc::new(shard::Shared {
                 pool,
-                kafka: crate::publisher::kafka::producer_config(kafka),
+                kafka,
                 config,
                 named: NamedLeases::new(),
                 wake: Notify::new(),
@@ -229,7 +257,9 @@ impl ExactlyOnceRelay {
 
     /// Runs the relay in the background: one task per shard, each taking its shard's lease when
     /// it is free. [`Background::shutdown`] lets every shard commit and mark its transaction in
-    /// flight, then releases the shard leases; [`Background::abort`] stops it as a crash would.
+    /// flight, then releases the shard leases; [`Background::abort`] stops it at once, in the
+    /// middle of a transaction if one is open (the next owner's `init_transactions` aborts it),
+    /// and the shard leases are released as their keepers stop.
     pub fn spawn(self) -> Background {
         Background::spawn(|stop| self.run(stop))
     }

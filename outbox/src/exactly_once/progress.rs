@@ -49,8 +49,8 @@ impl Place {
             .payload(payload)
     }
 
-    /// The last progress record committed to this place, read `read_committed` from the
-    /// beginning of the partition to its last stable offset. Call it after `init_transactions`
+    /// The last progress record committed to this place, read `read_committed` from the tail of
+    /// the partition to its last stable offset. Call it after `init_transactions`
     /// of the shard's producer, which completes or aborts the previous owner's transaction.
     pub(super) async fn last_committed(
         &self,
@@ -69,20 +69,49 @@ impl Place {
             .map_err(|e| Error::InvalidConfig(format!("progress reader panicked: {e}")))?
     }
 
+    /// Reads the tail of the partition, a window at a time: the last record is normally among
+    /// the last few offsets (each transaction adds its record and a commit marker), so a
+    /// takeover reads a handful of records however long the partition has grown. A window that
+    /// holds no record of this place (only aborted transactions, say) doubles, back to the start.
     fn read_last(&self, config: &ClientConfig, limit: Duration) -> Result<Progress> {
         let consumer: BaseConsumer = config.create()?;
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(&self.topic, self.partition, Offset::Beginning)?;
-        consumer.assign(&assignment)?;
         let deadline = std::time::Instant::now() + limit;
-        let mut last = Progress::default();
+        let (low, stable) = consumer.fetch_watermarks(&self.topic, self.partition, limit)?;
+        let mut window = 64;
+        loop {
+            let from = stable.saturating_sub(window).max(low);
+            if let Some(last) = self.read_from(&consumer, from, deadline)? {
+                return Ok(last);
+            }
+            if from == low {
+                return Ok(Progress::default());
+            }
+            window = window.saturating_mul(16);
+        }
+    }
+
+    /// The last record of this place from offset `from` to the partition's end, if any.
+    fn read_from(
+        &self,
+        consumer: &BaseConsumer,
+        from: i64,
+        deadline: std::time::Instant,
+    ) -> Result<Option<Progress>> {
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&self.topic, self.partition, Offset::Offset(from))?;
+        consumer.assign(&assignment)?;
+        let mut last = None;
         while std::time::Instant::now() < deadline {
             match consumer.poll(Duration::from_millis(200)) {
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(last),
                 Some(Err(error)) => return Err(error.into()),
                 Some(Ok(message)) if message.key() == Some(self.key.as_bytes()) => {
-                    last = serde_json::from_slice(message.payload().unwrap_or_default())?;
+                    // A tombstone (no payload) clears the place.
+                    last = Some(match message.payload() {
+                        Some(payload) => serde_json::from_slice(payload)?,
+                        None => Progress::default(),
+                    });
                 }
                 Some(Ok(_)) => {}
             }

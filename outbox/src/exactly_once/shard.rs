@@ -1,12 +1,13 @@
 //! One shard: held through a named lease, published through one transactional producer, one
 //! transaction at a time.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::join_all;
 use leases::{CancellationToken, LeaseKeeper, NamedLease, NamedLeases};
 use rdkafka::ClientConfig;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer as _};
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
@@ -123,7 +124,7 @@ pub(super) async fn run(shared: Arc<Shared>, shard: u32, stop: CancellationToken
         tracing::warn!(%error, shard, "outbox: shard stopped publishing");
         let wait = async {
             match error {
-                Ended::LeaseLost => keeper.lost().await,
+                Ended::LeaseLost => replaced(&mut held, &lease).await,
                 _ => tokio::time::sleep(config.poll_interval).await,
             }
         };
@@ -176,9 +177,11 @@ impl Shared {
                  had committed to Kafka but not marked"
             );
         }
+        // Consecutive aborted transactions (the backoff), and failed transactions per event.
         let mut failures = 0u32;
+        let mut attempts = HashMap::new();
         while !stop.is_cancelled() {
-            if held.borrow_and_update().as_ref().map(|l| l.token) != Some(lease.token) {
+            if !holds(&held.borrow(), lease) {
                 return Err(Ended::LeaseLost);
             }
             let woken = self.wake.notified();
@@ -194,7 +197,7 @@ impl Shared {
                 tokio::select! {
                     () = stop.cancelled() => {}
                     () = woken => {}
-                    _ = held.changed() => {}
+                    () = replaced(held, lease) => {}
                     () = tokio::time::sleep(config.poll_interval) => {}
                 }
                 continue;
@@ -203,6 +206,7 @@ impl Shared {
             match self.transact(&producer, &place, lease, &batch).await? {
                 Transaction::Committed => {
                     failures = 0;
+                    attempts.clear();
                     let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
                     self.mark(lease, &seqs).await?;
                     self.count("outbox_published_total", batch.len());
@@ -210,14 +214,20 @@ impl Shared {
                         .record(started.elapsed().as_secs_f64());
                 }
                 Transaction::Aborted(failed) => {
-                    failures += 1;
                     self.count("outbox_transactions_aborted_total", 1);
-                    self.settle_failures(lease, &batch, &failed, failures)
-                        .await?;
+                    if self
+                        .bury_failed(lease, &batch, &failed, &mut attempts)
+                        .await?
+                        > 0
+                    {
+                        failures = 0;
+                        continue;
+                    }
+                    failures += 1;
                     let delay = config.backoff.delay(failures);
                     tokio::select! {
                         () = stop.cancelled() => {}
-                        _ = held.changed() => {}
+                        () = replaced(held, lease) => {}
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
@@ -242,7 +252,7 @@ impl Shared {
             match producer.get().send_result(record(event)) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((error, _)) => {
-                    failed.push((index, classify(&error)));
+                    failed.extend(blamed(&error).map(|e| (index, e)));
                     break;
                 }
             }
@@ -255,14 +265,25 @@ impl Shared {
             .map_err(crate::Error::from)?;
             match producer.get().send_result(place.record(&progress)) {
                 Ok(delivery) => deliveries.push(delivery),
-                Err((error, _)) => return Err(error.into()),
+                Err((error, _)) => {
+                    tracing::warn!(%error, "outbox: the progress record was refused")
+                }
             }
         }
-        for (index, delivered) in join_all(deliveries).await.into_iter().enumerate() {
+        let started = Instant::now();
+        let delivered = join_all(deliveries).await;
+        let delivered_after = started.elapsed();
+        // Every event and the progress record acknowledged (none refused, none purged).
+        let deliveries_ok =
+            delivered.len() == batch.len() + 1 && delivered.iter().all(|d| matches!(d, Ok(Ok(_))));
+        for (index, delivered) in delivered.into_iter().enumerate() {
             let error = match delivered {
                 Ok(Ok(_)) => continue,
-                Ok(Err((error, _))) => classify(&error),
-                Err(_) => PublishError::retriable("the producer dropped the message"),
+                Ok(Err((error, _))) => match blamed(&error) {
+                    Some(error) => error,
+                    None => continue,
+                },
+                Err(_) => continue,
             };
             // The progress record is the last one: its failure blames no event.
             if index < batch.len() {
@@ -271,12 +292,20 @@ impl Shared {
                 tracing::warn!(%error, "outbox: the progress record was not written");
             }
         }
-        if failed.is_empty() {
+        if deliveries_ok {
             match producer
                 .blocking(move |p| p.commit_transaction(timeout))
                 .await
             {
-                Ok(()) => return Ok(Transaction::Committed),
+                Ok(()) => {
+                    tracing::debug!(
+                        events = batch.len(),
+                        delivered_ms = delivered_after.as_secs_f64() * 1e3,
+                        committed_ms = started.elapsed().as_secs_f64() * 1e3,
+                        "outbox: transaction committed"
+                    );
+                    return Ok(Transaction::Committed);
+                }
                 // Aborting is safe; whether the commit happened is learnt by initializing a new
                 // producer, which completes it, and reading the progress record it wrote.
                 Err(KafkaError::Transaction(error)) if error.txn_requires_abort() => {
@@ -291,46 +320,44 @@ impl Shared {
         Ok(Transaction::Aborted(failed))
     }
 
-    /// After an aborted transaction: dead-letters the events refused for good, and the first
-    /// failed event once `failures` transactions in a row have failed.
-    async fn settle_failures(
+    /// After an aborted transaction: dead-letters the events refused for good, and those whose
+    /// transactions failed [`Backoff::max_attempts`](crate::Backoff::max_attempts) times.
+    /// Returns how many it moved.
+    async fn bury_failed(
         &self,
         lease: &NamedLease,
         batch: &[Event],
         failed: &[(usize, PublishError)],
-        failures: u32,
-    ) -> Result<(), Ended> {
-        let exhausted = failures >= self.config.backoff.max_attempts();
-        let permanent = failed.iter().filter(|(_, e)| !e.is_retriable());
-        let first = failed.first().filter(|_| exhausted);
+        attempts: &mut HashMap<i64, u32>,
+    ) -> Result<u64, Ended> {
         let mut buried = 0;
-        for (index, error) in permanent.chain(first.filter(|(_, e)| e.is_retriable())) {
+        for (index, error) in failed {
             let event = &batch[*index];
-            let reason = if error.is_retriable() {
-                format!("attempts exhausted ({failures})")
-            } else {
+            let tried = attempts.entry(event.seq).or_default();
+            *tried += 1;
+            let reason = if !error.is_retriable() {
                 "permanent publish failure".to_owned()
+            } else if *tried >= self.config.backoff.max_attempts() {
+                format!("attempts exhausted ({tried})")
+            } else {
+                tracing::warn!(event_id = %event.id, attempts = *tried, %error, "outbox: transaction aborted; retrying");
+                continue;
             };
             tracing::error!(event_id = %event.id, %reason, %error, "outbox: dead-lettering event");
-            let attempts = i32::try_from(failures).unwrap_or(i32::MAX);
             buried += self
                 .named
                 .fenced_query(lease, BURY)
                 .bind(event.seq)
-                .bind(attempts)
+                .bind(i32::try_from(*tried).unwrap_or(i32::MAX))
                 .bind(reason)
                 .bind(error.to_string())
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
+            attempts.remove(&event.seq);
         }
         self.count("outbox_dead_lettered_total", buried as usize);
-        if failed.is_empty() || buried > 0 {
-            return Ok(());
-        }
-        let (index, error) = &failed[0];
-        tracing::warn!(event_id = %batch[*index].id, failures, %error, "outbox: transaction aborted; retrying");
-        Ok(())
+        Ok(buried)
     }
 
     /// Marks `seqs` published while `lease` is held, returning how many rows it marked (rows
@@ -391,5 +418,37 @@ impl Drop for TxProducer {
         {
             runtime.spawn_blocking(move || drop(producer));
         }
+    }
+}
+
+/// Whether `current` (the keeper's state) is `lease`.
+fn holds(current: &Option<NamedLease>, lease: &NamedLease) -> bool {
+    current.as_ref().is_some_and(|l| l.token == lease.token)
+}
+
+/// Resolves once the keeper no longer holds `lease` (it stepped down, or holds the shard again
+/// under a newer token); never if the keeper is gone.
+async fn replaced(held: &mut watch::Receiver<Option<NamedLease>>, lease: &NamedLease) {
+    if held
+        .wait_for(|current| !holds(current, lease))
+        .await
+        .is_err()
+    {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The publish error a failed message is to blame for, or `None` when its failure is a
+/// consequence of another's (purged when the transaction became abortable, refused in that
+/// state, or a fatal producer error).
+fn blamed(error: &KafkaError) -> Option<PublishError> {
+    match error.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::PurgeQueue
+            | RDKafkaErrorCode::PurgeInflight
+            | RDKafkaErrorCode::State
+            | RDKafkaErrorCode::Fatal,
+        ) => None,
+        _ => Some(classify(error)),
     }
 }
