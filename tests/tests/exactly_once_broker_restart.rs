@@ -1,6 +1,7 @@
 //! The exactly-once relay while its broker (one this test owns) is SIGKILLed in the middle of a
 //! transaction and started again: the transactions that were open are aborted, invisible to
-//! `read_committed` consumers, and their events go out again in later transactions, once.
+//! `read_committed` consumers, and their events go out again in later transactions, once; the
+//! relay's monitor reports the outage and its end.
 
 use std::time::Duration;
 
@@ -34,8 +35,9 @@ async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again
         .poll_interval(Duration::from_millis(200));
     let relay = ExactlyOnceRelay::new(db.pool.clone(), &kafka, config)
         .await
-        .expect("relay")
-        .spawn();
+        .expect("relay");
+    let monitor = relay.monitor();
+    let relay = relay.spawn();
 
     wait_for_remaining(&db.pool, events - 5_000, Duration::from_secs(120)).await;
     let mut open = false;
@@ -47,10 +49,19 @@ async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again
     }
     assert!(open, "caught a transaction with records on the broker");
     broker.kill();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The relay reports that it is not publishing (its transactions fail after 3 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while monitor.stalled().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay did not report the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     broker.restart().await;
 
     wait_for_remaining(&db.pool, 0, Duration::from_secs(180)).await;
+    assert!(monitor.stalled().is_none(), "publishing again");
     relay.shutdown().await;
     let committed =
         Wire::of(&testkit::kafka::read_to_end(&bootstrap, &topic, "read_committed").await);

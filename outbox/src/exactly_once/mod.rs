@@ -48,7 +48,8 @@
 //! `outbox_batch_seconds`, and the outbox gauges of the default relay (`outbox_pending`,
 //! `outbox_oldest_pending_age_seconds`, `outbox_dead_letters`). Shard ownership is visible in
 //! `leases_named` (`outbox/<name>/…` rows: owner, token, expiry); a new owner that marks a
-//! previous owner's committed batch logs it at `INFO`.
+//! previous owner's committed batch logs it at `INFO`. [`ExactlyOnceRelay::monitor`] feeds a
+//! readiness check, as [`Relay::monitor`](crate::Relay::monitor) does for the default relay.
 //!
 //! # Costs and limits
 //!
@@ -81,7 +82,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::relay::{listen, notified};
-use crate::{Background, Error, Result, Retention};
+use crate::{Background, Error, RelayMonitor, Result, Retention};
 use leases::CancellationToken;
 
 /// The largest [`ExactlyOnceConfig::batch_size`].
@@ -248,11 +249,21 @@ impl ExactlyOnceRelay {
             shared: Arc::new(shard::Shared {
                 pool,
                 kafka,
+                monitor: RelayMonitor::new(config.name.clone()),
                 config,
                 named: NamedLeases::new(),
                 wake: Notify::new(),
             }),
         })
+    }
+
+    /// Reads whether this relay is publishing, from another task (for a readiness check); take
+    /// it before [`spawn`](Self::spawn). Stalled from a transaction that was aborted without
+    /// dead-lettering anything, an ownership episode that ended on a Kafka or database error, or
+    /// a failed claim, until a shard commits again or takes its shard over successfully (any
+    /// shard counts).
+    pub fn monitor(&self) -> RelayMonitor {
+        self.shared.monitor.clone()
     }
 
     /// Runs the relay in the background: one task per shard, each taking its shard's lease when

@@ -16,10 +16,10 @@ use tracing::Instrument;
 
 use super::ExactlyOnceConfig;
 use super::progress::{Place, Progress};
-use crate::Retention;
 use crate::dead_letters::insert_moved;
 use crate::publisher::kafka::{classify, record};
 use crate::publisher::{Event, PublishError};
+use crate::{RelayMonitor, Retention};
 
 /// What every shard of a relay shares.
 #[derive(Debug)]
@@ -30,6 +30,8 @@ pub(super) struct Shared {
     pub(super) named: NamedLeases,
     /// Woken on every `outbox_events` notification.
     pub(super) wake: Notify,
+    /// Whether the relay publishes (any shard counts).
+    pub(super) monitor: RelayMonitor,
 }
 
 /// The shard's oldest unpublished events, in `seq` order.
@@ -125,7 +127,14 @@ pub(super) async fn run(shared: Arc<Shared>, shard: u32, stop: CancellationToken
         let wait = async {
             match error {
                 Ended::LeaseLost => replaced(&mut held, &lease).await,
-                _ => tokio::time::sleep(config.poll_interval).await,
+                Ended::Kafka(error) => {
+                    shared.monitor.publish_failed(error.to_string());
+                    tokio::time::sleep(config.poll_interval).await;
+                }
+                Ended::Outbox(error) => {
+                    shared.monitor.database_failed(error.to_string());
+                    tokio::time::sleep(config.poll_interval).await;
+                }
             }
         };
         tokio::select! {
@@ -177,6 +186,8 @@ impl Shared {
                  had committed to Kafka but not marked"
             );
         }
+        // The broker and the database answered: the shard is ready to publish.
+        self.monitor.progressed();
         // Consecutive aborted transactions (the backoff), and failed transactions per event.
         let mut failures = 0u32;
         let mut attempts = HashMap::new();
@@ -194,6 +205,7 @@ impl Shared {
                 .fetch_all(&self.pool)
                 .await?;
             if batch.is_empty() {
+                self.monitor.idle();
                 tokio::select! {
                     () = stop.cancelled() => {}
                     () = woken => {}
@@ -205,6 +217,7 @@ impl Shared {
             let started = Instant::now();
             match self.transact(&producer, &place, lease, &batch).await? {
                 Transaction::Committed => {
+                    self.monitor.progressed();
                     failures = 0;
                     attempts.clear();
                     let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
@@ -220,9 +233,15 @@ impl Shared {
                         .await?
                         > 0
                     {
+                        self.monitor.progressed();
                         failures = 0;
                         continue;
                     }
+                    let error = failed.first().map_or_else(
+                        || "the transaction was aborted".to_owned(),
+                        |(_, e)| e.to_string(),
+                    );
+                    self.monitor.publish_failed(error);
                     failures += 1;
                     let delay = config.backoff.delay(failures);
                     tokio::select! {
