@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
-use outbox::{Backoff, NewEvent};
+use outbox::{Backoff, NewEvent, Retention};
 use rdkafka::Message;
 use rdkafka::message::{Headers, OwnedMessage};
 use sqlx::PgPool;
@@ -40,9 +40,14 @@ async fn enqueue(pool: &PgPool, topic: &str, aggregates: &[String], per_aggregat
 }
 
 async fn relay(pool: &PgPool, name: &str) -> outbox::Background {
+    relay_with(pool, name, Retention::Delete).await
+}
+
+async fn relay_with(pool: &PgPool, name: &str, retention: Retention) -> outbox::Background {
     let kafka = testkit::kafka::producer_config().await;
     let config = ExactlyOnceConfig::new(name)
         .shards(SHARDS)
+        .retention(retention)
         .batch_size(100)
         .lease_ttl(Duration::from_secs(5))
         .backoff(
@@ -56,7 +61,13 @@ async fn relay(pool: &PgPool, name: &str) -> outbox::Background {
 
 async fn wait_until_empty(pool: &PgPool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while count(pool, "SELECT count(*) FROM outbox_events").await > 0 {
+    while count(
+        pool,
+        "SELECT count(*) FROM outbox_events WHERE next_attempt_at IS NOT NULL",
+    )
+    .await
+        > 0
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the outbox did not drain"
@@ -179,4 +190,37 @@ async fn a_poison_event_is_dead_lettered_and_the_rest_of_its_shard_goes_out_once
         per_aggregate["agg-1"], 11,
         "the events after the poison went out"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_keep_retention_published_rows_stay_stamped_and_are_not_published_again() {
+    let db = db().await;
+    let bootstrap = testkit::kafka::bootstrap_servers().await;
+    let topic = testkit::kafka::topic(2).await;
+    let aggregates: Vec<String> = (0..5).map(|a| format!("agg-{a}")).collect();
+    enqueue(&db.pool, &topic, &aggregates, 20).await;
+    let name = format!("eos-{}", uuid::Uuid::new_v4().simple());
+
+    let relay = relay_with(&db.pool, &name, Retention::Keep).await;
+    wait_until_empty(&db.pool).await;
+    relay.shutdown().await;
+    // A second relay over the same outbox finds nothing left to publish.
+    let again = relay_with(&db.pool, &name, Retention::Keep).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    again.shutdown().await;
+
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM outbox_events
+             WHERE published_at IS NOT NULL AND next_attempt_at IS NULL
+               AND lease_expires_at IS NULL"
+        )
+        .await,
+        100,
+        "every row kept, stamped published"
+    );
+    let messages = testkit::kafka::read_to_end(&bootstrap, &topic, "read_committed").await;
+    assert_eq!(messages.len(), 100, "each once");
+    assert_once_in_order(&messages);
 }
