@@ -86,3 +86,22 @@ impl Drop for TestDb {
         let _ = cleanup.join();
     }
 }
+
+/// Ends the sessions in `pool`'s database whose `application_name` is `name`, and waits (up to
+/// 5 s each) until they are gone: after a test SIGKILLs a process, what its sessions were still
+/// doing (a commit in flight, a statement waiting on a lock) settles before the test reads the
+/// database, instead of landing afterwards.
+///
+/// # Panics
+///
+/// When the database refuses.
+pub async fn end_sessions(pool: &sqlx::PgPool, name: &str) {
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(name)
+    .execute(pool)
+    .await
+    .expect("end the sessions");
+}

@@ -11,6 +11,9 @@ use sqlx::{PgConnection, PgPool};
 /// The event type every pipeline event carries.
 pub const EVENT_TYPE: &str = "Applied";
 
+/// The `application_name` of the `consumer-process` child's database sessions.
+pub const CONSUMER_APPLICATION_NAME: &str = "consumer-process";
+
 /// Creates the `effects` table (no unique key, so a double application would be seen).
 ///
 /// # Errors

@@ -16,24 +16,6 @@ use sqlx::PgPool;
 /// The `application_name` of a relay process's database sessions.
 pub const APPLICATION_NAME: &str = "relay-process";
 
-/// Ends the database sessions of relay processes in `pool`'s database: after a SIGKILL, what a
-/// session was still running (a statement waiting on a lock, say) must not run on without the
-/// process.
-///
-/// # Panics
-///
-/// When the database refuses.
-pub async fn end_sessions(pool: &PgPool) {
-    sqlx::query(
-        "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = $1",
-    )
-    .bind(APPLICATION_NAME)
-    .execute(pool)
-    .await
-    .expect("end the relay's sessions");
-}
-
 /// Which relay the process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

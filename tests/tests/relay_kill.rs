@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sqlx::ConnectOptions as _;
 use workspace_tests::relay_process::{
-    Mode, RelayProcess, RelaySpec, Wire, end_sessions, enqueue_numbered, remaining,
+    APPLICATION_NAME, Mode, RelayProcess, RelaySpec, Wire, enqueue_numbered, remaining,
     wait_for_remaining,
 };
 
@@ -58,7 +58,7 @@ async fn killed_again_and_again(mode: Mode) -> (Wire, usize) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         recovered += marked_for_previous_owner(&relay);
         relay.kill();
-        end_sessions(&db.pool).await;
+        testkit::postgres::end_sessions(&db.pool, APPLICATION_NAME).await;
         lock.rollback().await.expect("unlock");
     }
     let relay = RelayProcess::start(BINARY, &spec, &format!("{mode}-last"));

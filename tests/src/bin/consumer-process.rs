@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use idempotency::{Consumer, ConsumerConfig};
 use rdkafka::ClientConfig;
-use workspace_tests::pipeline::Effects;
+use workspace_tests::pipeline::{self, Effects};
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
@@ -21,7 +21,12 @@ fn env(name: &str) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let pool = sqlx::PgPool::connect(&env("DATABASE_URL"))
+    // Named, so a test can end this process's sessions after it killed the process.
+    let options = env("DATABASE_URL")
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .expect("DATABASE_URL")
+        .application_name(pipeline::CONSUMER_APPLICATION_NAME);
+    let pool = sqlx::PgPool::connect_with(options)
         .await
         .expect("connect to PostgreSQL");
     let instance = env("CONSUMER_INSTANCE");
