@@ -114,22 +114,80 @@ fn claim(t: &TableSpec, returning: &str) -> String {
         .claim_filter
         .map(|f| format!("AND ({f})"))
         .unwrap_or_default();
-    format!(
-        "WITH due AS (
-            SELECT {id} FROM {table}
-            WHERE {next_attempt_at} <= {NOW_CLAIM}
-              AND ({expires_at} IS NULL OR {expires_at} <= {NOW_CLAIM})
-              {filter}
-            ORDER BY {next_attempt_at}, {id}
-            LIMIT $3
-            FOR UPDATE SKIP LOCKED
+    let free = |row: &str| {
+        format!(
+            "{row}{next_attempt_at} <= {NOW_CLAIM}
+             AND ({row}{expires_at} IS NULL OR {row}{expires_at} <= {NOW_CLAIM})"
         )
+    };
+    let due = format!(
+        "SELECT {table}.{id}{group} FROM {table}
+         WHERE {free} {filter} {head}
+         ORDER BY {next_attempt_at}, {id}
+         LIMIT $3
+         FOR UPDATE SKIP LOCKED",
+        group = t
+            .group
+            .iter()
+            .map(|c| format!(", {table}.{c}"))
+            .collect::<String>(),
+        free = free(""),
+        head = if t.group.is_empty() {
+            String::new()
+        } else {
+            let older = same_group(t, "older", table);
+            format!(
+                "AND NOT EXISTS (SELECT 1 FROM {table} older
+                 WHERE {older} AND older.{id} < {table}.{id} AND older.{next_attempt_at} IS NOT NULL)"
+            )
+        }
+    );
+    let due = if t.group.is_empty() {
+        format!("due AS ({due})")
+    } else {
+        // Each head with the rows after it in its group while they are free (at most `$3` rows
+        // scanned per group, `$3` in all); the cut keeps each run's first rows (`pos = n`).
+        format!(
+            "heads AS ({due}),
+             runs AS (
+                SELECT run.{id}, heads.{id} AS head, run.pos FROM heads CROSS JOIN LATERAL (
+                    SELECT {id}, pos FROM (
+                        SELECT m.{id}, row_number() OVER w AS pos, bool_and({free}) OVER w AS open
+                        FROM (SELECT m.* FROM {table} m
+                              WHERE {same} AND m.{id} >= heads.{id} AND m.{next_attempt_at} IS NOT NULL
+                              ORDER BY m.{id} LIMIT $3) m
+                        WINDOW w AS (ORDER BY m.{id})
+                    ) member WHERE open
+                ) run
+                LIMIT $3
+             ),
+             due AS (
+                SELECT {id} FROM (
+                    SELECT {id}, pos, row_number() OVER (PARTITION BY head ORDER BY pos) AS n
+                    FROM runs
+                ) cut WHERE pos = n
+             )",
+            free = free("m."),
+            same = same_group(t, "m", "heads"),
+        )
+    };
+    format!(
+        "WITH {due}
         UPDATE {table} AS t
         SET {owner} = $2, {token} = t.{token} + 1, {attempts} = t.{attempts} + 1,
             {expires_at} = {NOW_CLAIM} + $4::interval
         FROM due WHERE t.{id} = due.{id}
         RETURNING {returning}"
     )
+}
+
+/// `a.g1 = b.g1 AND a.g2 = b.g2` over the group columns.
+fn same_group(t: &TableSpec, a: &str, b: &str) -> String {
+    t.group
+        .iter()
+        .map(|c| format!("{a}.{c} = {b}.{c}"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
 }
 
 /// Gives held leases back, due again `$5` (an interval) from now, also setting `set`.

@@ -63,6 +63,8 @@ pub struct TableSpec {
     pub(crate) completion: Completion,
     pub(crate) completed_at: Option<String>,
     pub(crate) claim_filter: Option<&'static str>,
+    /// Quoted; empty when rows are not grouped.
+    pub(crate) group: Vec<String>,
     pub(crate) scheduled: bool,
 }
 
@@ -80,6 +82,7 @@ impl TableSpec {
             completion: Completion::default(),
             completed_at: None,
             claim_filter: None,
+            group: Vec::new(),
             scheduled: true,
         }
     }
@@ -103,6 +106,7 @@ pub struct TableSpecBuilder {
     completion: Completion,
     completed_at: Option<String>,
     claim_filter: Option<&'static str>,
+    group: Vec<String>,
     scheduled: bool,
 }
 
@@ -166,6 +170,30 @@ impl TableSpecBuilder {
         self
     }
 
+    /// Groups rows by these columns and claims each group in id order, in runs:
+    ///
+    /// - a row is a group's *head* when no row of its group with a smaller id is unfinished
+    ///   (`next_attempt_at` not `NULL`: due, leased, or waiting for a retry); only heads start a
+    ///   claim, so while a group's head is leased or waiting for a retry, no later row of the
+    ///   group is claimed, by this owner or any other;
+    /// - a claim takes each head with the rows that follow it in its group, in id order, up to the
+    ///   first one that is not due or still leased: a run of consecutive rows, so a group with a
+    ///   backlog is not claimed one row per claim. The claim's limit counts every row; when it cuts
+    ///   a run, the run keeps its first rows.
+    ///
+    /// The [`claim_filter`](Self::claim_filter) applies to heads. The claim needs an index on the
+    /// group columns and the id (`CREATE INDEX ... ON jobs (group_id, id) WHERE next_attempt_at IS
+    /// NOT NULL`). Default: no groups (every due row is claimed on its own).
+    ///
+    /// ```
+    /// let spec = leases::TableSpec::builder("jobs").group_columns(&["tenant", "group_id"]).build()?;
+    /// # Ok::<(), leases::Error>(())
+    /// ```
+    pub fn group_columns(mut self, columns: &[&str]) -> Self {
+        self.group = columns.iter().map(|&c| c.to_owned()).collect();
+        self
+    }
+
     /// A table whose rows are claimed only one at a time by key
     /// ([`RowLeases::claim_key_query`](crate::RowLeases::claim_key_query)), never in due order: it
     /// has no `attempts` and no `next_attempt_at` column. [`claim`](crate::RowLeases::claim) refuses
@@ -197,6 +225,11 @@ impl TableSpecBuilder {
                 .map(|name| quote("completed_at column", name))
                 .transpose()?,
             claim_filter: self.claim_filter,
+            group: self
+                .group
+                .iter()
+                .map(|name| quote("group column", name))
+                .collect::<Result<_>>()?,
             scheduled: self.scheduled,
         })
     }

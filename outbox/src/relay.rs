@@ -1,137 +1,27 @@
 //! The relay: claims due events with leases, publishes them, and marks, retries or dead-letters
 //! each one, guarded by its lease.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
-use leases::{Completion, Lease, RowLeases, TableSpec};
+use leases::{Completion, Heartbeat, Lease, RowLeases, TableSpec};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+mod config;
+
+pub use config::{RelayConfig, Retention};
+
 use crate::health::RelayMonitor;
 use crate::publisher::{Event, PublishError, Publisher};
 use crate::{Error, Result};
-use leases::{Background, Backoff, CancellationToken};
-
-/// Per-aggregate order: an event is claimable only when no older event of its aggregate is still
-/// in the outbox unpublished (pending, leased by a relay, or waiting for a retry).
-const ORDER_FILTER: &str = "NOT EXISTS (
-    SELECT 1 FROM outbox_events o
-    WHERE o.aggregate_type = outbox_events.aggregate_type
-      AND o.aggregate_id = outbox_events.aggregate_id
-      AND o.seq < outbox_events.seq AND o.next_attempt_at IS NOT NULL)";
-
-/// What happens to a published event's row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Retention {
-    /// Delete the row once the broker acknowledged it. The default.
-    #[default]
-    Delete,
-    /// Keep the row with `published_at` set; purge later with [`purge_published`](crate::purge_published).
-    Keep,
-}
-
-/// How a relay works. Every setter documents its default.
-#[derive(Debug, Clone)]
-pub struct RelayConfig {
-    owner: String,
-    name: String,
-    batch_size: u32,
-    lease_ttl: Duration,
-    poll_interval: Duration,
-    backoff: Backoff,
-    ordered: bool,
-    retention: Retention,
-    pipeline_depth: u32,
-}
-
-impl Default for RelayConfig {
-    fn default() -> Self {
-        Self {
-            owner: format!("relay-{}", uuid::Uuid::now_v7()),
-            name: "outbox".to_owned(),
-            batch_size: 500,
-            lease_ttl: Duration::from_secs(30),
-            poll_interval: Duration::from_secs(1),
-            backoff: Backoff::default(),
-            ordered: true,
-            retention: Retention::default(),
-            pipeline_depth: 2,
-        }
-    }
-}
-
-impl RelayConfig {
-    /// The lease owner name. Default: `relay-<uuidv7>`, unique per relay.
-    pub fn owner(mut self, owner: impl Into<String>) -> Self {
-        self.owner = owner.into();
-        self
-    }
-
-    /// The name its metrics carry as the label `relay`, so the relays of several services in one
-    /// process (or one Prometheus) stay apart; relays over the same outbox share it. Default:
-    /// `outbox`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Events claimed per batch. Default: 500.
-    pub fn batch_size(mut self, n: u32) -> Self {
-        self.batch_size = n;
-        self
-    }
-
-    /// How long a batch's leases last: a relay that dies mid-batch holds its events this long
-    /// before another relay republishes them. Must exceed the publish timeout. Default: 30 s.
-    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = ttl;
-        self
-    }
-
-    /// How often to look for due events when no notification arrives (new events wake the relay
-    /// through `LISTEN outbox_events` at once; polling catches retries and missed notifications).
-    /// Default: 1 s.
-    pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval;
-        self
-    }
-
-    /// The retry policy. Default: [`Backoff::default`].
-    pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
-        self
-    }
-
-    /// Whether to keep per-aggregate order (never publish an event while an older one of its
-    /// aggregate is unpublished). Default: `true`.
-    pub fn ordered(mut self, ordered: bool) -> Self {
-        self.ordered = ordered;
-        self
-    }
-
-    /// What to do with published rows. Default: [`Retention::Delete`].
-    pub fn retention(mut self, retention: Retention) -> Self {
-        self.retention = retention;
-        self
-    }
-
-    /// How many batches a running relay keeps in flight: with 2, it claims the next batch while
-    /// the broker acknowledges the current one and its rows are marked, so the database, the
-    /// relay and the broker work at the same time instead of taking turns. 1 claims a batch only
-    /// once the previous one is settled. Per-aggregate order holds at any depth: an event is not
-    /// claimable while an older event of its aggregate is leased. Default: 2.
-    pub fn pipeline_depth(mut self, depth: u32) -> Self {
-        self.pipeline_depth = depth;
-        self
-    }
-}
+use leases::{Background, CancellationToken};
 
 /// What one batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -140,13 +30,31 @@ pub struct BatchOutcome {
     pub claimed: usize,
     /// Events acknowledged by the broker and marked published.
     pub published: usize,
-    /// Events scheduled for another attempt.
+    /// Events scheduled for another attempt, among them the events of a run held back behind a
+    /// failed one (released at once, without counting an attempt).
     pub retried: usize,
     /// Events moved to the dead-letter table.
     pub dead_lettered: usize,
     /// Events whose lease was lost before they could be marked (another relay will publish them
     /// again: a duplicate, never a loss).
     pub lost: usize,
+}
+
+/// What became of one event of a batch.
+enum Delivery {
+    Published,
+    Failed(PublishError),
+    /// Not sent: an earlier event of its run failed.
+    HeldBack,
+}
+
+impl From<Result<(), PublishError>> for Delivery {
+    fn from(result: Result<(), PublishError>) -> Self {
+        match result {
+            Ok(()) => Delivery::Published,
+            Err(error) => Delivery::Failed(error),
+        }
+    }
 }
 
 /// Publishes the outbox through a [`Publisher`]. Several relays, in one process or many, can run
@@ -166,8 +74,7 @@ impl<P: Publisher> Relay<P> {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for a zero batch size, lease ttl, poll interval or pipeline
-    /// depth, or a lease ttl that does not exceed the publisher's
-    /// [delivery timeout](Publisher::delivery_timeout).
+    /// depth.
     pub fn new(pool: PgPool, publisher: P, config: RelayConfig) -> Result<Self> {
         if config.batch_size == 0
             || config.lease_ttl.is_zero()
@@ -179,19 +86,9 @@ impl<P: Publisher> Relay<P> {
                     .into(),
             ));
         }
-        if let Some(timeout) = publisher.delivery_timeout() {
-            if config.lease_ttl <= timeout {
-                return Err(Error::InvalidConfig(format!(
-                    "the lease ttl ({:?}) must exceed the publisher's delivery timeout ({timeout:?}): \
-                     a lease that expires while its event is in flight lets another relay publish \
-                     it again",
-                    config.lease_ttl
-                )));
-            }
-        }
         let mut spec = TableSpec::builder("outbox_events").id_column("seq");
         if config.ordered {
-            spec = spec.claim_filter(ORDER_FILTER);
+            spec = spec.group_columns(&["aggregate_type", "aggregate_id"]);
         }
         if config.retention == Retention::Keep {
             spec = spec
@@ -246,22 +143,41 @@ impl<P: Publisher> Relay<P> {
         let span =
             tracing::info_span!("outbox.batch", owner = %self.config.owner, claimed = batch.len());
         let outcome = async {
-            let results =
-                join_all(batch.iter().map(|(_, event)| self.publisher.publish(event))).await;
+            let claimed = batch.len();
+            let (leases, mut events): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            // A delivery may take as long as the broker needs: keep the leases meanwhile.
+            let ttl = self.config.lease_ttl;
+            let heartbeat = Heartbeat::start(&self.leases, self.pool.clone(), leases, ttl, ttl / 3)?;
+            let results = self.publish(&mut events).await;
+            let mut held: HashMap<i64, Lease<i64>> = heartbeat
+                .shutdown()
+                .await
+                .into_iter()
+                .map(|lease| (lease.id, lease))
+                .collect();
             let mut outcome = BatchOutcome {
-                claimed: batch.len(),
+                claimed,
                 ..BatchOutcome::default()
             };
-            let mut published = Vec::with_capacity(batch.len());
+            let mut published = Vec::with_capacity(claimed);
             let mut last_error = None;
-            for ((lease, event), result) in batch.into_iter().zip(results) {
+            for (event, result) in events.iter().zip(results) {
+                let Some(lease) = held.remove(&event.seq) else {
+                    outcome.lost += 1;
+                    continue;
+                };
                 match result {
-                    Ok(()) => published.push(lease),
-                    Err(error) => {
+                    Delivery::Published => published.push(lease),
+                    Delivery::Failed(error) => {
                         last_error = Some(error.to_string());
                         metrics::counter!("outbox_failed_total", "relay" => self.config.name.clone())
                             .increment(1);
-                        self.fail(&lease, &event, &error, &mut outcome).await?;
+                        self.fail(&lease, event, &error, &mut outcome).await?;
+                    }
+                    Delivery::HeldBack => {
+                        let released = self.hold_back(&lease).await?;
+                        outcome.retried += usize::from(released);
+                        outcome.lost += usize::from(!released);
                     }
                 }
             }
@@ -295,6 +211,59 @@ impl<P: Publisher> Relay<P> {
             );
         }
         Ok(outcome)
+    }
+
+    /// Publishes a batch, each aggregate's events as one run in order when the relay keeps
+    /// per-aggregate order (sorting `events` into runs); one outcome per event of `events`.
+    async fn publish(&self, events: &mut [Event]) -> Vec<Delivery> {
+        if !self.config.ordered {
+            return join_all(events.iter().map(|event| self.publisher.publish(event)))
+                .await
+                .into_iter()
+                .map(Delivery::from)
+                .collect();
+        }
+        events.sort_unstable_by(|a, b| {
+            (&a.aggregate_type, &a.aggregate_id, a.seq).cmp(&(
+                &b.aggregate_type,
+                &b.aggregate_id,
+                b.seq,
+            ))
+        });
+        let runs = events.chunk_by(|a, b| {
+            a.aggregate_type == b.aggregate_type && a.aggregate_id == b.aggregate_id
+        });
+        let mut deliveries = Vec::with_capacity(events.len());
+        for results in join_all(runs.map(|run| self.publisher.publish_run(run))).await {
+            // The events after a run's first retriable failure never reached the broker.
+            let mut held_back = false;
+            for result in results {
+                deliveries.push(if held_back {
+                    Delivery::HeldBack
+                } else {
+                    held_back = result.as_ref().is_err_and(PublishError::is_retriable);
+                    Delivery::from(result)
+                });
+            }
+        }
+        deliveries
+    }
+
+    /// Gives back the lease of an event held back behind a failed one, due at once and without
+    /// counting the attempt: it stays behind the failed event (not claimable while an older event
+    /// of its aggregate is unpublished) and goes out with it. Whether the lease was still held.
+    async fn hold_back(&self, lease: &Lease<i64>) -> Result<bool> {
+        Ok(self
+            .leases
+            .release_query(
+                lease,
+                Duration::ZERO,
+                "attempts = t.attempts - 1, last_error = 'held back behind a failed event'",
+            )?
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            == 1)
     }
 
     /// Schedules a retry, or dead-letters a permanent failure or an event out of attempts.

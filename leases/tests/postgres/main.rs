@@ -1,6 +1,7 @@
 //! The `leases` crate against a real PostgreSQL server: each test gets its own database.
 
 mod fenced;
+mod groups;
 mod heartbeat;
 mod named;
 mod plan;

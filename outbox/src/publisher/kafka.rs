@@ -5,10 +5,11 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use tokio::time::Instant;
 
-use super::{Event, PublishError, Publisher};
+use super::{Event, PublishError, Publisher, in_turn, until_retriable};
 use crate::Result;
 
 /// Publishes to Kafka: key = aggregate id (so one aggregate's events share a partition and keep
@@ -21,20 +22,34 @@ use crate::Result;
 /// messages are in flight at once, batched by librdkafka (`linger.ms`, `batch.size`); each publish
 /// resolves on its delivery report.
 ///
+/// **Runs and the delivery timeout.** By default a message never times out
+/// (`message.timeout.ms=0`): librdkafka retries it until the broker acknowledges it or refuses it
+/// for good. That is what makes a run ([`Publisher::publish_run`]) safe to pipeline: the idempotent
+/// producer keeps a partition's messages in order across its retries, but a message that times
+/// out in librdkafka's queue leaves a gap that the messages behind it fill (librdkafka's
+/// documentation: of messages 1 to 5, 2 and 3 time out and the partition holds 1, 4, 5). With no
+/// timeout there is no such gap: a run's messages are all queued at once, in order, and a
+/// retriable failure can only come from the queue (full for 5 s), in which case the rest of the
+/// run is not queued. The relay keeps its leases alive while a batch waits for the broker (a
+/// heartbeat), so an unbounded delivery does not let another relay take the events over. A
+/// configuration that sets a finite `message.timeout.ms` gets runs published one event at a time
+/// instead (gap-free too, at one round trip per event).
+///
 /// Keys are partitioned with `partitioner=murmur2_random` (unless the configuration names
 /// another partitioner): the Java client's murmur2 hash, so an aggregate's events land on the
 /// partition that a JVM producer (Kafka Streams, Debezium, Spring) picks for the same key.
 #[derive(Clone)]
 pub struct KafkaPublisher {
     producer: FutureProducer,
-    delivery_timeout: Duration,
+    /// Whether messages never time out, so a run can be pipelined.
+    unbounded: bool,
 }
 
 /// How long a publish may wait for room in librdkafka's queue before it fails.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
-/// `message.timeout.ms` when the configuration sets none: a delivery bound (with the queue wait,
-/// 25 s) below the relay's default 30 s lease ttl. librdkafka's own default is 300 s.
-const MESSAGE_TIMEOUT_MS: &str = "20000";
+/// `message.timeout.ms` when the configuration sets none: never time out (librdkafka's own
+/// default is 300 s).
+const MESSAGE_TIMEOUT_MS: &str = "0";
 
 impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,8 +58,8 @@ impl std::fmt::Debug for KafkaPublisher {
 }
 
 impl KafkaPublisher {
-    /// A publisher for `bootstrap_servers` with the defaults above, a 20 s delivery timeout
-    /// (`message.timeout.ms`) and 5 ms linger.
+    /// A publisher for `bootstrap_servers` with the defaults above, no delivery timeout
+    /// (`message.timeout.ms=0`) and 5 ms linger.
     ///
     /// # Errors
     ///
@@ -59,9 +74,7 @@ impl KafkaPublisher {
 
     /// A publisher from a full client configuration; idempotence and `acks=all` are always set,
     /// `partitioner=murmur2_random` when the configuration sets no partitioner, and
-    /// `message.timeout.ms=20000` when it sets no delivery timeout (librdkafka's 300 s would
-    /// outlive the relay's lease; a larger value needs a larger
-    /// [`RelayConfig::lease_ttl`](crate::RelayConfig::lease_ttl)).
+    /// `message.timeout.ms=0` (no delivery timeout, so runs are pipelined) when it sets none.
     ///
     /// # Errors
     ///
@@ -80,7 +93,7 @@ impl KafkaPublisher {
             .create()?;
         Ok(Self {
             producer,
-            delivery_timeout: Duration::from_millis(message_timeout) + QUEUE_TIMEOUT,
+            unbounded: message_timeout == 0,
         })
     }
 }
@@ -97,8 +110,43 @@ impl Publisher for KafkaPublisher {
         }
     }
 
-    fn delivery_timeout(&self) -> Option<Duration> {
-        Some(self.delivery_timeout)
+    async fn publish_run(&self, run: &[Event]) -> Vec<Result<(), PublishError>> {
+        if !self.unbounded {
+            return in_turn(self, run).await;
+        }
+        // Queue the whole run in order, stopping at the first retriable refusal; then collect the
+        // delivery reports.
+        let queued = until_retriable(run, |event| self.enqueue(event)).await;
+        let mut results = Vec::with_capacity(run.len());
+        for queue in queued {
+            results.push(match queue {
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _message))) => Err(classify(&error)),
+                    Err(_canceled) => Err(PublishError::retriable("the producer was dropped")),
+                },
+                Err(error) => Err(error),
+            });
+        }
+        results
+    }
+}
+
+impl KafkaPublisher {
+    /// Puts `event` on librdkafka's queue, waiting up to [`QUEUE_TIMEOUT`] for room.
+    async fn enqueue(&self, event: &Event) -> Result<DeliveryFuture, PublishError> {
+        let started = Instant::now();
+        loop {
+            match self.producer.send_result(record(event)) {
+                Ok(delivery) => return Ok(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if started.elapsed() < QUEUE_TIMEOUT =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err((error, _record)) => return Err(classify(&error)),
+            }
+        }
     }
 }
 

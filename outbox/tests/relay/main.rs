@@ -5,6 +5,7 @@ mod failures;
 mod health;
 mod lifecycle;
 mod publishing;
+mod runs;
 mod trace_context;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -1,0 +1,147 @@
+//! Grouped tables: each group is claimed in id order, in runs of consecutive rows.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use super::*;
+
+/// `jobs` with a `grp` column and the group index; `groups` is `(group, rows)`, ids in order.
+async fn grouped(groups: &[(i32, i64)]) -> (TestDb, TableSpec) {
+    let (db, _) = jobs(0).await;
+    sqlx::raw_sql(
+        "ALTER TABLE jobs ADD COLUMN grp int NOT NULL;
+         CREATE INDEX jobs_grp ON jobs (grp, id) WHERE next_attempt_at IS NOT NULL;",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("groups");
+    let mut next = 1_i64;
+    for &(grp, rows) in groups {
+        sqlx::query(
+            "INSERT INTO jobs (id, grp, next_attempt_at)
+             SELECT g, $1, now() - interval '1 hour' FROM generate_series($2::int8, $3) g",
+        )
+        .bind(grp)
+        .bind(next)
+        .bind(next + rows - 1)
+        .execute(&db.pool)
+        .await
+        .expect("insert");
+        next += rows;
+    }
+    let spec = TableSpec::builder("jobs")
+        .group_columns(&["grp"])
+        .build()
+        .expect("spec");
+    (db, spec)
+}
+
+async fn claim_ids(worker: &RowLeases, pool: &PgPool, limit: u32) -> Vec<i64> {
+    let mut ids: Vec<i64> = worker
+        .claim::<i64>(pool, limit, MINUTE)
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|lease| lease.id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn a_claim_takes_each_head_with_the_free_rows_behind_it() {
+    // Group 1: ids 1-6, group 2: ids 7-9.
+    let (db, spec) = grouped(&[(1, 6), (2, 3)]).await;
+    sqlx::raw_sql(
+        "UPDATE jobs SET next_attempt_at = now() + interval '1 hour' WHERE id = 4;
+         UPDATE jobs SET lease_owner = 'other', lease_expires_at = now() + interval '1 hour' WHERE id = 8;",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a waiting row and a leased row");
+    let first = RowLeases::new(&spec, "first");
+    assert_eq!(
+        claim_ids(&first, &db.pool, 100).await,
+        [1, 2, 3, 7],
+        "each run stops at the first row that is not due or is leased"
+    );
+    let second = RowLeases::new(&spec, "second");
+    assert!(
+        claim_ids(&second, &db.pool, 100).await.is_empty(),
+        "while a head is leased, nothing behind it is claimable"
+    );
+}
+
+#[tokio::test]
+async fn a_cut_run_keeps_its_first_rows_and_the_rest_waits_for_them() {
+    let (db, spec) = grouped(&[(1, 10), (2, 10)]).await;
+    let worker = RowLeases::new(&spec, "w");
+    let first = worker
+        .claim::<i64>(&db.pool, 4, MINUTE)
+        .await
+        .expect("claim");
+    let mut ids: Vec<i64> = first.iter().map(|lease| lease.id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 3, 4], "the oldest head's run, cut to the limit");
+    assert_eq!(
+        claim_ids(&RowLeases::new(&spec, "other"), &db.pool, 3).await,
+        [11, 12, 13],
+        "another claimer gets the next group, never the rest of the first run"
+    );
+    worker
+        .complete_many(&db.pool, &first)
+        .await
+        .expect("complete");
+    assert_eq!(claim_ids(&worker, &db.pool, 100).await, [5, 6, 7, 8, 9, 10]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claimers_finish_every_group_in_id_order() {
+    let groups: Vec<(i32, i64)> = (0..20).map(|g| (g, 50)).collect();
+    let (db, spec) = grouped(&groups).await;
+    // Each worker records a row while it holds the row's lease, then completes it.
+    let log: Arc<Mutex<BTreeMap<i32, Vec<i64>>>> = Arc::default();
+    let workers = (0..8).map(|n| {
+        let (pool, spec, log) = (db.pool.clone(), spec.clone(), Arc::clone(&log));
+        tokio::spawn(async move {
+            let worker = RowLeases::new(&spec, format!("w{n}"));
+            loop {
+                let claimed = worker.claim::<i64>(&pool, 30, MINUTE).await.expect("claim");
+                if claimed.is_empty() {
+                    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+                        .fetch_one(&pool)
+                        .await
+                        .expect("count");
+                    if left == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                let mut ids: Vec<i64> = claimed.iter().map(|lease| lease.id).collect();
+                ids.sort_unstable();
+                {
+                    let mut log = log.lock().expect("log");
+                    for id in ids {
+                        let grp = i32::try_from((id - 1) / 50).expect("small");
+                        log.entry(grp).or_default().push(id);
+                    }
+                }
+                let done = worker
+                    .complete_many(&pool, &claimed)
+                    .await
+                    .expect("complete");
+                assert_eq!(done.len(), claimed.len(), "no lease was lost");
+            }
+        })
+    });
+    for worker in join_all(workers).await {
+        worker.expect("worker");
+    }
+    let log = log.lock().expect("log");
+    assert_eq!(log.len(), 20);
+    for (grp, ids) in log.iter() {
+        let expected: Vec<i64> = (i64::from(*grp) * 50 + 1..=i64::from(*grp) * 50 + 50).collect();
+        assert_eq!(ids, &expected, "group {grp} in id order, each row once");
+    }
+}

@@ -1,0 +1,144 @@
+//! Runs: an aggregate's backlog is claimed and published as runs of consecutive events, in order,
+//! and a failure in the middle of a run never lets a later event reach the broker first.
+
+use super::*;
+
+/// `n` events of one aggregate, payload = their index (big-endian `u32`).
+async fn enqueue_run(pool: &PgPool, topic: &str, aggregate: &str, n: u32) -> Vec<NewEvent> {
+    let events: Vec<NewEvent> = (0..n)
+        .map(|i| NewEvent::bytes(topic, "order", aggregate, "Step", i.to_be_bytes().to_vec()))
+        .collect();
+    let mut tx = pool.begin().await.expect("begin");
+    outbox::enqueue_many(&mut tx, &events)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    events
+}
+
+/// The payload indexes of `messages`, in partition order.
+fn indexes(messages: &[OwnedMessage]) -> Vec<u32> {
+    let mut sorted: Vec<&OwnedMessage> = messages.iter().collect();
+    sorted.sort_by_key(|m| (m.partition(), m.offset()));
+    sorted
+        .iter()
+        .map(|m| u32::from_be_bytes(m.payload().expect("payload").try_into().expect("u32")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_aggregate_is_published_in_runs_in_order() {
+    let db = outbox_db().await;
+    let topic = testkit::kafka::topic(1).await;
+    enqueue_run(&db.pool, &topic, "hot", 2_000).await;
+    let relay = Relay::new(
+        db.pool.clone(),
+        kafka().await,
+        RelayConfig::default().batch_size(500),
+    )
+    .expect("relay");
+    let mut batches = 0;
+    while count(&db.pool, "SELECT count(*) FROM outbox_events").await > 0 {
+        let outcome = relay.run_once().await.expect("batch");
+        assert_eq!(outcome.published, outcome.claimed, "{outcome:?}");
+        batches += 1;
+    }
+    assert_eq!(
+        batches, 4,
+        "2,000 events of one aggregate in four claims of 500"
+    );
+    let expected: Vec<u32> = (0..2_000).collect();
+    assert_eq!(indexes(&testkit::kafka::read_all(&topic).await), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_refused_for_good_in_a_run_is_dead_lettered_and_the_rest_follows_in_order() {
+    let db = outbox_db().await;
+    let topic = testkit::kafka::topic(1).await;
+    let mut events: Vec<NewEvent> = (0..10_u32)
+        .map(|i| NewEvent::bytes(&topic, "order", "hot", "Step", i.to_be_bytes().to_vec()))
+        .collect();
+    // Too large for the producer: refused when it is queued, in the middle of the run.
+    events[4] = NewEvent::bytes(&topic, "order", "hot", "Step", vec![0; 2 * 1024 * 1024]);
+    let mut tx = db.pool.begin().await.expect("begin");
+    outbox::enqueue_many(&mut tx, &events)
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+    let relay = Relay::new(db.pool.clone(), kafka().await, RelayConfig::default()).expect("relay");
+    let outcome = relay.run_once().await.expect("batch");
+    assert_eq!(
+        (outcome.claimed, outcome.published, outcome.dead_lettered),
+        (10, 9, 1)
+    );
+    let dead: Uuid = sqlx::query_scalar("SELECT id FROM outbox_dead_letters")
+        .fetch_one(&db.pool)
+        .await
+        .expect("dead letter");
+    assert_eq!(dead, events[4].id);
+    assert_eq!(
+        indexes(&testkit::kafka::read_all(&topic).await),
+        [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cut_by_a_full_queue_is_finished_in_order_after_the_outage() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+
+    let db = outbox_db().await;
+    let cluster: MockCluster<'static, DefaultProducerContext> =
+        MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("orders", 1, 1).expect("topic");
+    let bootstrap = cluster.bootstrap_servers();
+    // Room for five messages: with the broker down, the sixth of the run cannot be queued.
+    let mut config = testkit::kafka::producer_config_for(&bootstrap);
+    config.set("queue.buffering.max.messages", "5");
+    let publisher = KafkaPublisher::from_config(&config).expect("publisher");
+    enqueue_run(&db.pool, "orders", "hot", 20).await;
+    let relay = Arc::new(
+        Relay::new(
+            db.pool.clone(),
+            publisher,
+            RelayConfig::default().backoff(fast_backoff(100)),
+        )
+        .expect("relay"),
+    );
+
+    cluster.broker_down(1).expect("broker down");
+    let first = tokio::spawn({
+        let relay = Arc::clone(&relay);
+        async move { relay.run_once().await }
+    });
+    // The sixth event waits 5 s for room, then the run stops there; the five queued ones wait
+    // for the broker (no delivery timeout).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        !first.is_finished(),
+        "the queued events wait for the broker"
+    );
+    cluster.broker_up(1).expect("broker up");
+    let outcome = first.await.expect("task").expect("batch");
+    assert_eq!(
+        (outcome.claimed, outcome.published, outcome.retried),
+        (20, 5, 15),
+        "the run stopped at the refused event; the rest is retried, not sent"
+    );
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT last_error FROM outbox_events WHERE last_error IS NOT NULL",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("errors");
+    assert!(
+        left.iter().any(|e| e.contains("held back")),
+        "the events behind the refused one say why they wait: {left:?}"
+    );
+    drain(&relay, &db.pool).await;
+    let expected: Vec<u32> = (0..20).collect();
+    assert_eq!(
+        indexes(&testkit::kafka::read_all_from(&bootstrap, "orders").await),
+        expected
+    );
+}
