@@ -135,10 +135,14 @@ fn claim(t: &TableSpec, returning: &str) -> String {
         head = if t.group.is_empty() {
             String::new()
         } else {
+            // `OFFSET 0` keeps the probe a per-row subplan: as an anti-join PostgreSQL may hash
+            // the groups, which is quadratic in a group's backlog (17 s for 20,000 rows of one
+            // group, against 2 ms as a probe).
             let older = same_group(t, "older", table);
             format!(
                 "AND NOT EXISTS (SELECT 1 FROM {table} older
-                 WHERE {older} AND older.{id} < {table}.{id} AND older.{next_attempt_at} IS NOT NULL)"
+                 WHERE {older} AND older.{id} < {table}.{id} AND older.{next_attempt_at} IS NOT NULL
+                 OFFSET 0)"
             )
         }
     );

@@ -48,9 +48,12 @@
 //!   unpublished — pending, leased by any relay, or waiting for a retry — so one aggregate's events
 //!   first reach the broker in `seq` order, which is commit order when the aggregate's writers are
 //!   serialized (as they are by a lock on the aggregate's row). All of them go to one partition
-//!   (key = aggregate id). A failing event holds back its own aggregate only. A dead-lettered
-//!   event no longer holds its aggregate back: later events flow, and a replay publishes it after
-//!   them.
+//!   (key = aggregate id). An aggregate's backlog is claimed in runs of consecutive events and
+//!   each run is published in order without waiting for one acknowledgement per event; a run is
+//!   gap-free ([`Publisher::publish_run`]): after a retriable failure nothing later of the run
+//!   reaches the broker, so a later event never appears before an earlier one that failed. A
+//!   failing event holds back its own aggregate only. A dead-lettered event no longer holds its
+//!   aggregate back: later events flow, and a replay publishes it after them.
 //! - **Poison isolation.** A permanent failure (too large, invalid) or an event out of attempts
 //!   ([`Backoff`]) moves to `outbox_dead_letters` with its reason and last error; see
 //!   [`dead_letters`] to list, replay or discard (or the `outboxctl` operator CLI, from a shell).

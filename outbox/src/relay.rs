@@ -387,7 +387,9 @@ impl<P: Publisher> Relay<P> {
                 };
                 match claimed {
                     Ok(batch) => {
-                        claim_more = unblocked || batch.len() == self.config.batch_size as usize;
+                        claim_more = unblocked
+                            || (batch.len() == self.config.batch_size as usize
+                                && !(self.config.ordered && one_aggregate(&batch)));
                         if batch.is_empty() {
                             self.monitor.idle();
                         } else {
@@ -403,10 +405,17 @@ impl<P: Publisher> Relay<P> {
                 }
                 continue;
             }
-            if let Some(settled) = in_flight.next().await {
-                let again;
-                (wait, again) = self.after_batch(settled);
-                claim_more |= again;
+            if !in_flight.is_empty() {
+                // Wait for a batch to settle; with room for another batch, a new event is claimed
+                // at once instead of after the batches in flight.
+                tokio::select! {
+                    Some(settled) = in_flight.next() => {
+                        let again;
+                        (wait, again) = self.after_batch(settled);
+                        claim_more |= again;
+                    }
+                    () = notified(&mut listener), if in_flight.len() < depth => claim_more = true,
+                }
                 continue;
             }
             // Nothing in flight and nothing more to claim: wait for a new event (notifications
@@ -425,6 +434,16 @@ impl<P: Publisher> Relay<P> {
         }
         tracing::info!(owner = %self.config.owner, "outbox: relay stopped");
     }
+}
+
+/// Whether a batch is one aggregate's run: then nothing more of that aggregate is claimable until
+/// it settles, and claiming ahead would only step over the rest of its backlog.
+fn one_aggregate(batch: &[(Lease<i64>, Event)]) -> bool {
+    batch.split_first().is_some_and(|((_, first), rest)| {
+        rest.iter().all(|(_, e)| {
+            e.aggregate_id == first.aggregate_id && e.aggregate_type == first.aggregate_type
+        })
+    })
 }
 
 pub(crate) async fn listen(pool: &PgPool) -> Result<PgListener> {

@@ -248,13 +248,9 @@ async fn a_claim_filter_names_the_candidate_row_by_its_table() {
         .build()
         .expect("spec");
     let worker = RowLeases::new(&spec, "w");
-    let mut claimed: Vec<i64> = worker
-        .claim::<i64>(&db.pool, 10, MINUTE)
-        .await
-        .expect("claim")
-        .into_iter()
-        .map(|lease| lease.id)
-        .collect();
-    claimed.sort_unstable();
-    assert_eq!(claimed, [1, 2], "one row per group: the oldest");
+    assert_eq!(
+        claim_ids(&worker, &db.pool, 10).await,
+        [1, 2],
+        "one row per group: the oldest"
+    );
 }

@@ -36,18 +36,6 @@ async fn grouped(groups: &[(i32, i64)]) -> (TestDb, TableSpec) {
     (db, spec)
 }
 
-async fn claim_ids(worker: &RowLeases, pool: &PgPool, limit: u32) -> Vec<i64> {
-    let mut ids: Vec<i64> = worker
-        .claim::<i64>(pool, limit, MINUTE)
-        .await
-        .expect("claim")
-        .into_iter()
-        .map(|lease| lease.id)
-        .collect();
-    ids.sort_unstable();
-    ids
-}
-
 #[tokio::test]
 async fn a_claim_takes_each_head_with_the_free_rows_behind_it() {
     // Group 1: ids 1-6, group 2: ids 7-9.

@@ -58,6 +58,19 @@ fn kept_jobs() -> TableSpec {
         .expect("spec")
 }
 
+/// The ids `worker` claims (up to `limit`), sorted.
+async fn claim_ids(worker: &RowLeases, pool: &PgPool, limit: u32) -> Vec<i64> {
+    let mut ids: Vec<i64> = worker
+        .claim::<i64>(pool, limit, MINUTE)
+        .await
+        .expect("claim")
+        .into_iter()
+        .map(|lease| lease.id)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
 async fn db_now(pool: &PgPool) -> DateTime<Utc> {
     sqlx::query_scalar("SELECT now()")
         .fetch_one(pool)

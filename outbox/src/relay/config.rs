@@ -109,7 +109,9 @@ impl RelayConfig {
     /// the broker acknowledges the current one and its rows are marked, so the database, the
     /// relay and the broker work at the same time instead of taking turns. 1 claims a batch only
     /// once the previous one is settled. Per-aggregate order holds at any depth: an event is not
-    /// claimable while an older event of its aggregate is leased. Default: 2.
+    /// claimable while an older event of its aggregate is leased. (A batch that is one aggregate's
+    /// run is not claimed ahead of: nothing else of that aggregate can be claimed until it
+    /// settles.) Default: 2.
     pub fn pipeline_depth(mut self, depth: u32) -> Self {
         self.pipeline_depth = depth;
         self
