@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
 use outbox::{Background, KafkaPublisher, NewEvent, Relay, RelayConfig};
-use outbox_events::{enqueue, pending};
+use outbox_events::{any_pending, enqueue};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
@@ -94,7 +94,7 @@ async fn throughput(mode: Mode, events: usize, aggregates: usize) -> f64 {
         .expect("analyze");
     let start = Instant::now();
     let relay = spawn(mode, &db.pool).await;
-    while pending(&db.pool).await > 0 {
+    while any_pending(&db.pool).await {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = start.elapsed();
@@ -166,7 +166,7 @@ async fn latency(mode: Mode, scale: &Scale) -> (Duration, Duration) {
     for writer in futures::future::join_all(writers).await {
         committed.extend(writer.expect("writer"));
     }
-    while pending(&db.pool).await > 0 {
+    while any_pending(&db.pool).await {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let seen = reader.await.expect("reader");

@@ -1,6 +1,7 @@
 //! Whether a relay is publishing: what a readiness check asks.
 
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Reads whether a relay is publishing, from another task (a readiness check); cheap to clone.
@@ -8,13 +9,32 @@ use std::time::{Duration, Instant};
 ///
 /// A relay is *stalled* from the first batch that published nothing because the broker refused
 /// or timed out every event in it (or a claim or mark failed in the database), until a batch
-/// publishes again. A relay with nothing to publish is not stalled; a batch whose events are
-/// dead-lettered made progress. The gauge `outbox_relay_publishing{relay}` is 1 while the relay
-/// publishes and 0 while it is stalled.
+/// publishes again; and while a batch has waited more than [`STALLED_AFTER`] for the broker to
+/// acknowledge it (the publisher sets no delivery timeout, so a broker that is away shows as a
+/// wait, not as a failure). A relay with nothing to publish is not stalled; a batch whose events
+/// are dead-lettered made progress. The gauge `outbox_relay_publishing{relay}` is 1 while the
+/// relay publishes and 0 after a failed batch, until one publishes.
 #[derive(Debug, Clone)]
 pub struct RelayMonitor {
     name: String,
     failing: Arc<Mutex<Option<Failing>>>,
+    /// When each batch now waiting for the broker began to wait, by batch number.
+    waiting: Arc<Mutex<(u64, BTreeMap<u64, Instant>)>>,
+}
+
+/// How long a batch may wait for the broker's acknowledgement before the relay counts as stalled.
+pub const STALLED_AFTER: Duration = Duration::from_secs(10);
+
+/// A batch waiting for the broker, from [`RelayMonitor::waiting`] until dropped.
+pub(crate) struct Waiting {
+    monitor: RelayMonitor,
+    batch: u64,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        lock(&self.monitor.waiting).1.remove(&self.batch);
+    }
 }
 
 #[derive(Debug)]
@@ -39,15 +59,39 @@ impl RelayMonitor {
         Self {
             name,
             failing: Arc::default(),
+            waiting: Arc::default(),
         }
     }
 
     /// `Some` while the relay is stalled (see the type's documentation), `None` otherwise.
     pub fn stalled(&self) -> Option<Stalled> {
-        self.state().as_ref().map(|failing| Stalled {
-            since: failing.since.elapsed(),
-            error: failing.error.clone(),
+        if let Some(failing) = self.state().as_ref() {
+            return Some(Stalled {
+                since: failing.since.elapsed(),
+                error: failing.error.clone(),
+            });
+        }
+        let oldest = lock(&self.waiting).1.values().min().copied()?;
+        let since = oldest.elapsed();
+        (since > STALLED_AFTER).then(|| Stalled {
+            since,
+            error: format!(
+                "a batch has waited {} s for the broker's acknowledgement",
+                since.as_secs()
+            ),
         })
+    }
+
+    /// Marks a batch as waiting for the broker until the returned guard is dropped.
+    pub(crate) fn waiting(&self) -> Waiting {
+        let mut waiting = lock(&self.waiting);
+        waiting.0 += 1;
+        let batch = waiting.0;
+        waiting.1.insert(batch, Instant::now());
+        Waiting {
+            monitor: self.clone(),
+            batch,
+        }
     }
 
     /// A batch published (or had nothing to publish, or dead-lettered what it could not).
@@ -95,10 +139,14 @@ impl RelayMonitor {
         metrics::gauge!("outbox_relay_publishing", "relay" => self.name.clone()).set(value);
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, Option<Failing>> {
-        // A panic while holding this lock leaves a valid state: recover it.
-        self.failing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn state(&self) -> MutexGuard<'_, Option<Failing>> {
+        lock(&self.failing)
     }
+}
+
+/// A panic while holding one of the monitor's locks leaves a valid state: recover it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -148,7 +148,9 @@ impl<P: Publisher> Relay<P> {
             // A delivery may take as long as the broker needs: keep the leases meanwhile.
             let ttl = self.config.lease_ttl;
             let heartbeat = Heartbeat::start(&self.leases, self.pool.clone(), leases, ttl, ttl / 3)?;
+            let waiting = self.monitor.waiting();
             let results = self.publish(&mut events).await;
+            drop(waiting);
             let mut held: HashMap<i64, Lease<i64>> = heartbeat
                 .shutdown()
                 .await

@@ -29,10 +29,14 @@ pub(crate) async fn enqueue(
     }
 }
 
-/// Events still in the outbox.
-pub(crate) async fn pending(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox_events")
-        .fetch_one(pool)
-        .await
-        .expect("count")
+/// Whether an event is still unpublished. One probe of the due index: counting the rows instead
+/// (`count(*)`, every few milliseconds while a relay drains 200,000 of them) took a good part of a
+/// core from the relay being measured.
+pub(crate) async fn any_pending(pool: &PgPool) -> bool {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM outbox_events WHERE next_attempt_at IS NOT NULL)",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pending")
 }

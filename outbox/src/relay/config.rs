@@ -92,7 +92,7 @@ impl RelayConfig {
     /// Whether to keep per-aggregate order: never publish an event while an older one of its
     /// aggregate is unpublished. The relay then claims an aggregate's backlog in runs of
     /// consecutive events ([`TableSpecBuilder::group_columns`](leases::TableSpecBuilder::group_columns))
-    /// and publishes each run in order with [`Publisher::publish_run`], which never lets a later
+    /// and publishes each run in order with [`Publisher::publish_run`](crate::Publisher::publish_run), which never lets a later
     /// event of a run reach the broker after an earlier one failed. Default: `true`.
     pub fn ordered(mut self, ordered: bool) -> Self {
         self.ordered = ordered;

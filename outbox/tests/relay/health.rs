@@ -70,3 +70,42 @@ async fn a_relay_is_stalled_while_the_broker_times_out_and_publishing_once_it_an
     assert_eq!(monitor.stalled(), None, "publishing again");
     assert_eq!(testkit::kafka::read_all(&topic).await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_waiting_on_an_absent_broker_is_stalled_after_a_while_and_publishes_when_it_returns()
+ {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+
+    let db = outbox_db().await;
+    let cluster: MockCluster<'static, DefaultProducerContext> =
+        MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("orders", 1, 1).expect("topic");
+    let bootstrap = cluster.bootstrap_servers();
+    // No delivery timeout (the default): the event waits for the broker instead of failing.
+    let publisher = KafkaPublisher::new(&bootstrap).expect("publisher");
+    let event = NewEvent::bytes("orders", "order", "1", "OrderPlaced", vec![1]);
+    let mut conn = db.pool.acquire().await.expect("connection");
+    outbox::enqueue(&mut conn, &event).await.expect("enqueue");
+    cluster.broker_down(1).expect("broker down");
+    let relay = Relay::new(db.pool.clone(), publisher, RelayConfig::default()).expect("relay");
+    let monitor = relay.monitor();
+    let batch = tokio::spawn(async move { relay.run_once().await });
+
+    tokio::time::sleep(outbox::STALLED_AFTER / 2).await;
+    assert_eq!(monitor.stalled(), None, "a short wait is not a stall");
+    tokio::time::sleep(outbox::STALLED_AFTER / 2 + Duration::from_secs(1)).await;
+    let stalled = monitor.stalled().expect("stalled while the batch waits");
+    assert!(stalled.error.contains("waited"), "{}", stalled.error);
+
+    cluster.broker_up(1).expect("broker up");
+    let outcome = batch.await.expect("task").expect("batch");
+    assert_eq!((outcome.published, outcome.retried), (1, 0));
+    assert_eq!(monitor.stalled(), None, "publishing again");
+    assert_eq!(
+        testkit::kafka::read_all_from(&bootstrap, "orders")
+            .await
+            .len(),
+        1
+    );
+}

@@ -211,7 +211,8 @@ fn a_service_whose_relay_cannot_publish_is_not_ready_until_it_publishes_again() 
             .add_stock(&admin, Uuid::new_v4(), 5)
             .await
             .expect("the database still takes the stock add");
-        // The broker check fails at once; the relay's verdict follows its delivery timeout (20 s).
+        // The broker check fails at once; the relay is stalled once a batch has waited for the
+        // broker for `outbox::STALLED_AFTER` (10 s).
         let (status, body) = ready_until(&base, |_, body| body.contains("relay:")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("relay: not publishing"), "{body}");
