@@ -53,8 +53,6 @@ async fn main() {
                 .spawn()
         }
         Mode::AtLeastOnce => {
-            // A delivery timeout short enough for the lease ttl the test uses.
-            kafka.set("message.timeout.ms", "2000");
             let publisher = KafkaPublisher::from_config(&kafka).expect("publisher");
             let config = RelayConfig::default()
                 .owner(env("RELAY_OWNER"))
