@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use outbox::RelayMonitor;
 use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
 use testkit::OwnedBroker;
 use workspace_tests::relay_process::{
@@ -54,23 +55,9 @@ async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again
         assert!(open, "caught a transaction with records on the broker");
         broker.kill();
         // The relay reports that it is not publishing (its transactions fail after 3 s).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while monitor.stalled().is_none() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the relay did not report the outage"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_stalled(&monitor, true, Duration::from_secs(30)).await;
         broker.restart().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while monitor.stalled().is_some() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the relay did not resume after the restart"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_stalled(&monitor, false, Duration::from_secs(60)).await;
     }
 
     wait_for_remaining(&db.pool, 0, Duration::from_secs(180)).await;
@@ -92,4 +79,17 @@ async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again
         uncommitted.duplicates > 0,
         "the transactions open at the kills were aborted and their events published again"
     );
+}
+
+/// Waits until the relay's monitor says it is stalled (`stalled`) or publishing, failing after
+/// `limit`.
+async fn until_stalled(monitor: &RelayMonitor, stalled: bool, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while monitor.stalled().is_some() != stalled {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay's monitor did not say stalled = {stalled} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
