@@ -221,9 +221,13 @@ async fn a_relay_paused_after_its_commit_has_its_late_mark_refused_by_the_lease_
 
     testkit::signal(a.pid(), "CONT");
     deposed(&a, &setup.db.pool).await;
+    // That a's mark changed nothing is shown above: b, whose mark queued behind it, still found
+    // the events unmarked. On waking, a learns it was deposed either from its mark (refused by
+    // the token) or from its lease keeper (no renewal within the ttl), whichever it reads first.
     assert!(
-        a.logged("error=the shard lease was lost") > 0,
-        "a's late mark found its lease gone: {:?}",
+        a.logged("error=the shard lease was lost") > 0
+            || a.logged("no renewal within the ttl; stepping down") > 0,
+        "a knows it lost the shard: {:?}",
         a.log()
     );
     a.kill();
