@@ -358,7 +358,7 @@ impl<P: Publisher> Relay<P> {
                 None
             }
         };
-        let mut last_stats = None::<Instant>;
+        let gauges = crate::stats::spawn(self.pool.clone(), self.config.name.clone());
         let depth = self.config.pipeline_depth as usize;
         let mut in_flight = FuturesUnordered::new();
         // Whether to claim: the last claim was full (more is waiting), a batch unblocked the
@@ -366,12 +366,6 @@ impl<P: Publisher> Relay<P> {
         let mut claim_more = true;
         let mut wait = self.config.poll_interval;
         while !stop.is_cancelled() {
-            if last_stats.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
-                last_stats = Some(Instant::now());
-                if let Err(error) = crate::stats::record(&self.pool, &self.config.name).await {
-                    tracing::debug!(%error, "outbox: pending stats failed");
-                }
-            }
             if claim_more && in_flight.len() < depth {
                 // Claim the next batch while the batches in flight are published and settled.
                 let claim = self.claim();
@@ -434,6 +428,7 @@ impl<P: Publisher> Relay<P> {
         while let Some(settled) = in_flight.next().await {
             self.after_batch(settled);
         }
+        gauges.shutdown().await;
         tracing::info!(owner = %self.config.owner, "outbox: relay stopped");
     }
 }

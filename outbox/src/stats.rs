@@ -2,14 +2,37 @@
 
 use std::time::Duration;
 
+use leases::{Background, CancellationToken};
 use sqlx::PgPool;
 
 use crate::Result;
 
+/// How often a relay records the gauges.
+const EVERY: Duration = Duration::from_secs(5);
+
+/// Records the gauges every [`EVERY`] until stopped, beside the relay's claims rather than between
+/// them: counting a large backlog takes tens of milliseconds, which held back every claim (and
+/// showed in the relay's latency) while the relay's own loop ran it.
+pub(crate) fn spawn(pool: PgPool, name: String) -> Background<()> {
+    Background::spawn(|stop| gauges(pool, name, stop))
+}
+
+async fn gauges(pool: PgPool, name: String, stop: CancellationToken) {
+    loop {
+        if let Err(error) = record(&pool, &name).await {
+            tracing::debug!(%error, "outbox: pending stats failed");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
 /// Records the outbox's gauges, labelled `relay = name`: `outbox_pending` (unpublished events),
 /// `outbox_oldest_pending_age_seconds`, `outbox_leased` (events leased by a relay right now) and
 /// `outbox_dead_letters` (the dead-letter table's depth).
-pub(crate) async fn record(pool: &PgPool, name: &str) -> Result<()> {
+async fn record(pool: &PgPool, name: &str) -> Result<()> {
     let (pending, oldest, leased, dead): (i64, Option<f64>, i64, i64) = sqlx::query_as(
         "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8,
                 count(*) FILTER (WHERE lease_expires_at > now()),

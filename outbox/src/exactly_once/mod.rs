@@ -79,7 +79,6 @@ use rdkafka::ClientConfig;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 
 use crate::relay::{listen, notified};
 use crate::{Background, Error, RelayMonitor, Result, Retention};
@@ -287,23 +286,14 @@ impl ExactlyOnceRelay {
                 None
             }
         };
-        let stats_every = Duration::from_secs(5);
-        let mut next_stats = Instant::now();
+        let gauges = crate::stats::spawn(self.shared.pool.clone(), self.shared.config.name.clone());
         while !stop.is_cancelled() {
-            if Instant::now() >= next_stats {
-                next_stats = Instant::now() + stats_every;
-                if let Err(error) =
-                    crate::stats::record(&self.shared.pool, &self.shared.config.name).await
-                {
-                    tracing::debug!(%error, "outbox: pending stats failed");
-                }
-            }
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = notified(&mut listener) => self.shared.wake.notify_waiters(),
-                () = tokio::time::sleep_until(next_stats) => {}
             }
         }
+        gauges.shutdown().await;
         while shards.join_next().await.is_some() {}
         tracing::info!(owner = %self.shared.config.owner, "outbox: exactly-once relay stopped");
     }
