@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
 use outbox::{Background, KafkaPublisher, NewEvent, Relay, RelayConfig};
-use outbox_events::{any_pending, enqueue};
+use outbox_events::{any_pending, enqueue, ready_to_drain};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
@@ -88,10 +88,7 @@ async fn throughput(mode: Mode, events: usize, aggregates: usize) -> f64 {
     let db = database().await;
     let topic = testkit::kafka::topic(4).await;
     enqueue(&db.pool, &topic, events, 1_000, aggregates).await;
-    sqlx::raw_sql("VACUUM ANALYZE outbox_events")
-        .execute(&db.pool)
-        .await
-        .expect("analyze");
+    ready_to_drain(&db.pool).await;
     let start = Instant::now();
     let relay = spawn(mode, &db.pool).await;
     while any_pending(&db.pool).await {

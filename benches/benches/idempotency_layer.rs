@@ -220,8 +220,13 @@ fn main() {
             }
         }
     }
+    // The goal is transactional mode's; lease mode's ratio follows it for comparison.
     for (concurrency, name, ratio) in goals {
-        let mode = name.trim_start_matches("layer, ");
-        println!("idempotency_layer {concurrency}: {mode} ratio {ratio:.2}");
+        if name == TRANSACTIONAL {
+            println!("idempotency_layer in flight {concurrency}: ratio {ratio:.2}");
+        } else {
+            let mode = name.trim_start_matches("layer, ");
+            println!("idempotency_layer in flight {concurrency}, {mode} mode: ratio {ratio:.2}");
+        }
     }
 }

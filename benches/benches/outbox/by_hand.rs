@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-use crate::outbox_events::{any_pending, enqueue};
+use crate::outbox_events::{any_pending, enqueue, ready_to_drain};
 use outbox::Event;
 
 use crate::Scale;
@@ -34,10 +34,7 @@ pub(crate) async fn hand_written_pipeline(scale: &Scale) -> f64 {
     let db = testkit::database(&[&outbox::MIGRATOR]).await;
     let topic = testkit::kafka::topic(4).await;
     enqueue(&db.pool, &topic, events, 1000, (events / 20).max(1)).await;
-    sqlx::raw_sql("VACUUM ANALYZE outbox_events")
-        .execute(&db.pool)
-        .await
-        .expect("analyze");
+    ready_to_drain(&db.pool).await;
     let producer: FutureProducer = testkit::kafka::producer_config()
         .await
         .set("enable.idempotence", "true")

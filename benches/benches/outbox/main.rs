@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use leases::{Lease, RowLeases, TableSpec};
 use outbox::{Event, KafkaPublisher, Relay, RelayConfig};
-use outbox_events::{any_pending, enqueue};
+use outbox_events::{any_pending, enqueue, ready_to_drain};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
@@ -93,30 +93,23 @@ async fn relay_end_to_end(
         }
     };
     enqueue(&db.pool, &topic, events, 1000, aggregates).await;
-    sqlx::raw_sql("VACUUM ANALYZE outbox_events")
-        .execute(&db.pool)
-        .await
-        .expect("analyze");
-    let start = Instant::now();
-    let mut handles = Vec::new();
+    ready_to_drain(&db.pool).await;
+    // The relays and their producers are made before the clock starts, as the hand-written
+    // pipeline's producer is; starting them (LISTEN, the first claim) is timed.
+    let mut ready = Vec::new();
     for _ in 0..relays {
         let config = RelayConfig::default()
             .batch_size(1000)
             .pipeline_depth(depth)
             .poll_interval(Duration::from_millis(20));
-        let handle = match broker {
-            Broker::Kafka => Relay::new(db.pool.clone(), publisher().await, config)
-                .expect("relay")
-                .spawn(),
-            Broker::Mock => {
-                let publisher = KafkaPublisher::new(&mock.bootstrap_servers()).expect("publisher");
-                Relay::new(db.pool.clone(), publisher, config)
-                    .expect("relay")
-                    .spawn()
-            }
+        let publisher = match broker {
+            Broker::Kafka => publisher().await,
+            Broker::Mock => KafkaPublisher::new(&mock.bootstrap_servers()).expect("publisher"),
         };
-        handles.push(handle);
+        ready.push(Relay::new(db.pool.clone(), publisher, config).expect("relay"));
     }
+    let start = Instant::now();
+    let handles: Vec<_> = ready.into_iter().map(Relay::spawn).collect();
     while any_pending(&db.pool).await {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -141,10 +134,7 @@ async fn claim_and_mark(scale: &Scale) -> (f64, f64) {
     let mut rates = [0.0; 2];
     for (i, rate) in rates.iter_mut().enumerate() {
         enqueue(&db.pool, "t", scale.claim_rows, 1000, scale.claim_rows / 20).await;
-        sqlx::raw_sql("VACUUM ANALYZE outbox_events")
-            .execute(&db.pool)
-            .await
-            .expect("analyze");
+        ready_to_drain(&db.pool).await;
         let start = Instant::now();
         loop {
             let done = if i == 0 {
@@ -272,10 +262,7 @@ async fn relay_section(scale: &Scale) {
         ours / hand
     );
     let hot = relay_end_to_end(scale.hot_events, 1, 1, 2, Broker::Kafka).await;
-    println!(
-        "relay, one aggregate: {hot:.0} events/s ({} events)",
-        scale.hot_events
-    );
+    println!("relay, one aggregate: {hot:.0} events/s");
 }
 
 fn median(rates: &mut [f64]) -> f64 {
@@ -312,18 +299,17 @@ async fn latency_section(scale: &Scale) {
     ] {
         let (p50, p99, reached) = latency(scale, rate, per_tx, linger).await;
         let (p50, p99) = (p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3);
+        // The goal is the publisher's defaults at a steady rate of batched commits.
+        if per_tx == 10 && linger.is_none() {
+            at_goal.push((rate, reached, p50, p99));
+        }
         let linger = linger.map_or("1 (default)".to_owned(), |ms| ms.to_string());
         println!(
             "{rate:>8} | {per_tx:>6} | {linger:>9} | {reached:>8.0} | {p50:>8.1} | {p99:>8.1}"
         );
-        if per_tx == 10 {
-            at_goal.push((rate, linger, reached, p50, p99));
-        }
     }
-    for (rate, linger, reached, p50, p99) in at_goal {
-        println!(
-            "relay latency at {rate} events/s: p50 {p50:.1} ms, p99 {p99:.1} ms \
-             (linger.ms {linger}; writers reached {reached:.0} events/s)"
-        );
+    for (rate, reached, p50, p99) in at_goal {
+        println!("relay latency at {rate} events/s: p50 {p50:.1} ms, p99 {p99:.1} ms");
+        println!("  (the publisher's defaults; the writers reached {reached:.0} events/s)");
     }
 }

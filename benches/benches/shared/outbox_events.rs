@@ -40,3 +40,15 @@ pub(crate) async fn any_pending(pool: &PgPool) -> bool {
     .await
     .expect("pending")
 }
+
+/// Readies a filled outbox for a timed drain: fresh statistics, then a checkpoint, so every drain
+/// starts from the same state (the first change to a page after a checkpoint writes the whole page
+/// to the WAL; without one, a checkpoint falls inside some drains and not others).
+pub(crate) async fn ready_to_drain(pool: &PgPool) {
+    for statement in ["VACUUM ANALYZE outbox_events", "CHECKPOINT"] {
+        sqlx::raw_sql(statement)
+            .execute(pool)
+            .await
+            .expect(statement);
+    }
+}
