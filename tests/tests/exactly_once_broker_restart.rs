@@ -1,7 +1,7 @@
 //! The exactly-once relay while its broker (one this test owns) is SIGKILLed in the middle of a
-//! transaction and started again, four times: the transactions that were open are aborted, invisible to
-//! `read_committed` consumers, and their events go out again in later transactions, once; the
-//! relay's monitor reports the outage and its end.
+//! transaction and started again, four times: the transactions that were open are aborted,
+//! invisible to `read_committed` consumers, and their events go out again in later transactions,
+//! once; the relay's monitor reports the outage and its end.
 
 use std::time::Duration;
 

@@ -12,9 +12,9 @@ use crate::Scale;
 /// The baseline for the relay: the same work written by hand, as a service would without
 /// the crate. It claims up to 1,000 due rows (`FOR UPDATE SKIP LOCKED`, no per-aggregate order
 /// filter, no fencing), sends each with an rdkafka producer configured as `KafkaPublisher` is
-/// (idempotent, `acks=all`, `murmur2_random`, no message timeout, 1 ms linger) as the same record (key =
-/// aggregate id, the headers `event-id`, `event-type`, `aggregate-type`, `aggregate-id`), deletes
-/// the acknowledged rows, and keeps two batches in flight. Events per second.
+/// (idempotent, `acks=all`, `murmur2_random`, no message timeout, 1 ms linger) as the same record
+/// (key = aggregate id, the headers `event-id`, `event-type`, `aggregate-type`, `aggregate-id`),
+/// deletes the acknowledged rows, and keeps two batches in flight. Events per second.
 pub(crate) async fn hand_written_pipeline(scale: &Scale) -> f64 {
     #[derive(sqlx::FromRow)]
     struct Claimed {
