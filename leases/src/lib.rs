@@ -86,6 +86,10 @@
 //! index entries. The outbox's table does both; its claim of 1,000 rows went from 18 to 8 ms
 //! (`docs/benchmarks.md`).
 //!
+//! A queue that can fall behind while a long transaction holds back vacuum should also turn on
+//! [`RowLeases::claim_cursor`]: rows deleted after the oldest snapshot stay in the due index, and
+//! a claim that walks it from the head steps over every one of them.
+//!
 //! # Errors
 //!
 //! One [`Error`] type; [`Error::is_retriable`] tells transient database failures (serialization
@@ -96,6 +100,7 @@
 mod background;
 mod backoff;
 mod clock;
+mod cursor;
 mod error;
 mod fenced;
 mod heartbeat;

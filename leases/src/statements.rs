@@ -97,8 +97,10 @@ fn lease_columns(t: &TableSpec, prefix: &str) -> String {
     )
 }
 
-/// Claims due rows: `$1` now, `$2` owner, `$3` limit, `$4` ttl. The candidate row
-/// is not aliased, so a claim filter refers to it by the table's own name.
+/// Claims due rows: `$1` now, `$2` owner, `$3` limit, `$4` ttl, `$5` the due time the walk of
+/// the due index starts from (`NULL`: its head, see [`ClaimCursor`](crate::cursor::ClaimCursor)).
+/// The candidate row is not aliased, so a claim filter refers to it by the table's own name. Each
+/// claimed row also returns its due time as `lease_due`.
 fn claim(t: &TableSpec, returning: &str) -> String {
     let TableSpec {
         table,
@@ -122,7 +124,8 @@ fn claim(t: &TableSpec, returning: &str) -> String {
     };
     let due = format!(
         "SELECT {table}.{id}{group} FROM {table}
-         WHERE {free} {filter} {head}
+         WHERE {free} AND {next_attempt_at} >= coalesce($5::timestamptz, '-infinity')
+           {filter} {head}
          ORDER BY {next_attempt_at}, {id}
          LIMIT $3
          FOR UPDATE SKIP LOCKED",
@@ -181,7 +184,7 @@ fn claim(t: &TableSpec, returning: &str) -> String {
         SET {owner} = $2, {token} = t.{token} + 1, {attempts} = t.{attempts} + 1,
             {expires_at} = {NOW_CLAIM} + $4::interval
         FROM due WHERE t.{id} = due.{id}
-        RETURNING {returning}"
+        RETURNING {returning}, t.{next_attempt_at} AS lease_due"
     )
 }
 

@@ -1,5 +1,6 @@
 //! The `leases` crate against a real PostgreSQL server: each test gets its own database.
 
+mod cursor;
 mod fenced;
 mod groups;
 mod heartbeat;
