@@ -95,7 +95,10 @@ impl<P: Publisher> Relay<P> {
                 .completion(Completion::Keep)
                 .completed_at_column("published_at");
         }
-        let leases = RowLeases::new(&spec.build()?, config.owner.clone());
+        let mut leases = RowLeases::new(&spec.build()?, config.owner.clone());
+        if let Some(rescan) = config.claim_cursor {
+            leases = leases.claim_cursor(rescan);
+        }
         Ok(Self {
             pool,
             publisher: Arc::new(publisher),

@@ -4,15 +4,17 @@
 //!    and 2 relays keeping 1 or 2 batches in flight, through Apache Kafka and through librdkafka's
 //!    mock cluster (the relay's own capacity), and the same work written by hand (no order
 //!    filter, no fencing) as the baseline;
-//! 2. claim and mark (no broker) with the crate, as a ratio of the same statements written by hand;
-//! 3. latency from commit to broker acknowledgement at a steady 1,000 and 5,000 events/s from 16
+//! 2. the relay while a snapshot is held open (vacuum can remove none of the published rows),
+//!    claiming from the head of the outbox and with a claim cursor;
+//! 3. claim and mark (no broker) with the crate, as a ratio of the same statements written by hand;
+//! 4. latency from commit to broker acknowledgement at a steady 1,000 and 5,000 events/s from 16
 //!    writers, one event per transaction, and 5,000 events/s at ten events per transaction, with
 //!    the publisher's default `linger.ms` (1) and librdkafka's (5);
-//! 4. enqueue throughput, 1 and 100 events per transaction.
+//! 5. enqueue throughput, 1 and 100 events per transaction.
 //!
 //! Run: `eval "$(scripts/services up)"; cargo bench -p benches --bench outbox`, or name sections
-//! to run only those: `cargo bench -p benches --bench outbox -- relay latency` (`relay`, `claim`,
-//! `latency`, `enqueue`). Under `cargo test` (no `--bench` argument) it runs a small smoke version
+//! to run only those: `cargo bench -p benches --bench outbox -- relay latency` (`relay`, `held`,
+//! `claim`, `latency`, `enqueue`). Under `cargo test` (no `--bench` argument) it runs a small smoke version
 //! of each.
 
 use std::time::{Duration, Instant};
@@ -28,6 +30,8 @@ mod latency;
 #[path = "../shared/outbox_events.rs"]
 mod outbox_events;
 
+use Broker::{Kafka, Mock};
+use Snapshot::{Free, HeldFromTheHead, HeldWithCursor};
 use by_hand::{claim_and_mark_by_hand, hand_written_pipeline};
 use latency::{WRITERS, latency};
 
@@ -37,6 +41,8 @@ struct Scale {
     rounds: usize,
     /// Events of the one-aggregate run (claimed and published in runs of a batch).
     hot_events: usize,
+    /// Events of the drains with a snapshot held open.
+    held_events: usize,
     claim_rows: usize,
     latency_secs: u64,
     enqueue_events: usize,
@@ -46,6 +52,7 @@ const FULL: Scale = Scale {
     relay_events: 200_000,
     rounds: 3,
     hot_events: 20_000,
+    held_events: 1_000_000,
     claim_rows: 100_000,
     latency_secs: 10,
     enqueue_events: 20_000,
@@ -54,6 +61,7 @@ const SMOKE: Scale = Scale {
     relay_events: 2_000,
     rounds: 1,
     hot_events: 200,
+    held_events: 2_000,
     claim_rows: 2_000,
     latency_secs: 1,
     enqueue_events: 200,
@@ -73,15 +81,24 @@ enum Broker {
     Mock,
 }
 
+/// Whether another connection holds a snapshot open while the relay drains (so vacuum can remove
+/// none of the published rows), and whether the relay claims with a claim cursor then.
+#[derive(Clone, Copy, PartialEq)]
+enum Snapshot {
+    Free,
+    HeldFromTheHead,
+    HeldWithCursor,
+}
+
 /// Events per second for `relays` relays, each keeping `depth` batches in flight, draining
 /// `events` pre-enqueued events spread over `aggregates` aggregates (interleaved, as live
 /// traffic is).
 async fn relay_end_to_end(
     events: usize,
     aggregates: usize,
-    relays: usize,
-    depth: u32,
+    (relays, depth): (usize, u32),
     broker: Broker,
+    snapshot: Snapshot,
 ) -> f64 {
     let db = testkit::database(&[&outbox::MIGRATOR]).await;
     let mock = MockCluster::<'static, DefaultProducerContext>::new(1).expect("mock cluster");
@@ -94,6 +111,13 @@ async fn relay_end_to_end(
     };
     enqueue(&db.pool, &topic, events, 1000, aggregates).await;
     ready_to_drain(&db.pool).await;
+    let mut holder = db.pool.acquire().await.expect("holder");
+    if snapshot != Snapshot::Free {
+        sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM outbox_events;")
+            .execute(&mut *holder)
+            .await
+            .expect("hold a snapshot");
+    }
     // The relays and their producers are made before the clock starts, as the hand-written
     // pipeline's producer is; starting them (LISTEN, the first claim) is timed.
     let mut ready = Vec::new();
@@ -102,6 +126,11 @@ async fn relay_end_to_end(
             .batch_size(1000)
             .pipeline_depth(depth)
             .poll_interval(Duration::from_millis(20));
+        let config = if snapshot == Snapshot::HeldWithCursor {
+            config.claim_cursor(Duration::from_secs(10))
+        } else {
+            config
+        };
         let publisher = match broker {
             Broker::Kafka => publisher().await,
             Broker::Mock => KafkaPublisher::new(&mock.bootstrap_servers()).expect("publisher"),
@@ -117,6 +146,7 @@ async fn relay_end_to_end(
     for handle in handles {
         handle.shutdown().await;
     }
+    drop(holder);
     events as f64 / elapsed.as_secs_f64()
 }
 
@@ -193,6 +223,9 @@ fn main() {
         if runs("relay") {
             relay_section(&scale).await;
         }
+        if runs("held") {
+            held_section(&scale).await;
+        }
         if runs("claim") {
             claim_section(&scale).await;
         }
@@ -223,9 +256,9 @@ async fn relay_section(scale: &Scale) {
     // Interleaved aggregates, 20 events each.
     let (events, aggregates) = (scale.relay_events, scale.relay_events / 20);
     for relays in [1, 2] {
-        let serial = relay_end_to_end(events, aggregates, relays, 1, Broker::Kafka).await;
-        let pipelined = relay_end_to_end(events, aggregates, relays, 2, Broker::Kafka).await;
-        let mock = relay_end_to_end(events, aggregates, relays, 2, Broker::Mock).await;
+        let serial = relay_end_to_end(events, aggregates, (relays, 1), Kafka, Free).await;
+        let pipelined = relay_end_to_end(events, aggregates, (relays, 2), Kafka, Free).await;
+        let mock = relay_end_to_end(events, aggregates, (relays, 2), Mock, Free).await;
         println!(
             "{relays:>7} | {serial:>18.0} | {pipelined:>18.0} | {:>6.2} | {mock:>18.0}",
             pipelined / serial
@@ -244,7 +277,7 @@ async fn relay_section(scale: &Scale) {
     // shared machine does meanwhile falls on both; the medians of the rounds.
     let (mut ours, mut hand) = (Vec::new(), Vec::new());
     for _ in 0..scale.rounds {
-        ours.push(relay_end_to_end(events, aggregates, 1, 2, Broker::Kafka).await);
+        ours.push(relay_end_to_end(events, aggregates, (1, 2), Kafka, Free).await);
         hand.push(hand_written_pipeline(scale).await);
     }
     let rounds: Vec<String> = ours
@@ -261,8 +294,20 @@ async fn relay_section(scale: &Scale) {
         "relay: {ours:.0} events/s, hand-written {hand:.0} events/s, ratio {:.2}",
         ours / hand
     );
-    let hot = relay_end_to_end(scale.hot_events, 1, 1, 2, Broker::Kafka).await;
+    let hot = relay_end_to_end(scale.hot_events, 1, (1, 2), Kafka, Free).await;
     println!("relay, one aggregate: {hot:.0} events/s");
+}
+
+/// The relay while another connection holds a snapshot open, claiming from the head of the
+/// outbox and with a claim cursor.
+async fn held_section(scale: &Scale) {
+    let (events, aggregates) = (scale.held_events, scale.held_events / 20);
+    println!("\nrelay with a snapshot held open, one relay, 2 in flight ({events} events)");
+    let head = relay_end_to_end(events, aggregates, (1, 2), Kafka, HeldFromTheHead).await;
+    let cursor = relay_end_to_end(events, aggregates, (1, 2), Kafka, HeldWithCursor).await;
+    println!("{:>14} | {:>10}", "claims", "events/s");
+    println!("{:>14} | {head:>10.0}", "from the head");
+    println!("{:>14} | {cursor:>10.0}", "with a cursor");
 }
 
 fn median(rates: &mut [f64]) -> f64 {

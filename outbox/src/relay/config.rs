@@ -27,6 +27,7 @@ pub struct RelayConfig {
     pub(super) ordered: bool,
     pub(super) retention: Retention,
     pub(super) pipeline_depth: u32,
+    pub(super) claim_cursor: Option<Duration>,
 }
 
 impl Default for RelayConfig {
@@ -41,6 +42,7 @@ impl Default for RelayConfig {
             ordered: true,
             retention: Retention::default(),
             pipeline_depth: 2,
+            claim_cursor: None,
         }
     }
 }
@@ -114,6 +116,20 @@ impl RelayConfig {
     /// settles.) Default: 2.
     pub fn pipeline_depth(mut self, depth: u32) -> Self {
         self.pipeline_depth = depth;
+        self
+    }
+
+    /// Claims with a claim cursor ([`RowLeases::claim_cursor`](leases::RowLeases::claim_cursor)):
+    /// while claims come back full, each starts at the earliest due time of the last one instead
+    /// of at the head of the outbox, and from the head again after a short claim and at least
+    /// every `rescan`. Turn it on when a long transaction (or a replica's `hot_standby_feedback`)
+    /// can hold back vacuum while the relay works through a backlog: the published rows' index
+    /// entries then stay, and a claim from the head steps over all of them. Per-aggregate order is
+    /// unchanged (an event is never claimed while an older one of its aggregate is unpublished); an
+    /// event that falls due behind the cursor (an expired lease, one committed late with an
+    /// earlier due time) waits until a claim comes back short or `rescan` passes. Default: off.
+    pub fn claim_cursor(mut self, rescan: Duration) -> Self {
+        self.claim_cursor = Some(rescan);
         self
     }
 }

@@ -142,3 +142,49 @@ async fn a_run_cut_by_a_full_queue_is_finished_in_order_after_the_outage() {
         expected
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_with_a_claim_cursor_publishes_an_event_committed_behind_it_in_order() {
+    let db = outbox_db().await;
+    let topic = testkit::kafka::topic(1).await;
+    enqueue_run(&db.pool, &topic, "early", 4).await;
+    let relay = Relay::new(
+        db.pool.clone(),
+        kafka().await,
+        RelayConfig::default()
+            .batch_size(2)
+            .claim_cursor(Duration::from_secs(3600)),
+    )
+    .expect("relay");
+    let first = relay.run_once().await.expect("batch");
+    assert_eq!((first.claimed, first.published), (2, 2));
+    // An event due before the cursor (as one committed late by a long transaction is), with an
+    // event of its aggregate after it.
+    let late = enqueue_run(&db.pool, &topic, "late", 2).await;
+    sqlx::query(
+        "UPDATE outbox_events SET next_attempt_at = now() - interval '1 hour' WHERE aggregate_id = 'late'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("due an hour ago");
+    let mut claims = Vec::new();
+    while count(&db.pool, "SELECT count(*) FROM outbox_events").await > 0 {
+        let outcome = relay.run_once().await.expect("batch");
+        assert_eq!(outcome.published, outcome.claimed, "{outcome:?}");
+        claims.push(outcome.claimed);
+        assert!(claims.len() < 10, "the late events were never claimed: {claims:?}");
+    }
+    assert_eq!(
+        claims,
+        [2, 0, 2],
+        "the rest of the backlog from the cursor, a short claim, then the late run from the head"
+    );
+    let messages = testkit::kafka::read_all(&topic).await;
+    let ids: Vec<Uuid> = messages
+        .iter()
+        .filter(|m| m.key() == Some(b"late".as_slice()))
+        .map(event_id)
+        .collect();
+    assert_eq!(ids, late.iter().map(|e| e.id).collect::<Vec<_>>(), "the late run, in order");
+    assert_eq!(messages.len(), 6, "every event once");
+}
