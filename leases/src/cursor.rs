@@ -34,9 +34,7 @@ impl ClaimCursor {
     /// The due time a claim starts from, or `None` for the head of the index.
     pub(crate) fn start(&self) -> Option<DateTime<Utc>> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let recent = state
-            .from_head
-            .is_some_and(|at| at.elapsed() < self.rescan);
+        let recent = state.from_head.is_some_and(|at| at.elapsed() < self.rescan);
         match state.from {
             Some(from) if recent => Some(from),
             _ => {
@@ -74,6 +72,10 @@ mod tests {
         let cursor = ClaimCursor::new(Duration::ZERO);
         assert_eq!(cursor.start(), None);
         cursor.claimed(true, Some(Utc::now()));
-        assert_eq!(cursor.start(), None, "the last walk from the head is already too old");
+        assert_eq!(
+            cursor.start(),
+            None,
+            "the last walk from the head is already too old"
+        );
     }
 }

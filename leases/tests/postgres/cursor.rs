@@ -31,7 +31,10 @@ async fn a_cursor_goes_on_from_the_last_full_claim_and_back_to_the_head_after_a_
 
     let first: Vec<Lease<i64>> = worker.claim(&db.pool, 2, MINUTE).await.expect("claim");
     assert_eq!(first.iter().map(|l| l.id).collect::<Vec<_>>(), [1, 2]);
-    worker.complete_many(&db.pool, &first).await.expect("complete");
+    worker
+        .complete_many(&db.pool, &first)
+        .await
+        .expect("complete");
     late_row(&db.pool).await;
 
     assert_eq!(
@@ -58,7 +61,10 @@ async fn a_cursor_whose_rescan_interval_passed_walks_from_the_head() {
     let worker = RowLeases::new(&spec, "worker").claim_cursor(Duration::ZERO);
 
     let first: Vec<Lease<i64>> = worker.claim(&db.pool, 2, MINUTE).await.expect("claim");
-    worker.complete_many(&db.pool, &first).await.expect("complete");
+    worker
+        .complete_many(&db.pool, &first)
+        .await
+        .expect("complete");
     late_row(&db.pool).await;
     assert_eq!(claim_ids(&worker, &db.pool, 2).await, [3, 5]);
 }

@@ -172,7 +172,10 @@ async fn a_relay_with_a_claim_cursor_publishes_an_event_committed_behind_it_in_o
         let outcome = relay.run_once().await.expect("batch");
         assert_eq!(outcome.published, outcome.claimed, "{outcome:?}");
         claims.push(outcome.claimed);
-        assert!(claims.len() < 10, "the late events were never claimed: {claims:?}");
+        assert!(
+            claims.len() < 10,
+            "the late events were never claimed: {claims:?}"
+        );
     }
     assert_eq!(
         claims,
@@ -185,6 +188,10 @@ async fn a_relay_with_a_claim_cursor_publishes_an_event_committed_behind_it_in_o
         .filter(|m| m.key() == Some(b"late".as_slice()))
         .map(event_id)
         .collect();
-    assert_eq!(ids, late.iter().map(|e| e.id).collect::<Vec<_>>(), "the late run, in order");
+    assert_eq!(
+        ids,
+        late.iter().map(|e| e.id).collect::<Vec<_>>(),
+        "the late run, in order"
+    );
     assert_eq!(messages.len(), 6, "every event once");
 }
