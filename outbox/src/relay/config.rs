@@ -125,9 +125,10 @@ impl RelayConfig {
     /// every `rescan`. Turn it on when a long transaction (or a replica's `hot_standby_feedback`)
     /// can hold back vacuum while the relay works through a backlog: the published rows' index
     /// entries then stay, and a claim from the head steps over all of them. Per-aggregate order is
-    /// unchanged (an event is never claimed while an older one of its aggregate is unpublished); an
-    /// event that falls due behind the cursor (an expired lease, one committed late with an
-    /// earlier due time) waits until a claim comes back short or `rescan` passes. Default: off.
+    /// unchanged (an event is never claimed while an older one of its aggregate is unpublished). An
+    /// event left behind the cursor waits until a claim comes back short or `rescan` passes: one
+    /// whose lease expired, one committed late with an earlier due time, or one that a full claim
+    /// stepped over while an older event of its aggregate was in flight. Default: off.
     pub fn claim_cursor(mut self, rescan: Duration) -> Self {
         self.claim_cursor = Some(rescan);
         self
