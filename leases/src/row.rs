@@ -106,9 +106,11 @@ impl RowLeases {
     /// to a tenth of its rate within a minute of a held snapshot. With the cursor a claim skips
     /// them, and only the walks from the head pay for them.
     ///
-    /// The cost: a row that falls due behind the cursor (its lease expired, it was committed late
-    /// with an earlier due time, or another claimer locked it and then gave it back) waits until
-    /// a claim comes back short or `rescan` has passed. Clones share the cursor.
+    /// The cost: a row left behind the cursor waits until a claim comes back short or `rescan`
+    /// has passed: one whose lease expired, one committed late with an earlier due time, one that
+    /// another claimer locked and then gave back, or, in a table with
+    /// [group columns](crate::TableSpecBuilder::group_columns), one that became its group's head
+    /// after a claim passed it. Clones share the cursor.
     ///
     /// ```
     /// use std::time::Duration;
