@@ -14,8 +14,8 @@
 //!
 //! Run: `eval "$(scripts/services up)"; cargo bench -p benches --bench outbox`, or name sections
 //! to run only those: `cargo bench -p benches --bench outbox -- relay latency` (`relay`, `held`,
-//! `claim`, `latency`, `enqueue`). Under `cargo test` (no `--bench` argument) it runs a small smoke version
-//! of each.
+//! `claim`, `latency`, `enqueue`). Under `cargo test` (no `--bench` argument) it runs a small
+//! smoke version of each.
 
 use std::time::{Duration, Instant};
 
