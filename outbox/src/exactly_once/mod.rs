@@ -39,7 +39,9 @@
 //! A relay killed at any point (before, during or after the Kafka commit, before the mark); a
 //! relay paused past its lease and resumed; a lost database connection; a broker restart in the
 //! middle of transactions (the aborted ones are invisible to `read_committed` consumers, and
-//! their events go out again in a later transaction).
+//! their events go out again in a later transaction). A commit that times out while the broker is
+//! away is resumed on the same producer for as long as the shard lease is held, so its outcome is
+//! known before anything else is published.
 //!
 //! # Operations
 //!

@@ -312,10 +312,7 @@ impl Shared {
             }
         }
         if deliveries_ok {
-            match producer
-                .blocking(move |p| p.commit_transaction(timeout))
-                .await
-            {
+            match self.commit(producer, lease).await {
                 Ok(()) => {
                     tracing::debug!(
                         events = batch.len(),
@@ -337,6 +334,29 @@ impl Shared {
             .blocking(move |p| p.abort_transaction(timeout))
             .await?;
         Ok(Transaction::Aborted(failed))
+    }
+
+    /// Commits the open transaction. A commit that times out (the broker is away) is called
+    /// again on the same producer, which resumes it, for as long as the shard lease is ours:
+    /// librdkafka keeps the commit under way, and giving up on it would leave its outcome to be
+    /// learnt by the next owner instead of known here.
+    async fn commit(&self, producer: &TxProducer, lease: &NamedLease) -> Result<(), KafkaError> {
+        let timeout = self.config.transaction_timeout;
+        loop {
+            let committed = producer
+                .blocking(move |p| p.commit_transaction(timeout))
+                .await;
+            match &committed {
+                Err(KafkaError::Transaction(error)) if error.is_retriable() => {
+                    tracing::warn!(%error, "outbox: commit not finished; resuming it");
+                    self.monitor.publish_failed(error.to_string());
+                    if self.mark(lease, &[]).await.is_err() {
+                        return committed;
+                    }
+                }
+                _ => return committed,
+            }
+        }
     }
 
     /// After an aborted transaction: dead-letters the events refused for good, and those whose
