@@ -2,8 +2,8 @@
 //!
 //! 1. relay end to end: pre-enqueued events, all published and acknowledged (`acks=all`), with 1
 //!    and 2 relays keeping 1 or 2 batches in flight, through Apache Kafka and through librdkafka's
-//!    mock cluster (the relay's own capacity), and the same work written by hand (no order
-//!    filter, no fencing) as the baseline;
+//!    mock cluster (the relay's own capacity); then the goal lines (`ratio`): the relay taking
+//!    turns with the same work written by hand (no order filter, no fencing), and one aggregate;
 //! 2. the relay while a snapshot is held open (vacuum can remove none of the published rows),
 //!    claiming from the head of the outbox and with a claim cursor;
 //! 3. claim and mark (no broker) with the crate, as a ratio of the same statements written by hand;
@@ -13,8 +13,8 @@
 //! 5. enqueue throughput, 1 and 100 events per transaction.
 //!
 //! Run: `eval "$(scripts/services up)"; cargo bench -p benches --bench outbox`, or name sections
-//! to run only those: `cargo bench -p benches --bench outbox -- relay latency` (`relay`, `held`,
-//! `claim`, `latency`, `enqueue`). Under `cargo test` (no `--bench` argument) it runs a small
+//! to run only those: `cargo bench -p benches --bench outbox -- ratio latency` (`relay`, `ratio`,
+//! `held`, `claim`, `latency`, `enqueue`). Under `cargo test` (no `--bench` argument) it runs a small
 //! smoke version of each.
 
 use std::time::{Duration, Instant};
@@ -226,6 +226,9 @@ fn main() {
         if runs("relay") {
             relay_section(&scale).await;
         }
+        if runs("ratio") {
+            ratio_section(&scale).await;
+        }
         if runs("held") {
             held_section(&scale).await;
         }
@@ -276,6 +279,11 @@ async fn relay_section(scale: &Scale) {
         single.1,
         single.0 / single.1
     );
+}
+
+/// The goal lines: the relay against the hand-written pipeline, and one aggregate.
+async fn ratio_section(scale: &Scale) {
+    let (events, aggregates) = (scale.relay_events, scale.relay_events / 20);
     // The goal's ratio: the relay and the hand-written pipeline taking turns, so that what the
     // shared machine does meanwhile falls on both; the medians of the rounds.
     let (mut ours, mut hand) = (Vec::new(), Vec::new());
