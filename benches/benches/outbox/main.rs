@@ -14,8 +14,8 @@
 //!
 //! Run: `eval "$(scripts/services up)"; cargo bench -p benches --bench outbox`, or name sections
 //! to run only those: `cargo bench -p benches --bench outbox -- ratio latency` (`relay`, `ratio`,
-//! `held`, `claim`, `latency`, `enqueue`). Under `cargo test` (no `--bench` argument) it runs a small
-//! smoke version of each.
+//! `held`, `claim`, `latency`, `enqueue`). Under `cargo test` (no `--bench` argument) it runs a
+//! small smoke version of each.
 
 use std::time::{Duration, Instant};
 
