@@ -43,15 +43,15 @@ pub struct KeyClaim {
 
 impl RowLeases {
     /// [`release`](Self::release), also setting the caller's columns in the same statement: `set`
-    /// is a list of assignments whose parameters are `$6` onward (for example
-    /// `"last_error = $6"`). It affects one row when the lease was still held, none when lost.
+    /// is a list of assignments whose parameters are `$7` onward (for example
+    /// `"last_error = $7"`). It affects one row when the lease was still held, none when lost.
     ///
     /// ```no_run
     /// # async fn example(jobs: leases::RowLeases, pool: sqlx::PgPool, lease: leases::Lease<i64>) -> leases::Result<()> {
     /// use std::time::Duration;
     ///
     /// let held = jobs
-    ///     .release_query(&lease, Duration::from_secs(5), "last_error = $6")?
+    ///     .release_query(&lease, Duration::from_secs(5), "last_error = $7")?
     ///     .bind("broker unavailable")
     ///     .execute(&pool)
     ///     .await?
@@ -72,14 +72,12 @@ impl RowLeases {
     ) -> Result<FencedQuery> {
         let delay = self.retry_delay(retry_after)?;
         let sql = statements::release(&self.sql.spec, set);
-        Ok(self
-            .held_query(&sql.into(), std::slice::from_ref(lease))
-            .bind(delay))
+        Ok(self.held_query(&sql.into(), std::slice::from_ref(lease), delay))
     }
 
     /// [`complete`](Self::complete) on a table with [`Completion::Keep`](crate::Completion::Keep),
     /// also setting the caller's columns (a stored result, say): `set` is a list of assignments
-    /// whose parameters are `$6` onward. It affects one row when the lease was still held.
+    /// whose parameters are `$7` onward. It affects one row when the lease was still held.
     ///
     /// # Errors
     ///
@@ -90,20 +88,22 @@ impl RowLeases {
         set: &'static str,
     ) -> Result<FencedQuery> {
         let sql = statements::complete(&self.sql.spec, set)?;
-        Ok(self
-            .held_query(&sql.into(), std::slice::from_ref(lease))
-            .bind(interval(Duration::ZERO)))
+        Ok(self.held_query(
+            &sql.into(),
+            std::slice::from_ref(lease),
+            interval(Duration::ZERO),
+        ))
     }
 
     /// Finishes a lease by moving its row: deletes it if the lease is still held and runs `insert`
     /// over the deleted row, available as `moved` with all the table's columns. `insert`'s
-    /// parameters are `$6` onward. Nothing is deleted or inserted when the lease was lost.
+    /// parameters are `$7` onward. Nothing is deleted or inserted when the lease was lost.
     ///
     /// ```no_run
     /// # async fn example(jobs: leases::RowLeases, pool: sqlx::PgPool, lease: leases::Lease<i64>) -> leases::Result<()> {
     /// let moved = jobs
     ///     .move_query(&lease, "INSERT INTO failed_jobs (id, payload, reason)
-    ///                          SELECT id, payload, $6 FROM moved")
+    ///                          SELECT id, payload, $7 FROM moved")
     ///     .bind("payload does not parse")
     ///     .execute(&pool)
     ///     .await?
@@ -113,8 +113,11 @@ impl RowLeases {
     /// ```
     pub fn move_query<I: LeaseId>(&self, lease: &Lease<I>, insert: &'static str) -> FencedQuery {
         let sql = statements::move_rows(&self.sql.spec, insert);
-        self.held_query(&sql.into(), std::slice::from_ref(lease))
-            .bind(interval(Duration::ZERO))
+        self.held_query(
+            &sql.into(),
+            std::slice::from_ref(lease),
+            interval(Duration::ZERO),
+        )
     }
 
     /// Claims one row by its key for `ttl`: inserts it, or claims the existing row when its lease

@@ -63,7 +63,9 @@
 //! greater token. `renew`, `release` and `complete` match on id, owner and token and on the lease
 //! not being finished; a worker whose lease expired *and was claimed again* gets "lost" (`false`,
 //! `None`, or the id missing from a batch result) and changes nothing. A lease that expired but
-//! was not claimed again is still the worker's: renewing or completing it succeeds.
+//! was not claimed again is still the worker's: renewing or completing it succeeds. In a table
+//! with [group columns](TableSpecBuilder::group_columns) a claim writes only each run's head, and
+//! the run's other rows are fenced through the head's token ([`Lease::holder`]).
 //!
 //! **Time and clock skew.** Expiry is decided by the database clock:
 //! every statement uses `coalesce($now, statement_timestamp())`, with `$now` `NULL` under the

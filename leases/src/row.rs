@@ -55,6 +55,10 @@ pub struct Lease<I> {
     pub expires_at: DateTime<Utc>,
     /// How many times the row has been claimed, this claim included.
     pub attempts: i32,
+    /// The row whose lease this is: the row itself, or, in a table with
+    /// [group columns](crate::TableSpecBuilder::group_columns), the head of the run it was claimed
+    /// with. `token` and `expires_at` are the holder's, and the lease is held while the holder's is.
+    pub holder: I,
 }
 
 /// Claims and manages leases on the rows of one table for one owner.
@@ -240,8 +244,7 @@ impl RowLeases {
     ) -> Result<Vec<(I, DateTime<Utc>)>> {
         let ttl = positive_interval("ttl", ttl)?;
         let rows = self
-            .held_query(&self.sql.renew, leases)
-            .bind(ttl)
+            .held_query(&self.sql.renew, leases, ttl)
             .fetch_all(executor)
             .await?;
         rows.iter()
@@ -281,8 +284,7 @@ impl RowLeases {
     ) -> Result<Vec<I>> {
         let delay = self.retry_delay(retry_after)?;
         let rows = self
-            .held_query(&self.sql.release, leases)
-            .bind(delay)
+            .held_query(&self.sql.release, leases, delay)
             .fetch_all(executor)
             .await?;
         ids(&rows)
@@ -319,7 +321,7 @@ impl RowLeases {
         leases: &[Lease<I>],
     ) -> Result<Vec<I>> {
         let rows = self
-            .held_query(&self.sql.complete, leases)
+            .held_query(&self.sql.complete, leases, interval(Duration::ZERO))
             .fetch_all(executor)
             .await?;
         ids(&rows)
@@ -335,24 +337,29 @@ impl RowLeases {
         Ok(interval(retry_after))
     }
 
-    /// A statement over "leases still held": `$1` ids, `$2` tokens, `$3` owner, `$4` now.
+    /// A statement over "leases still held": `$1` ids, `$2` tokens, `$3` owner, `$4` now,
+    /// `$5` `interval` and `$6` the holders.
     pub(crate) fn held_query<I: LeaseId>(
         &self,
         sql: &Arc<str>,
         leases: &[Lease<I>],
+        interval: PgInterval,
     ) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
         let ids: Vec<I> = leases.iter().map(|l| l.id.clone()).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
+        let holders: Vec<I> = leases.iter().map(|l| l.holder.clone()).collect();
         sqlx::query(AssertSqlSafe(Arc::clone(sql)))
             .bind(ids)
             .bind(tokens)
             .bind(self.owner.to_string())
             .bind(self.clock.now())
+            .bind(interval)
+            .bind(holders)
     }
 }
 
 /// Decodes a lease from the columns every claim returns (`lease_id`, `lease_token`,
-/// `lease_expires_at`, `lease_attempts`), as for the row of a
+/// `lease_expires_at`, `lease_attempts`, `lease_holder`), as for the row of a
 /// [`claim_key_query`](RowLeases::claim_key_query).
 impl<'r, I: LeaseId> FromRow<'r, PgRow> for Lease<I> {
     fn from_row(row: &'r PgRow) -> sqlx::Result<Self> {
@@ -361,6 +368,7 @@ impl<'r, I: LeaseId> FromRow<'r, PgRow> for Lease<I> {
             token: row.try_get("lease_token")?,
             expires_at: row.try_get("lease_expires_at")?,
             attempts: row.try_get("lease_attempts")?,
+            holder: row.try_get("lease_holder")?,
         })
     }
 }

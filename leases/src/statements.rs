@@ -1,6 +1,9 @@
 //! The SQL of every row-lease statement, written from a [`TableSpec`]. The predicate that says a
 //! lease is still held ([`held`]) is written here and nowhere else: every statement that changes a
 //! leased row, the crate's own and those that also set a caller's columns, goes through it.
+//!
+//! In a table with group columns, a claim writes only each run's head: the head's lease (owner,
+//! token, expiry) is the lease of every row of its run, which is fenced through the head.
 
 use std::sync::Arc;
 
@@ -8,7 +11,9 @@ use crate::fenced::KeyClaim;
 use crate::table::{Completion, TableSpec};
 use crate::{Error, Result};
 
-/// "Now" in a claim (`$1`) and in a statement over held leases (`$4`).
+/// "Now" in a claim (`$1`) and in a statement over held leases (`$4`). A statement over held
+/// leases binds `$1` ids, `$2` tokens, `$3` owner, `$4` now, `$5` an interval and `$6` the ids of
+/// the rows holding the leases (see [`held`]); the caller's parameters start at `$7`.
 const NOW_CLAIM: &str = "coalesce($1::timestamptz, statement_timestamp())";
 const NOW_HELD: &str = "coalesce($4::timestamptz, statement_timestamp())";
 
@@ -26,23 +31,10 @@ pub(crate) struct Statements {
 
 impl Statements {
     pub(crate) fn new(spec: &TableSpec) -> Self {
-        let claim_returning =
-            |extra: &str| claim(spec, &format!("{extra}{}", lease_columns(spec, "t.")));
-        let TableSpec {
-            table,
-            id,
-            expires_at,
-            ..
-        } = spec;
         Statements {
-            claim: spec.scheduled.then(|| claim_returning("").into()),
-            claim_rows: spec.scheduled.then(|| claim_returning("t.*, ").into()),
-            renew: format!(
-                "UPDATE {table} AS t SET {expires_at} = {NOW_HELD} + $5::interval
-                 {} RETURNING t.{id}, t.{expires_at}",
-                held(spec)
-            )
-            .into(),
+            claim: spec.scheduled.then(|| claim(spec, false).into()),
+            claim_rows: spec.scheduled.then(|| claim(spec, true).into()),
+            renew: renew(spec).into(),
             release: release(spec, "").into(),
             complete: complete(spec, "")
                 .expect("completion without caller columns is always valid")
@@ -52,17 +44,47 @@ impl Statements {
     }
 }
 
-/// The one fencing predicate, over the row aliased `t`: its id is among `$1`, its token is the one
-/// at the same position in `$2`, its owner is `$3`, and its lease is not finished.
+/// Whether the table claims runs through their heads: it has group columns and a schedule.
+fn in_runs(t: &TableSpec) -> bool {
+    !t.group.is_empty() && t.scheduled
+}
+
+/// The one fencing predicate, over the row aliased `t`: its id is among `$1`, and the row holding
+/// its lease (at the same position in `$6`) has the token at that position in `$2`, owner `$3`,
+/// and a lease that is not finished. The holder is the row itself, or, when the table claims in
+/// runs, its run's head: a run's member is held while it is unfinished and a head of its group
+/// among the holders is held. The heads are read `FOR SHARE`, so a claim that takes one over
+/// waits for the statement, or the statement for the claim (and then finds the new token).
 ///
 /// The plan must not depend on the statistics. The rows are found through the key index
-/// (`id = ANY`), and each row's `(id, token)` is looked up in a hash of the `(id, token)` pairs:
-/// the membership test is wrapped in `IS TRUE`, so PostgreSQL cannot turn it into a join (a
-/// join with the pairs becomes a nested loop, quadratic in the batch, when the statistics are
-/// stale) and runs it as a hashed subplan. Measured with generic plans at batch 1000: 5 ms with
-/// fresh or stale statistics, where the semi-join took 185 ms with stale ones and looking the
-/// token up by position (`$2[array_position($1, id)]`, linear per row) 22 ms.
+/// (`id = ANY`), and each is looked up in a hash built once: the membership tests are wrapped in
+/// `IS TRUE`, so PostgreSQL cannot turn them into joins (a join with the pairs becomes a nested
+/// loop, quadratic in the batch, when the statistics are stale) and runs them as hashed
+/// subplans. Measured with generic plans at batch 1000: 5 ms with fresh or stale statistics,
+/// where the semi-join took 185 ms with stale ones and looking the token up by position
+/// (`$2[array_position($1, id)]`, linear per row) 22 ms.
 fn held(t: &TableSpec) -> String {
+    let TableSpec {
+        table,
+        id,
+        next_attempt_at,
+        ..
+    } = t;
+    if !in_runs(t) {
+        // The holders in `$6` are the rows themselves.
+        return format!("WHERE {}", holds(t, "t", "$1"));
+    }
+    format!(
+        "WHERE t.{id} = ANY($1) AND t.{next_attempt_at} IS NOT NULL
+           AND (({t_group}) IN (SELECT {h_group} FROM {table} h WHERE {holds} FOR SHARE)) IS TRUE",
+        t_group = group_of(t, "t"),
+        h_group = group_of(t, "h"),
+        holds = holds(t, "h", "$6"),
+    )
+}
+
+/// The row `row`, one of `ids`, holds a lease of the `$6` and `$2` pairs, under owner `$3`.
+fn holds(t: &TableSpec, row: &str, ids: &str) -> String {
     let TableSpec {
         id,
         owner,
@@ -71,10 +93,45 @@ fn held(t: &TableSpec) -> String {
         ..
     } = t;
     format!(
-        "WHERE t.{id} = ANY($1)
-           AND ((t.{id}, t.{token}) IN (SELECT * FROM unnest($1, $2::int8[]))) IS TRUE
-           AND t.{owner} = $3 AND t.{expires_at} IS NOT NULL"
+        "{row}.{id} = ANY({ids})
+         AND (({row}.{id}, {row}.{token}) IN (SELECT * FROM unnest($6, $2::int8[]))) IS TRUE
+         AND {row}.{owner} = $3 AND {row}.{expires_at} IS NOT NULL"
     )
+}
+
+/// Extends held leases: in runs, the heads, whose expiry is their members'.
+fn renew(t: &TableSpec) -> String {
+    let TableSpec {
+        table,
+        id,
+        expires_at,
+        next_attempt_at,
+        ..
+    } = t;
+    let extend = format!("{expires_at} = {NOW_HELD} + $5::interval");
+    if !in_runs(t) {
+        return format!(
+            "UPDATE {table} AS t SET {extend} {} RETURNING t.{id}, t.{expires_at}",
+            held(t)
+        );
+    }
+    format!(
+        "WITH renewed AS (
+            UPDATE {table} AS h SET {extend} WHERE {holds} RETURNING h.*)
+         SELECT t.{id}, h.{expires_at} FROM {table} AS t JOIN renewed AS h ON {same}
+         WHERE t.{id} = ANY($1) AND t.{next_attempt_at} IS NOT NULL",
+        holds = holds(t, "h", "$6"),
+        same = same_group(t, "t", "h"),
+    )
+}
+
+/// `a.g1, a.g2` over the group columns.
+fn group_of(t: &TableSpec, alias: &str) -> String {
+    t.group
+        .iter()
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The lease's columns under the fixed aliases `Lease` decodes, whatever the table calls them.
@@ -93,15 +150,16 @@ fn lease_columns(t: &TableSpec, prefix: &str) -> String {
         format!("least({prefix}{token}, 2147483647)::int4")
     };
     format!(
-        "{prefix}{id} AS lease_id, {prefix}{token} AS lease_token, {prefix}{expires_at} AS lease_expires_at, {attempts} AS lease_attempts"
+        "{prefix}{id} AS lease_id, {prefix}{token} AS lease_token, {prefix}{expires_at} AS lease_expires_at, {attempts} AS lease_attempts, {prefix}{id} AS lease_holder"
     )
 }
 
 /// Claims due rows: `$1` now, `$2` owner, `$3` limit, `$4` ttl, `$5` the due time the walk of
 /// the due index starts from (`NULL`: its head, see [`ClaimCursor`](crate::cursor::ClaimCursor)).
 /// The candidate row is not aliased, so a claim filter refers to it by the table's own name. Each
-/// claimed row also returns its due time as `lease_due`.
-fn claim(t: &TableSpec, returning: &str) -> String {
+/// claimed row returns its lease's columns, its due time as `lease_due`, and with `rows` the
+/// whole row first.
+fn claim(t: &TableSpec, rows: bool) -> String {
     let TableSpec {
         table,
         id,
@@ -123,7 +181,7 @@ fn claim(t: &TableSpec, returning: &str) -> String {
         )
     };
     let due = format!(
-        "SELECT {table}.{id}{group} FROM {table}
+        "SELECT {table}.{id}, {table}.{token}{group} FROM {table}
          WHERE {free} AND {next_attempt_at} >= coalesce($5::timestamptz, '-infinity')
            {filter} {head}
          ORDER BY {next_attempt_at}, {id}
@@ -149,42 +207,64 @@ fn claim(t: &TableSpec, returning: &str) -> String {
             )
         }
     );
-    let due = if t.group.is_empty() {
-        format!("due AS ({due})")
-    } else {
-        // Each head with the rows after it in its group while they are free (at most `$3` rows
-        // scanned per group, `$3` in all); the cut keeps each run's first rows (`pos = n`).
-        format!(
-            "heads AS ({due}),
-             runs AS (
-                SELECT run.{id}, heads.{id} AS head, run.pos FROM heads CROSS JOIN LATERAL (
-                    SELECT {id}, pos FROM (
-                        SELECT m.{id}, row_number() OVER w AS pos, bool_and({free}) OVER w AS open
-                        FROM (SELECT m.* FROM {table} m
-                              WHERE {same} AND m.{id} >= heads.{id} AND m.{next_attempt_at} IS NOT NULL
-                              ORDER BY m.{id} LIMIT $3) m
-                        WINDOW w AS (ORDER BY m.{id})
-                    ) member WHERE open
-                ) run
-                LIMIT $3
-             ),
-             due AS (
-                SELECT {id} FROM (
-                    SELECT {id}, pos, row_number() OVER (PARTITION BY head ORDER BY pos) AS n
-                    FROM runs
-                ) cut WHERE pos = n
-             )",
-            free = free("m."),
-            same = same_group(t, "m", "heads"),
-        )
-    };
+    let lease = format!(
+        "{owner} = $2, {token} = t.{token} + 1, {attempts} = t.{attempts} + 1,
+         {expires_at} = {NOW_CLAIM} + $4::interval"
+    );
+    if t.group.is_empty() {
+        let row = if rows { "t.*, " } else { "" };
+        return format!(
+            "WITH due AS ({due})
+             UPDATE {table} AS t SET {lease}
+             FROM due WHERE t.{id} = due.{id}
+             RETURNING {row}{}, t.{next_attempt_at} AS lease_due",
+            lease_columns(t, "t.")
+        );
+    }
+    // Each head with the rows after it in its group while they are free (at most `$3` rows
+    // scanned per group, `$3` in all); the cut keeps each run's first rows (`pos = n`). Only the
+    // heads are written: a member returns its head's lease, and the attempt its claim makes. The
+    // heads are locked, so their update sets the token and expiry the members report, which are
+    // written out rather than joined (a join with the claimed heads is a nested loop, quadratic
+    // in the batch, under a generic plan).
+    let (head_row, member_row) = if rows { ("h.*, ", "m.*, ") } else { ("", "") };
     format!(
-        "WITH {due}
-        UPDATE {table} AS t
-        SET {owner} = $2, {token} = t.{token} + 1, {attempts} = t.{attempts} + 1,
-            {expires_at} = {NOW_CLAIM} + $4::interval
-        FROM due WHERE t.{id} = due.{id}
-        RETURNING {returning}, t.{next_attempt_at} AS lease_due"
+        "WITH heads AS ({due}),
+         runs AS (
+            SELECT run.{id}, heads.{id} AS head, heads.{token} AS head_token, run.pos
+            FROM heads CROSS JOIN LATERAL (
+                SELECT {id}, pos FROM (
+                    SELECT m.{id}, row_number() OVER w AS pos, bool_and({free}) OVER w AS open
+                    FROM (SELECT m.* FROM {table} m
+                          WHERE {same} AND m.{id} >= heads.{id} AND m.{next_attempt_at} IS NOT NULL
+                          ORDER BY m.{id} LIMIT $3) m
+                    WINDOW w AS (ORDER BY m.{id})
+                ) member WHERE open
+            ) run
+            LIMIT $3
+         ),
+         due AS (
+            SELECT {id}, head, head_token FROM (
+                SELECT {id}, head, head_token, pos,
+                       row_number() OVER (PARTITION BY head ORDER BY pos) AS n
+                FROM runs
+            ) cut WHERE pos = n
+         ),
+         claimed AS (
+            UPDATE {table} AS t SET {lease}
+            FROM due WHERE t.{id} = due.{id} AND due.{id} = due.head
+            RETURNING t.*
+         )
+         SELECT {head_row}{head_lease}, h.{next_attempt_at} AS lease_due FROM claimed h
+         UNION ALL
+         SELECT {member_row}m.{id} AS lease_id, due.head_token + 1 AS lease_token,
+                {NOW_CLAIM} + $4::interval AS lease_expires_at, m.{attempts} + 1 AS lease_attempts,
+                due.head AS lease_holder, m.{next_attempt_at} AS lease_due
+         FROM due JOIN {table} m ON m.{id} = due.{id}
+         WHERE due.{id} <> due.head",
+        free = free("m."),
+        same = same_group(t, "m", "heads"),
+        head_lease = lease_columns(t, "h."),
     )
 }
 
@@ -197,20 +277,24 @@ fn same_group(t: &TableSpec, a: &str, b: &str) -> String {
         .join(" AND ")
 }
 
-/// Gives held leases back, due again `$5` (an interval) from now, also setting `set`.
+/// Gives held leases back, due again `$5` (an interval) from now, also setting `set`. A run's
+/// member, whose claim did not count its attempt, counts it here.
 pub(crate) fn release(t: &TableSpec, set: &str) -> String {
     let TableSpec {
         table,
         id,
         owner,
         expires_at,
+        attempts,
         next_attempt_at,
         ..
     } = t;
     let due = format!("{next_attempt_at} = {NOW_HELD} + $5::interval");
+    let member_attempt = format!("{attempts} = t.{attempts} + (t.{id} <> ALL($6))::int4");
     let sets = assignments(&[
         &format!("{owner} = NULL, {expires_at} = NULL"),
         if t.scheduled { &due } else { "" },
+        if in_runs(t) { &member_attempt } else { "" },
         set,
     ]);
     format!(

@@ -179,7 +179,13 @@ impl TableSpecBuilder {
     /// - a claim takes each head with the rows that follow it in its group, in id order, up to the
     ///   first one that is not due or still leased: a run of consecutive rows, so a group with a
     ///   backlog is not claimed one row per claim. The claim's limit counts every row; when it cuts
-    ///   a run, the run keeps its first rows.
+    ///   a run, the run keeps its first rows;
+    /// - only the head is written: the run's other rows (its *members*) hold the head's lease
+    ///   ([`Lease::holder`](crate::Lease::holder) names the head) and are fenced through it. A
+    ///   member's lease ends with its head's, so finish or release members before their head, or
+    ///   in the same statement ([`complete_many`](crate::RowLeases::complete_many)). A member's
+    ///   claim does not write its attempt: releasing the member counts it. Releasing a member
+    ///   leaves it held until its head's lease ends.
     ///
     /// The [`claim_filter`](Self::claim_filter) applies to heads. The claim needs an index on the
     /// group columns and the id (`CREATE INDEX ... ON jobs (group_id, id) WHERE next_attempt_at IS

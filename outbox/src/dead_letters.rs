@@ -63,7 +63,8 @@ pub(crate) async fn bury(
     last_error: &str,
 ) -> Result<bool> {
     let moved = leases
-        .move_query(lease, insert_moved!("attempts", "$6", "$7"))
+        .move_query(lease, insert_moved!("$7", "$8", "$9"))
+        .bind(lease.attempts)
         .bind(reason)
         .bind(last_error)
         .execute(pool)

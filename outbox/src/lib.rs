@@ -58,7 +58,9 @@
 //!   ([`Backoff`]) moves to `outbox_dead_letters` with its reason and last error; see
 //!   [`dead_letters`] to list, replay or discard (or the `outboxctl` operator CLI, from a shell).
 //! - **Fencing.** Marking, retrying and dead-lettering check the lease's owner and token, so a
-//!   relay whose lease expired and was re-claimed cannot change the new owner's state.
+//!   relay whose lease expired and was re-claimed cannot change the new owner's state. A run is
+//!   leased through its first event (the claim writes that row only), and the events behind it are
+//!   fenced through it.
 //!
 //! # Exactly once on the wire
 //!

@@ -31,7 +31,7 @@ pub struct BatchOutcome {
     /// Events acknowledged by the broker and marked published.
     pub published: usize,
     /// Events scheduled for another attempt, among them the events of a run held back behind a
-    /// failed one (released at once, without counting an attempt).
+    /// failed one (left as they are: they go out after it, and their attempt does not count).
     pub retried: usize,
     /// Events moved to the dead-letter table.
     pub dead_lettered: usize,
@@ -179,11 +179,9 @@ impl<P: Publisher> Relay<P> {
                             .increment(1);
                         self.fail(&lease, event, &error, &mut outcome).await?;
                     }
-                    Delivery::HeldBack => {
-                        let released = self.hold_back(&lease).await?;
-                        outcome.retried += usize::from(released);
-                        outcome.lost += usize::from(!released);
-                    }
+                    // Claimed through its run's head, which the failure released or moved: the
+                    // event was never written, and it waits behind the failed one.
+                    Delivery::HeldBack => outcome.retried += 1,
                 }
             }
             let marked = self.leases.complete_many(&self.pool, &published).await?;
@@ -254,23 +252,6 @@ impl<P: Publisher> Relay<P> {
         deliveries
     }
 
-    /// Gives back the lease of an event held back behind a failed one, due at once and without
-    /// counting the attempt: it stays behind the failed event (not claimable while an older event
-    /// of its aggregate is unpublished) and goes out with it. Whether the lease was still held.
-    async fn hold_back(&self, lease: &Lease<i64>) -> Result<bool> {
-        Ok(self
-            .leases
-            .release_query(
-                lease,
-                Duration::ZERO,
-                "attempts = t.attempts - 1, last_error = 'held back behind a failed event'",
-            )?
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
-            == 1)
-    }
-
     /// Schedules a retry, or dead-letters a permanent failure or an event out of attempts.
     async fn fail(
         &self,
@@ -302,7 +283,7 @@ impl<P: Publisher> Relay<P> {
                 tracing::warn!(event_id = %event.id, attempts, ?delay, %error, "outbox: publish failed; retrying");
                 let released = self
                     .leases
-                    .release_query(lease, delay, "last_error = $6")?
+                    .release_query(lease, delay, "last_error = $7")?
                     .bind(error)
                     .execute(&self.pool)
                     .await?

@@ -83,7 +83,7 @@ async fn release_complete_and_move_write_the_callers_columns_only_while_the_leas
     );
 
     let deleting = RowLeases::new(&TableSpec::builder("jobs").build().expect("spec"), "d");
-    let Err(err) = deleting.complete_query(&new[1], "result = $6") else {
+    let Err(err) = deleting.complete_query(&new[1], "result = $7") else {
         panic!("a deleted row has no columns left to set");
     };
     assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
@@ -97,14 +97,14 @@ async fn release_complete_move(
     pool: &PgPool,
 ) -> (u64, u64, u64) {
     let released = holder
-        .release_query(&leases[0], Duration::from_secs(30), "last_error = $6")
+        .release_query(&leases[0], Duration::from_secs(30), "last_error = $7")
         .expect("release")
         .bind("broker down")
         .execute(pool)
         .await
         .expect("release");
     let completed = holder
-        .complete_query(&leases[1], "result = $6")
+        .complete_query(&leases[1], "result = $7")
         .expect("complete")
         .bind("ok")
         .execute(pool)
@@ -113,7 +113,7 @@ async fn release_complete_move(
     let moved = holder
         .move_query(
             &leases[2],
-            "INSERT INTO failed_jobs (id, reason) SELECT id, $6 FROM moved",
+            "INSERT INTO failed_jobs (id, reason) SELECT id, $7 FROM moved",
         )
         .bind("poison")
         .execute(pool)
@@ -197,7 +197,7 @@ async fn claim_by_key_inserts_or_takes_over_a_free_row_and_fences_the_previous_h
             .expect("release")
     );
     let stale = a
-        .complete_query(&first, "note = $6")
+        .complete_query(&first, "note = $7")
         .expect("query")
         .bind("stale")
         .execute(&db.pool)

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use super::*;
 
 /// `jobs` with a `grp` column and the group index; `groups` is `(group, rows)`, ids in order.
-async fn grouped(groups: &[(i32, i64)]) -> (TestDb, TableSpec) {
+pub(super) async fn grouped(groups: &[(i32, i64)]) -> (TestDb, TableSpec) {
     let (db, _) = jobs(0).await;
     sqlx::raw_sql(
         "ALTER TABLE jobs ADD COLUMN grp int NOT NULL;
@@ -132,4 +132,143 @@ async fn concurrent_claimers_finish_every_group_in_id_order() {
         let expected: Vec<i64> = (i64::from(*grp) * 50 + 1..=i64::from(*grp) * 50 + 50).collect();
         assert_eq!(ids, &expected, "group {grp} in id order, each row once");
     }
+}
+
+/// The lease columns of row `id`: owner, token, attempts, and whether an expiry is set.
+async fn lease_row(pool: &PgPool, id: i64) -> (Option<String>, i64, i32, bool) {
+    sqlx::query_as(
+        "SELECT lease_owner, lease_token, attempts, lease_expires_at IS NOT NULL
+         FROM jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .expect("row")
+}
+
+/// `leases` sorted by id.
+fn by_id(mut leases: Vec<Lease<i64>>) -> Vec<Lease<i64>> {
+    leases.sort_unstable_by_key(|lease| lease.id);
+    leases
+}
+
+#[tokio::test]
+async fn a_claim_writes_only_the_heads_and_each_member_holds_its_heads_lease() {
+    // Group 1: ids 1-4, group 2: ids 5-6.
+    let (db, spec) = grouped(&[(1, 4), (2, 2)]).await;
+    let worker = RowLeases::new(&spec, "w");
+    let leases = by_id(worker.claim(&db.pool, 100, MINUTE).await.expect("claim"));
+    assert_eq!(leases.len(), 6);
+    for lease in &leases {
+        let head = &leases[if lease.id <= 4 { 0 } else { 4 }];
+        assert_eq!(
+            lease.holder, head.id,
+            "row {} is held through its head",
+            lease.id
+        );
+        assert_eq!(
+            (lease.token, lease.expires_at),
+            (head.token, head.expires_at)
+        );
+        assert_eq!(lease.attempts, 1, "the claim is each row's first attempt");
+    }
+    for head in [1, 5] {
+        assert_eq!(
+            lease_row(&db.pool, head).await,
+            (Some("w".into()), 1, 1, true)
+        );
+    }
+    for member in [2, 3, 4, 6] {
+        assert_eq!(
+            lease_row(&db.pool, member).await,
+            (None, 0, 0, false),
+            "member {member} is not written"
+        );
+    }
+    let renewed = worker
+        .renew_many(&db.pool, &leases, MINUTE * 2)
+        .await
+        .expect("renew");
+    assert_eq!(renewed.len(), 6, "renewing the heads renews every member");
+    let done = worker.complete_many(&db.pool, &leases).await.expect("done");
+    assert_eq!(done.len(), 6);
+}
+
+#[tokio::test]
+async fn a_member_is_lost_with_its_head_and_held_by_whoever_takes_the_head_over() {
+    let (db, spec) = grouped(&[(1, 3)]).await;
+    let clock = ManualClock::new(db_now(&db.pool).await);
+    let stale = RowLeases::new(&spec, "stale").with_clock(clock.clone());
+    let current = RowLeases::new(&spec, "current").with_clock(clock.clone());
+    let old = by_id(stale.claim(&db.pool, 10, MINUTE).await.expect("claim"));
+    clock.advance(MINUTE * 2);
+    let new = by_id(current.claim(&db.pool, 10, MINUTE).await.expect("claim"));
+    assert_eq!(new.iter().map(|l| l.id).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(new[2].token > old[2].token);
+
+    assert!(
+        !stale
+            .release(&db.pool, &old[1], Duration::ZERO)
+            .await
+            .expect("release"),
+        "a member's lease is lost with its head's"
+    );
+    let moved = stale
+        .move_query(&old[2], "SELECT 1 FROM moved")
+        .execute(&db.pool)
+        .await
+        .expect("move");
+    assert_eq!(moved.rows_affected(), 0);
+    assert!(
+        stale
+            .renew_many(&db.pool, &old, MINUTE)
+            .await
+            .expect("renew")
+            .is_empty()
+    );
+    assert!(
+        stale
+            .complete_many(&db.pool, &old)
+            .await
+            .expect("complete")
+            .is_empty()
+    );
+    let done = current
+        .complete_many(&db.pool, &new)
+        .await
+        .expect("complete");
+    assert_eq!(done.len(), 3, "the head's new holder holds every member");
+}
+
+#[tokio::test]
+async fn a_released_member_counts_its_attempt_and_stays_behind_as_its_groups_next_head() {
+    let (db, spec) = grouped(&[(1, 5)]).await;
+    let worker = RowLeases::new(&spec, "w");
+    let leases = by_id(worker.claim(&db.pool, 10, MINUTE).await.expect("claim"));
+    assert!(
+        worker
+            .release(&db.pool, &leases[2], Duration::from_secs(3600))
+            .await
+            .expect("release")
+    );
+    assert_eq!(lease_row(&db.pool, 3).await, (None, 0, 1, false));
+    let done = worker
+        .complete_many(&db.pool, &leases[..2])
+        .await
+        .expect("complete");
+    assert_eq!(done, [1, 2]);
+    assert!(
+        worker
+            .complete_many(&db.pool, &leases[3..])
+            .await
+            .expect("complete")
+            .is_empty(),
+        "the rest of the run was held through its head, which is finished"
+    );
+    assert!(
+        claim_ids(&RowLeases::new(&spec, "other"), &db.pool, 10)
+            .await
+            .is_empty(),
+        "row 3, waiting for its retry, heads the group"
+    );
 }

@@ -125,15 +125,14 @@ async fn a_run_cut_by_a_full_queue_is_finished_in_order_after_the_outage() {
         (20, 5, 15),
         "the run stopped at the refused event; the rest is retried, not sent"
     );
-    let left: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT last_error FROM outbox_events WHERE last_error IS NOT NULL",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .expect("errors");
-    assert!(
-        left.iter().any(|e| e.contains("held back")),
-        "the events behind the refused one say why they wait: {left:?}"
+    let failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE last_error IS NOT NULL")
+            .fetch_one(&db.pool)
+            .await
+            .expect("errors");
+    assert_eq!(
+        failed, 1,
+        "only the refused event was rescheduled; the ones behind it were never written"
     );
     drain(&relay, &db.pool).await;
     let expected: Vec<u32> = (0..20).collect();

@@ -211,6 +211,7 @@ impl Store for MemoryStore {
                 token: entry.token,
                 expires_at: now + ttl,
                 attempts: i32::try_from(entry.token).unwrap_or(i32::MAX),
+                holder: entry.id,
             }));
         }
         if entry.fingerprint != *fingerprint {

@@ -66,8 +66,8 @@ SELECT fingerprint, created_at, retain_until, lease_token, completed_at, lease_e
        coalesce($1::timestamptz, statement_timestamp()) AS now
 FROM idempotency_keys WHERE scope = $2 AND route = $3 AND idempotency_key = $4";
 
-/// The response, written by the fenced completion of the key's lease (`$6` onward).
-const RESPONSE: &str = "status = $6, header_names = $7, header_values = $8, body = $9";
+/// The response, written by the fenced completion of the key's lease (`$7` onward).
+const RESPONSE: &str = "status = $7, header_names = $8, header_values = $9, body = $10";
 
 const PURGE: &str = "
 DELETE FROM idempotency_keys WHERE id IN (
