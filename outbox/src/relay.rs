@@ -128,12 +128,17 @@ impl<P: Publisher> Relay<P> {
         self.settle(batch).await
     }
 
-    /// Claims up to a batch of due events.
+    /// Claims up to a batch of due events. An event claimed behind its run's head was not
+    /// written by the claim: its attempt is the lease's.
     async fn claim(&self) -> Result<Vec<(Lease<i64>, Event)>> {
-        Ok(self
+        let mut batch: Vec<(Lease<i64>, Event)> = self
             .leases
             .claim_rows(&self.pool, self.config.batch_size, self.config.lease_ttl)
-            .await?)
+            .await?;
+        for (lease, event) in &mut batch {
+            event.attempts = lease.attempts;
+        }
+        Ok(batch)
     }
 
     /// Publishes a claimed batch and marks, retries or dead-letters every event in it.

@@ -194,3 +194,49 @@ async fn a_relay_with_a_claim_cursor_publishes_an_event_committed_behind_it_in_o
     );
     assert_eq!(messages.len(), 6, "every event once");
 }
+
+/// Records each event's attempt as it is published, and fails `fail_at` the first time.
+struct Attempts {
+    fail_at: Uuid,
+    failed: AtomicBool,
+    seen: Arc<std::sync::Mutex<Vec<i32>>>,
+}
+
+impl Publisher for Attempts {
+    async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        self.seen.lock().expect("seen").push(event.attempts);
+        if event.id == self.fail_at && !self.failed.swap(true, Ordering::SeqCst) {
+            return Err(PublishError::retriable("injected: broker timed out"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_event_behind_its_runs_head_counts_its_attempts_and_the_held_back_ones_do_not() {
+    let db = outbox_db().await;
+    let events = enqueue_run(&db.pool, "t", "hot", 5).await;
+    let seen = Arc::new(std::sync::Mutex::default());
+    let publisher = Attempts {
+        fail_at: events[2].id,
+        failed: AtomicBool::new(false),
+        seen: Arc::clone(&seen),
+    };
+    let relay = Relay::new(
+        db.pool.clone(),
+        publisher,
+        RelayConfig::default().backoff(fast_backoff(10)),
+    )
+    .expect("relay");
+    let first = relay.run_once().await.expect("batch");
+    assert_eq!((first.claimed, first.published, first.retried), (5, 2, 3));
+    while count(&db.pool, "SELECT count(*) FROM outbox_events").await > 0 {
+        relay.run_once().await.expect("batch");
+    }
+    assert_eq!(
+        *seen.lock().expect("seen"),
+        [1, 1, 1, 2, 1, 1],
+        "the failed event's retry is its second attempt; the two held back behind it were not \
+         sent, and their first send is their first attempt"
+    );
+}
