@@ -45,6 +45,8 @@ impl RowLeases {
     /// [`release`](Self::release), also setting the caller's columns in the same statement: `set`
     /// is a list of assignments whose parameters are `$7` onward (for example
     /// `"last_error = $7"`). It affects one row when the lease was still held, none when lost.
+    /// In a table with [group columns](crate::TableSpecBuilder::group_columns) the release sets
+    /// `attempts` itself (it counts a member's attempt), so `set` must not.
     ///
     /// ```no_run
     /// # async fn example(jobs: leases::RowLeases, pool: sqlx::PgPool, lease: leases::Lease<i64>) -> leases::Result<()> {

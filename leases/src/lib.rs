@@ -56,12 +56,14 @@
 //!
 //! **Claim.** One statement selects due rows in `(next_attempt_at, id)` order with
 //! `FOR UPDATE SKIP LOCKED` and updates them: owner set, token and attempts incremented, expiry set
-//! to `now + ttl`. Concurrent claimers skip each other's rows instead of waiting, and a row cannot
-//! be claimed twice while its lease is valid.
+//! to `now + ttl` (in a table with group columns, only each run's head is updated). Concurrent
+//! claimers skip each other's rows instead of waiting, and a row cannot be claimed twice while its
+//! lease is valid.
 //!
 //! **Fencing.** The token of a row increases by one on every claim, so a later claim always has a
-//! greater token. `renew`, `release` and `complete` match on id, owner and token and on the lease
-//! not being finished; a worker whose lease expired *and was claimed again* gets "lost" (`false`,
+//! greater token; a lease is its holder row's (`Lease::holder`, the row itself unless the table has
+//! group columns), and `(holder, token)` identifies one claim. `renew`, `release` and `complete`
+//! match on id, owner and token and on the lease not being finished; a worker whose lease expired *and was claimed again* gets "lost" (`false`,
 //! `None`, or the id missing from a batch result) and changes nothing. A lease that expired but
 //! was not claimed again is still the worker's: renewing or completing it succeeds. In a table
 //! with [group columns](TableSpecBuilder::group_columns) a claim writes only each run's head, and

@@ -49,11 +49,13 @@ impl<T> LeaseId for T where
 pub struct Lease<I> {
     /// The row's key.
     pub id: I,
-    /// The fencing token: strictly greater than every earlier claim of this row.
+    /// The fencing token of the [`holder`](Self::holder): strictly greater than every earlier
+    /// claim of the holder's row.
     pub token: i64,
     /// When the lease runs out, in the clock's time.
     pub expires_at: DateTime<Utc>,
-    /// How many times the row has been claimed, this claim included.
+    /// How many times the row has been tried, this claim included (a run's member, claimed behind
+    /// its head, counts the attempt when it is released).
     pub attempts: i32,
     /// The row whose lease this is: the row itself, or, in a table with
     /// [group columns](crate::TableSpecBuilder::group_columns), the head of the run it was claimed
@@ -135,7 +137,8 @@ impl RowLeases {
     }
 
     /// Claims up to `limit` due rows (`next_attempt_at <= now` and no valid lease), oldest due
-    /// first, for `ttl`. Each claim increments the row's token and attempts.
+    /// first, for `ttl`. Each claim increments the row's token and attempts (in a table with
+    /// [group columns](crate::TableSpecBuilder::group_columns), the run's head's only).
     ///
     /// # Errors
     ///
@@ -155,7 +158,8 @@ impl RowLeases {
     }
 
     /// Like [`claim`](Self::claim), and also decodes each whole claimed row (after the claim's
-    /// update) as `R`, so a worker gets its payload in the same round trip.
+    /// update; a run's member, which the claim does not write, as it was) as `R`, so a worker
+    /// gets its payload in the same round trip.
     ///
     /// # Errors
     ///
@@ -231,7 +235,7 @@ impl RowLeases {
     }
 
     /// Extends many leases in one round trip. Returns the ids still held with their new expiry;
-    /// a lease missing from the result was lost.
+    /// a lease missing from the result was lost. A run's member is renewed with its head.
     ///
     /// # Errors
     ///
@@ -247,9 +251,18 @@ impl RowLeases {
             .held_query(&self.sql.renew, leases, ttl)
             .fetch_all(executor)
             .await?;
-        rows.iter()
+        let renewed: Vec<(I, DateTime<Utc>)> = rows
+            .iter()
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect()
+            .collect::<Result<_>>()?;
+        // The statement renews the holders; each lease takes its holder's expiry.
+        Ok(leases
+            .iter()
+            .filter_map(|lease| {
+                let (_, expires_at) = renewed.iter().find(|(id, _)| *id == lease.holder)?;
+                Some((lease.id.clone(), *expires_at))
+            })
+            .collect())
     }
 
     /// Gives one lease back. The row becomes due again `retry_after` from now (zero: at once), which

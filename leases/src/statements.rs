@@ -99,13 +99,13 @@ fn holds(t: &TableSpec, row: &str, ids: &str) -> String {
     )
 }
 
-/// Extends held leases: in runs, the heads, whose expiry is their members'.
+/// Extends held leases: in runs, the heads only, whose expiry is their members'. Returns each
+/// renewed holder's id and new expiry.
 fn renew(t: &TableSpec) -> String {
     let TableSpec {
         table,
         id,
         expires_at,
-        next_attempt_at,
         ..
     } = t;
     let extend = format!("{expires_at} = {NOW_HELD} + $5::interval");
@@ -116,12 +116,8 @@ fn renew(t: &TableSpec) -> String {
         );
     }
     format!(
-        "WITH renewed AS (
-            UPDATE {table} AS h SET {extend} WHERE {holds} RETURNING h.*)
-         SELECT t.{id}, h.{expires_at} FROM {table} AS t JOIN renewed AS h ON {same}
-         WHERE t.{id} = ANY($1) AND t.{next_attempt_at} IS NOT NULL",
-        holds = holds(t, "h", "$6"),
-        same = same_group(t, "t", "h"),
+        "UPDATE {table} AS h SET {extend} WHERE {} RETURNING h.{id}, h.{expires_at}",
+        holds(t, "h", "$6")
     )
 }
 
@@ -226,15 +222,18 @@ fn claim(t: &TableSpec, rows: bool) -> String {
     // heads are written: a member returns its head's lease, and the attempt its claim makes. The
     // heads are locked, so their update sets the token and expiry the members report, which are
     // written out rather than joined (a join with the claimed heads is a nested loop, quadratic
-    // in the batch, under a generic plan).
+    // in the batch, under a generic plan). A member that still carries an expired lease of its
+    // own (a head whose holder went away, now behind a row committed late with a smaller id)
+    // loses it: its token moves on, so its old holder can no longer change the run.
     let (head_row, member_row) = if rows { ("h.*, ", "m.*, ") } else { ("", "") };
     format!(
         "WITH heads AS ({due}),
          runs AS (
-            SELECT run.{id}, heads.{id} AS head, heads.{token} AS head_token, run.pos
+            SELECT run.{id}, heads.{id} AS head, heads.{token} AS head_token, run.pos, run.leased
             FROM heads CROSS JOIN LATERAL (
-                SELECT {id}, pos FROM (
-                    SELECT m.{id}, row_number() OVER w AS pos, bool_and({free}) OVER w AS open
+                SELECT {id}, pos, leased FROM (
+                    SELECT m.{id}, row_number() OVER w AS pos, bool_and({free}) OVER w AS open,
+                           m.{expires_at} IS NOT NULL AS leased
                     FROM (SELECT m.* FROM {table} m
                           WHERE {same} AND m.{id} >= heads.{id} AND m.{next_attempt_at} IS NOT NULL
                           ORDER BY m.{id} LIMIT $3) m
@@ -244,11 +243,15 @@ fn claim(t: &TableSpec, rows: bool) -> String {
             LIMIT $3
          ),
          due AS (
-            SELECT {id}, head, head_token FROM (
-                SELECT {id}, head, head_token, pos,
+            SELECT {id}, head, head_token, leased FROM (
+                SELECT {id}, head, head_token, leased, pos,
                        row_number() OVER (PARTITION BY head ORDER BY pos) AS n
                 FROM runs
             ) cut WHERE pos = n
+         ),
+         taken_over AS (
+            UPDATE {table} AS t SET {token} = t.{token} + 1, {owner} = NULL, {expires_at} = NULL
+            FROM due WHERE due.leased AND due.{id} <> due.head AND t.{id} = due.{id}
          ),
          claimed AS (
             UPDATE {table} AS t SET {lease}

@@ -24,7 +24,7 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
     /// When it was enqueued.
     pub created_at: DateTime<Utc>,
-    /// How many times it was claimed.
+    /// How many times it was tried.
     pub attempts: i32,
     /// Why it was dead-lettered (`permanent publish failure`, `attempts exhausted (N)`).
     pub reason: String,

@@ -155,7 +155,8 @@ impl<P: Publisher> Relay<P> {
             let (leases, mut events): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             // A delivery may take as long as the broker needs: keep the leases meanwhile.
             let ttl = self.config.lease_ttl;
-            let heartbeat = Heartbeat::start(&self.leases, self.pool.clone(), leases, ttl, ttl / 3)?;
+            let heartbeat =
+                Heartbeat::start(&self.leases, self.pool.clone(), leases, ttl, ttl / 3)?;
             let waiting = self.monitor.waiting();
             let results = self.publish(&mut events).await;
             drop(waiting);
@@ -170,7 +171,9 @@ impl<P: Publisher> Relay<P> {
                 ..BatchOutcome::default()
             };
             let mut published = Vec::with_capacity(claimed);
-            let mut last_error = None;
+            // A run's events are held through its head: a failed head is settled last.
+            let mut failed = Vec::new();
+            let mut heads_failed = Vec::new();
             for (event, result) in events.iter().zip(results) {
                 let Some(lease) = held.remove(&event.seq) else {
                     outcome.lost += 1;
@@ -178,20 +181,27 @@ impl<P: Publisher> Relay<P> {
                 };
                 match result {
                     Delivery::Published => published.push(lease),
-                    Delivery::Failed(error) => {
-                        last_error = Some(error.to_string());
-                        metrics::counter!("outbox_failed_total", "relay" => self.config.name.clone())
-                            .increment(1);
-                        self.fail(&lease, event, &error, &mut outcome).await?;
+                    Delivery::Failed(error) if lease.id == lease.holder => {
+                        heads_failed.push((lease, event, error));
                     }
-                    // Claimed through its run's head, which the failure released or moved: the
-                    // event was never written, and it waits behind the failed one.
+                    Delivery::Failed(error) => failed.push((lease, event, error)),
+                    // Never written by the claim (its head's lease is its lease): it waits
+                    // behind the failed event.
                     Delivery::HeldBack => outcome.retried += 1,
                 }
+            }
+            let mut last_error = None;
+            for (lease, event, error) in &failed {
+                self.fail(lease, event, error, &mut outcome).await?;
+                last_error = Some(error.to_string());
             }
             let marked = self.leases.complete_many(&self.pool, &published).await?;
             outcome.published = marked.len();
             outcome.lost += published.len() - marked.len();
+            for (lease, event, error) in &heads_failed {
+                self.fail(lease, event, error, &mut outcome).await?;
+                last_error = Some(error.to_string());
+            }
             match last_error {
                 Some(error) if outcome.published == 0 && outcome.retried > 0 => {
                     self.monitor.publish_failed(error);
@@ -265,6 +275,7 @@ impl<P: Publisher> Relay<P> {
         error: &PublishError,
         outcome: &mut BatchOutcome,
     ) -> Result<()> {
+        metrics::counter!("outbox_failed_total", "relay" => self.config.name.clone()).increment(1);
         let attempts = u32::try_from(lease.attempts).unwrap_or(u32::MAX);
         let reason = if !error.is_retriable() {
             Some("permanent publish failure".to_owned())

@@ -272,3 +272,44 @@ async fn a_released_member_counts_its_attempt_and_stays_behind_as_its_groups_nex
         "row 3, waiting for its retry, heads the group"
     );
 }
+
+#[tokio::test]
+async fn a_head_taken_over_as_a_member_cuts_its_old_holder_off() {
+    let (db, spec) = grouped(&[(1, 3)]).await;
+    let clock = ManualClock::new(db_now(&db.pool).await);
+    let stale = RowLeases::new(&spec, "stale").with_clock(clock.clone());
+    let current = RowLeases::new(&spec, "current").with_clock(clock.clone());
+    let old = by_id(stale.claim(&db.pool, 10, MINUTE).await.expect("claim"));
+    clock.advance(MINUTE * 2);
+    // A row of the group committed late with a smaller id: the next claim's head, with the
+    // expired head 1 and its run behind it.
+    sqlx::query(
+        "INSERT INTO jobs (id, grp, next_attempt_at) VALUES (0, 1, now() - interval '1 hour')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("late row");
+    let new = by_id(current.claim(&db.pool, 10, MINUTE).await.expect("claim"));
+    assert_eq!(new.iter().map(|l| l.id).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert!(new.iter().all(|lease| lease.holder == 0));
+
+    assert!(
+        !stale
+            .release(&db.pool, &old[1], Duration::ZERO)
+            .await
+            .expect("release"),
+        "the old holder of row 1 lost its run when row 1 was claimed behind row 0"
+    );
+    assert!(
+        stale
+            .complete_many(&db.pool, &old)
+            .await
+            .expect("complete")
+            .is_empty()
+    );
+    let done = current
+        .complete_many(&db.pool, &new)
+        .await
+        .expect("complete");
+    assert_eq!(done.len(), 4);
+}

@@ -53,13 +53,25 @@ async fn a_hot_aggregate_is_published_in_runs_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_refused_for_good_in_a_run_is_dead_lettered_and_the_rest_follows_in_order() {
+    refused_for_good_in_a_run(4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_head_refused_for_good_is_dead_lettered_after_the_rest_is_marked() {
+    // The run's events are held through its head: burying it first would lose them all.
+    refused_for_good_in_a_run(0).await;
+}
+
+/// A run of ten events of one aggregate whose event `refused` is too large for the producer
+/// (refused when it is queued): it is dead-lettered, and the other nine are published in order
+/// and marked, none lost.
+async fn refused_for_good_in_a_run(refused: usize) {
     let db = outbox_db().await;
     let topic = testkit::kafka::topic(1).await;
     let mut events: Vec<NewEvent> = (0..10_u32)
         .map(|i| NewEvent::bytes(&topic, "order", "hot", "Step", i.to_be_bytes().to_vec()))
         .collect();
-    // Too large for the producer: refused when it is queued, in the middle of the run.
-    events[4] = NewEvent::bytes(&topic, "order", "hot", "Step", vec![0; 2 * 1024 * 1024]);
+    events[refused] = NewEvent::bytes(&topic, "order", "hot", "Step", vec![0; 2 * 1024 * 1024]);
     let mut tx = db.pool.begin().await.expect("begin");
     outbox::enqueue_many(&mut tx, &events)
         .await
@@ -68,18 +80,25 @@ async fn an_event_refused_for_good_in_a_run_is_dead_lettered_and_the_rest_follow
     let relay = Relay::new(db.pool.clone(), kafka().await, RelayConfig::default()).expect("relay");
     let outcome = relay.run_once().await.expect("batch");
     assert_eq!(
-        (outcome.claimed, outcome.published, outcome.dead_lettered),
-        (10, 9, 1)
+        (
+            outcome.claimed,
+            outcome.published,
+            outcome.dead_lettered,
+            outcome.lost
+        ),
+        (10, 9, 1, 0)
+    );
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM outbox_events").await,
+        0
     );
     let dead: Uuid = sqlx::query_scalar("SELECT id FROM outbox_dead_letters")
         .fetch_one(&db.pool)
         .await
         .expect("dead letter");
-    assert_eq!(dead, events[4].id);
-    assert_eq!(
-        indexes(&testkit::kafka::read_all(&topic).await),
-        [0, 1, 2, 3, 5, 6, 7, 8, 9]
-    );
+    assert_eq!(dead, events[refused].id);
+    let expected: Vec<u32> = (0..10_u32).filter(|&i| i as usize != refused).collect();
+    assert_eq!(indexes(&testkit::kafka::read_all(&topic).await), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
