@@ -63,8 +63,9 @@
 //! **Fencing.** The token of a row increases by one on every claim, so a later claim always has a
 //! greater token; a lease is its holder row's (`Lease::holder`, the row itself unless the table has
 //! group columns), and `(holder, token)` identifies one claim. `renew`, `release` and `complete`
-//! match on id, owner and token and on the lease not being finished; a worker whose lease expired *and was claimed again* gets "lost" (`false`,
-//! `None`, or the id missing from a batch result) and changes nothing. A lease that expired but
+//! match on id, owner and token and on the lease not being finished; a worker whose lease expired
+//! *and was claimed again* gets "lost" (`false`, `None`, or the id missing from a batch result)
+//! and changes nothing. A lease that expired but
 //! was not claimed again is still the worker's: renewing or completing it succeeds. In a table
 //! with [group columns](TableSpecBuilder::group_columns) a claim writes only each run's head, and
 //! the run's other rows are fenced through the head's token ([`Lease::holder`]).

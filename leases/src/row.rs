@@ -59,7 +59,8 @@ pub struct Lease<I> {
     pub attempts: i32,
     /// The row whose lease this is: the row itself, or, in a table with
     /// [group columns](crate::TableSpecBuilder::group_columns), the head of the run it was claimed
-    /// with. `token` and `expires_at` are the holder's, and the lease is held while the holder's is.
+    /// with. `token` and `expires_at` are the holder's, and the lease is held while the holder's
+    /// is.
     pub holder: I,
 }
 

@@ -194,31 +194,35 @@ async fn a_claim_writes_only_the_heads_and_each_member_holds_its_heads_lease() {
     assert_eq!(done.len(), 6);
 }
 
-#[tokio::test]
-async fn a_member_is_lost_with_its_head_and_held_by_whoever_takes_the_head_over() {
+/// Group 1 (ids 1 to 3) claimed as one run by `stale`, whose lease has then expired; `current`
+/// shares its clock.
+async fn an_expired_run() -> (TestDb, RowLeases, RowLeases, Vec<Lease<i64>>) {
     let (db, spec) = grouped(&[(1, 3)]).await;
     let clock = ManualClock::new(db_now(&db.pool).await);
     let stale = RowLeases::new(&spec, "stale").with_clock(clock.clone());
     let current = RowLeases::new(&spec, "current").with_clock(clock.clone());
     let old = by_id(stale.claim(&db.pool, 10, MINUTE).await.expect("claim"));
     clock.advance(MINUTE * 2);
+    (db, stale, current, old)
+}
+
+#[tokio::test]
+async fn a_member_is_lost_with_its_head_and_held_by_whoever_takes_the_head_over() {
+    let (db, stale, current, old) = an_expired_run().await;
     let new = by_id(current.claim(&db.pool, 10, MINUTE).await.expect("claim"));
     assert_eq!(new.iter().map(|l| l.id).collect::<Vec<_>>(), [1, 2, 3]);
     assert!(new[2].token > old[2].token);
 
-    assert!(
-        !stale
-            .release(&db.pool, &old[1], Duration::ZERO)
-            .await
-            .expect("release"),
-        "a member's lease is lost with its head's"
-    );
     let moved = stale
         .move_query(&old[2], "SELECT 1 FROM moved")
         .execute(&db.pool)
         .await
         .expect("move");
-    assert_eq!(moved.rows_affected(), 0);
+    assert_eq!(
+        moved.rows_affected(),
+        0,
+        "a member's lease is lost with its head's"
+    );
     assert!(
         stale
             .renew_many(&db.pool, &old, MINUTE)
@@ -226,18 +230,7 @@ async fn a_member_is_lost_with_its_head_and_held_by_whoever_takes_the_head_over(
             .expect("renew")
             .is_empty()
     );
-    assert!(
-        stale
-            .complete_many(&db.pool, &old)
-            .await
-            .expect("complete")
-            .is_empty()
-    );
-    let done = current
-        .complete_many(&db.pool, &new)
-        .await
-        .expect("complete");
-    assert_eq!(done.len(), 3, "the head's new holder holds every member");
+    only_the_new_holder_holds(&db.pool, (&stale, &old), (&current, &new)).await;
 }
 
 #[tokio::test]
@@ -275,12 +268,7 @@ async fn a_released_member_counts_its_attempt_and_stays_behind_as_its_groups_nex
 
 #[tokio::test]
 async fn a_head_taken_over_as_a_member_cuts_its_old_holder_off() {
-    let (db, spec) = grouped(&[(1, 3)]).await;
-    let clock = ManualClock::new(db_now(&db.pool).await);
-    let stale = RowLeases::new(&spec, "stale").with_clock(clock.clone());
-    let current = RowLeases::new(&spec, "current").with_clock(clock.clone());
-    let old = by_id(stale.claim(&db.pool, 10, MINUTE).await.expect("claim"));
-    clock.advance(MINUTE * 2);
+    let (db, stale, current, old) = an_expired_run().await;
     // A row of the group committed late with a smaller id: the next claim's head, with the
     // expired head 1 and its run behind it.
     sqlx::query(
@@ -293,23 +281,30 @@ async fn a_head_taken_over_as_a_member_cuts_its_old_holder_off() {
     assert_eq!(new.iter().map(|l| l.id).collect::<Vec<_>>(), [0, 1, 2, 3]);
     assert!(new.iter().all(|lease| lease.holder == 0));
 
+    // Row 1's old holder lost its run when row 1 was claimed behind row 0.
+    only_the_new_holder_holds(&db.pool, (&stale, &old), (&current, &new)).await;
+}
+
+/// `stale`'s leases `old` are lost (a member's release, then the whole batch's completion change
+/// nothing), and `current` completes every one of its leases `new`.
+async fn only_the_new_holder_holds(
+    pool: &PgPool,
+    (stale, old): (&RowLeases, &[Lease<i64>]),
+    (current, new): (&RowLeases, &[Lease<i64>]),
+) {
     assert!(
         !stale
-            .release(&db.pool, &old[1], Duration::ZERO)
+            .release(pool, &old[1], Duration::ZERO)
             .await
-            .expect("release"),
-        "the old holder of row 1 lost its run when row 1 was claimed behind row 0"
+            .expect("release")
     );
     assert!(
         stale
-            .complete_many(&db.pool, &old)
+            .complete_many(pool, old)
             .await
             .expect("complete")
             .is_empty()
     );
-    let done = current
-        .complete_many(&db.pool, &new)
-        .await
-        .expect("complete");
-    assert_eq!(done.len(), 4);
+    let done = current.complete_many(pool, new).await.expect("complete");
+    assert_eq!(done.len(), new.len());
 }
