@@ -19,6 +19,14 @@ pub enum Error {
     /// The database returned an error or could not be reached.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// A table the call needs is missing: the migrator named has not been run on the database.
+    #[error("{tables} missing: run {migrator} on this database first")]
+    NotMigrated {
+        /// The missing tables.
+        tables: &'static str,
+        /// The migrator that creates them.
+        migrator: &'static str,
+    },
     /// The Kafka client could not be created.
     #[error("kafka client error: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -30,7 +38,10 @@ impl Error {
         match self {
             Error::Lease(e) => e.is_retriable(),
             Error::Database(e) => leases::is_retriable_db_error(e),
-            Error::InvalidConfig(_) | Error::Encode(_) | Error::Kafka(_) => false,
+            Error::InvalidConfig(_)
+            | Error::Encode(_)
+            | Error::NotMigrated { .. }
+            | Error::Kafka(_) => false,
         }
     }
 }

@@ -95,6 +95,13 @@ mod relay;
 mod stats;
 mod trace;
 
+/// The Kafka client this crate is built on, re-exported so that the configuration a user hands
+/// to [`KafkaPublisher`] and [`exactly_once::ExactlyOnceRelay`] comes from the same version.
+pub use rdkafka;
+/// The PostgreSQL driver this crate is built on, re-exported so that the pools and transactions a
+/// user hands in come from the same version.
+pub use sqlx;
+
 pub use error::{Error, Result};
 pub use event::{NewEvent, enqueue, enqueue_many};
 pub use health::{RelayMonitor, STALLED_AFTER, Stalled};

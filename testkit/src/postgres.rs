@@ -21,6 +21,7 @@ pub struct TestDb {
     pub options: PgConnectOptions,
     name: String,
     admin: PgConnectOptions,
+    keep_on_failure: bool,
 }
 
 /// Creates a database named `test_<uuid>` on the server and runs `migrators` in it, in order
@@ -61,11 +62,24 @@ pub async fn database_on(server_url: &str, migrators: &[&Migrator]) -> TestDb {
         options,
         name,
         admin,
+        keep_on_failure: false,
+    }
+}
+
+impl TestDb {
+    /// Keeps the database when the test fails (panics), and says so on standard error, so that
+    /// what a failing fault test left behind can be inspected; a passing test still drops it.
+    pub fn keep_on_failure(&mut self) {
+        self.keep_on_failure = true;
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
+        if self.keep_on_failure && std::thread::panicking() {
+            eprintln!("the test failed: kept database {} for inspection", self.name);
+            return;
+        }
         let admin = self.admin.clone();
         let name = std::mem::take(&mut self.name);
         // Drop runs inside the test's runtime; the cleanup needs its own.

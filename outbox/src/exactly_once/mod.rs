@@ -70,6 +70,7 @@
 //! - Effects in other systems (a consumer's database, an email) still need the consumer's inbox:
 //!   exactly once on the wire does not make a consumer's own processing exactly once.
 
+mod client;
 mod progress;
 mod shard;
 
@@ -124,7 +125,16 @@ impl ExactlyOnceConfig {
         }
     }
 
-    /// The owner name its shard leases carry. Default: `relay-<uuidv7>`, unique per relay.
+    /// Who this relay is: give each instance of a deployment a stable name of its own (a pod or
+    /// host name), so that a restarted instance takes its shards back at once instead of waiting
+    /// for their leases to expire. Default: `relay-<uuidv7>`, new for every relay.
+    ///
+    /// The shard leases carry the owner and an instance id new to each relay
+    /// (`<owner>#<instance>`, visible in `leases_named`). When a relay starts, it releases the
+    /// shard leases of every *earlier* instance of its owner, which bumps their fencing tokens:
+    /// an earlier instance that is still alive (two live processes given one owner by mistake)
+    /// is fenced, in PostgreSQL by the token and in Kafka by `init_transactions`, and becomes a
+    /// standby. So a stable owner is safe, but gives every live instance its own.
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = owner.into();
         self
@@ -238,18 +248,24 @@ impl ExactlyOnceRelay {
                 "a batch holds at most {MAX_BATCH} events (its progress record must stay small)"
             )));
         }
+        let outbox = migrated(&pool).await?;
         let kafka = crate::publisher::kafka::producer_config(kafka);
         // Refuse a configuration librdkafka refuses for a transactional producer (a
         // `message.timeout.ms` above `transaction.timeout.ms`, say) now, not in every shard.
-        let _: rdkafka::producer::FutureProducer = kafka
+        let _: rdkafka::producer::FutureProducer<client::Quiet> = kafka
             .clone()
             .set("transactional.id", format!("{}-check", config.name))
-            .create()?;
-        progress::ensure_topic(&kafka, &config.progress_topic, config.shards).await?;
+            .create_with_context(client::Quiet)?;
+        let clients = client::reader_config(&kafka);
+        progress::ensure_topic(&clients, &config.progress_topic, config.shards).await?;
+        let instance = uuid::Uuid::new_v4().simple().to_string();
         Ok(Self {
             shared: Arc::new(shard::Shared {
                 pool,
                 kafka,
+                clients,
+                outbox,
+                lease_owner: format!("{}#{}", config.owner, &instance[..12]),
                 monitor: RelayMonitor::new(config.name.clone()),
                 config,
                 named: NamedLeases::new(),
@@ -277,6 +293,7 @@ impl ExactlyOnceRelay {
     }
 
     async fn run(self, stop: CancellationToken) {
+        self.take_back().await;
         let mut shards = JoinSet::new();
         for shard in 0..self.shared.config.shards {
             shards.spawn(shard::run(self.shared.clone(), shard, stop.clone()));
@@ -297,6 +314,65 @@ impl ExactlyOnceRelay {
         }
         gauges.shutdown().await;
         while shards.join_next().await.is_some() {}
-        tracing::info!(owner = %self.shared.config.owner, "outbox: exactly-once relay stopped");
+        tracing::info!(owner = %self.shared.lease_owner, "outbox: exactly-once relay stopped");
     }
+
+    /// Releases the shard leases held by earlier instances of this relay's owner, so that this
+    /// instance (or, if an earlier one is still alive, whichever of them acquires first) takes
+    /// them under new tokens at once. Best effort: a lease it cannot release expires.
+    async fn take_back(&self) {
+        let shared = &self.shared;
+        let earlier = format!("{}#", shared.config.owner);
+        for shard in 0..shared.config.shards {
+            let name = shard::lease_name(&shared.config, shard);
+            let released = match shared.named.holder(&shared.pool, &name).await {
+                Ok(Some(lease))
+                    if lease.owner.starts_with(&earlier) && lease.owner != shared.lease_owner =>
+                {
+                    shared
+                        .named
+                        .release(&shared.pool, &lease)
+                        .await
+                        .map(|released| released.then_some(lease))
+                }
+                Ok(_) => Ok(None),
+                Err(error) => Err(error),
+            };
+            match released {
+                Ok(Some(lease)) => tracing::info!(
+                    shard,
+                    previous = %lease.owner,
+                    "outbox: took the shard back from an earlier instance of this owner"
+                ),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, shard, "outbox: could not take the shard back");
+                }
+            }
+        }
+    }
+}
+
+/// Checks that the tables the relay needs exist, and returns the outbox's identity.
+async fn migrated(pool: &PgPool) -> Result<uuid::Uuid> {
+    let (events, identity, named): (bool, bool, bool) = sqlx::query_as(
+        "SELECT to_regclass('outbox_events') IS NOT NULL,
+                to_regclass('outbox_identity') IS NOT NULL,
+                to_regclass('leases_named') IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await?;
+    let missing = if !events || !identity {
+        Some(("outbox_events and outbox_identity", "outbox::MIGRATOR"))
+    } else if !named {
+        Some(("leases_named", "leases::MIGRATOR"))
+    } else {
+        None
+    };
+    if let Some((tables, migrator)) = missing {
+        return Err(Error::NotMigrated { tables, migrator });
+    }
+    Ok(sqlx::query_scalar("SELECT id FROM outbox_identity")
+        .fetch_one(pool)
+        .await?)
 }

@@ -1,26 +1,99 @@
 //! The progress topic: a compacted topic with one partition per shard. Every transaction of a
 //! shard writes, beside its events, a record of the outbox rows it covers to the shard's
-//! partition; the shard's next owner reads the last committed one.
+//! partition; the shard's next owner reads the last committed one and settles it only when the
+//! record provably describes its own outbox's events ([`Progress::verdict`]).
 
 use std::time::Duration;
 
+use super::client::Quiet;
+use leases::NamedLease;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
+use crate::publisher::Event;
 use crate::{Error, Result};
 
-/// What one committed transaction covered.
-#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What one committed transaction covered, and who committed it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Progress {
-    /// The shard lease's token of the owner that committed it.
+    /// The identity of the outbox whose rows it covers (`outbox_identity`).
+    pub(super) outbox: Uuid,
+    /// The owner of the shard lease under which it was committed.
+    pub(super) owner: String,
+    /// That lease's token.
     pub(super) token: i64,
-    /// The outbox rows published in it.
+    /// The rows published in it, by `seq`...
     pub(super) seqs: Vec<i64>,
+    /// ...and by event id: `ids[i]` is the id of row `seqs[i]`.
+    pub(super) ids: Vec<Uuid>,
+}
+
+/// What a new owner does with the last progress record of its shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// There is none (a new shard, a deleted progress topic, or a record this version cannot
+    /// read): nothing to settle.
+    Empty,
+    /// It describes this outbox's events, committed under an earlier lease (or an earlier
+    /// episode of this very lease): mark the rows whose `seq` *and* id it lists.
+    Settle,
+    /// It came from another outbox (a recreated database, or two outboxes under one relay
+    /// name): ignored.
+    OtherOutbox,
+    /// Its lease is not older than the current one, so it cannot be a previous holder's (a
+    /// database restored to a point before that lease was taken): ignored.
+    NotEarlier,
+}
+
+impl Progress {
+    /// The record of a transaction that publishes `batch` under `lease` from outbox `outbox`.
+    pub(super) fn of(outbox: Uuid, lease: &NamedLease, batch: &[Event]) -> Self {
+        Self {
+            outbox,
+            owner: lease.owner.clone(),
+            token: lease.token,
+            seqs: batch.iter().map(|e| e.seq).collect(),
+            ids: batch.iter().map(|e| e.id).collect(),
+        }
+    }
+
+    /// Whether the holder of `lease` over outbox `outbox` may settle this record.
+    pub(super) fn verdict(&self, outbox: Uuid, lease: &NamedLease) -> Verdict {
+        if self.seqs.is_empty() {
+            Verdict::Empty
+        } else if self.outbox != outbox {
+            Verdict::OtherOutbox
+        } else if self.token < lease.token
+            || (self.token == lease.token && self.owner == lease.owner)
+        {
+            Verdict::Settle
+        } else {
+            Verdict::NotEarlier
+        }
+    }
+
+    /// Reads a record's payload: a tombstone, or a record this version cannot read (written by
+    /// an older version, or not by a relay), is reported and read as no record.
+    fn parse(payload: Option<&[u8]>) -> Self {
+        let Some(payload) = payload else {
+            return Self::default();
+        };
+        match serde_json::from_slice::<Self>(payload) {
+            Ok(progress) if progress.seqs.len() == progress.ids.len() => progress,
+            Ok(_) | Err(_) => {
+                tracing::warn!(
+                    "outbox: ignored a progress record this version cannot read; the events of \
+                     its transaction may be published again"
+                );
+                Self::default()
+            }
+        }
+    }
 }
 
 /// Where a shard's progress records go: its own partition (so no other shard's open transaction
@@ -50,14 +123,15 @@ impl Place {
     }
 
     /// The last progress record committed to this place, read `read_committed` from the tail of
-    /// the partition to its last stable offset. Call it after `init_transactions`
-    /// of the shard's producer, which completes or aborts the previous owner's transaction.
+    /// the partition to its last stable offset. Call it after `init_transactions` of the shard's
+    /// producer, which completes or aborts the previous owner's transaction. `clients` are the
+    /// relay's client settings ([`super::client::reader_config`]).
     pub(super) async fn last_committed(
         &self,
-        kafka: &ClientConfig,
+        clients: &ClientConfig,
         limit: Duration,
     ) -> Result<Progress> {
-        let mut config = kafka.clone();
+        let mut config = clients.clone();
         config
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
@@ -72,16 +146,16 @@ impl Place {
     /// Reads the tail of the partition, a window at a time: the last record is normally among
     /// the last few offsets (each transaction adds its record and a commit marker), so a
     /// takeover reads a handful of records however long the partition has grown. A window that
-    /// holds no record of this place (only aborted transactions, say) doubles, back to the start.
+    /// holds no record of this place (only aborted transactions, say) grows, back to the start.
     fn read_last(&self, config: &ClientConfig, limit: Duration) -> Result<Progress> {
-        let consumer: BaseConsumer = config.create()?;
+        let consumer: BaseConsumer<Quiet> = config.create_with_context(Quiet)?;
         let deadline = std::time::Instant::now() + limit;
         let (low, stable) = consumer.fetch_watermarks(&self.topic, self.partition, limit)?;
         let mut window = 64;
         loop {
             let from = stable.saturating_sub(window).max(low);
             if let Some(last) = self.read_from(&consumer, from, deadline)? {
-                return Ok(last);
+                return Ok(Progress::parse(last.as_deref()));
             }
             if from == low {
                 return Ok(Progress::default());
@@ -90,13 +164,15 @@ impl Place {
         }
     }
 
-    /// The last record of this place from offset `from` to the partition's end, if any.
+    /// The payload of the last record of this place (`Some(None)` for a tombstone) from offset
+    /// `from` to the partition's end, if there is one.
+    #[allow(clippy::option_option)]
     fn read_from(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<Quiet>,
         from: i64,
         deadline: std::time::Instant,
-    ) -> Result<Option<Progress>> {
+    ) -> Result<Option<Option<Vec<u8>>>> {
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&self.topic, self.partition, Offset::Offset(from))?;
         consumer.assign(&assignment)?;
@@ -107,11 +183,7 @@ impl Place {
                 Some(Err(KafkaError::PartitionEOF(_))) => return Ok(last),
                 Some(Err(error)) => return Err(error.into()),
                 Some(Ok(message)) if message.key() == Some(self.key.as_bytes()) => {
-                    // A tombstone (no payload) clears the place.
-                    last = Some(match message.payload() {
-                        Some(payload) => serde_json::from_slice(payload)?,
-                        None => Progress::default(),
-                    });
+                    last = Some(message.payload().map(<[u8]>::to_vec));
                 }
                 Some(Ok(_)) => {}
             }
@@ -123,9 +195,9 @@ impl Place {
 }
 
 /// Creates the compacted progress topic with one partition per shard when it is missing, or
-/// checks that the existing one has enough partitions.
-pub(super) async fn ensure_topic(kafka: &ClientConfig, topic: &str, shards: u32) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = kafka.create()?;
+/// checks that the existing one has enough partitions. `clients` are the relay's client settings.
+pub(super) async fn ensure_topic(clients: &ClientConfig, topic: &str, shards: u32) -> Result<()> {
+    let admin: AdminClient<Quiet> = clients.create_with_context(Quiet)?;
     let partitions = i32::try_from(shards)
         .map_err(|_| Error::InvalidConfig(format!("{shards} shards are too many")))?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1))
@@ -158,4 +230,80 @@ pub(super) async fn ensure_topic(kafka: &ClientConfig, topic: &str, shards: u32)
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+
+    fn lease(owner: &str, token: i64) -> NamedLease {
+        NamedLease {
+            name: "outbox/orders/0-of-4".into(),
+            owner: owner.into(),
+            token,
+            expires_at: Utc::now(),
+            acquired_at: Utc::now(),
+        }
+    }
+
+    fn record(outbox: Uuid, owner: &str, token: i64) -> Progress {
+        Progress {
+            outbox,
+            owner: owner.into(),
+            token,
+            seqs: vec![1, 2],
+            ids: vec![Uuid::now_v7(), Uuid::now_v7()],
+        }
+    }
+
+    #[test]
+    fn a_record_is_settled_only_from_this_outbox_and_an_earlier_lease() {
+        let outbox = Uuid::new_v4();
+        let current = lease("b#2", 5);
+        assert_eq!(
+            record(outbox, "a#1", 4).verdict(outbox, &current),
+            Verdict::Settle
+        );
+        // An earlier episode of this very lease (the keeper held it throughout).
+        assert_eq!(
+            record(outbox, "b#2", 5).verdict(outbox, &current),
+            Verdict::Settle
+        );
+        assert_eq!(
+            record(Uuid::new_v4(), "a#1", 4).verdict(outbox, &current),
+            Verdict::OtherOutbox
+        );
+        // Same token, another holder: a restored database handed the token out again.
+        assert_eq!(
+            record(outbox, "a#1", 5).verdict(outbox, &current),
+            Verdict::NotEarlier
+        );
+        assert_eq!(
+            record(outbox, "a#1", 6).verdict(outbox, &current),
+            Verdict::NotEarlier
+        );
+        assert_eq!(
+            Progress::default().verdict(outbox, &current),
+            Verdict::Empty
+        );
+    }
+
+    #[test]
+    fn a_record_this_version_cannot_read_is_no_record() {
+        assert_eq!(Progress::parse(None), Progress::default());
+        // What the previous version wrote: no outbox, no ids.
+        let older = br#"{"token":1,"seqs":[1,2,3]}"#;
+        assert_eq!(Progress::parse(Some(older)), Progress::default());
+        let uneven = serde_json::to_vec(&Progress {
+            ids: vec![],
+            ..record(Uuid::new_v4(), "a#1", 1)
+        })
+        .expect("json");
+        assert_eq!(Progress::parse(Some(&uneven)), Progress::default());
+        let good = record(Uuid::new_v4(), "a#1", 1);
+        let bytes = serde_json::to_vec(&good).expect("json");
+        assert_eq!(Progress::parse(Some(&bytes)), good);
+    }
 }

@@ -13,9 +13,11 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use super::ExactlyOnceConfig;
-use super::progress::{Place, Progress};
+use super::client::Quiet;
+use super::progress::{Place, Progress, Verdict};
 use crate::dead_letters::insert_moved;
 use crate::publisher::kafka::{classify, record};
 use crate::publisher::{Event, PublishError};
@@ -25,8 +27,15 @@ use crate::{RelayMonitor, Retention};
 #[derive(Debug)]
 pub(super) struct Shared {
     pub(super) pool: PgPool,
+    /// The transactional producers' settings.
     pub(super) kafka: ClientConfig,
+    /// The progress reader's settings.
+    pub(super) clients: ClientConfig,
     pub(super) config: ExactlyOnceConfig,
+    /// The outbox's identity (`outbox_identity`), written into every progress record.
+    pub(super) outbox: Uuid,
+    /// The owner of this relay's shard leases: the configured owner and this relay's instance.
+    pub(super) lease_owner: String,
     pub(super) named: NamedLeases,
     /// Woken on every `outbox_events` notification.
     pub(super) wake: Notify,
@@ -43,17 +52,20 @@ const CLAIM: &str = "SELECT seq, id, topic, aggregate_type, aggregate_id, event_
             & 9223372036854775807) % $1 = $2
      ORDER BY seq LIMIT $3";
 
-/// Marks published rows while the shard lease is held; returns whether it was held, and how many
-/// rows it marked.
+/// Marks published rows, each named by its `seq` *and* its event id, while the shard lease is
+/// held; returns whether it was held, and how many rows it marked.
 const MARK_DELETE: &str = "WITH marked AS (
-        DELETE FROM outbox_events USING lease_held
-        WHERE seq = ANY($4) AND next_attempt_at IS NOT NULL RETURNING 1)
+        DELETE FROM outbox_events e
+        USING lease_held, unnest($4::bigint[], $5::uuid[]) AS published (seq, id)
+        WHERE e.seq = published.seq AND e.id = published.id AND e.next_attempt_at IS NOT NULL
+        RETURNING 1)
      SELECT EXISTS (SELECT FROM lease_held), (SELECT count(*) FROM marked)";
 const MARK_KEEP: &str = "WITH marked AS (
-        UPDATE outbox_events SET published_at = now(), next_attempt_at = NULL,
+        UPDATE outbox_events e SET published_at = now(), next_attempt_at = NULL,
             lease_expires_at = NULL
-        FROM lease_held
-        WHERE seq = ANY($4) AND next_attempt_at IS NOT NULL RETURNING 1)
+        FROM lease_held, unnest($4::bigint[], $5::uuid[]) AS published (seq, id)
+        WHERE e.seq = published.seq AND e.id = published.id AND e.next_attempt_at IS NOT NULL
+        RETURNING 1)
      SELECT EXISTS (SELECT FROM lease_held), (SELECT count(*) FROM marked)";
 
 /// Moves one row to the dead letters while the shard lease is held.
@@ -97,8 +109,8 @@ pub(super) async fn run(shared: Arc<Shared>, shard: u32, stop: CancellationToken
     let mut keeper = match LeaseKeeper::start(
         shared.named.clone(),
         shared.pool.clone(),
-        format!("outbox/{}/{shard}-of-{}", config.name, config.shards),
-        config.owner.clone(),
+        lease_name(config, shard),
+        shared.lease_owner.clone(),
         config.lease_ttl,
         config.lease_ttl / 3,
     ) {
@@ -160,32 +172,23 @@ impl Shared {
     ) -> Result<(), Ended> {
         let config = &self.config;
         let place = Place::new(&config.progress_topic, shard, config.shards);
-        let producer: FutureProducer = self
+        let producer: FutureProducer<Quiet> = self
             .kafka
             .clone()
             .set(
                 "transactional.id",
                 format!("{}-{shard}-of-{}", config.name, config.shards),
             )
-            .create()?;
+            .create_with_context(Quiet)?;
         let producer = TxProducer(Some(producer));
         // Make sure the lease is still ours before fencing whoever holds the transactional id.
-        self.mark(lease, &[]).await?;
+        self.mark(lease, &[], &[]).await?;
         let timeout = config.transaction_timeout;
         producer
             .blocking(move |p| p.init_transactions(timeout))
             .await?;
-        let previous = place.last_committed(&self.kafka, timeout).await?;
-        let marked = self.mark(lease, &previous.seqs).await?;
-        if marked > 0 {
-            tracing::info!(
-                shard,
-                events = marked,
-                previous_token = previous.token,
-                "outbox: marked the events of the previous owner's last transaction, which it \
-                 had committed to Kafka but not marked"
-            );
-        }
+        let previous = place.last_committed(&self.clients, timeout).await?;
+        self.settle(shard, lease, &previous).await?;
         // The broker and the database answered: the shard is ready to publish.
         self.monitor.progressed();
         // Consecutive aborted transactions (the backoff), and failed transactions per event.
@@ -220,8 +223,8 @@ impl Shared {
                     self.monitor.progressed();
                     failures = 0;
                     attempts.clear();
-                    let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
-                    self.mark(lease, &seqs).await?;
+                    let progress = Progress::of(self.outbox, lease, &batch);
+                    self.mark(lease, &progress.seqs, &progress.ids).await?;
                     self.count("outbox_published_total", batch.len());
                     metrics::histogram!("outbox_batch_seconds", "relay" => config.name.clone())
                         .record(started.elapsed().as_secs_f64());
@@ -277,11 +280,8 @@ impl Shared {
             }
         }
         if failed.is_empty() {
-            let progress = serde_json::to_vec(&Progress {
-                token: lease.token,
-                seqs: batch.iter().map(|e| e.seq).collect(),
-            })
-            .map_err(crate::Error::from)?;
+            let progress = serde_json::to_vec(&Progress::of(self.outbox, lease, batch))
+                .map_err(crate::Error::from)?;
             match producer.get().send_result(place.record(&progress)) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((error, _)) => {
@@ -295,6 +295,10 @@ impl Shared {
         // Every event and the progress record acknowledged (none refused, none purged).
         let deliveries_ok =
             delivered.len() == batch.len() + 1 && delivered.iter().all(|d| matches!(d, Ok(Ok(_))));
+        // The progress record goes last, to a partition of the relay's own: when it was not
+        // acknowledged either, the broker failed the transaction as a whole (an outage, a
+        // restart), and a retriable failure is not an event's own.
+        let outage = !matches!(delivered.get(batch.len()), Some(Ok(Ok(_))));
         for (index, delivered) in delivered.into_iter().enumerate() {
             let error = match delivered {
                 Ok(Ok(_)) => continue,
@@ -304,11 +308,10 @@ impl Shared {
                 },
                 Err(_) => continue,
             };
-            // The progress record is the last one: its failure blames no event.
-            if index < batch.len() {
-                failed.push((index, error));
-            } else {
+            if index == batch.len() {
                 tracing::warn!(%error, "outbox: the progress record was not written");
+            } else if !(outage && error.is_retriable()) {
+                failed.push((index, error));
             }
         }
         if deliveries_ok {
@@ -350,7 +353,7 @@ impl Shared {
                 Err(KafkaError::Transaction(error)) if error.is_retriable() => {
                     tracing::warn!(%error, "outbox: commit not finished; resuming it");
                     self.monitor.publish_failed(error.to_string());
-                    if self.mark(lease, &[]).await.is_err() {
+                    if self.mark(lease, &[], &[]).await.is_err() {
                         return committed;
                     }
                 }
@@ -399,9 +402,54 @@ impl Shared {
         Ok(buried)
     }
 
-    /// Marks `seqs` published while `lease` is held, returning how many rows it marked (rows
-    /// already marked are skipped); [`Ended::LeaseLost`] when the lease is not held.
-    async fn mark(&self, lease: &NamedLease, seqs: &[i64]) -> Result<i64, Ended> {
+    /// Settles the previous transaction of the shard, as its progress record describes it: marks
+    /// its rows when the record provably describes this outbox's events under an earlier lease
+    /// ([`Progress::verdict`]), and reports and ignores it otherwise.
+    async fn settle(
+        &self,
+        shard: u32,
+        lease: &NamedLease,
+        previous: &Progress,
+    ) -> Result<(), Ended> {
+        match previous.verdict(self.outbox, lease) {
+            Verdict::Empty => {}
+            Verdict::Settle => {
+                let marked = self.mark(lease, &previous.seqs, &previous.ids).await?;
+                if marked > 0 {
+                    tracing::info!(
+                        shard,
+                        events = marked,
+                        previous_owner = %previous.owner,
+                        previous_token = previous.token,
+                        "outbox: marked the events of the previous owner's last transaction, \
+                         which it had committed to Kafka but not marked"
+                    );
+                }
+            }
+            Verdict::OtherOutbox => tracing::warn!(
+                shard,
+                record_outbox = %previous.outbox,
+                outbox = %self.outbox,
+                "outbox: ignored the shard's last progress record: it came from another outbox \
+                 (a recreated database, or two outboxes under one relay name)"
+            ),
+            Verdict::NotEarlier => tracing::warn!(
+                shard,
+                previous_owner = %previous.owner,
+                previous_token = previous.token,
+                token = lease.token,
+                "outbox: ignored the shard's last progress record: its lease is not older than \
+                 this one (a database restored to an earlier point?); the events it lists may \
+                 be published again"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Marks the rows `seqs` (with the event ids `ids`, pairwise) published while `lease` is
+    /// held, returning how many rows it marked (rows already marked, and pairs that name no row,
+    /// are skipped); [`Ended::LeaseLost`] when the lease is not held.
+    async fn mark(&self, lease: &NamedLease, seqs: &[i64], ids: &[Uuid]) -> Result<i64, Ended> {
         let statement = match self.config.retention {
             Retention::Delete => MARK_DELETE,
             Retention::Keep => MARK_KEEP,
@@ -410,6 +458,7 @@ impl Shared {
             .named
             .fenced_query(lease, statement)
             .bind(seqs)
+            .bind(ids)
             .try_map(|row: sqlx::postgres::PgRow| {
                 use sqlx::Row as _;
                 Ok((row.try_get(0)?, row.try_get(1)?))
@@ -430,10 +479,10 @@ impl Shared {
 
 /// A transactional producer whose blocking calls run off the runtime, and which is dropped off
 /// the runtime too (a drop purges and flushes for up to 500 ms).
-struct TxProducer(Option<FutureProducer>);
+struct TxProducer(Option<FutureProducer<Quiet>>);
 
 impl TxProducer {
-    fn get(&self) -> &FutureProducer {
+    fn get(&self) -> &FutureProducer<Quiet> {
         self.0
             .as_ref()
             .unwrap_or_else(|| unreachable!("taken only on drop"))
@@ -441,7 +490,7 @@ impl TxProducer {
 
     async fn blocking<F>(&self, call: F) -> Result<(), KafkaError>
     where
-        F: FnOnce(&FutureProducer) -> Result<(), KafkaError> + Send + 'static,
+        F: FnOnce(&FutureProducer<Quiet>) -> Result<(), KafkaError> + Send + 'static,
     {
         let producer = self.get().clone();
         tokio::task::spawn_blocking(move || call(&producer))
@@ -458,6 +507,11 @@ impl Drop for TxProducer {
             runtime.spawn_blocking(move || drop(producer));
         }
     }
+}
+
+/// The name of shard `shard`'s lease.
+pub(super) fn lease_name(config: &ExactlyOnceConfig, shard: u32) -> String {
+    format!("outbox/{}/{shard}-of-{}", config.name, config.shards)
 }
 
 /// Whether `current` (the keeper's state) is `lease`.
