@@ -168,6 +168,30 @@ impl NamedLeases {
             .bind(lease.token)
     }
 
+    /// The leases whose names start with `prefix` and that are valid now (held, not expired),
+    /// by name: the live members of a group whose members each hold a lease named
+    /// `<prefix><member>`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`](crate::Error::Database) when the statement fails.
+    pub async fn holders<'e>(
+        &self,
+        executor: impl PgExecutor<'e>,
+        prefix: &str,
+    ) -> Result<Vec<NamedLease>> {
+        Ok(sqlx::query_as(
+            "SELECT name, owner, token, expires_at, acquired_at FROM leases_named
+             WHERE starts_with(name, $2) AND owner IS NOT NULL
+               AND expires_at > coalesce($1::timestamptz, statement_timestamp())
+             ORDER BY name",
+        )
+        .bind(self.clock.now())
+        .bind(prefix)
+        .fetch_all(executor)
+        .await?)
+    }
+
     /// The current holder of `name`, if its lease is valid now.
     ///
     /// # Errors

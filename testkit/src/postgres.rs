@@ -77,7 +77,10 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if self.keep_on_failure && std::thread::panicking() {
-            eprintln!("the test failed: kept database {} for inspection", self.name);
+            eprintln!(
+                "the test failed: kept database {} for inspection",
+                self.name
+            );
             return;
         }
         let admin = self.admin.clone();

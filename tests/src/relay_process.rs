@@ -267,6 +267,17 @@ impl Wire {
 ///
 /// When the broker cannot be reached.
 pub fn open_transaction(bootstrap_servers: &str, topic: &str) -> bool {
+    ends(bootstrap_servers, topic)
+        .iter()
+        .any(|(stable, high)| stable < high)
+}
+
+/// Each partition's last stable offset and high watermark, by partition id.
+///
+/// # Panics
+///
+/// When the broker cannot be reached.
+pub fn ends(bootstrap_servers: &str, topic: &str) -> Vec<(i64, i64)> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
     let end = |isolation: &str| -> Vec<i64> {
@@ -279,18 +290,39 @@ pub fn open_transaction(bootstrap_servers: &str, topic: &str) -> bool {
         let metadata = consumer
             .fetch_metadata(Some(topic), timeout)
             .expect("metadata");
-        metadata.topics()[0]
+        let mut partitions: Vec<i32> = metadata.topics()[0]
             .partitions()
             .iter()
+            .map(rdkafka::metadata::MetadataPartition::id)
+            .collect();
+        partitions.sort_unstable();
+        partitions
+            .into_iter()
             .map(|p| {
                 consumer
-                    .fetch_watermarks(topic, p.id(), timeout)
+                    .fetch_watermarks(topic, p, timeout)
                     .expect("watermarks")
                     .1
             })
             .collect()
     };
-    let stable = end("read_committed");
-    let high = end("read_uncommitted");
-    stable.iter().zip(&high).any(|(s, h)| s < h)
+    end("read_committed")
+        .into_iter()
+        .zip(end("read_uncommitted"))
+        .collect()
+}
+
+/// The event ids of `messages`, with the partition and offset of each one's first copy.
+pub fn event_ids(messages: &[OwnedMessage]) -> HashMap<Vec<u8>, (i32, i64)> {
+    let mut ids = HashMap::new();
+    for message in messages {
+        let id = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "event-id").and_then(|h| h.value))
+            .map(<[u8]>::to_vec)
+            .expect("event-id header");
+        ids.entry(id)
+            .or_insert((message.partition(), message.offset()));
+    }
+    ids
 }

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use outbox::RelayMonitor;
 use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
+use sqlx::PgPool;
 use testkit::OwnedBroker;
 use workspace_tests::relay_process::{
-    Wire, enqueue_numbered, open_transaction, wait_for_remaining,
+    Wire, ends, enqueue_numbered, event_ids, open_transaction, wait_for_remaining,
 };
 
 const AGGREGATES: usize = 30;
@@ -20,7 +21,8 @@ const ROUNDS: i64 = 4;
 async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again_once() {
     let mut broker = OwnedBroker::start().await;
     let bootstrap = broker.bootstrap_servers();
-    let db = testkit::database(&[&outbox::MIGRATOR, &leases::MIGRATOR]).await;
+    let mut db = testkit::database(&[&outbox::MIGRATOR, &leases::MIGRATOR]).await;
+    db.keep_on_failure();
     let topic = testkit::kafka::topic_on(&bootstrap, 4).await;
     enqueue_numbered(&db.pool, &topic, AGGREGATES, PER_AGGREGATE, 1_000).await;
     let events = (AGGREGATES * PER_AGGREGATE) as i64;
@@ -63,22 +65,52 @@ async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again
     wait_for_remaining(&db.pool, 0, Duration::from_secs(180)).await;
     assert!(monitor.stalled().is_none(), "publishing again");
     relay.shutdown().await;
-    let committed =
-        Wire::of(&testkit::kafka::read_to_end(&bootstrap, &topic, "read_committed").await);
-    let uncommitted =
-        Wire::of(&testkit::kafka::read_to_end(&bootstrap, &topic, "read_uncommitted").await);
+    let committed_messages =
+        testkit::kafka::read_to_end(&bootstrap, &topic, "read_committed").await;
+    let uncommitted_messages =
+        testkit::kafka::read_to_end(&bootstrap, &topic, "read_uncommitted").await;
+    let committed = Wire::of(&committed_messages);
+    let uncommitted = Wire::of(&uncommitted_messages);
     println!(
         "broker restart: read_committed saw {} records, read_uncommitted {} (aborted: {})",
         committed.messages,
         uncommitted.messages,
         uncommitted.messages - committed.messages
     );
-    assert_eq!(committed.distinct, events as usize, "every event arrived");
+    let buried = dead_letters(&db.pool).await;
+    if committed.distinct != events as usize || !buried.is_empty() {
+        // Say what the broker and the database hold before failing (the database is kept).
+        let seen = event_ids(&committed_messages);
+        let mut missing: Vec<(i32, i64)> = event_ids(&uncommitted_messages)
+            .into_iter()
+            .filter(|(id, _)| !seen.contains_key(id))
+            .map(|(_, place)| place)
+            .collect();
+        missing.sort_unstable();
+        panic!(
+            "{} of {events} events reached read_committed; dead letters by reason: {buried:?}; \
+             the missing events that read_uncommitted saw (partition, offset), first and last: \
+             {:?} .. {:?} ({} of them); (last stable offset, high watermark) per partition: {:?}",
+            committed.distinct,
+            missing.first(),
+            missing.last(),
+            missing.len(),
+            ends(&bootstrap, &topic),
+        );
+    }
     assert!(committed.consecutive, "once each, in per-aggregate order");
     assert!(
         uncommitted.duplicates > 0,
         "the transactions open at the kills were aborted and their events published again"
     );
+}
+
+/// The dead letters by reason and count.
+async fn dead_letters(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT reason, count(*) FROM outbox_dead_letters GROUP BY reason")
+        .fetch_all(pool)
+        .await
+        .expect("dead letters")
 }
 
 /// Waits until the relay's monitor says it is stalled (`stalled`) or publishing, failing after

@@ -15,8 +15,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use leases::{
-    Clock, Completion, Heartbeat, Lease, LeaseKeeper, ManualClock, NamedLeases, RowLeases,
-    TableSpec,
+    Clock, Completion, Heartbeat, Lease, LeaseKeeper, ManualClock, NamedLease, NamedLeases,
+    RowLeases, TableSpec,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

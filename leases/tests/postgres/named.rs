@@ -231,3 +231,35 @@ async fn a_fenced_statement_writes_while_its_named_lease_is_held_and_not_after_a
         .expect("delete");
     assert_eq!(counted, (1, 1));
 }
+
+#[tokio::test]
+async fn holders_lists_the_valid_leases_under_a_prefix() {
+    let db = testkit::database(&[&leases::MIGRATOR]).await;
+    let clock = ManualClock::new(db_now(&db.pool).await);
+    let named = NamedLeases::new().with_clock(clock.clone());
+    for (name, ttl) in [
+        ("group/b", MINUTE),
+        ("group/a", MINUTE),
+        ("group/c", MINUTE / 2),
+        ("other/a", MINUTE),
+    ] {
+        named
+            .acquire(&db.pool, name, "owner", ttl)
+            .await
+            .expect("acquire")
+            .expect("free");
+    }
+    let released = named
+        .acquire(&db.pool, "group/d", "owner", MINUTE)
+        .await
+        .expect("acquire")
+        .expect("free");
+    assert!(named.release(&db.pool, &released).await.expect("release"));
+    let names =
+        |leases: Vec<NamedLease>| -> Vec<String> { leases.into_iter().map(|l| l.name).collect() };
+    let live = named.holders(&db.pool, "group/").await.expect("holders");
+    assert_eq!(names(live), ["group/a", "group/b", "group/c"]);
+    clock.advance(MINUTE * 3 / 4);
+    let live = named.holders(&db.pool, "group/").await.expect("holders");
+    assert_eq!(names(live), ["group/a", "group/b"], "group/c expired");
+}

@@ -71,6 +71,7 @@
 //!   exactly once on the wire does not make a consumer's own processing exactly once.
 
 mod client;
+mod members;
 mod progress;
 mod shard;
 
@@ -80,7 +81,7 @@ use std::time::Duration;
 use leases::{Backoff, NamedLeases};
 use rdkafka::ClientConfig;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::relay::{listen, notified};
@@ -294,10 +295,17 @@ impl ExactlyOnceRelay {
 
     async fn run(self, stop: CancellationToken) {
         self.take_back().await;
+        let (assignment, assigned) = watch::channel(members::Assignment::default());
         let mut shards = JoinSet::new();
         for shard in 0..self.shared.config.shards {
-            shards.spawn(shard::run(self.shared.clone(), shard, stop.clone()));
+            shards.spawn(shard::run(
+                self.shared.clone(),
+                shard,
+                assigned.clone(),
+                stop.clone(),
+            ));
         }
+        shards.spawn(members::run(self.shared.clone(), assignment, stop.clone()));
         let mut listener = match listen(&self.shared.pool).await {
             Ok(listener) => Some(listener),
             Err(error) => {
@@ -323,8 +331,10 @@ impl ExactlyOnceRelay {
     async fn take_back(&self) {
         let shared = &self.shared;
         let earlier = format!("{}#", shared.config.owner);
-        for shard in 0..shared.config.shards {
-            let name = shard::lease_name(&shared.config, shard);
+        let member = format!("{}{}", members::prefix(shared), shared.config.owner);
+        let shards =
+            (0..shared.config.shards).map(|shard| shard::lease_name(&shared.config, shard));
+        for name in shards.chain([member]) {
             let released = match shared.named.holder(&shared.pool, &name).await {
                 Ok(Some(lease))
                     if lease.owner.starts_with(&earlier) && lease.owner != shared.lease_owner =>
@@ -340,13 +350,13 @@ impl ExactlyOnceRelay {
             };
             match released {
                 Ok(Some(lease)) => tracing::info!(
-                    shard,
+                    lease = %name,
                     previous = %lease.owner,
-                    "outbox: took the shard back from an earlier instance of this owner"
+                    "outbox: took the lease back from an earlier instance of this owner"
                 ),
                 Ok(None) => {}
                 Err(error) => {
-                    tracing::warn!(%error, shard, "outbox: could not take the shard back");
+                    tracing::warn!(%error, lease = %name, "outbox: could not take the lease back");
                 }
             }
         }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::ExactlyOnceConfig;
 use super::client::Quiet;
+use super::members::Assignment;
 use super::progress::{Place, Progress, Verdict};
 use crate::dead_letters::insert_moved;
 use crate::publisher::kafka::{classify, record};
@@ -103,8 +104,39 @@ enum Transaction {
     Aborted(Vec<(usize, PublishError)>),
 }
 
-/// Owns shard `shard` whenever its lease is free, until `stop`.
-pub(super) async fn run(shared: Arc<Shared>, shard: u32, stop: CancellationToken) {
+/// Takes shard `shard` whenever it is assigned to this relay and its lease is free, and gives it
+/// up (after its transaction in flight) when it is assigned to another relay, until `stop`.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    shard: u32,
+    mut assigned: watch::Receiver<Assignment>,
+    stop: CancellationToken,
+) {
+    loop {
+        let ours = tokio::select! {
+            () = stop.cancelled() => return,
+            ours = assigned.wait_for(|a| a.contains(shard)) => ours.map(|_| ()),
+        };
+        if ours.is_err() {
+            return;
+        }
+        let give_up = stop.child_token();
+        let mut watching = assigned.clone();
+        let unassigned = async {
+            if watching.wait_for(|a| !a.contains(shard)).await.is_ok() {
+                give_up.cancel();
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            () = hold(&shared, shard, &give_up) => {}
+            () = unassigned => {}
+        }
+    }
+}
+
+/// Owns shard `shard` whenever its lease is free, until `stop`; then releases it.
+async fn hold(shared: &Arc<Shared>, shard: u32, stop: &CancellationToken) {
     let config = &shared.config;
     let mut keeper = match LeaseKeeper::start(
         shared.named.clone(),
@@ -128,7 +160,7 @@ pub(super) async fn run(shared: Arc<Shared>, shard: u32, stop: CancellationToken
         let span = tracing::info_span!("outbox.shard", shard, token = lease.token);
         let mut held = keeper.subscribe();
         let ended = shared
-            .own(shard, &lease, &stop, &mut held)
+            .own(shard, &lease, stop, &mut held)
             .instrument(span)
             .await;
         let error = match ended {

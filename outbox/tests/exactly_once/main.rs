@@ -5,6 +5,7 @@
 //! (Crashes, pauses and broker restarts, with real processes, are in `tests/tests/exactly_once_*`.)
 
 mod common;
+mod sharing;
 mod takeover;
 
 use std::time::Duration;
@@ -53,14 +54,22 @@ async fn every_event_reaches_read_committed_consumers_once_in_order_and_is_marke
     covered.sort_unstable();
     assert_eq!(covered, (1..=1_000).collect::<Vec<i64>>());
 
-    // A clean shutdown released every shard.
+    // A clean shutdown released every shard, and the relay's member lease.
     assert_eq!(
         count(
             &db.pool,
             "SELECT count(*) FROM leases_named WHERE owner IS NULL"
         )
         .await,
-        i64::from(SHARDS)
+        i64::from(SHARDS) + 1
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(*) FROM leases_named WHERE owner IS NOT NULL"
+        )
+        .await,
+        0
     );
 }
 

@@ -6,63 +6,11 @@
 use std::time::Duration;
 
 use outbox::exactly_once::ExactlyOnceRelay;
-use sqlx::PgPool;
 
-use crate::common::wait_until_empty;
-use crate::common::{SHARDS, assert_once_in_order, config, count, db, enqueue, relay};
-
-fn aggregates() -> Vec<String> {
-    (0..20).map(|a| format!("agg-{a}")).collect()
-}
-
-fn relay_name() -> String {
-    format!("eos-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// Asserts that `topic` holds each of the 1,000 events of `aggregates()` × 50 once, in order,
-/// for a `read_committed` reader, and that `pool`'s outbox neither holds nor buried any event.
-async fn assert_published_once(pool: &PgPool, topic: &str) {
-    let bootstrap = testkit::kafka::bootstrap_servers().await;
-    let messages = testkit::kafka::read_to_end(&bootstrap, topic, "read_committed").await;
-    assert_eq!(
-        messages.len(),
-        1_000,
-        "every event of the database reached the topic"
-    );
-    assert!(assert_once_in_order(&messages).values().all(|&n| n == 50));
-    assert_eq!(count(pool, "SELECT count(*) FROM outbox_events").await, 0);
-    assert_eq!(
-        count(pool, "SELECT count(*) FROM outbox_dead_letters").await,
-        0
-    );
-}
-
-/// Waits until `pool`'s shard leases of relay `name` are all held by owners that satisfy `held`.
-async fn until_shards_held(pool: &PgPool, name: &str, held: impl Fn(&str, i64) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let leases: Vec<(Option<String>, i64)> = sqlx::query_as(
-            "SELECT owner, token FROM leases_named
-             WHERE name LIKE 'outbox/' || $1 || '/%' AND expires_at > now()",
-        )
-        .bind(name)
-        .fetch_all(pool)
-        .await
-        .expect("shard leases");
-        let all_held = leases.len() == SHARDS as usize
-            && leases
-                .iter()
-                .all(|(owner, token)| owner.as_deref().is_some_and(|o| held(o, *token)));
-        if all_held {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the shards were not held as expected: {leases:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::common::{
+    aggregates, assert_published_once, config, db, enqueue, relay, relay_name, until_shards_held,
+    wait_until_empty,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_database_under_the_same_relay_name_publishes_its_whole_backlog() {
