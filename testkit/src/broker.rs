@@ -68,6 +68,15 @@ impl OwnedBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The broker's process id (to pause it with `SIGSTOP`, say).
+    ///
+    /// # Panics
+    ///
+    /// When it is not running.
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("the broker is running").id()
+    }
+
     /// Stops the broker with SIGTERM (a controlled shutdown) and waits until it exited.
     ///
     /// # Panics

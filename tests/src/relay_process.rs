@@ -166,7 +166,23 @@ pub async fn enqueue_numbered(
     per_aggregate: usize,
     per_transaction: usize,
 ) {
-    let events: Vec<NewEvent> = (0..per_aggregate)
+    enqueue_numbers(pool, topic, aggregates, 0..per_aggregate, per_transaction).await;
+}
+
+/// [`enqueue_numbered`] for the events numbered `numbers` of each aggregate (to enqueue more of
+/// them later).
+///
+/// # Panics
+///
+/// When the database refuses.
+pub async fn enqueue_numbers(
+    pool: &PgPool,
+    topic: &str,
+    aggregates: usize,
+    numbers: std::ops::Range<usize>,
+    per_transaction: usize,
+) {
+    let events: Vec<NewEvent> = numbers
         .flat_map(|n| (0..aggregates).map(move |a| (a, n)))
         .map(|(a, n)| {
             let payload = format!("agg-{a}:{n}").into_bytes();

@@ -1,16 +1,17 @@
-//! The exactly-once relay while its broker (one this test owns) is SIGKILLed in the middle of a
-//! transaction and started again, four times: the transactions that were open are aborted,
+//! The exactly-once relay while its broker (one each test owns) fails: SIGKILLed in the middle of
+//! a transaction and started again, four times, the transactions that were open are aborted,
 //! invisible to `read_committed` consumers, and their events go out again in later transactions,
-//! once; the relay's monitor reports the outage and its end.
+//! once; the relay's monitor reports the outage and its end. Paused for longer than the delivery
+//! timeout, the transaction it caught is aborted and retried, and no event is dead-lettered.
 
 use std::time::Duration;
 
-use outbox::RelayMonitor;
 use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
+use outbox::{Backoff, RelayMonitor};
 use sqlx::PgPool;
 use testkit::OwnedBroker;
 use workspace_tests::relay_process::{
-    Wire, ends, enqueue_numbered, event_ids, open_transaction, wait_for_remaining,
+    Wire, ends, enqueue_numbered, enqueue_numbers, event_ids, open_transaction, wait_for_remaining,
 };
 
 const AGGREGATES: usize = 30;
@@ -103,6 +104,55 @@ async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again
         uncommitted.duplicates > 0,
         "the transactions open at the kills were aborted and their events published again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_paused_past_the_delivery_timeout_aborts_the_transaction_and_buries_nothing() {
+    let broker = OwnedBroker::start().await;
+    let bootstrap = broker.bootstrap_servers();
+    let mut db = testkit::database(&[&outbox::MIGRATOR, &leases::MIGRATOR]).await;
+    db.keep_on_failure();
+    let topic = testkit::kafka::topic_on(&bootstrap, 4).await;
+    let mut kafka = testkit::kafka::producer_config_for(&bootstrap);
+    // Records not delivered within 1 s fail and make the transaction abortable; the broker
+    // would abort it itself only after 10 s, so the relay's abort goes through.
+    kafka
+        .set("message.timeout.ms", "1000")
+        .set("transaction.timeout.ms", "10000");
+    // One failed transaction of an event's own would dead-letter it.
+    let backoff =
+        Backoff::new(Duration::from_millis(10), Duration::from_millis(50), 1).expect("backoff");
+    let config = ExactlyOnceConfig::new(format!("pause-{}", uuid::Uuid::new_v4().simple()))
+        .shards(1)
+        .batch_size(200)
+        .backoff(backoff)
+        .transaction_timeout(Duration::from_secs(20));
+    let relay = ExactlyOnceRelay::new(db.pool.clone(), &kafka, config)
+        .await
+        .expect("relay")
+        .spawn();
+    enqueue_numbers(&db.pool, &topic, 20, 0..1, 20).await;
+    wait_for_remaining(&db.pool, 0, Duration::from_secs(60)).await;
+
+    // The broker stops answering; a batch of 200 events is claimed and sent into the silence.
+    testkit::signal(broker.pid(), "STOP");
+    enqueue_numbers(&db.pool, &topic, 20, 1..11, 200).await;
+    // Longer than the delivery timeout: every record of the transaction, the progress record
+    // too, fails as timed out, and the abort waits for the broker.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    testkit::signal(broker.pid(), "CONT");
+
+    wait_for_remaining(&db.pool, 0, Duration::from_secs(60)).await;
+    relay.shutdown().await;
+    assert_eq!(
+        dead_letters(&db.pool).await,
+        [],
+        "an outage is no event's fault"
+    );
+    let committed =
+        Wire::of(&testkit::kafka::read_to_end(&bootstrap, &topic, "read_committed").await);
+    assert_eq!(committed.distinct, 220, "every event arrived");
+    assert!(committed.consecutive, "once each, in per-aggregate order");
 }
 
 /// The dead letters by reason and count.

@@ -69,13 +69,15 @@ async fn started() -> (Setup, RelayProcess) {
     (Setup { db, topic, spec }, a)
 }
 
+/// The shard leases held by relay `b` (its lease owner is `b#<instance>`).
+const SHARD_HELD_BY_B: &str =
+    "SELECT count(*) FROM leases_named WHERE name LIKE '%-of-%' AND owner LIKE 'b#%'";
+
 /// Waits until `b` holds the shard lease.
 async fn taken_over_by_b(pool: &PgPool) {
     eventually(Duration::from_secs(30), "b takes the shard over", || {
         let pool = pool.clone();
-        async move {
-            scalar(&pool, "SELECT count(*) FROM leases_named WHERE owner = 'b'").await == 1
-        }
+        async move { scalar(&pool, SHARD_HELD_BY_B).await == 1 }
     })
     .await;
 }
@@ -90,9 +92,9 @@ async fn drained(pool: &PgPool) {
 }
 
 /// Waits until `a`'s log says it no longer holds the shard lease (its keeper found the lease
-/// taken, or saw no renewal succeed for a ttl, or a fenced statement found it gone), and checks
-/// that `b` still holds it.
-async fn deposed(a: &RelayProcess, pool: &PgPool) {
+/// taken, or saw no renewal succeed for a ttl, or a fenced statement found it gone). (Once `a`
+/// is back as a live member, the shard may move to it again: relays share the shards.)
+async fn deposed(a: &RelayProcess) {
     eventually(
         Duration::from_secs(30),
         "a learns its lease is gone",
@@ -104,11 +106,6 @@ async fn deposed(a: &RelayProcess, pool: &PgPool) {
         },
     )
     .await;
-    assert_eq!(
-        scalar(pool, "SELECT count(*) FROM leases_named WHERE owner = 'b'").await,
-        1,
-        "b keeps the shard"
-    );
 }
 
 /// Shuts `b` down; asserts every event reached `read_committed` consumers once, in order, and
@@ -158,7 +155,7 @@ async fn a_relay_paused_in_the_middle_of_a_transaction_is_fenced_by_the_broker()
         },
     )
     .await;
-    deposed(&a, &setup.db.pool).await;
+    deposed(&a).await;
     a.kill();
 
     let (committed, uncommitted) = on_the_wire(&setup, b).await;
@@ -220,7 +217,7 @@ async fn a_relay_paused_after_its_commit_has_its_late_mark_refused_by_the_lease_
     drained(&pool).await;
 
     testkit::signal(a.pid(), "CONT");
-    deposed(&a, &setup.db.pool).await;
+    deposed(&a).await;
     // That a's mark changed nothing is shown above: b, whose mark queued behind it, still found
     // the events unmarked. On waking, a learns it was deposed either from its mark (refused by
     // the token) or from its lease keeper (no renewal within the ttl), whichever it reads first.
@@ -245,7 +242,8 @@ async fn a_lone_relay_paused_past_its_lease_takes_its_shard_back_and_finishes() 
     assert_eq!(
         scalar(
             &setup.db.pool,
-            "SELECT count(*) FROM leases_named WHERE owner = 'a' AND token > 1"
+            "SELECT count(*) FROM leases_named
+             WHERE name LIKE '%-of-%' AND owner LIKE 'a#%' AND token > 1"
         )
         .await,
         1,
