@@ -4,7 +4,9 @@
 //! 1. throughput: pre-enqueued events over interleaved aggregates, drained by one relay of each
 //!    mode (the default relay keeping 2 batches in flight; the exactly-once relay with 1, 2 and 4
 //!    shards, one transaction in flight per shard), and every event in one aggregate;
-//! 2. commit-to-visible latency at a steady rate: from the writer's commit to the moment a
+//! 2. relays sharing shards: 4 shards held by 1 relay, then by 2 relays (2 each, settled before
+//!    the events are committed, all in one transaction);
+//! 3. commit-to-visible latency at a steady rate: from the writer's commit to the moment a
 //!    `read_committed` consumer receives the event.
 //!
 //! Run: `eval "$(scripts/services up)"; cargo bench -p benches --bench exactly_once`. Under
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
 use outbox::{Background, KafkaPublisher, NewEvent, Relay, RelayConfig};
-use outbox_events::{any_pending, enqueue, ready_to_drain};
+use outbox_events::{any_pending, enqueue, numbered, ready_to_drain};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
@@ -77,6 +79,53 @@ async fn spawn(mode: Mode, pool: &PgPool) -> Background {
                 .spawn()
         }
     }
+}
+
+/// Events per second of `relays` exactly-once relays sharing 4 shards: the relays start on an
+/// empty outbox and settle (two shards each when there are two), then `events` events commit in
+/// one transaction and the clock runs until the last is published.
+async fn shared_throughput(relays: usize, events: usize, aggregates: usize) -> f64 {
+    let db = database().await;
+    let topic = testkit::kafka::topic(4).await;
+    let kafka = testkit::kafka::producer_config().await;
+    let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let mut running = Vec::new();
+    for _ in 0..relays {
+        let config = ExactlyOnceConfig::new(&name)
+            .shards(4)
+            .batch_size(1_000)
+            .lease_ttl(Duration::from_secs(3))
+            .poll_interval(Duration::from_millis(20));
+        let relay = ExactlyOnceRelay::new(db.pool.clone(), &kafka, config)
+            .await
+            .expect("relay");
+        running.push(relay.spawn());
+    }
+    let settled = format!(
+        "SELECT count(DISTINCT owner) = {relays} AND count(*) = 4 FROM leases_named
+         WHERE name LIKE 'outbox/{name}/%-of-4' AND expires_at > now()"
+    );
+    while !sqlx::query_scalar::<_, bool>(sqlx::AssertSqlSafe(settled.clone()))
+        .fetch_one(&db.pool)
+        .await
+        .expect("shard leases")
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut tx = db.pool.begin().await.expect("begin");
+    for chunk in numbered(&topic, 0..events, aggregates).chunks(1_000) {
+        outbox::enqueue_many(&mut tx, chunk).await.expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+    let start = Instant::now();
+    while any_pending(&db.pool).await {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = start.elapsed();
+    for relay in running {
+        relay.shutdown().await;
+    }
+    events as f64 / elapsed.as_secs_f64()
 }
 
 async fn database() -> TestDb {
@@ -214,6 +263,22 @@ fn main() {
         );
         let hot = throughput(Mode::ExactlyOnce { shards: 4 }, scale.hot_events, 1).await;
         println!("exactly-once relay, one aggregate: {hot:.0} events/s");
+
+        println!("\nrelays sharing 4 shards, {events} events committed at once");
+        println!("{:>26} | {:>10} | {:>6}", "relays", "events/s", "ratio");
+        let one = shared_throughput(1, events, aggregates).await;
+        println!("{:>26} | {one:>10.0} | {:>6.2}", "1 relay, 4 shards", 1.0);
+        let two = shared_throughput(2, events, aggregates).await;
+        println!(
+            "{:>26} | {two:>10.0} | {:>6.2}",
+            "2 relays, 2 shards each",
+            two / one
+        );
+        println!(
+            "exactly-once relays sharing shards: 1 relay {one:.0} events/s, 2 relays {two:.0} \
+             events/s, ratio {:.2}",
+            two / one
+        );
 
         println!(
             "\ncommit to visible (read_committed consumer), {RATE} events/s, {WRITERS} writers"

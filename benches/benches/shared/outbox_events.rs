@@ -14,12 +14,7 @@ pub(crate) async fn enqueue(
 ) {
     let mut n = 0;
     while n < events {
-        let batch: Vec<NewEvent> = (n..(n + per_tx).min(events))
-            .map(|i| {
-                let key = format!("o-{}", i % aggregates);
-                NewEvent::bytes(topic, "order", key, "OrderPlaced", vec![7; 100])
-            })
-            .collect();
+        let batch = numbered(topic, n..(n + per_tx).min(events), aggregates);
         n += batch.len();
         let mut tx = pool.begin().await.expect("begin");
         outbox::enqueue_many(&mut tx, &batch)
@@ -27,6 +22,20 @@ pub(crate) async fn enqueue(
             .expect("enqueue");
         tx.commit().await.expect("commit");
     }
+}
+
+/// Events `numbers` of 100 bytes each, spread over `aggregates` aggregates in turn.
+pub(crate) fn numbered(
+    topic: &str,
+    numbers: std::ops::Range<usize>,
+    aggregates: usize,
+) -> Vec<NewEvent> {
+    numbers
+        .map(|i| {
+            let key = format!("o-{}", i % aggregates);
+            NewEvent::bytes(topic, "order", key, "OrderPlaced", vec![7; 100])
+        })
+        .collect()
 }
 
 /// Whether an event is still unpublished. One probe of the due index: counting the rows instead

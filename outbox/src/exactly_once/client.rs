@@ -1,10 +1,15 @@
-//! The relay's Kafka clients: which settings each gets, and where librdkafka's own reports go.
+//! The relay's Kafka clients: which settings each gets, where librdkafka's own reports go, the
+//! transactional producer, and which of its failures an event is to blame for.
 
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+
+use crate::publisher::PublishError;
+use crate::publisher::kafka::classify;
 
 /// librdkafka's producer-only properties (its `CONFIGURATION.md`, column `C/P` = `P`): the
 /// progress reader and the admin client get the user's settings without them, so librdkafka
@@ -87,6 +92,57 @@ impl ClientContext for Quiet {
 }
 
 impl ConsumerContext for Quiet {}
+
+/// A transactional producer whose blocking calls run off the runtime, and which is dropped off
+/// the runtime too (a drop purges and flushes for up to 500 ms).
+pub(super) struct TxProducer(Option<FutureProducer<Quiet>>);
+
+impl TxProducer {
+    pub(super) fn new(producer: FutureProducer<Quiet>) -> Self {
+        Self(Some(producer))
+    }
+
+    pub(super) fn get(&self) -> &FutureProducer<Quiet> {
+        self.0
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+
+    pub(super) async fn blocking<F>(&self, call: F) -> Result<(), KafkaError>
+    where
+        F: FnOnce(&FutureProducer<Quiet>) -> Result<(), KafkaError> + Send + 'static,
+    {
+        let producer = self.get().clone();
+        tokio::task::spawn_blocking(move || call(&producer))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
+    }
+}
+
+impl Drop for TxProducer {
+    fn drop(&mut self) {
+        if let (Some(producer), Ok(runtime)) =
+            (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn_blocking(move || drop(producer));
+        }
+    }
+}
+
+/// The publish error a failed message is to blame for, or `None` when its failure is a
+/// consequence of another's (purged when the transaction became abortable, refused in that
+/// state, or a fatal producer error).
+pub(super) fn blamed(error: &KafkaError) -> Option<PublishError> {
+    match error.rdkafka_error_code() {
+        Some(
+            RDKafkaErrorCode::PurgeQueue
+            | RDKafkaErrorCode::PurgeInflight
+            | RDKafkaErrorCode::State
+            | RDKafkaErrorCode::Fatal,
+        ) => None,
+        _ => Some(classify(error)),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,47 +1,115 @@
 //! Exactly once on the wire: a relay mode that publishes every batch in one Kafka transaction
 //! together with a record of the outbox rows it covers.
 //!
+//! # Quick start
+//!
+//! ```no_run
+//! use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
+//!
+//! # async fn run() -> outbox::Result<()> {
+//! let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
+//! // The outbox's tables and the shard leases' table.
+//! outbox::MIGRATOR.run(&pool).await.map_err(sqlx::Error::from)?;
+//! leases::MIGRATOR.run(&pool).await.map_err(sqlx::Error::from)?;
+//!
+//! let mut kafka = outbox::rdkafka::ClientConfig::new();
+//! kafka.set("bootstrap.servers", "127.0.0.1:9092");
+//! // One stable owner per instance (a pod or host name): a restart takes its shards back at once.
+//! let config = ExactlyOnceConfig::new("orders").owner("orders-relay-0");
+//! let relay = ExactlyOnceRelay::new(pool, &kafka, config).await?;
+//! let handle = relay.spawn();
+//! // ...
+//! handle.shutdown().await; // commits and marks the batches in flight, then releases the shards
+//! # Ok(()) }
+//! ```
+//!
 //! # What "exactly once" means here
 //!
 //! A consumer that reads with `isolation.level=read_committed` (the `idempotency` crate's runner
 //! does by default) sees each outbox event — each event id — **once**, in per-aggregate order,
 //! whatever relay crashes, pauses or broker restarts happen in between. Consumers reading
-//! `read_uncommitted` may also see the records of aborted transactions.
+//! `read_uncommitted` may also see the records of aborted transactions. This is Kafka's own
+//! transactional guarantee, extended to the outbox table by the progress records below; it
+//! holds while the outbox database and the progress topic are the ones the relay wrote to (see
+//! [what it does not cover](#what-it-does-not-cover)).
 //!
 //! # How
 //!
 //! - **Shards.** The outbox is split into [`shards`](ExactlyOnceConfig::shards) by a hash of the
 //!   aggregate (type and id), so one aggregate always belongs to one shard. Each shard is owned
 //!   through a named lease of [`leases`] (`outbox/<name>/<shard>-of-<shards>`) and has a stable
-//!   `transactional.id` (`<name>-<shard>-of-<shards>`). Shards publish in parallel; a relay takes
-//!   every shard whose lease is free, so a second relay is a hot standby that takes over the
-//!   shards of one that dies.
+//!   `transactional.id` (`<name>-<shard>-of-<shards>`). Shards publish in parallel.
+//! - **Shared between relays.** Every relay over the outbox holds a member lease
+//!   (`outbox/<name>/members/<owner>`); the live members share the shards out by name (member
+//!   `i` of `n` takes the shards `s` with `s % n == i`), so two relays hold two of four shards
+//!   each and adding a relay adds throughput. When a relay joins or leaves, the others notice
+//!   within a third of the lease ttl; a shard that changes hands is released after its
+//!   transaction in flight committed and was marked. A relay that dies leaves its shards to the
+//!   others once its leases expire.
 //! - **One transaction per batch.** A shard's owner claims its oldest unpublished events in `seq`
-//!   order and publishes them in one Kafka transaction together with a **progress record** (the
-//!   batch's `seq`s, keyed by shard) on the shard's partition of the compacted progress topic.
-//!   Only after the Kafka commit does it mark the rows in PostgreSQL, in one statement fenced by
-//!   the shard lease's token.
+//!   order and publishes them in one Kafka transaction together with a **progress record** on the
+//!   shard's partition of the compacted progress topic. The record names the outbox (its
+//!   identity, a random id made by the migration in `outbox_identity`), the shard lease's owner
+//!   and token, and the batch's rows by `seq` *and* event id. Only after the Kafka commit does the
+//!   owner mark the rows in PostgreSQL, in one statement fenced by the shard lease's token.
 //! - **Taking over.** A new owner first calls `init_transactions` with the shard's
 //!   `transactional.id`: the broker completes or aborts the previous owner's open transaction and
 //!   fences that producer, so its late sends and commits are refused. The new owner then reads
-//!   the shard's last committed progress record and marks those rows (the previous owner may have
-//!   died between its Kafka commit and its mark) before it publishes anything. Its marks are
-//!   fenced by the lease token, so a previous owner that wakes up changes nothing in PostgreSQL
-//!   either.
+//!   the shard's last committed progress record and marks the rows it lists (the previous owner
+//!   may have died between its Kafka commit and its mark) before it publishes anything — but only
+//!   when the record provably describes this outbox's events: it names this outbox's identity,
+//!   its lease token is older than the new owner's (or it is the new owner's own, from an earlier
+//!   episode of the same lease), and only rows whose `seq` and event id both match are marked. A
+//!   record that fails a check is logged at `WARN` and ignored, never used to delete. The marks
+//!   are fenced by the lease token, so a previous owner that wakes up changes nothing in
+//!   PostgreSQL either.
+//! - **Owners.** The shard leases carry [`owner`](ExactlyOnceConfig::owner) and an instance id
+//!   new to each relay (`<owner>#<instance>`). A relay that starts releases the leases of every
+//!   earlier instance of its owner, so a restart with a stable owner takes its shards back at
+//!   once (under new tokens) instead of waiting for them to expire. Two live processes given one
+//!   owner cannot both publish: the later one fences the earlier one (the tokens move on, and
+//!   `init_transactions` fences its producers), which becomes a standby.
 //! - **Poison events.** An event the broker or client refuses for good (too large, invalid topic)
 //!   aborts the transaction; it is moved to `outbox_dead_letters` with its reason, and the rest of
 //!   the batch is published again in the next transaction. An event whose transactions keep
-//!   failing for a retriable reason is dead-lettered after [`Backoff::max_attempts`] attempts,
-//!   as in the default relay.
+//!   failing for a retriable reason of its own is dead-lettered after
+//!   [`Backoff::max_attempts`] attempts. A transaction whose progress record was not delivered
+//!   either failed as a whole (the broker away or restarting): its retriable failures count
+//!   against no event, so an outage never dead-letters anything.
 //!
 //! # Failures covered
 //!
 //! A relay killed at any point (before, during or after the Kafka commit, before the mark); a
-//! relay paused past its lease and resumed; a lost database connection; a broker restart in the
-//! middle of transactions (the aborted ones are invisible to `read_committed` consumers, and
-//! their events go out again in a later transaction). A commit that times out while the broker is
-//! away is resumed on the same producer for as long as the shard lease is held, so its outcome is
-//! known before anything else is published.
+//! relay paused past its lease and resumed; a lost database connection; a broker restart or
+//! pause in the middle of transactions (the aborted ones are invisible to `read_committed`
+//! consumers, and their events go out again in a later transaction). A commit that times out
+//! while the broker is away is resumed on the same producer for as long as the shard lease is
+//! held, so its outcome is known before anything else is published.
+//!
+//! # What it does not cover
+//!
+//! Each case below loses nothing; where it says "again", an event may reach `read_committed`
+//! consumers twice (the consumer's inbox still applies it once).
+//!
+//! - **A database recreated** (a test database reset, an outbox moved to a new server) under the
+//!   same relay name: it has a new identity, so the old database's records are ignored, and
+//!   every event of the new one is published.
+//! - **A database restored from a backup or to a point in time**: the identity is the same, but
+//!   the events the last records list are matched by id, so new events that reuse their `seq`s
+//!   are published; events published after the backup was taken go out again. A record whose
+//!   token the restored lease table hands out again is ignored (its events go out again).
+//! - **A relay renamed, the shard count changed, or the progress topic deleted**: the new
+//!   configuration does not read the old records, so the last batch of a shard that crashed
+//!   between commit and mark goes out again. Stop the relays of the old configuration cleanly
+//!   first (a clean shutdown marks every committed batch) and nothing is repeated. Compaction of
+//!   the progress topic keeps the last record of each shard, which is the one a takeover reads.
+//! - **Two outboxes given one relay name** (and one Kafka cluster): their relays keep fencing
+//!   each other's producers and log at `WARN` that they ignored another outbox's record. Nothing
+//!   is lost, but they stall each other: give each outbox its own name.
+//! - **A default [`Relay`](crate::Relay) beside this one** over the same outbox can publish an
+//!   event again: run one mode at a time.
+//! - **Effects in other systems** (a consumer's database, an email) still need the consumer's
+//!   inbox: exactly once on the wire does not make a consumer's own processing exactly once.
 //!
 //! # Operations
 //!
@@ -52,6 +120,9 @@
 //! `leases_named` (`outbox/<name>/…` rows: owner, token, expiry); a new owner that marks a
 //! previous owner's committed batch logs it at `INFO`. [`ExactlyOnceRelay::monitor`] feeds a
 //! readiness check, as [`Relay::monitor`](crate::Relay::monitor) does for the default relay.
+//! librdkafka's own reports (a broker away, a producer fenced by a takeover) are logged at
+//! `WARN` at most, with target `librdkafka`; `ERROR` is kept for dead-lettered events, so an
+//! operator can alert on it.
 //!
 //! # Costs and limits
 //!
@@ -59,20 +130,15 @@
 //!   only once its transaction commits: see `docs/benchmarks.md` for the figures against the
 //!   default relay.
 //! - One transaction in flight per shard; parallelism comes from shards.
-//! - Run one mode at a time over one outbox: a default [`Relay`](crate::Relay) beside this one
-//!   could publish the same event again.
-//! - Change the shard count, the relay's name or the progress topic only after every relay of
-//!   the old configuration shut down cleanly (a clean shutdown marks every committed batch): the
-//!   progress of a crashed shard is read only by the next owner of the same shard, name and
-//!   topic.
 //! - The claim walks the outbox in `seq` order; with [`Retention::Keep`] it walks the kept,
 //!   published rows too, so purge them regularly.
-//! - Effects in other systems (a consumer's database, an email) still need the consumer's inbox:
-//!   exactly once on the wire does not make a consumer's own processing exactly once.
+//! - `leases_named` keeps one member row per relay owner; with the default owner (new for every
+//!   process) that is one row per process ever started, so prefer stable owners.
 
 mod client;
 mod members;
 mod progress;
+mod rows;
 mod shard;
 
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::future::join_all;
 use leases::{CancellationToken, LeaseKeeper, NamedLease, NamedLeases};
 use rdkafka::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer as _};
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
@@ -16,11 +16,11 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::ExactlyOnceConfig;
-use super::client::Quiet;
+use super::client::{Quiet, TxProducer, blamed};
 use super::members::Assignment;
 use super::progress::{Place, Progress, Verdict};
-use crate::dead_letters::insert_moved;
-use crate::publisher::kafka::{classify, record};
+use super::rows::{BURY, CLAIM, MARK_DELETE, MARK_KEEP};
+use crate::publisher::kafka::record;
 use crate::publisher::{Event, PublishError};
 use crate::{RelayMonitor, Retention};
 
@@ -43,38 +43,6 @@ pub(super) struct Shared {
     /// Whether the relay publishes (any shard counts).
     pub(super) monitor: RelayMonitor,
 }
-
-/// The shard's oldest unpublished events, in `seq` order.
-const CLAIM: &str = "SELECT seq, id, topic, aggregate_type, aggregate_id, event_type, payload,
-        headers, created_at, attempts
-     FROM outbox_events
-     WHERE next_attempt_at IS NOT NULL
-       AND (hashtextextended(aggregate_type || chr(31) || aggregate_id, 0)
-            & 9223372036854775807) % $1 = $2
-     ORDER BY seq LIMIT $3";
-
-/// Marks published rows, each named by its `seq` *and* its event id, while the shard lease is
-/// held; returns whether it was held, and how many rows it marked.
-const MARK_DELETE: &str = "WITH marked AS (
-        DELETE FROM outbox_events e
-        USING lease_held, unnest($4::bigint[], $5::uuid[]) AS published (seq, id)
-        WHERE e.seq = published.seq AND e.id = published.id AND e.next_attempt_at IS NOT NULL
-        RETURNING 1)
-     SELECT EXISTS (SELECT FROM lease_held), (SELECT count(*) FROM marked)";
-const MARK_KEEP: &str = "WITH marked AS (
-        UPDATE outbox_events e SET published_at = now(), next_attempt_at = NULL,
-            lease_expires_at = NULL
-        FROM lease_held, unnest($4::bigint[], $5::uuid[]) AS published (seq, id)
-        WHERE e.seq = published.seq AND e.id = published.id AND e.next_attempt_at IS NOT NULL
-        RETURNING 1)
-     SELECT EXISTS (SELECT FROM lease_held), (SELECT count(*) FROM marked)";
-
-/// Moves one row to the dead letters while the shard lease is held.
-const BURY: &str = concat!(
-    "WITH moved AS (
-        DELETE FROM outbox_events USING lease_held WHERE seq = $4 RETURNING outbox_events.*) ",
-    insert_moved!("$5", "$6", "$7")
-);
 
 /// Why a shard's ownership episode ended.
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +180,7 @@ impl Shared {
                 format!("{}-{shard}-of-{}", config.name, config.shards),
             )
             .create_with_context(Quiet)?;
-        let producer = TxProducer(Some(producer));
+        let producer = TxProducer::new(producer);
         // Make sure the lease is still ours before fencing whoever holds the transactional id.
         self.mark(lease, &[], &[]).await?;
         let timeout = config.transaction_timeout;
@@ -509,38 +477,6 @@ impl Shared {
     }
 }
 
-/// A transactional producer whose blocking calls run off the runtime, and which is dropped off
-/// the runtime too (a drop purges and flushes for up to 500 ms).
-struct TxProducer(Option<FutureProducer<Quiet>>);
-
-impl TxProducer {
-    fn get(&self) -> &FutureProducer<Quiet> {
-        self.0
-            .as_ref()
-            .unwrap_or_else(|| unreachable!("taken only on drop"))
-    }
-
-    async fn blocking<F>(&self, call: F) -> Result<(), KafkaError>
-    where
-        F: FnOnce(&FutureProducer<Quiet>) -> Result<(), KafkaError> + Send + 'static,
-    {
-        let producer = self.get().clone();
-        tokio::task::spawn_blocking(move || call(&producer))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled))
-    }
-}
-
-impl Drop for TxProducer {
-    fn drop(&mut self) {
-        if let (Some(producer), Ok(runtime)) =
-            (self.0.take(), tokio::runtime::Handle::try_current())
-        {
-            runtime.spawn_blocking(move || drop(producer));
-        }
-    }
-}
-
 /// The name of shard `shard`'s lease.
 pub(super) fn lease_name(config: &ExactlyOnceConfig, shard: u32) -> String {
     format!("outbox/{}/{shard}-of-{}", config.name, config.shards)
@@ -560,20 +496,5 @@ async fn replaced(held: &mut watch::Receiver<Option<NamedLease>>, lease: &NamedL
         .is_err()
     {
         std::future::pending::<()>().await;
-    }
-}
-
-/// The publish error a failed message is to blame for, or `None` when its failure is a
-/// consequence of another's (purged when the transaction became abortable, refused in that
-/// state, or a fatal producer error).
-fn blamed(error: &KafkaError) -> Option<PublishError> {
-    match error.rdkafka_error_code() {
-        Some(
-            RDKafkaErrorCode::PurgeQueue
-            | RDKafkaErrorCode::PurgeInflight
-            | RDKafkaErrorCode::State
-            | RDKafkaErrorCode::Fatal,
-        ) => None,
-        _ => Some(classify(error)),
     }
 }

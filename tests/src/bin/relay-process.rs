@@ -4,7 +4,7 @@
 //! Environment: `DATABASE_URL` (a database with the outbox and leases migrations),
 //! `KAFKA_BOOTSTRAP_SERVERS`, `RELAY_MODE` (`exactly-once` or `at-least-once`), `RELAY_NAME` (the
 //! exactly-once relay's name), `RELAY_OWNER`, `RELAY_SHARDS`, `RELAY_LEASE_TTL_MS`. Logs go to
-//! standard error (`RUST_LOG`, default `outbox=info,leases=info`). Prints `ready` once the relay runs; when
+//! standard error (`RUST_LOG`, default `outbox=info,leases=info,librdkafka=warn,rdkafka=warn`). Prints `ready` once the relay runs; when
 //! standard input closes it shuts the relay down and prints `stopped`. Its database sessions
 //! carry the application name `relay-process`.
 
@@ -26,7 +26,7 @@ async fn main() {
         .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "outbox=info,leases=info".into()),
+                .unwrap_or_else(|_| "outbox=info,leases=info,librdkafka=warn,rdkafka=warn".into()),
         )
         .init();
     // Named, so a test can end this process's sessions after it killed the process.
