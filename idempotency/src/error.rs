@@ -3,14 +3,14 @@
 /// A `Result` whose error defaults to this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in a store, the inbox or the consumer runner.
+/// Everything that can go wrong in a store or the layer's configuration.
 ///
 /// Errors a *client* caused (a malformed key, a reused key, a body too large) are not here: the
 /// layer answers those with a [`Problem`](crate::Problem) response.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A configuration value is out of range (zero ttl, no topics, ...).
+    /// A configuration value is out of range (zero ttl, zero batch size, ...).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
     /// A lease operation failed.
@@ -19,10 +19,6 @@ pub enum Error {
     /// The database returned an error or could not be reached.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    /// A Kafka client could not be created or subscribed.
-    #[cfg(feature = "kafka")]
-    #[error("kafka client error: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
     /// A stored record could not be decoded (a status or header that is not valid HTTP).
     #[error("corrupt stored record: {0}")]
     Corrupt(String),
@@ -36,8 +32,6 @@ impl Error {
             Error::Lease(e) => e.is_retriable(),
             Error::Database(e) => leases::is_retriable_db_error(e),
             Error::InvalidConfig(_) | Error::Corrupt(_) => false,
-            #[cfg(feature = "kafka")]
-            Error::Kafka(_) => false,
         }
     }
 }

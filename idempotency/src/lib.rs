@@ -1,26 +1,23 @@
-//! Every retry has its effect once: an `Idempotency-Key` middleware for HTTP (tower, made for
-//! axum), and an inbox with a Kafka consumer runner for events.
+//! Every retried request has its effect once: the HTTP `Idempotency-Key` layer (tower, made for
+//! axum). For events, the consuming side (an inbox and a Kafka consumer runner) is the `inbox`
+//! crate.
 //!
-//! - **HTTP**: [`IdempotencyLayer`] follows the IETF draft "The Idempotency-Key HTTP Header
-//!   Field" and Stripe's behaviour. A request with a key runs once; a retry gets the stored
-//!   response replayed (`Idempotent-Replayed: true`), a concurrent duplicate 409, a reuse of the
-//!   key for a different request 422. Keys live in PostgreSQL ([`PostgresStore`]) or in memory
-//!   ([`MemoryStore`]). Every error is [problem+json](problem). Two modes:
-//!   - **transactional** ([`IdempotencyLayer::transactional`]), for handlers whose effects are
-//!     all in the database: the key is taken inside the request's own transaction ([`Tx`]), the
-//!     response is stored in it, and one commit makes the handler's writes and the key's
-//!     response durable together. A concurrent duplicate gets 409 at once (no waiting on a lock).
-//!     The connection is held for the whole handler.
-//!   - **lease** ([`IdempotencyLayer::new`]), for handlers with effects outside the database
-//!     (calls to other services, messages sent): the in-flight lock is a committed lease of the
-//!     [`leases`] crate, renewed while the handler runs and separate from the key's retention;
-//!     the response is stored after the handler returns. It costs a commit of its own per
-//!     request, and works with any [`Store`].
-//! - **Events**: [`inbox::receive`] records `(consumer, event id)` in the handler's transaction
-//!   and says whether the event is fresh or a duplicate; [`Consumer`] runs the whole consume loop
-//!   (decode, one transaction with the inbox and the effects, then the offset; retries in
-//!   partition order; dead letters). It lives here, not in `outbox` nor copied into each
-//!   service, because its guarantee is the inbox's (see [`Consumer`]).
+//! [`IdempotencyLayer`] follows the IETF draft "The Idempotency-Key HTTP Header Field" and
+//! Stripe's behaviour. A request with a key runs once; a retry gets the stored response replayed
+//! (`Idempotent-Replayed: true`), a concurrent duplicate 409, a reuse of the key for a different
+//! request 422. Keys live in PostgreSQL ([`PostgresStore`]) or in memory ([`MemoryStore`]). Every
+//! error is [problem+json](problem). Two modes:
+//!
+//! - **transactional** ([`IdempotencyLayer::transactional`]), for handlers whose effects are
+//!   all in the database: the key is taken inside the request's own transaction ([`Tx`]), the
+//!   response is stored in it, and one commit makes the handler's writes and the key's
+//!   response durable together. A concurrent duplicate gets 409 at once (no waiting on a lock).
+//!   The connection is held for the whole handler.
+//! - **lease** ([`IdempotencyLayer::new`]), for handlers with effects outside the database
+//!   (calls to other services, messages sent): the in-flight lock is a committed lease of the
+//!   [`leases`] crate, renewed while the handler runs and separate from the key's retention;
+//!   the response is stored after the handler returns. It costs a commit of its own per
+//!   request, and works with any [`Store`].
 //!
 //! # Quick start
 //!
@@ -103,26 +100,15 @@
 //! - **Fail closed.** When the store cannot be reached, requests with a key get 503 and do not
 //!   run (unless [`fail_open`](IdempotencyLayer::fail_open)).
 //!
-//! For consumers using [`inbox::receive`] (or the [`Consumer`]) on an at-least-once broker:
-//! **exactly-once effect** per (consumer, event id) as long as the effects are written in the
-//! transaction that records the event, and the inbox record is kept longer than the broker may
-//! redeliver ([`inbox::purge`]).
-//!
 //! # Features
 //!
 //! - `http` (default): the HTTP layer ([`IdempotencyLayer`], its stores, [`Tx`], [`Problem`]);
-//!   brings in axum, tower and http.
-//! - `kafka` (default): the consumer runner ([`Consumer`], [`Handler`], dead letters); brings in
-//!   rdkafka.
-//!
-//! The inbox ([`inbox::receive`]) and [`MIGRATOR`] are always there. A service that only wants
-//! the HTTP layer depends on `idempotency = { default-features = false, features = ["http"] }`
-//! and does not compile rdkafka.
+//!   brings in axum, tower and http. [`MIGRATOR`] and [`Error`] are always there.
 //!
 //! # Errors
 //!
-//! One [`Error`] type for stores, the inbox and the consumer runner, with
-//! [`Error::is_retriable`]; client mistakes are [`Problem`] responses, never errors.
+//! One [`Error`] type for the stores, with [`Error::is_retriable`]; client mistakes are
+//! [`Problem`] responses, never errors.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -130,9 +116,6 @@
 mod error;
 #[cfg(feature = "http")]
 mod http;
-pub mod inbox;
-#[cfg(feature = "kafka")]
-mod kafka;
 
 #[cfg(feature = "http")]
 pub use self::http::{
@@ -142,14 +125,12 @@ pub use self::http::{
     TransactionalStore, Tx, problem, stores_by_default, stores_server_errors_too,
 };
 pub use error::{Error, Result};
-#[cfg(feature = "kafka")]
-pub use kafka::{
-    Consumer, ConsumerConfig, ConsumerHandle, ConsumerMonitor, ConsumerStats, DeadLetterReason,
-    Handler, HandlerError, Message,
-};
 
-/// The crate's migrations: `idempotency_keys` (keys, their leases and stored responses) and
-/// `idempotency_inbox`.
+/// The crate's migrations: `idempotency_keys` (keys, their leases and stored responses).
+///
+/// The consumer inbox that earlier releases created here (`idempotency_inbox`) moved to the
+/// `inbox` crate: a database that has one with records gets it renamed to `inbox` (or, when
+/// `inbox::MIGRATOR` ran first, its records copied there), and an empty one is dropped.
 ///
 /// Its history is kept in `_idempotency_migrations` (set in the crate's `sqlx.toml`), not in
 /// `_sqlx_migrations`: run it beside your own migrator (`idempotency::MIGRATOR.run(&pool)`, then yours),

@@ -55,3 +55,9 @@ impl From<idempotency::Error> for Failure {
         Self::Runtime(error.into())
     }
 }
+
+impl From<inbox::Error> for Failure {
+    fn from(error: inbox::Error) -> Self {
+        Self::Runtime(error.into())
+    }
+}

@@ -4,7 +4,8 @@
 //! SQL: where is this event, is anything stuck, what died — and fixes it.
 //!
 //! - `status`: pending events and the oldest one's age, events waiting for a retry, in-flight
-//!   leases per relay, dead letters by topic and reason, and the idempotency tables when they exist.
+//!   leases per relay, dead letters by topic and reason, and the inbox and the idempotency keys
+//!   when their tables exist.
 //! - `dead-letters list | show | replay | discard`, with filters (`--topic`, `--aggregate`,
 //!   `--aggregate-id`, `--reason`, `--since`, `--until`).
 //! - `purge published | inbox | idempotency-keys`: retention deletes.

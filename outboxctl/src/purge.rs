@@ -30,7 +30,7 @@ impl Kind {
     fn table(self) -> (&'static str, &'static str) {
         match self {
             Self::Published(_) => ("outbox_events", "outbox"),
-            Self::Inbox(_) => ("idempotency_inbox", "idempotency"),
+            Self::Inbox(_) => ("inbox", "inbox"),
             Self::IdempotencyKeys => ("idempotency_keys", "idempotency"),
         }
     }
@@ -49,7 +49,7 @@ impl Kind {
             }
             Self::Inbox(older_than) => {
                 sqlx::query_scalar(
-                    "SELECT count(*) FROM idempotency_inbox
+                    "SELECT count(*) FROM inbox
                      WHERE received_at < now() - make_interval(secs => $1)",
                 )
                 .bind(older_than.as_secs_f64())
@@ -74,9 +74,7 @@ impl Kind {
             Self::Published(older_than) => {
                 outbox::purge_published(pool, older_than, batch_size).await?
             }
-            Self::Inbox(older_than) => {
-                idempotency::inbox::purge(pool, older_than, batch_size).await?
-            }
+            Self::Inbox(older_than) => inbox::purge(pool, older_than, batch_size).await?,
             Self::IdempotencyKeys => {
                 idempotency::PostgresStore::new(pool.clone())
                     .purge_expired(batch_size)

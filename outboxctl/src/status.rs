@@ -1,5 +1,5 @@
-//! `status`: is anything stuck? The outbox's backlog, in-flight leases, retries, dead letters and
-//! the idempotency tables, each section skipped when its tables do not exist.
+//! `status`: is anything stuck? The outbox's backlog, in-flight leases, retries, dead letters, the
+//! consumer inbox and the idempotency keys, each section skipped when its tables do not exist.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -23,7 +23,7 @@ pub(crate) async fn run(pool: &PgPool, json: bool) -> Result<(), Failure> {
     } else {
         None
     };
-    let inbox = if table_exists(pool, "idempotency_inbox").await? {
+    let inbox = if table_exists(pool, "inbox").await? {
         Some(inbox(pool).await?)
     } else {
         None
@@ -37,7 +37,7 @@ pub(crate) async fn run(pool: &PgPool, json: bool) -> Result<(), Failure> {
         let document = json!({
             "outbox": outbox.as_ref().map(Outbox::to_json),
             "dead_letters": dead.as_ref().map(|d| d.iter().map(DeadGroup::to_json).collect::<Vec<_>>()),
-            "idempotency_inbox": inbox.as_ref().map(Inbox::to_json),
+            "inbox": inbox.as_ref().map(Inbox::to_json),
             "idempotency_keys": keys.as_ref().map(Keys::to_json),
         });
         println!("{document:#}");
@@ -162,7 +162,7 @@ async fn dead_letters(pool: &PgPool) -> sqlx::Result<Vec<DeadGroup>> {
 async fn inbox(pool: &PgPool) -> sqlx::Result<Inbox> {
     let (rows, oldest_seconds) = sqlx::query_as(
         "SELECT count(*), extract(epoch FROM now() - min(received_at))::float8
-         FROM idempotency_inbox",
+         FROM inbox",
     )
     .fetch_one(pool)
     .await?;
@@ -315,26 +315,25 @@ fn print_human(
             print!("{}", t.render());
         }
     }
-    if inbox.is_some() || keys.is_some() {
+    if let Some(i) = inbox {
+        println!();
+        println!("INBOX");
+        let mut t = Table::plain();
+        let age = i.oldest_seconds.map_or_else(|| "-".to_owned(), human);
+        t.row(vec!["  rows".into(), format!("{} (oldest {age})", i.rows)]);
+        print!("{}", t.render());
+    }
+    if let Some(k) = keys {
         println!();
         println!("IDEMPOTENCY");
         let mut t = Table::plain();
-        if let Some(i) = inbox {
-            let age = i.oldest_seconds.map_or_else(|| "-".to_owned(), human);
-            t.row(vec![
-                "  inbox rows".into(),
-                format!("{} (oldest {age})", i.rows),
-            ]);
-        }
-        if let Some(k) = keys {
-            t.row(vec![
-                "  keys".into(),
-                format!(
-                    "{} ({} in flight, {} expired)",
-                    k.rows, k.in_flight, k.expired
-                ),
-            ]);
-        }
+        t.row(vec![
+            "  keys".into(),
+            format!(
+                "{} ({} in flight, {} expired)",
+                k.rows, k.in_flight, k.expired
+            ),
+        ]);
         print!("{}", t.render());
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use idempotency::{Consumer, ConsumerConfig, ConsumerHandle, Handler, HandlerError, Message};
+use inbox::{Consumer, ConsumerConfig, ConsumerHandle, Handler, HandlerError, Message};
 use outbox::{Background, Backoff, KafkaPublisher, NewEvent, Relay, RelayConfig};
 use sqlx::{PgConnection, PgPool};
 

@@ -19,7 +19,7 @@ async fn a_broker_stopped_then_killed_loses_no_event_and_applies_each_once() {
     let topic = testkit::kafka::topic_on(&bootstrap, 3).await;
     let dead_letters = testkit::kafka::topic_on(&bootstrap, 1).await;
     let source = testkit::database(&[&outbox::MIGRATOR]).await;
-    let sink = testkit::database(&[&idempotency::MIGRATOR]).await;
+    let sink = testkit::database(&[&inbox::MIGRATOR]).await;
     pipeline::create_effects(&sink.pool).await.expect("effects");
 
     let relay = pipeline::spawn_relay(&source.pool, &bootstrap, 500);

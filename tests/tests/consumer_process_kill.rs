@@ -139,7 +139,7 @@ async fn applied_per_topic(pool: &sqlx::PgPool) -> std::collections::HashMap<Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_consumer_process_restarted_at_once_gets_its_partitions_back() {
-    let sink = testkit::database(&[&idempotency::MIGRATOR]).await;
+    let sink = testkit::database(&[&inbox::MIGRATOR]).await;
     pipeline::create_effects(&sink.pool).await.expect("effects");
     let bootstrap = testkit::kafka::bootstrap_servers().await;
     let topics = vec![

@@ -16,7 +16,7 @@ async fn relay_consumer_and_lease_keeper_recover_from_database_restarts_on_their
     let server = OwnedPostgres::start();
     let url = server.url();
     let source = testkit::database_on(&url, &[&outbox::MIGRATOR]).await;
-    let sink = testkit::database_on(&url, &[&idempotency::MIGRATOR]).await;
+    let sink = testkit::database_on(&url, &[&inbox::MIGRATOR]).await;
     let leases_db = testkit::database_on(&url, &[&leases::MIGRATOR]).await;
     pipeline::create_effects(&sink.pool).await.expect("effects");
     let topic = testkit::kafka::topic(3).await;

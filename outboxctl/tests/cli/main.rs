@@ -12,9 +12,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 use testkit::TestDb;
 
-/// A database with the outbox's and the idempotency crate's migrations.
+/// A database with the outbox's, the idempotency crate's and the inbox crate's migrations.
 async fn full_db() -> TestDb {
-    testkit::database(&[&outbox::MIGRATOR, &idempotency::MIGRATOR]).await
+    testkit::database(&[&outbox::MIGRATOR, &idempotency::MIGRATOR, &inbox::MIGRATOR]).await
 }
 
 /// The URL of `db`: the server's URL with the test database's name.

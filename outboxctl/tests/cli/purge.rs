@@ -30,12 +30,12 @@ async fn seed(pool: &PgPool) {
     }
     for (event, age) in [("e1", "10 days"), ("e2", "8 days"), ("e3", "1 hour")] {
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO idempotency_inbox (consumer, event_id, received_at)
+            "INSERT INTO inbox (consumer, event_id, received_at)
              VALUES ('billing', '{event}', now() - interval '{age}')"
         )))
         .execute(pool)
         .await
-        .expect("seed idempotency_inbox");
+        .expect("seed inbox");
     }
     // Expired, expired, still retained, expired but in flight (leased).
     for (key, retain, lease) in [
@@ -77,9 +77,9 @@ async fn purges_are_refused_without_yes_count_with_dry_run_and_delete_with_yes()
         ),
         (
             &["purge", "inbox", "--older-than", "7d"],
-            "idempotency_inbox",
+            "inbox",
             2,
-            "SELECT count(*) FROM idempotency_inbox",
+            "SELECT count(*) FROM inbox",
             1,
         ),
         (
@@ -161,8 +161,5 @@ async fn purging_a_table_that_does_not_exist_is_an_error() {
     let url = url_of(&db).await;
     let run = ctl(&url, &["purge", "inbox", "--older-than", "7d", "--yes"]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(
-        run.stderr.contains("idempotency_inbox does not exist"),
-        "{run:?}"
-    );
+    assert!(run.stderr.contains("table inbox does not exist"), "{run:?}");
 }

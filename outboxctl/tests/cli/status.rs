@@ -121,7 +121,7 @@ async fn status_shows_pending_retries_leases_and_dead_letters() {
              "oldest": status["dead_letters"][1]["oldest"], "newest": status["dead_letters"][1]["newest"]},
         ])
     );
-    assert_eq!(status["idempotency_inbox"]["rows"], 0);
+    assert_eq!(status["inbox"]["rows"], 0);
     assert_eq!(status["idempotency_keys"]["rows"], 0);
 
     let human = ctl_ok(&url, &["status"]);
@@ -134,6 +134,7 @@ async fn status_shows_pending_retries_leases_and_dead_letters() {
         "relay-a",
         "DEAD LETTERS",
         "attempts exhausted (2)",
+        "INBOX",
         "IDEMPOTENCY",
     ] {
         assert!(human.contains(expected), "{expected} missing in\n{human}");
@@ -162,9 +163,10 @@ async fn status_skips_tables_that_do_not_exist() {
     let status = ctl_json(&url, &["status"]);
     assert_eq!(status["outbox"]["pending"], 0);
     assert_eq!(status["dead_letters"], serde_json::json!([]));
-    assert_eq!(status["idempotency_inbox"], Value::Null);
+    assert_eq!(status["inbox"], Value::Null);
     assert_eq!(status["idempotency_keys"], Value::Null);
     let human = ctl_ok(&url, &["status"]);
+    assert!(!human.contains("INBOX"), "{human}");
     assert!(!human.contains("IDEMPOTENCY"), "{human}");
 
     let bare = testkit::database(&[]).await;

@@ -1,7 +1,7 @@
 //! A process running one consumer runner per topic, for the fault test that SIGKILLs it
 //! (`tests/tests/consumer_process_kill.rs`).
 //!
-//! Environment: `DATABASE_URL` (a database with the idempotency migrations and `effects`),
+//! Environment: `DATABASE_URL` (a database with the inbox migrations and `effects`),
 //! `KAFKA_BOOTSTRAP_SERVERS`, `CONSUMER_TOPICS` (comma-separated), `CONSUMER_DEAD_LETTERS` (a
 //! topic), `CONSUMER_INSTANCE` (the static member id suffix). Each runner is `effects-<topic>` in
 //! the group `<topic>.effects`, a static member (`group.instance.id = <group>.<instance>`). Prints
@@ -11,7 +11,7 @@
 use std::io::BufRead;
 use std::time::Duration;
 
-use idempotency::{Consumer, ConsumerConfig};
+use inbox::{Consumer, ConsumerConfig};
 use rdkafka::ClientConfig;
 use workspace_tests::pipeline::{self, Effects};
 

@@ -65,9 +65,9 @@ fn services_in_one_process_keep_their_own_series_and_a_dead_letter_raises_the_ga
                     sample(&text, &format!("outbox_pending{{relay=\"{s}\"}}")).is_none()
                         || sample(&text, &format!("outbox_relay_publishing{{relay=\"{s}\"}}"))
                             != Some(1.0)
-                        || !text.lines().any(|l| {
-                            l.starts_with(&format!("idempotency_consumer_lag{{consumer=\"{s}."))
-                        })
+                        || !text
+                            .lines()
+                            .any(|l| l.starts_with(&format!("inbox_consumer_lag{{consumer=\"{s}.")))
                 })
                 .collect();
             if missing.is_empty() {

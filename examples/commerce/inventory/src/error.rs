@@ -1,7 +1,7 @@
 //! The crate's error type.
 
 use commerce_platform::ApiError;
-use idempotency::HandlerError;
+use inbox::HandlerError;
 
 use crate::domain::StockError;
 

@@ -1,15 +1,15 @@
-//! The saga's inventory step ([`Saga`], an [`idempotency::Handler`]) and what publishes stock
+//! The saga's inventory step ([`Saga`], an [`inbox::Handler`]) and what publishes stock
 //! levels ([`publish_snapshot`]).
 //!
 //! Every change here happens in one transaction with the events it publishes (through the
-//! outbox) and, under the [`idempotency::Consumer`], with the inbox record of the event that
+//! outbox) and, under the [`inbox::Consumer`], with the inbox record of the event that
 //! caused it: an event has its effect once, however often it is delivered.
 
 use std::collections::HashMap;
 
 use commerce_events::{Envelope, Event, Line, Topics};
 use commerce_platform::events::{EventHandler, publish};
-use idempotency::HandlerError;
+use inbox::HandlerError;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 

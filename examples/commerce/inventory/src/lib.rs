@@ -28,7 +28,7 @@
 //! - **All or nothing.** An order's reservations, movements, stock figures and outgoing events
 //!   commit in one transaction, together with the inbox record of the `OrderPlaced` that caused
 //!   them.
-//! - **Once per event.** The consumer runs on `idempotency::Consumer`: a redelivered event is a
+//! - **Once per event.** The consumer runs on `inbox::Consumer`: a redelivered event is a
 //!   duplicate in the inbox and changes nothing. Events are published at least once through the
 //!   outbox; `StockLevelChanged` carries a per-product `version` so readers keep the newest.
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use commerce_events::{Envelope, Event};
 use commerce_inventory::Saga;
 use common::*;
-use idempotency::inbox::Delivery;
+use inbox::Delivery;
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -154,7 +154,7 @@ async fn the_consumer_applies_each_event_once_and_dead_letters_poison() {
     .await;
     let stats = consumer.handle.stats();
     let inbox: Vec<(String, String)> =
-        sqlx::query_as("SELECT consumer, event_id FROM idempotency_inbox ORDER BY received_at")
+        sqlx::query_as("SELECT consumer, event_id FROM inbox ORDER BY received_at")
             .fetch_all(&db.pool)
             .await
             .expect("inbox");

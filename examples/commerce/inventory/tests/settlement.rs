@@ -9,8 +9,7 @@ use commerce_events::Event;
 use commerce_inventory::{Saga, publish_snapshot};
 use commerce_platform::events::decode;
 use common::*;
-use idempotency::inbox::Delivery;
-use idempotency::{DeadLetterReason, Message};
+use inbox::{DeadLetterReason, Delivery, Message};
 use uuid::Uuid;
 
 #[tokio::test]

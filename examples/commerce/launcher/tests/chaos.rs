@@ -188,7 +188,7 @@ async fn a_sigkilled_inventory_instance_is_taken_over_by_its_peer_and_the_books_
     let victim = run.cluster.slot(Service::Inventory, "b");
     // The orders and payments topics, three partitions each.
     let all = 6.0;
-    let partitions = "idempotency_consumer_partitions";
+    let partitions = "inbox_consumer_partitions";
     let deadline = Instant::now() + TAKEOVER_WITHIN;
     loop {
         let held = (

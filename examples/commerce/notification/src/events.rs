@@ -3,7 +3,7 @@
 
 use commerce_events::Envelope;
 use commerce_platform::events::EventHandler;
-use idempotency::HandlerError;
+use inbox::HandlerError;
 use sqlx::PgConnection;
 
 use crate::domain;

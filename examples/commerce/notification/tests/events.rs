@@ -7,7 +7,7 @@ use commerce_events::{Envelope, Event, Line};
 use commerce_notification::{CONSUMER, Notifier};
 use commerce_platform::events::EventHandler;
 use commerce_platform::testing;
-use idempotency::inbox::Delivery;
+use inbox::Delivery;
 use sqlx::PgPool;
 use uuid::Uuid;
 

@@ -1,7 +1,7 @@
 //! The service's error type for its storage and jobs (HTTP errors are problem+json, see `http`).
 
 use commerce_platform::ApiError;
-use idempotency::HandlerError;
+use inbox::HandlerError;
 
 /// What can go wrong below the HTTP layer.
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,8 @@
-//! The saga's order side: an [`idempotency::Handler`] for the inventory and payments topics.
+//! The saga's order side: an [`inbox::Handler`] for the inventory and payments topics.
 
 use commerce_events::{Envelope, Topics};
 use commerce_platform::events::EventHandler;
-use idempotency::HandlerError;
+use inbox::HandlerError;
 use sqlx::PgConnection;
 
 use crate::domain::Input;
@@ -13,7 +13,7 @@ use crate::repo::{self, Outcome};
 /// `CANCELLED`, `StockConfirmed` -> `CONFIRMED` (announced as `OrderConfirmed`),
 /// `ShipmentCreated` -> `SHIPPED`, `ShipmentDelivered` -> `COMPLETED` (see
 /// [`domain::apply`](crate::domain::apply));
-/// other event types are ignored. Run it on an [`idempotency::Consumer`], which applies each
+/// other event types are ignored. Run it on an [`inbox::Consumer`], which applies each
 /// event once.
 ///
 /// An event for an order this service does not have (another stack's, or one long archived) is

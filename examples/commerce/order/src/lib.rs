@@ -8,7 +8,7 @@
 //!   `POST /api/v1/orders/{id}/cancel`, and `GET /openapi.json`.
 //! - **Consumer** `order.saga` of the inventory, payments and shipments topics ([`OrderSaga`]):
 //!   moves orders through `PENDING -> RESERVED -> PAID -> CONFIRMED -> SHIPPED -> COMPLETED`,
-//!   or to `FAILED` / `CANCELLED`, with the transitions of [`domain`]. Each event is applied once (the `idempotency` inbox).
+//!   or to `FAILED` / `CANCELLED`, with the transitions of [`domain`]. Each event is applied once (the `inbox` crate).
 //! - **Jobs** ([`jobs`], each run by one instance at a time through a named lease): reservations
 //!   waiting longer than `RESERVATION_TIMEOUT_SECS` for their payment are cancelled ("payment
 //!   timeout", with `OrderCancelled`); finished orders older than `ORDER_ARCHIVE_AFTER_DAYS`

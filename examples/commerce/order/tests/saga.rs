@@ -1,5 +1,5 @@
 //! The saga's order side: `OrderSaga` through the inbox, and through a real
-//! `idempotency::Consumer` on a test topic of the broker.
+//! `inbox::Consumer` on a test topic of the broker.
 
 mod common;
 
@@ -11,8 +11,7 @@ use commerce_order::domain::OrderState;
 use commerce_platform::events::{Events, decode};
 use commerce_platform::testing;
 use common::{Harness, count, eventually, insert_order};
-use idempotency::inbox::Delivery;
-use idempotency::{Consumer, ConsumerConfig, DeadLetterReason, Message};
+use inbox::{Consumer, ConsumerConfig, DeadLetterReason, Delivery, Message};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
@@ -362,7 +361,7 @@ async fn through_a_consumer_a_duplicate_is_skipped_and_poison_dead_lettered() {
             true
         )
     );
-    assert_eq!(count(h.pool(), "idempotency_inbox").await, 1);
+    assert_eq!(count(h.pool(), "inbox").await, 1);
     let dead = testkit::kafka::read_all(&dead_letters).await;
     assert_eq!(dead.len(), 1);
 }

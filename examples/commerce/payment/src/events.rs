@@ -3,7 +3,7 @@
 
 use commerce_events::{Envelope, Event, Topics};
 use commerce_platform::events::{self, EventHandler};
-use idempotency::HandlerError;
+use inbox::HandlerError;
 use sqlx::PgConnection;
 use uuid::Uuid;
 

@@ -1,6 +1,6 @@
 //! The saga consumer against a real PostgreSQL database: each event is delivered as the consumer
 //! runner delivers it (inbox record and handler in one transaction), plus one run of a real
-//! `idempotency::Consumer` over a test topic.
+//! `inbox::Consumer` over a test topic.
 
 use std::time::Duration;
 
@@ -8,8 +8,7 @@ use commerce_events::{Envelope, Event, Topics};
 use commerce_payment::{CONSUMER, Saga};
 use commerce_platform::events::{Events, decode};
 use commerce_platform::testing::{self, published, published_types};
-use idempotency::inbox::Delivery;
-use idempotency::{DeadLetterReason, Message};
+use inbox::{DeadLetterReason, Delivery, Message};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -382,12 +381,11 @@ async fn a_real_consumer_charges_once_and_dead_letters_poison() {
         "bootstrap.servers",
         testkit::kafka::bootstrap_servers().await,
     );
-    let config =
-        idempotency::ConsumerConfig::new(format!("payment-test-{}", Uuid::now_v7()), kafka)
-            .topic(&topic)
-            .dead_letter_topic(&dead_letters)
-            .dead_letter_producer(testkit::kafka::producer_config().await);
-    let consumer = idempotency::Consumer::new(db.pool.clone(), config, Events(saga()))
+    let config = inbox::ConsumerConfig::new(format!("payment-test-{}", Uuid::now_v7()), kafka)
+        .topic(&topic)
+        .dead_letter_topic(&dead_letters)
+        .dead_letter_producer(testkit::kafka::producer_config().await);
+    let consumer = inbox::Consumer::new(db.pool.clone(), config, Events(saga()))
         .expect("consumer")
         .spawn();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -5,7 +5,7 @@
 use std::future::Future;
 
 use commerce_events::{DecodeError, Envelope, Event, Topics};
-use idempotency::{Handler, HandlerError, Message};
+use inbox::{Handler, HandlerError, Message};
 use sqlx::PgConnection;
 
 /// What a service writes to consume commerce events: what one event does, in the consumer's

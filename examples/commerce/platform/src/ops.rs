@@ -74,7 +74,7 @@ pub const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 /// for longer than [`STUCK_AFTER`]: a consumer that has not joined its group, that the group
 /// leaves without work, or that cannot get past a message moves nothing, and the service is not
 /// ready.
-pub fn consumer_check(name: String, consumer: idempotency::ConsumerMonitor) -> Check {
+pub fn consumer_check(name: String, consumer: inbox::ConsumerMonitor) -> Check {
     Arc::new(move || {
         let stats = consumer.stats();
         let result = match stats.retrying_for {

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use idempotency::{Consumer, ConsumerConfig, ConsumerHandle, PostgresStore};
+use idempotency::PostgresStore;
+use inbox::{Consumer, ConsumerConfig, ConsumerHandle};
 use outbox::{Background, Backoff, KafkaPublisher, Relay, RelayConfig};
 use sqlx::PgPool;
 
@@ -65,7 +66,7 @@ pub fn consume<H: EventHandler>(
     name: &str,
     topics: &[&str],
     handler: H,
-) -> Result<Consuming, idempotency::Error> {
+) -> Result<Consuming, inbox::Error> {
     let group = format!("{}.{name}", config.topics.prefix);
     let mut consumer = ConsumerConfig::new(name, config.consumer_config(&group))
         .group_id(group)
@@ -156,7 +157,7 @@ fn retention(name: &'static str, pool: PgPool) -> Background {
                 () = stop.cancelled() => return,
                 _ = every.tick() => {}
             }
-            match idempotency::inbox::purge(&pool, INBOX_RETENTION, 1000).await {
+            match inbox::purge(&pool, INBOX_RETENTION, 1000).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(service = name, deleted, "retention: inbox purged"),
                 Err(error) => {

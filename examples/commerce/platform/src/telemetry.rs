@@ -1,7 +1,7 @@
 //! Telemetry: JSON logs, and one trace per request across every service (W3C Trace Context).
 //!
 //! A request's trace context comes from its `traceparent` header (or starts here); `outbox`
-//! stores it with every event the request enqueues, and the `idempotency` consumer runner
+//! stores it with every event the request enqueues, and the `inbox` consumer runner
 //! continues it in each consumer, so the spans and logs of one order's saga in all six services
 //! carry one `trace_id`. Spans get OpenTelemetry ids from an SDK tracer provider that exports
 //! nothing: the trace lives in the logs (and in any OpenTelemetry layer a deployment adds).

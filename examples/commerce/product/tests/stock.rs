@@ -10,7 +10,7 @@ use commerce_platform::events::Events;
 use commerce_platform::testing;
 use commerce_product::{CONSUMER, StockCache, StockLevels};
 use common::{fixture, get, level};
-use idempotency::inbox::Delivery;
+use inbox::Delivery;
 use redis::AsyncCommands;
 use uuid::Uuid;
 
@@ -203,11 +203,10 @@ async fn a_real_consumer_converges_on_the_newest_version() {
         "bootstrap.servers",
         testkit::kafka::bootstrap_servers().await,
     );
-    let config =
-        idempotency::ConsumerConfig::new(format!("product-test-{}", Uuid::now_v7()), kafka)
-            .topic(&topic)
-            .dead_letter_producer(testkit::kafka::producer_config().await);
-    let consumer = idempotency::Consumer::new(f.db.pool.clone(), config, Events(f.stock.clone()))
+    let config = inbox::ConsumerConfig::new(format!("product-test-{}", Uuid::now_v7()), kafka)
+        .topic(&topic)
+        .dead_letter_producer(testkit::kafka::producer_config().await);
+    let consumer = inbox::Consumer::new(f.db.pool.clone(), config, Events(f.stock.clone()))
         .expect("consumer")
         .spawn();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -6,7 +6,7 @@ use commerce_events::{Envelope, Event, Topics};
 use commerce_platform::Authenticator;
 use commerce_platform::testing::{self, published, published_types};
 use commerce_shipping::{AppState, CONSUMER, Saga, app};
-use idempotency::inbox::Delivery;
+use inbox::Delivery;
 use sqlx::PgPool;
 use uuid::Uuid;
 

@@ -6,8 +6,7 @@ use commerce_events::{Envelope, Event, Line, Topics};
 use commerce_inventory::{AppState, SAGA_CONSUMER, Saga};
 use commerce_platform::Authenticator;
 use commerce_platform::testing;
-use idempotency::HandlerError;
-use idempotency::inbox::Delivery;
+use inbox::{Delivery, HandlerError};
 use sqlx::PgPool;
 use testkit::TestDb;
 use uuid::Uuid;
@@ -36,7 +35,7 @@ pub(crate) fn topics() -> Topics {
     Topics::new(&format!("test-{}", Uuid::new_v4().simple()))
 }
 
-/// Delivers `envelope` to `saga` as `idempotency::Consumer` does ([`testing::try_deliver`]):
+/// Delivers `envelope` to `saga` as `inbox::Consumer` does ([`testing::try_deliver`]):
 /// decode, then one transaction with the inbox record and the handler's effects.
 pub(crate) async fn deliver(
     pool: &PgPool,

@@ -28,8 +28,8 @@ pub(crate) struct Instance {
     child: Option<Child>,
     /// How many times it was started.
     starts: u32,
-    /// `idempotency_inbox_duplicates_total` of the processes of this slot that were killed,
-    /// each as last scraped just before its kill.
+    /// `inbox_duplicates_total` of the processes of this slot that were killed, each as last
+    /// scraped just before its kill.
     duplicates_of_killed: f64,
 }
 
@@ -307,8 +307,7 @@ impl Cluster {
     }
 
     async fn duplicates(&self, slot: usize) -> f64 {
-        self.sample(slot, "idempotency_inbox_duplicates_total")
-            .await
+        self.sample(slot, "inbox_duplicates_total").await
     }
 
     /// Redeliveries the consumers' inboxes skipped, over every process of the stack: killed ones

@@ -9,7 +9,7 @@ use commerce_events::{Envelope, Event};
 use commerce_platform::Authenticator;
 use commerce_platform::testing;
 use commerce_product::{AppState, CONSUMER, StockCache, StockLevels, app};
-use idempotency::inbox::Delivery;
+use inbox::Delivery;
 use redis::AsyncCommands;
 use uuid::Uuid;
 

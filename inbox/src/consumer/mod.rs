@@ -1,5 +1,4 @@
-//! [`Consumer`]: the reusable Kafka consumer runner (feature `kafka`), with the inbox and dead
-//! letters.
+//! [`Consumer`]: the reusable Kafka consumer runner, with the inbox and dead letters.
 
 mod config;
 mod context;
@@ -31,7 +30,7 @@ pub use handler::{DeadLetterReason, Handler, HandlerError};
 use leases::{Background, CancellationToken};
 pub use message::Message;
 
-use crate::inbox::{self, Delivery};
+use crate::table::{self, Delivery};
 use crate::{Error, Result};
 
 /// A Kafka consumer that applies each event once through a [`Handler`].
@@ -43,7 +42,7 @@ use crate::{Error, Result};
 /// 1. **Decode** it with the [`Handler`] (an allowlist of event types: unknown types are refused,
 ///    never deserialized blindly) and read its event id (the `event-id` header that `outbox`
 ///    sets).
-/// 2. **One transaction**: [`inbox::receive`] records `(consumer, event id)`; a duplicate
+/// 2. **One transaction**: [`receive`](crate::receive) records `(consumer, event id)`; a duplicate
 ///    commits nothing else and is skipped; a fresh event runs the handler on the same
 ///    connection (`&mut PgConnection`: its effects, and any new outbox events through
 ///    `outbox::enqueue`), then commits.
@@ -63,15 +62,15 @@ use crate::{Error, Result};
 /// # Why the runner lives in this crate
 ///
 /// Its guarantee, an effect applied once per event, is the inbox's, and the inbox is here. The
-/// `outbox` crate is the producing side and stays free of consumer concerns; `idempotency`
-/// does not depend on `outbox` either: the handler gets the transaction's connection and calls
-/// `outbox::enqueue` itself. So a service that consumes depends on `idempotency` (and on
-/// `outbox` only if it also publishes), and no service carries its own copy of the loop.
+/// `outbox` crate is the producing side and stays free of consumer concerns; `inbox` does not
+/// depend on `outbox` either: the handler gets the transaction's connection and calls
+/// `outbox::enqueue` itself. So a service that consumes depends on `inbox` (and on `outbox`
+/// only if it also publishes), and no service carries its own copy of the loop.
 ///
 /// # Example
 ///
 /// ```no_run
-/// # use idempotency::{Handler, HandlerError, Message};
+/// # use inbox::{Handler, HandlerError, Message};
 /// # struct Inventory;
 /// # impl Handler for Inventory {
 /// #     type Event = ();
@@ -79,9 +78,9 @@ use crate::{Error, Result};
 /// #     async fn handle(&self, _: &mut sqlx::PgConnection, _: (), _: &Message)
 /// #         -> Result<(), HandlerError> { Ok(()) }
 /// # }
-/// use idempotency::{Consumer, ConsumerConfig};
+/// use inbox::{Consumer, ConsumerConfig};
 ///
-/// # async fn run(pool: sqlx::PgPool) -> idempotency::Result<()> {
+/// # async fn run(pool: sqlx::PgPool) -> inbox::Result<()> {
 /// let mut kafka = rdkafka::ClientConfig::new();
 /// kafka.set("bootstrap.servers", "127.0.0.1:9092");
 /// let config = ConsumerConfig::new("inventory", kafka)
@@ -94,10 +93,10 @@ use crate::{Error, Result};
 /// ```
 ///
 /// Metrics (through the `metrics` facade), labelled `consumer`:
-/// `idempotency_consumer_messages_total{outcome=processed|duplicate|dead_lettered}`,
-/// `idempotency_consumer_retries_total`, `idempotency_consumer_processing_seconds`,
-/// `idempotency_consumer_partitions`, `idempotency_consumer_lag{topic, partition}` (sampled every
-/// 10 s for the partitions it has handled a message of), and the inbox's `idempotency_inbox_duplicates_total`.
+/// `inbox_consumer_messages_total{outcome=processed|duplicate|dead_lettered}`,
+/// `inbox_consumer_retries_total`, `inbox_consumer_processing_seconds`,
+/// `inbox_consumer_partitions`, `inbox_consumer_lag{topic, partition}` (sampled every
+/// 10 s for the partitions it has handled a message of), and the inbox's `inbox_duplicates_total`.
 ///
 /// Tracing: each message is handled in a `consume` span whose parent is the trace context in the
 /// message's `traceparent` / `tracestate` headers (which `outbox` captures when an event is
@@ -272,13 +271,13 @@ impl<H: Handler> Consumer<H> {
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(
-                        "idempotency_consumer_messages_total",
+                        "inbox_consumer_messages_total",
                         "consumer" => name.to_owned(),
                         "outcome" => outcome
                     )
                     .increment(1);
                     metrics::histogram!(
-                        "idempotency_consumer_processing_seconds",
+                        "inbox_consumer_processing_seconds",
                         "consumer" => name.to_owned()
                     )
                     .record(started.elapsed().as_secs_f64());
@@ -296,7 +295,7 @@ impl<H: Handler> Consumer<H> {
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     self.counters.retrying_again();
                     metrics::counter!(
-                        "idempotency_consumer_retries_total",
+                        "inbox_consumer_retries_total",
                         "consumer" => name.to_owned()
                     )
                     .increment(1);
@@ -332,7 +331,7 @@ impl<H: Handler> Consumer<H> {
                 Ok(()) => {
                     self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(
-                        "idempotency_consumer_messages_total",
+                        "inbox_consumer_messages_total",
                         "consumer" => name.to_owned(),
                         "outcome" => "dead_lettered"
                     )
@@ -367,7 +366,7 @@ impl<H: Handler> Consumer<H> {
                 )
             })?;
         let mut tx = self.pool.begin().await?;
-        if inbox::receive(&mut tx, &self.config.name, event_id).await? == Delivery::Duplicate {
+        if table::receive(&mut tx, &self.config.name, event_id).await? == Delivery::Duplicate {
             tx.commit().await?;
             return Ok(Delivery::Duplicate);
         }

@@ -37,7 +37,7 @@ async fn the_inbox_tells_fresh_from_duplicate_and_purges_old_records() {
     tx.commit().await.expect("commit");
 
     sqlx::query(
-        "INSERT INTO idempotency_inbox (consumer, event_id, received_at)
+        "INSERT INTO inbox (consumer, event_id, received_at)
          SELECT 'inventory', 'old-' || g, now() - interval '8 days' FROM generate_series(1, 25) g",
     )
     .execute(&db.pool)
@@ -47,7 +47,7 @@ async fn the_inbox_tells_fresh_from_duplicate_and_purges_old_records() {
         .await
         .expect("purge");
     assert_eq!(purged, 25);
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_inbox")
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
         .fetch_one(&db.pool)
         .await
         .expect("count");

@@ -47,7 +47,7 @@ impl Positions {
 
 fn gauge(consumer: &str, topic: String, partition: i32, lag: i64) {
     metrics::gauge!(
-        "idempotency_consumer_lag",
+        "inbox_consumer_lag",
         "consumer" => consumer.to_owned(),
         "topic" => topic,
         "partition" => partition.to_string()
@@ -55,7 +55,7 @@ fn gauge(consumer: &str, topic: String, partition: i32, lag: i64) {
     .set(lag.max(0) as f64);
 }
 
-/// Samples the gauge `idempotency_consumer_lag{consumer, topic, partition}` every [`EVERY`] until
+/// Samples the gauge `inbox_consumer_lag{consumer, topic, partition}` every [`EVERY`] until
 /// stopped, with a client made from `kafka` (the runner's settings without its group).
 pub(super) fn sample(consumer: String, kafka: &ClientConfig, positions: Positions) -> Background {
     let mut kafka = kafka.clone();

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use idempotency::inbox::{self, Delivery};
-use idempotency::{
-    Consumer, ConsumerConfig, ConsumerHandle, ConsumerStats, Handler, HandlerError, Message,
+use inbox::{
+    Consumer, ConsumerConfig, ConsumerHandle, ConsumerStats, Delivery, Handler, HandlerError,
+    Message,
 };
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn db() -> TestDb {
-    let db = testkit::database(&[&idempotency::MIGRATOR]).await;
+    let db = testkit::database(&[&inbox::MIGRATOR]).await;
     sqlx::raw_sql(
         "CREATE TABLE effects (
             seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -44,7 +44,7 @@ impl ConsumerContext for RunnerContext {
             .assignment()
             .map_or(0, |assignment| assignment.count() as u64);
         self.counters.partitions.store(held, Ordering::Relaxed);
-        metrics::gauge!("idempotency_consumer_partitions", "consumer" => self.name.clone())
+        metrics::gauge!("inbox_consumer_partitions", "consumer" => self.name.clone())
             .set(held as f64);
         tracing::info!(consumer = %self.name, partitions = held, "consumer: partitions assigned");
     }

@@ -1,4 +1,4 @@
-//! The consumer inbox: which events a consumer has already applied.
+//! The `inbox` table: which events a consumer has already applied.
 //!
 //! A consumer records an event's id in the same transaction as the event's effects. The record
 //! commits if and only if the effects do, so a redelivered event (the broker is at-least-once)
@@ -26,13 +26,13 @@ pub enum Delivery {
 }
 
 /// Records that `consumer` received `event_id`, inside the caller's transaction on `conn`
-/// (`INSERT ... ON CONFLICT DO NOTHING` on `idempotency_inbox`). Duplicates are counted in the
-/// `idempotency_inbox_duplicates_total{consumer}` metric.
+/// (`INSERT ... ON CONFLICT DO NOTHING` on `inbox`). Duplicates are counted in the
+/// `inbox_duplicates_total{consumer}` metric.
 ///
 /// ```no_run
-/// use idempotency::inbox::{self, Delivery};
+/// use inbox::Delivery;
 ///
-/// # async fn on_event(pool: sqlx::PgPool, event_id: &str) -> idempotency::Result<()> {
+/// # async fn on_event(pool: sqlx::PgPool, event_id: &str) -> inbox::Result<()> {
 /// let mut tx = pool.begin().await?;
 /// if inbox::receive(&mut tx, "inventory", event_id).await? == Delivery::Fresh {
 ///     sqlx::query("UPDATE stock SET reserved = reserved + 1 WHERE sku = 'a'")
@@ -48,7 +48,7 @@ pub enum Delivery {
 /// [`Error::Database`] when the insert fails (the caller's transaction is then aborted).
 pub async fn receive(conn: &mut PgConnection, consumer: &str, event_id: &str) -> Result<Delivery> {
     let inserted = sqlx::query(
-        "INSERT INTO idempotency_inbox (consumer, event_id) VALUES ($1, $2)
+        "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2)
          ON CONFLICT (consumer, event_id) DO NOTHING",
     )
     .bind(consumer)
@@ -59,8 +59,7 @@ pub async fn receive(conn: &mut PgConnection, consumer: &str, event_id: &str) ->
     if inserted == 1 {
         Ok(Delivery::Fresh)
     } else {
-        metrics::counter!("idempotency_inbox_duplicates_total", "consumer" => consumer.to_owned())
-            .increment(1);
+        metrics::counter!("inbox_duplicates_total", "consumer" => consumer.to_owned()).increment(1);
         Ok(Delivery::Duplicate)
     }
 }
@@ -86,8 +85,8 @@ pub async fn purge(pool: &PgPool, older_than: Duration, batch_size: u32) -> Resu
     let mut total = 0;
     loop {
         let deleted = sqlx::query(
-            "DELETE FROM idempotency_inbox WHERE (consumer, event_id) IN (
-                SELECT consumer, event_id FROM idempotency_inbox
+            "DELETE FROM inbox WHERE (consumer, event_id) IN (
+                SELECT consumer, event_id FROM inbox
                 WHERE received_at < now() - $1::interval
                 ORDER BY received_at
                 LIMIT $2 FOR UPDATE SKIP LOCKED)",

@@ -136,7 +136,7 @@ impl From<Error> for HandlerError {
 /// transaction.
 ///
 /// ```
-/// use idempotency::{Handler, HandlerError, Message};
+/// use inbox::{Handler, HandlerError, Message};
 /// use sqlx::PgConnection;
 ///
 /// enum StockEvent {
