@@ -112,7 +112,7 @@ pub use consumer::{
     Handler, HandlerError, Message,
 };
 pub use error::{Error, Result};
-pub use table::{Delivery, purge, receive};
+pub use table::{Delivery, purge, receive, receive_batch};
 
 /// The crate's migrations: the `inbox` table (one row per consumer and event applied).
 ///

@@ -9,6 +9,7 @@
 //! [`Consumer`](crate::Consumer) does this for every message; call [`receive`] directly when you
 //! consume events some other way.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
@@ -62,6 +63,48 @@ pub async fn receive(conn: &mut PgConnection, consumer: &str, event_id: &str) ->
         metrics::counter!("inbox_duplicates_total", "consumer" => consumer.to_owned()).increment(1);
         Ok(Delivery::Duplicate)
     }
+}
+
+/// Records that `consumer` received each of `event_ids`, in one statement inside the caller's
+/// transaction on `conn`, and returns the ids that were fresh (an id given twice is fresh at
+/// most once). Duplicates are counted in the `inbox_duplicates_total{consumer}` metric. This is
+/// what [`Consumer`](crate::Consumer) does for each batch; call it directly when you consume
+/// events some other way.
+///
+/// ```no_run
+/// # async fn on_events(pool: sqlx::PgPool, ids: &[&str]) -> inbox::Result<()> {
+/// let mut tx = pool.begin().await?;
+/// let fresh = inbox::receive_batch(&mut tx, "inventory", ids).await?;
+/// for id in ids.iter().filter(|id| fresh.contains(**id)) {
+///     // ... apply the event `id` on &mut *tx ...
+/// #   let _ = id;
+/// }
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Database`] when the insert fails (the caller's transaction is then aborted).
+pub async fn receive_batch(
+    conn: &mut PgConnection,
+    consumer: &str,
+    event_ids: &[&str],
+) -> Result<HashSet<String>> {
+    let fresh: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::text[])
+         ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id",
+    )
+    .bind(consumer)
+    .bind(event_ids)
+    .fetch_all(conn)
+    .await?;
+    let duplicates = event_ids.len() - fresh.len();
+    if duplicates > 0 {
+        metrics::counter!("inbox_duplicates_total", "consumer" => consumer.to_owned())
+            .increment(duplicates as u64);
+    }
+    Ok(fresh.into_iter().collect())
 }
 
 /// Deletes inbox records older than `older_than`, `batch_size` rows per statement, until none is

@@ -121,7 +121,7 @@ pub async fn enqueue(conn: &mut PgConnection, event: &NewEvent) -> Result<bool> 
 ///
 /// Each event's row also stores the trace context of the current `tracing` span (W3C
 /// `traceparent` / `tracestate`, written by OpenTelemetry's global propagator), unless the event
-/// sets its own `traceparent` header. The relay sends it with the event, and the `idempotency`
+/// sets its own `traceparent` header. The relay sends it with the event, and the `inbox`
 /// consumer runner continues it, so one request's work across services is one trace. This needs
 /// a `tracing-opentelemetry` layer in the subscriber and a propagator, installed once at start:
 /// `opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new())`.

@@ -42,7 +42,7 @@
 //! - **At least once.** The broker may receive an event more than once: when a relay dies (or
 //!   loses its lease) after the broker acknowledged a message but before the mark, or when a
 //!   publish's outcome was unknown and is retried. Consumers deduplicate by the `event-id` header
-//!   (the `idempotency` crate's inbox does this).
+//!   (the `inbox` crate does this).
 //! - **Per-aggregate order** (on by default, [`RelayConfig::ordered`]). An event is not claimed
 //!   while an older event of the same aggregate (same `aggregate_type` and `aggregate_id`) is
 //!   unpublished — pending, leased by any relay, or waiting for a retry — so one aggregate's events

@@ -18,6 +18,9 @@ pub struct ConsumerConfig {
     pub(super) event_id_header: String,
     pub(super) backoff: Backoff,
     pub(super) read_committed: bool,
+    pub(super) batch_size: u32,
+    pub(super) batch_max_wait: Duration,
+    pub(super) concurrency: u32,
 }
 
 impl fmt::Debug for ConsumerConfig {
@@ -31,6 +34,9 @@ impl fmt::Debug for ConsumerConfig {
             .field("event_id_header", &self.event_id_header)
             .field("backoff", &self.backoff)
             .field("read_committed", &self.read_committed)
+            .field("batch_size", &self.batch_size)
+            .field("batch_max_wait", &self.batch_max_wait)
+            .field("concurrency", &self.concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -57,7 +63,33 @@ impl ConsumerConfig {
             )
             .expect("100 ms to 30 s with u32::MAX attempts is a valid backoff"),
             read_committed: true,
+            batch_size: 500,
+            batch_max_wait: Duration::from_millis(5),
+            concurrency: 4,
         }
+    }
+
+    /// The most messages of one partition applied in one transaction. Larger batches cost
+    /// fewer commits; a permanent failure makes the runner apply its batch again one message at
+    /// a time. Default: 500.
+    pub fn batch_size(mut self, messages: u32) -> Self {
+        self.batch_size = messages;
+        self
+    }
+
+    /// How long a partition's worker waits for more messages before it applies a batch that is
+    /// not full (it never waits while messages are queued for it). Default: 5 ms.
+    pub fn batch_max_wait(mut self, wait: Duration) -> Self {
+        self.batch_max_wait = wait;
+        self
+    }
+
+    /// How many partitions apply a batch at once, each on a connection of the pool: keep it
+    /// within the pool's size. A partition's batches are always applied one after the other.
+    /// Default: 4.
+    pub fn concurrency(mut self, partitions: u32) -> Self {
+        self.concurrency = partitions;
+        self
     }
 
     /// Adds a topic to consume. At least one is required. Default: none.

@@ -16,6 +16,7 @@ pub(super) struct RunnerContext {
     pub(super) name: String,
     pub(super) counters: Arc<Counters>,
     pub(super) positions: super::lag::Positions,
+    pub(super) workers: std::sync::Arc<super::partition::Workers>,
 }
 
 impl ClientContext for RunnerContext {}
@@ -27,6 +28,12 @@ impl ConsumerContext for RunnerContext {
                 consumer = %self.name,
                 revoked = partitions.count(),
                 "consumer: partitions revoked; committing offsets"
+            );
+            self.workers.revoke(
+                partitions
+                    .elements()
+                    .iter()
+                    .map(|p| (p.topic().to_owned(), p.partition())),
             );
             commit(consumer, &self.name);
             self.positions.revoked(

@@ -18,6 +18,11 @@ pub struct ConsumerStats {
     pub dead_lettered: u64,
     /// Retriable failures (each followed by a retry of the same message).
     pub retries: u64,
+    /// Batches applied, each in one transaction.
+    pub batches: u64,
+    /// Batches that failed for good and were applied again one message at a time, to isolate
+    /// their poison.
+    pub isolated: u64,
     /// Partitions assigned to this consumer right now: 0 before it joined its group, and while
     /// the group gives it nothing to read.
     pub partitions: u64,
@@ -32,6 +37,8 @@ pub(super) struct Counters {
     pub(super) duplicates: AtomicU64,
     pub(super) dead_lettered: AtomicU64,
     pub(super) retries: AtomicU64,
+    pub(super) batches: AtomicU64,
+    pub(super) isolated: AtomicU64,
     pub(super) partitions: AtomicU64,
     /// Since when the message in hand is being retried.
     pub(super) retrying_since: Mutex<Option<Instant>>,
@@ -44,6 +51,8 @@ impl Counters {
             duplicates: self.duplicates.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            isolated: self.isolated.load(Ordering::Relaxed),
             partitions: self.partitions.load(Ordering::Relaxed),
             retrying_for: self.retrying().map(|since| since.elapsed()),
         }

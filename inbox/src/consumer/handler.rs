@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 
 use sqlx::PgConnection;
+use tracing::Instrument as _;
 
 use super::Message;
 use crate::Error;
@@ -206,6 +207,36 @@ pub trait Handler: Send + Sync + 'static {
         event: Self::Event,
         message: &Message,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Applies the fresh events of a batch, in partition order, on `conn`, inside the
+    /// transaction that also records them in the inbox. Do not commit or roll back: the runner
+    /// does.
+    ///
+    /// The default applies each event with [`handle`](Self::handle) in turn, each in its own
+    /// `consume` span (so the events it enqueues carry its trace). Override it to apply a batch
+    /// with set-based SQL (one statement over `unnest` of the batch's values, say), and keep
+    /// [`handle`](Self::handle) for the same effect one event at a time: the runner uses it to
+    /// isolate a poison event after a permanent failure of the batch.
+    ///
+    /// # Errors
+    ///
+    /// A [`HandlerError`]: after a retriable one the batch is applied again after a backoff;
+    /// after a permanent one the runner applies the batch again one event at a time through
+    /// [`handle`](Self::handle), and dead-letters only the event that fails.
+    fn handle_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: Vec<(Self::Event, &'a Message)>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        async move {
+            for (event, message) in events {
+                self.handle(&mut *conn, event, message)
+                    .instrument(message.span())
+                    .await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

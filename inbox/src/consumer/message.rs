@@ -12,6 +12,8 @@ pub struct Message {
     payload: Option<Vec<u8>>,
     headers: Vec<(String, Option<Vec<u8>>)>,
     timestamp_millis: Option<i64>,
+    /// The consumer that read it (for its `consume` span).
+    consumer: String,
 }
 
 impl Message {
@@ -32,10 +34,11 @@ impl Message {
             payload,
             headers,
             timestamp_millis: None,
+            consumer: String::new(),
         }
     }
 
-    pub(super) fn from_kafka(message: &BorrowedMessage<'_>) -> Self {
+    pub(super) fn from_kafka(message: &BorrowedMessage<'_>, consumer: &str) -> Self {
         let headers = message
             .headers()
             .map(|headers| {
@@ -53,7 +56,13 @@ impl Message {
             payload: message.payload().map(<[u8]>::to_vec),
             headers,
             timestamp_millis: message.timestamp().to_millis(),
+            consumer: consumer.to_owned(),
         }
+    }
+
+    /// The `consume` span its event is applied in ([`super::trace::span`]).
+    pub(super) fn span(&self) -> tracing::Span {
+        super::trace::span(&self.consumer, self)
     }
 
     /// The topic it was read from.

@@ -1,26 +1,23 @@
-//! [`Consumer`]: the reusable Kafka consumer runner, with the inbox and dead letters.
+//! [`Consumer`]: the Kafka consumer runner, with the inbox and dead letters.
 
 mod config;
 mod context;
 mod handle;
 mod handler;
+mod isolate;
 mod lag;
 mod message;
+mod partition;
 mod trace;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
-use tokio::time::Instant;
-use tracing::Instrument as _;
+use tokio::sync::Semaphore;
 
 pub use config::ConsumerConfig;
 use context::{RunnerContext, commit};
@@ -29,43 +26,51 @@ use handle::{Counters, sleep_or_stop};
 pub use handler::{DeadLetterReason, Handler, HandlerError};
 use leases::{Background, CancellationToken};
 pub use message::Message;
+use partition::Workers;
 
-use crate::table::{self, Delivery};
 use crate::{Error, Result};
 
-/// A Kafka consumer that applies each event once through a [`Handler`].
+/// A Kafka consumer that applies each event once through a [`Handler`], a batch of a partition
+/// per transaction, the partitions in parallel.
 ///
 /// Every service that consumes events needs the same loop, and each hand-written copy gets a
 /// different detail wrong (committing the offset before the database, retrying out of order,
-/// dropping a poison message). The runner does, per message, in partition order:
+/// dropping a poison message). The runner polls the consumer and hands each message to its
+/// partition's worker (one task per assigned partition, at most
+/// [`concurrency`](ConsumerConfig::concurrency) of them in a transaction at once). A worker, in
+/// partition order:
 ///
-/// 1. **Decode** it with the [`Handler`] (an allowlist of event types: unknown types are refused,
-///    never deserialized blindly) and read its event id (the `event-id` header that `outbox`
-///    sets).
-/// 2. **One transaction**: [`receive`](crate::receive) records `(consumer, event id)`; a duplicate
-///    commits nothing else and is skipped; a fresh event runs the handler on the same
-///    connection (`&mut PgConnection`: its effects, and any new outbox events through
-///    `outbox::enqueue`), then commits.
-/// 3. **Then** stores the message's offset, committed to Kafka every second, before a rebalance
-///    revokes the partition, and at shutdown. A crash before the offset commit redelivers the
-///    message; the inbox makes the redelivery a duplicate.
+/// 1. **Takes a batch**: the messages waiting for it, up to
+///    [`batch_size`](ConsumerConfig::batch_size), waiting at most
+///    [`batch_max_wait`](ConsumerConfig::batch_max_wait) for more.
+/// 2. **Decodes** every message with the [`Handler`] (an allowlist of event types: unknown
+///    types are refused, never deserialized blindly) and reads its event id (the `event-id`
+///    header that `outbox` sets).
+/// 3. **One transaction**: the inbox records `(consumer, event id)` for the whole batch in one
+///    statement; duplicates are skipped, and the fresh events go to
+///    [`Handler::handle_batch`] in partition order on the same connection (`&mut PgConnection`:
+///    their effects, and any new outbox events through `outbox::enqueue`); then one commit.
+/// 4. **Then** stores the offset after the batch, committed to Kafka every second, when a
+///    rebalance revokes the partition, and at shutdown. A crash before the offset commit
+///    redelivers the batch; the inbox makes the redelivery a no-op.
 ///
-/// Failures: a [retriable](HandlerError::retriable) one (a transient database error, a
-/// dependency down) rolls back and retries the same message with exponential backoff (a [`leases::Backoff`]): the
+/// Failures stay as precise as one message per transaction: a
+/// [retriable](HandlerError::retriable) one (a transient database error, a dependency down)
+/// rolls back and applies the same batch again after a backoff (a [`leases::Backoff`]): the
 /// partition waits, so order is kept. A permanent one (cannot decode, unknown event type, no
-/// event id, the handler [refuses](HandlerError::permanent) it, or retries exhausted when
-/// the [`backoff`](ConsumerConfig::backoff) allows) rolls back, publishes the message
-/// unchanged to the dead-letter topic with headers `dlq-reason`, `dlq-error`,
-/// `dlq-original-topic`, `dlq-original-partition`, `dlq-original-offset` and `dlq-consumer`,
-/// waits for the broker's acknowledgement, and moves on: the partition keeps flowing.
+/// event id, the handler [refuses](HandlerError::permanent) an event) rolls the batch back, and
+/// the worker applies it again one message at a time, each with its own transaction and
+/// retries: the poison message alone is published unchanged to the dead-letter topic (headers
+/// `dlq-reason`, `dlq-error`, `dlq-original-topic`, `dlq-original-partition`,
+/// `dlq-original-offset` and `dlq-consumer`, after the broker's acknowledgement), every other
+/// message is applied once, in order, and the partition keeps flowing. A retriable failure that
+/// outlasts the [`backoff`](ConsumerConfig::backoff)'s attempts is isolated the same way and
+/// dead-letters its message as `attempts-exhausted`.
 ///
-/// # Why the runner lives in this crate
-///
-/// Its guarantee, an effect applied once per event, is the inbox's, and the inbox is here. The
-/// `outbox` crate is the producing side and stays free of consumer concerns; `inbox` does not
-/// depend on `outbox` either: the handler gets the transaction's connection and calls
-/// `outbox::enqueue` itself. So a service that consumes depends on `inbox` (and on `outbox`
-/// only if it also publishes), and no service carries its own copy of the loop.
+/// A rebalance that revokes a partition stops its worker after the batch in hand; only offsets
+/// of committed transactions are stored, so the partition's next owner starts after the last
+/// batch that committed here and the inbox skips whatever it finds applied. Two runners in one
+/// group never apply an event twice: the inbox row is the lock.
 ///
 /// # Example
 ///
@@ -88,22 +93,29 @@ use crate::{Error, Result};
 ///     .dead_letter_topic("inventory.dead-letters");
 /// let handle = Consumer::new(pool, config, Inventory)?.spawn();
 /// // ... until shutdown:
-/// handle.shutdown().await; // finishes the message in hand, commits offsets, leaves the group
+/// handle.shutdown().await; // finishes the batches in hand, commits offsets, leaves the group
 /// # Ok(()) }
 /// ```
 ///
 /// Metrics (through the `metrics` facade), labelled `consumer`:
 /// `inbox_consumer_messages_total{outcome=processed|duplicate|dead_lettered}`,
-/// `inbox_consumer_retries_total`, `inbox_consumer_processing_seconds`,
-/// `inbox_consumer_partitions`, `inbox_consumer_lag{topic, partition}` (sampled every
-/// 10 s for the partitions it has handled a message of), and the inbox's `inbox_duplicates_total`.
+/// `inbox_consumer_retries_total`, the histograms `inbox_consumer_processing_seconds` (per
+/// batch) and `inbox_consumer_batch_size`, `inbox_consumer_partitions`,
+/// `inbox_consumer_lag{topic, partition}` (sampled every 10 s for the partitions it has handled
+/// a message of), and the inbox's `inbox_duplicates_total`.
 ///
-/// Tracing: each message is handled in a `consume` span whose parent is the trace context in the
-/// message's `traceparent` / `tracestate` headers (which `outbox` captures when an event is
-/// enqueued), through OpenTelemetry's global propagator; events the handler enqueues carry the
-/// same trace on. Install a `tracing-opentelemetry` layer and
+/// Tracing: each batch is applied in a `consume_batch` span, and each event in a `consume` span
+/// whose parent is the trace context in the message's `traceparent` / `tracestate` headers
+/// (which `outbox` captures when an event is enqueued), through OpenTelemetry's global
+/// propagator; events the handler enqueues carry the same trace on. Install a
+/// `tracing-opentelemetry` layer and
 /// `opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new())` to use it.
 pub struct Consumer<H> {
+    shared: Arc<Shared<H>>,
+}
+
+/// What the poll loop and the partition workers share.
+struct Shared<H> {
     pool: PgPool,
     consumer: StreamConsumer<RunnerContext>,
     producer: FutureProducer,
@@ -112,23 +124,20 @@ pub struct Consumer<H> {
     dead_letter_topic: String,
     counters: Arc<Counters>,
     positions: lag::Positions,
+    /// Transactions under way at once, across partitions.
+    permits: Semaphore,
+    workers: Arc<Workers>,
+    /// Cancelled when the runner stops: every worker's token is a child of it.
+    stop: CancellationToken,
 }
 
 impl<H> fmt::Debug for Consumer<H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Consumer")
-            .field("config", &self.config)
-            .field("stats", &self.counters.snapshot())
+            .field("config", &self.shared.config)
+            .field("stats", &self.shared.counters.snapshot())
             .finish_non_exhaustive()
     }
-}
-
-/// What became of one message.
-enum Processed {
-    /// Applied, skipped as a duplicate, or dead-lettered: its offset may be committed.
-    Done,
-    /// Shutdown came while it was waiting for a retry: it will be delivered again.
-    Stopped,
 }
 
 impl<H: Handler> Consumer<H> {
@@ -137,11 +146,16 @@ impl<H: Handler> Consumer<H> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] without topics; [`Error::Kafka`] when a
-    /// client cannot be created or the subscription fails.
+    /// [`Error::InvalidConfig`] without topics, or for a zero batch size or concurrency;
+    /// [`Error::Kafka`] when a client cannot be created or the subscription fails.
     pub fn new(pool: PgPool, config: ConsumerConfig, handler: H) -> Result<Self> {
         if config.topics.is_empty() {
             return Err(Error::InvalidConfig("a consumer needs a topic".into()));
+        }
+        if config.batch_size == 0 || config.concurrency == 0 {
+            return Err(Error::InvalidConfig(
+                "batch size and concurrency must be greater than zero".into(),
+            ));
         }
         let mut client = config.kafka.clone();
         client
@@ -167,11 +181,13 @@ impl<H: Handler> Consumer<H> {
         }
         let counters = Arc::new(Counters::default());
         let positions = lag::Positions::default();
+        let workers = Arc::new(Workers::default());
         let consumer: StreamConsumer<RunnerContext> =
             client.create_with_context(RunnerContext {
                 name: config.name.clone(),
                 counters: Arc::clone(&counters),
                 positions: positions.clone(),
+                workers: Arc::clone(&workers),
             })?;
         let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
@@ -185,44 +201,53 @@ impl<H: Handler> Consumer<H> {
         }
         let producer: FutureProducer = dead_letters.set("enable.idempotence", "true").create()?;
         Ok(Self {
-            pool,
-            consumer,
-            producer,
-            handler,
-            dead_letter_topic: config.resolved_dead_letter_topic(),
-            config,
-            counters,
-            positions,
+            shared: Arc::new(Shared {
+                pool,
+                consumer,
+                producer,
+                handler,
+                dead_letter_topic: config.resolved_dead_letter_topic(),
+                permits: Semaphore::new(config.concurrency as usize),
+                config,
+                counters,
+                positions,
+                workers,
+                stop: CancellationToken::new(),
+            }),
         })
     }
 
     /// Runs the consumer in the background until [`ConsumerHandle::shutdown`].
     pub fn spawn(self) -> ConsumerHandle {
-        let counters = Arc::clone(&self.counters);
+        let counters = Arc::clone(&self.shared.counters);
         ConsumerHandle {
-            task: Background::spawn(|stop| self.run(stop)),
+            task: Background::spawn(|stop| self.shared.run(stop)),
             counters,
         }
     }
+}
 
-    async fn run(self, stop: CancellationToken) {
-        let name = self.config.name.as_str();
+impl<H: Handler> Shared<H> {
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let name = self.config.name.clone();
         tracing::info!(
             consumer = %name,
             group = %self.config.resolved_group_id(),
             topics = ?self.config.topics,
+            batch_size = self.config.batch_size,
+            concurrency = self.config.concurrency,
             "consumer: started"
         );
         // Stops when the runner does (dropping it cancels it).
-        let _lag = lag::sample(name.to_owned(), &self.config.kafka, self.positions.clone());
+        let _lag = lag::sample(name.clone(), &self.config.kafka, self.positions.clone());
         loop {
             let received = tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
                 received = self.consumer.recv() => received,
             };
-            let borrowed = match received {
-                Ok(message) => message,
+            let message = match received {
+                Ok(borrowed) => Message::from_kafka(&borrowed, &name),
                 Err(error) => {
                     tracing::warn!(consumer = %name, %error, "consumer: poll failed");
                     if sleep_or_stop(Duration::from_millis(100), &stop).await {
@@ -231,189 +256,29 @@ impl<H: Handler> Consumer<H> {
                     continue;
                 }
             };
-            let message = Message::from_kafka(&borrowed);
-            let span = trace::span(name, &message);
-            let processed = self.process(&message, &stop).instrument(span).await;
-            self.counters.settled();
-            match processed {
-                Processed::Done => {
-                    self.positions
-                        .handled(message.topic(), message.partition(), message.offset());
-                    if let Err(error) = self.consumer.store_offset_from_message(&borrowed) {
-                        tracing::warn!(
-                            consumer = %name,
-                            %error,
-                            "consumer: storing the offset failed (partition revoked?); \
-                             the message will be delivered again"
-                        );
-                    }
-                }
-                Processed::Stopped => break,
+            let worker = self.worker(&message);
+            // Waits while the partition's worker is a batch and more behind; a worker stopped
+            // by a rebalance drops the message, which its partition's next owner reads again.
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                _ = worker.send(message) => {}
             }
         }
-        commit(&self.consumer, name);
-        let name = name.to_owned();
-        handle::close(&name, (self.consumer, self.producer), handle::CLOSE_LIMIT).await;
-        tracing::info!(consumer = %name, "consumer: stopped");
-    }
-
-    async fn process(&self, message: &Message, stop: &CancellationToken) -> Processed {
-        let name = self.config.name.as_str();
-        let started = Instant::now();
-        let mut attempt = 0_u32;
-        let (reason, error) = loop {
-            attempt = attempt.saturating_add(1);
-            let failure = match self.attempt(message).await {
-                Ok(delivery) => {
-                    let (counter, outcome) = match delivery {
-                        Delivery::Fresh => (&self.counters.processed, "processed"),
-                        Delivery::Duplicate => (&self.counters.duplicates, "duplicate"),
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(
-                        "inbox_consumer_messages_total",
-                        "consumer" => name.to_owned(),
-                        "outcome" => outcome
-                    )
-                    .increment(1);
-                    metrics::histogram!(
-                        "inbox_consumer_processing_seconds",
-                        "consumer" => name.to_owned()
-                    )
-                    .record(started.elapsed().as_secs_f64());
-                    return Processed::Done;
-                }
-                Err(failure) => failure,
-            };
-            match failure.dead_letter {
-                Some(reason) => break (reason, failure.message),
-                None if attempt >= self.config.backoff.max_attempts() => {
-                    break (DeadLetterReason::AttemptsExhausted, failure.message);
-                }
-                None => {
-                    let delay = self.config.backoff.delay(attempt);
-                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    self.counters.retrying_again();
-                    metrics::counter!(
-                        "inbox_consumer_retries_total",
-                        "consumer" => name.to_owned()
-                    )
-                    .increment(1);
-                    tracing::warn!(
-                        consumer = %name,
-                        topic = message.topic(),
-                        partition = message.partition(),
-                        offset = message.offset(),
-                        attempt,
-                        ?delay,
-                        error = %failure.message,
-                        "consumer: retriable failure; retrying the message"
-                    );
-                    if sleep_or_stop(delay, stop).await {
-                        return Processed::Stopped;
-                    }
-                }
-            }
-        };
-        tracing::error!(
-            consumer = %name,
-            topic = message.topic(),
-            partition = message.partition(),
-            offset = message.offset(),
-            %reason,
-            %error,
-            "consumer: dead-lettering the message"
-        );
-        let mut attempt = 0_u32;
-        loop {
-            attempt = attempt.saturating_add(1);
-            match self.dead_letter(message, reason, &error).await {
-                Ok(()) => {
-                    self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(
-                        "inbox_consumer_messages_total",
-                        "consumer" => name.to_owned(),
-                        "outcome" => "dead_lettered"
-                    )
-                    .increment(1);
-                    return Processed::Done;
-                }
-                Err(publish_error) => {
-                    let delay = self.config.backoff.delay(attempt);
-                    tracing::warn!(
-                        consumer = %name,
-                        error = %publish_error,
-                        ?delay,
-                        "consumer: publishing the dead letter failed; retrying"
-                    );
-                    if sleep_or_stop(delay, stop).await {
-                        return Processed::Stopped;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Decodes, records in the inbox and applies one message in one transaction.
-    async fn attempt(&self, message: &Message) -> Result<Delivery, HandlerError> {
-        let event = self.handler.decode(message)?;
-        let event_id = message
-            .header_str(&self.config.event_id_header)
-            .ok_or_else(|| {
-                HandlerError::dead(
-                    DeadLetterReason::MissingEventId,
-                    format!("no {} header", self.config.event_id_header),
+        self.stop.cancel();
+        self.workers.stop().await;
+        commit(&self.consumer, &name);
+        match Arc::try_unwrap(self) {
+            Ok(shared) => {
+                handle::close(
+                    &name,
+                    (shared.consumer, shared.producer),
+                    handle::CLOSE_LIMIT,
                 )
-            })?;
-        let mut tx = self.pool.begin().await?;
-        if table::receive(&mut tx, &self.config.name, event_id).await? == Delivery::Duplicate {
-            tx.commit().await?;
-            return Ok(Delivery::Duplicate);
+                .await;
+            }
+            Err(_) => tracing::warn!(consumer = %name, "consumer: a worker outlived the runner"),
         }
-        self.handler.handle(&mut tx, event, message).await?;
-        // A commit whose outcome is unknown is retried: the inbox then reports a duplicate.
-        tx.commit().await?;
-        Ok(Delivery::Fresh)
-    }
-
-    async fn dead_letter(
-        &self,
-        message: &Message,
-        reason: DeadLetterReason,
-        error: &str,
-    ) -> std::result::Result<(), KafkaError> {
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
-        let error: String = error.chars().take(1000).collect();
-        let mut headers = OwnedHeaders::new_with_capacity(message.headers().count() + 6);
-        for (key, value) in message.headers() {
-            headers = headers.insert(Header { key, value });
-        }
-        for (key, value) in [
-            ("dlq-reason", reason.as_str()),
-            ("dlq-error", &error),
-            ("dlq-original-topic", message.topic()),
-            ("dlq-original-partition", &partition),
-            ("dlq-original-offset", &offset),
-            ("dlq-consumer", &self.config.name),
-        ] {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.dead_letter_topic).headers(headers);
-        if let Some(key) = message.key() {
-            record = record.key(key);
-        }
-        if let Some(payload) = message.payload() {
-            record = record.payload(payload);
-        }
-        self.producer
-            .send(record, Timeout::After(Duration::from_secs(30)))
-            .await
-            .map(|_| ())
-            .map_err(|(error, _)| error)
+        tracing::info!(consumer = %name, "consumer: stopped");
     }
 }

@@ -49,3 +49,21 @@ impl Extractor for Headers<'_> {
         self.0.header_names().collect()
     }
 }
+
+/// The span a worker applies `batch` (one partition's messages, in order) in: `consume_batch`,
+/// with the consumer's name, the partition, the first offset and the number of messages. Each
+/// event's own `consume` span ([`span`]) is opened inside it by [`Handler::handle_batch`]'s
+/// default, or by the isolation path for each message.
+///
+/// [`Handler::handle_batch`]: crate::Handler::handle_batch
+pub(super) fn batch_span(consumer: &str, batch: &[Message]) -> tracing::Span {
+    let first = &batch[0];
+    tracing::info_span!(
+        "consume_batch",
+        consumer,
+        topic = first.topic(),
+        partition = first.partition(),
+        offset = first.offset(),
+        messages = batch.len(),
+    )
+}

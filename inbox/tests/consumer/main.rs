@@ -1,5 +1,6 @@
 //! The inbox and the consumer runner against real PostgreSQL and Apache Kafka.
 
+mod batches;
 mod inbox_records;
 mod runner;
 
@@ -91,7 +92,8 @@ async fn produce(producer: &FutureProducer, topic: &str, events: &[Event<'_>]) {
 }
 
 /// The test service: `Applied` events with a JSON payload `{"n": ..}` insert an effect row.
-/// `{"reject": true}` is refused for good; `{"flaky": k}` fails retriably `k` times, after
+/// `{"reject": true}` is refused for good; `{"pause_ms": t}` takes `t` ms;
+/// `{"flaky": k}` fails retriably `k` times, after
 /// writing its effect (which must then be rolled back); the first event to reach `handle` may
 /// wait at a gate.
 #[derive(Clone)]
@@ -127,6 +129,7 @@ struct Applied {
     n: i64,
     reject: bool,
     flaky: u64,
+    pause_ms: u64,
 }
 
 impl Handler for Effects {
@@ -141,6 +144,7 @@ impl Handler for Effects {
                 n: payload["n"].as_i64().unwrap_or(0),
                 reject: payload["reject"].as_bool().unwrap_or(false),
                 flaky: payload["flaky"].as_u64().unwrap_or(0),
+                pause_ms: payload["pause_ms"].as_u64().unwrap_or(0),
             }),
             other => Err(HandlerError::unknown_event_type(other.unwrap_or("(none)"))),
         }
@@ -159,6 +163,7 @@ impl Handler for Effects {
         if event.reject {
             return Err(HandlerError::permanent("this event can never be applied"));
         }
+        tokio::time::sleep(Duration::from_millis(event.pause_ms)).await;
         sqlx::query("INSERT INTO effects (event_id, n) VALUES ($1, $2)")
             .bind(&id)
             .bind(event.n)
@@ -227,6 +232,8 @@ async fn wait_for(
                     sum.duplicates += s.duplicates;
                     sum.dead_lettered += s.dead_lettered;
                     sum.retries += s.retries;
+                    sum.batches += s.batches;
+                    sum.isolated += s.isolated;
                     sum
                 });
         if done(total) {

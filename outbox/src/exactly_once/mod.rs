@@ -25,7 +25,7 @@
 //!
 //! # What "exactly once" means here
 //!
-//! A consumer that reads with `isolation.level=read_committed` (the `idempotency` crate's runner
+//! A consumer that reads with `isolation.level=read_committed` (the `inbox` crate's runner
 //! does by default) sees each outbox event — each event id — **once**, in per-aggregate order,
 //! whatever relay crashes, pauses or broker restarts happen in between. Consumers reading
 //! `read_uncommitted` may also see the records of aborted transactions. This is Kafka's own
