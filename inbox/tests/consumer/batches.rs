@@ -27,6 +27,22 @@ async fn produce_keyed(topic: &str, events: &[(String, String, String)]) {
     }
 }
 
+/// The `inventory` consumer of `topic` with `handler`, in a group of its own, running.
+async fn inventory(
+    db: &TestDb,
+    topic: &str,
+    dead_letters: &str,
+    handler: Effects,
+) -> ConsumerHandle {
+    Consumer::new(
+        db.pool.clone(),
+        config("inventory", topic, dead_letters).await,
+        handler,
+    )
+    .expect("consumer")
+    .spawn()
+}
+
 /// `count` events of one aggregate, numbered from 0, with `payload(n)` as their JSON payload.
 fn numbered(count: i64, payload: impl Fn(i64) -> String) -> Vec<(String, String, String)> {
     (0..count)
@@ -60,14 +76,7 @@ async fn a_poison_event_in_the_middle_of_a_batch_is_dead_lettered_alone_and_the_
         }),
     )
     .await;
-    let (handler, _gate) = effects_handler(false);
-    let consumer = Consumer::new(
-        db.pool.clone(),
-        config("inventory", &topic, &dead_letters).await,
-        handler,
-    )
-    .expect("consumer")
-    .spawn();
+    let consumer = inventory(&db, &topic, &dead_letters, effects_handler(false).0).await;
     let stats = wait_for(&[&consumer], "99 messages", |s| {
         s.processed + s.dead_lettered == 99
     })
@@ -92,24 +101,12 @@ async fn a_batch_delivered_again_after_its_commit_applies_nothing_twice() {
     let dead_letters = testkit::kafka::topic(1).await;
     produce_keyed(&topic, &numbered(50, |n| format!(r#"{{"n": {n}}}"#))).await;
     let (handler, _gate) = effects_handler(false);
-    let first = Consumer::new(
-        db.pool.clone(),
-        config("inventory", &topic, &dead_letters).await,
-        handler.clone(),
-    )
-    .expect("consumer")
-    .spawn();
+    let first = inventory(&db, &topic, &dead_letters, handler.clone()).await;
     wait_for(&[&first], "50 applied", |s| s.processed == 50).await;
     // A crash after the commit, before any offset reached Kafka: the same consumer (its inbox
     // name) reads the whole partition again, from a group with no offsets.
     first.abort();
-    let again = Consumer::new(
-        db.pool.clone(),
-        config("inventory", &topic, &dead_letters).await,
-        handler,
-    )
-    .expect("consumer")
-    .spawn();
+    let again = inventory(&db, &topic, &dead_letters, handler).await;
     let stats = wait_for(&[&again], "50 redelivered", |s| s.duplicates == 50).await;
     again.shutdown().await;
     assert_eq!(stats.processed, 0, "nothing applied twice");
@@ -129,14 +126,7 @@ async fn a_retriable_failure_applies_the_batch_again_without_reordering() {
         }),
     )
     .await;
-    let (handler, _gate) = effects_handler(false);
-    let consumer = Consumer::new(
-        db.pool.clone(),
-        config("inventory", &topic, &dead_letters).await,
-        handler,
-    )
-    .expect("consumer")
-    .spawn();
+    let consumer = inventory(&db, &topic, &dead_letters, effects_handler(false).0).await;
     let stats = wait_for(&[&consumer], "30 applied", |s| s.processed == 30).await;
     consumer.shutdown().await;
     assert!(stats.retries >= 2, "the batch was retried: {stats:?}");
