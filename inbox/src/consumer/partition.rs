@@ -54,6 +54,16 @@ enum Failed {
     Retry(HandlerError),
 }
 
+impl From<HandlerError> for Failed {
+    fn from(error: HandlerError) -> Self {
+        if error.is_retriable() {
+            Self::Retry(error)
+        } else {
+            Self::Isolate
+        }
+    }
+}
+
 impl Workers {
     /// Stops the workers of `partitions` after the batch in hand (their offsets are stored only
     /// for what committed; the rest is delivered again to the partitions' next owner).
@@ -223,18 +233,15 @@ impl<H: Handler> Shared<H> {
             decoded.push((event, id, message));
         }
         let ids: Vec<&str> = decoded.iter().map(|(_, id, _)| *id).collect();
-        let classify = |error: HandlerError| {
-            if error.is_retriable() {
-                Failed::Retry(error)
-            } else {
-                Failed::Isolate
-            }
-        };
-        let _permit = self.permits.acquire().await.map_err(|_| Failed::Isolate)?;
-        let mut tx = self.pool.begin().await.map_err(|e| classify(e.into()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(HandlerError::retriable)?;
+        let mut tx = self.pool.begin().await.map_err(HandlerError::from)?;
         let mut fresh: HashSet<String> = table::receive_batch(&mut tx, &self.config.name, &ids)
             .await
-            .map_err(|e| classify(e.into()))?;
+            .map_err(HandlerError::from)?;
         let duplicates = (ids.len() - fresh.len()) as u64;
         // An event twice in one batch is applied at its first place only.
         let events: Vec<_> = decoded
@@ -243,12 +250,9 @@ impl<H: Handler> Shared<H> {
             .map(|(event, _, message)| (event, message))
             .collect();
         let applied = events.len() as u64;
-        self.handler
-            .handle_batch(&mut tx, events)
-            .await
-            .map_err(classify)?;
+        self.handler.handle_batch(&mut tx, events).await?;
         // A commit whose outcome is unknown is retried: the inbox then reports duplicates.
-        tx.commit().await.map_err(|e| classify(e.into()))?;
+        tx.commit().await.map_err(HandlerError::from)?;
         Ok((applied, duplicates))
     }
 
