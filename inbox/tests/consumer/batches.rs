@@ -141,18 +141,21 @@ async fn partitions_apply_in_parallel_and_a_runner_joining_mid_way_applies_nothi
     let dead_letters = testkit::kafka::topic(1).await;
     let aggregates = 16;
     let per_aggregate = 200;
-    let events: Vec<(String, String, String)> = (0..per_aggregate)
-        .flat_map(|n| {
-            (0..aggregates).map(move |a| {
-                (
-                    format!("agg-{a}"),
-                    format!("agg-{a}/{n}"),
-                    format!(r#"{{"n": {n}, "pause_ms": 2}}"#),
-                )
+    // Numbers `numbers` of every aggregate, interleaved.
+    let events = |numbers: std::ops::Range<i64>| -> Vec<(String, String, String)> {
+        numbers
+            .flat_map(|n| {
+                (0..aggregates).map(move |a| {
+                    (
+                        format!("agg-{a}"),
+                        format!("agg-{a}/{n}"),
+                        format!(r#"{{"n": {n}, "pause_ms": 2}}"#),
+                    )
+                })
             })
-        })
-        .collect();
-    produce_keyed(&topic, &events).await;
+            .collect()
+    };
+    produce_keyed(&topic, &events(0..per_aggregate / 2)).await;
     let total = (aggregates * per_aggregate) as u64;
     let group = new_group();
     let (handler, _gate) = effects_handler(false);
@@ -166,8 +169,19 @@ async fn partitions_apply_in_parallel_and_a_runner_joining_mid_way_applies_nothi
             .spawn()
     };
     let first = start().await;
-    wait_for(&[&first], "a first part", |s| s.processed >= total / 4).await;
+    wait_for(&[&first], "a first part", |s| s.processed >= total / 8).await;
+    // The second joins while the first is in the middle of its batches.
     let second = start().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while second.stats().partitions == 0 || first.stats().partitions == 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the group rebalanced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The second half lands on both runners' partitions.
+    produce_keyed(&topic, &events(per_aggregate / 2..per_aggregate)).await;
     wait_for(&[&first, &second], "every event", |s| s.processed == total).await;
     let stats = [second.shutdown().await, first.shutdown().await];
     assert!(
