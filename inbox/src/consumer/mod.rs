@@ -17,7 +17,7 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 
 pub use config::ConsumerConfig;
 use context::{RunnerContext, commit};
@@ -240,6 +240,7 @@ impl<H: Handler> Shared<H> {
         );
         // Stops when the runner does (dropping it cancels it).
         let _lag = lag::sample(name.clone(), &self.config.kafka, self.positions.clone());
+        let mut last: Option<(String, i32, u64, mpsc::Sender<Message>)> = None;
         loop {
             let received = tokio::select! {
                 biased;
@@ -256,7 +257,29 @@ impl<H: Handler> Shared<H> {
                     continue;
                 }
             };
-            let worker = self.worker(&message);
+            // A fetch brings a run of one partition's messages: the last worker is the likely
+            // one, unless a rebalance came in between.
+            let generation = self.workers.generation();
+            let worker = match &last {
+                Some((topic, partition, seen, worker))
+                    if *partition == message.partition()
+                        && topic == message.topic()
+                        && *seen == generation
+                        && !worker.is_closed() =>
+                {
+                    worker.clone()
+                }
+                _ => {
+                    let worker = self.worker(&message);
+                    last = Some((
+                        message.topic().to_owned(),
+                        message.partition(),
+                        generation,
+                        worker.clone(),
+                    ));
+                    worker
+                }
+            };
             // Waits while the partition's worker is a batch and more behind; a worker stopped
             // by a rebalance drops the message, which its partition's next owner reads again.
             tokio::select! {

@@ -3,7 +3,7 @@
 //! batch again one message at a time.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use leases::CancellationToken;
@@ -29,6 +29,8 @@ pub(super) struct Workers {
     /// partition revoked and assigned again is applied by one worker at a time, in order.
     turns: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
     pub(super) tracker: TaskTracker,
+    /// Moves on at every revoke: a sender cached across one may be a stopping worker's.
+    generation: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -69,11 +71,17 @@ impl Workers {
     /// for what committed; the rest is delivered again to the partitions' next owner).
     pub(super) fn revoke(&self, partitions: impl Iterator<Item = Key>) {
         let mut running = lock(&self.running);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         for partition in partitions {
             if let Some(worker) = running.remove(&partition) {
                 worker.stop.cancel();
             }
         }
+    }
+
+    /// The number of revokes so far.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Stops every worker after the batch in hand and waits for them.
