@@ -1,6 +1,6 @@
-//! Load on the commerce stack as a ramp: steps of 1, 2, 4, 8, 16 and 32 concurrent clients
-//! against all six services running in this process (real PostgreSQL, Apache Kafka and Redis),
-//! each step held for [`HOLD`]. Every client repeats [`CYCLE`]: six creates
+//! Load on the commerce stack as a ramp: steps of 1 to 128 concurrent clients (doubling) against
+//! all six services running in this process (real PostgreSQL, Apache Kafka and Redis), each step
+//! held for [`HOLD`]. Every client repeats [`CYCLE`]: six creates
 //! (`POST /api/v1/orders` with an `Idempotency-Key`), three reads of its latest order and one
 //! customer cancel of it, pausing [`THINK`] after each answer as a person at a shop does (so
 //! the offered rate grows with the clients, and the settle time measures a saga, not a queue of
@@ -30,7 +30,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
 /// Concurrent clients per step in the full run.
-const STEPS: [usize; 6] = [1, 2, 4, 8, 16, 32];
+const STEPS: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 /// How long each step of the full run lasts (clients finish the cycle they are in).
 const HOLD: Duration = Duration::from_secs(10);
 /// A client's pause after each answer in the full run (none in the smoke run).
