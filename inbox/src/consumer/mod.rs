@@ -229,6 +229,9 @@ impl<H: Handler> Consumer<H> {
 
 impl<H: Handler> Shared<H> {
     async fn run(self: Arc<Self>, stop: CancellationToken) {
+        // An abort drops this future: the workers then stop after the batch in hand, and the
+        // last of them drops the consumer, which leaves the group.
+        let _workers_stop = self.stop.clone().drop_guard();
         let name = self.config.name.clone();
         tracing::info!(
             consumer = %name,

@@ -206,3 +206,36 @@ async fn partitions_apply_in_parallel_and_a_runner_joining_mid_way_applies_nothi
         *expected += 1;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_runner_leaves_its_group_and_its_partitions_move_on() {
+    let db = db().await;
+    let topic = testkit::kafka::topic(2).await;
+    let dead_letters = testkit::kafka::topic(1).await;
+    produce_keyed(&topic, &numbered(20, |n| format!(r#"{{"n": {n}}}"#))).await;
+    let group = new_group();
+    let start = || async {
+        let config = config("inventory", &topic, &dead_letters)
+            .await
+            .group_id(group.clone());
+        Consumer::new(db.pool.clone(), config, effects_handler(false).0)
+            .expect("consumer")
+            .spawn()
+    };
+    let crashed = start().await;
+    wait_for(&[&crashed], "20 applied", |s| s.processed == 20).await;
+    // A crash of the runner (its workers included) leaves the group: the next member gets the
+    // partitions at once, not after the session or poll timeout.
+    crashed.abort();
+    let next = start().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while next.stats().partitions < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the next member got the partitions: {:?}",
+            next.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    next.shutdown().await;
+}
