@@ -4,14 +4,18 @@
 //! rebalance, or a relay that published twice all hand the same event over again. This crate makes
 //! the *effect* happen once:
 //!
-//! - **Inbox**: [`receive`] records `(consumer, event id)` in the `inbox` table, inside the
-//!   handler's own transaction, and says whether the event is [`Fresh`](Delivery::Fresh) or a
-//!   [`Duplicate`](Delivery::Duplicate). The record commits if and only if the effects do, so a
-//!   redelivered event finds its id and is skipped. [`purge`] forgets old records.
-//! - **Consumer runner**: [`Consumer`] runs the whole consume loop over Kafka: decode (a
-//!   [`Handler`] is an allowlist of event types), one transaction with the inbox and the effects,
-//!   then the offset; retries in partition order; poison messages to a dead-letter topic with their
-//!   [reason](DeadLetterReason) and origin.
+//! - **Inbox**: [`receive`] (one event) and [`receive_batch`] (many, in one statement) record
+//!   `(consumer, event id)` in the `inbox` table, inside the handler's own transaction, and say
+//!   which events are fresh and which are duplicates. The record commits if and only if the
+//!   effects do, so a redelivered event finds its id and is skipped. [`purge`] forgets old
+//!   records.
+//! - **Consumer runner**: [`Consumer`] runs the whole consume loop over Kafka, one task per
+//!   assigned partition, the partitions in parallel: a batch of a partition's messages is
+//!   decoded (a [`Handler`] is an allowlist of event types) and applied in one transaction with
+//!   its inbox rows ([`Handler::handle_batch`]: per event by default, set-based if you override
+//!   it), then the offset is stored; retries in partition order; a poison message is isolated
+//!   (its batch applied again one message at a time) and published alone to a dead-letter topic
+//!   with its [reason](DeadLetterReason) and origin.
 //!
 //! The producing side is the `outbox` crate (events written in the business transaction, relayed
 //! to Kafka with an `event-id` header, which the runner reads). The HTTP `Idempotency-Key` layer
@@ -68,7 +72,7 @@
 //! inbox::purge(&pool, Duration::from_secs(14 * 24 * 3600), 1000).await?;
 //!
 //! // ... until shutdown:
-//! handle.shutdown().await; // finishes the message in hand, commits offsets, leaves the group
+//! handle.shutdown().await; // finishes the batches in hand, commits offsets, leaves the group
 //! # Ok(()) }
 //! ```
 //!
@@ -82,12 +86,14 @@
 //! - **At most one applies.** Two instances handling the same event at the same time serialize
 //!   on its inbox row: the second waits for the first's transaction, then sees a duplicate (or,
 //!   if the first rolled back, applies the event itself).
-//! - **No event skipped.** The runner stores a message's offset only after its transaction
-//!   committed, or after its dead letter was acknowledged by the broker: a crash at any point
-//!   redelivers the message, and the inbox makes the redelivery a duplicate.
-//! - **Partition order.** A retriable failure retries the same message after a backoff while its
-//!   partition waits; only a permanent failure (or retries exhausted) moves past a message, to the
-//!   dead-letter topic.
+//! - **No event skipped.** The runner stores a batch's offset only after its transaction
+//!   committed (and a dead-lettered message's only after the broker acknowledged its dead
+//!   letter): a crash at any point redelivers the batch, and the inbox makes the redelivery a
+//!   no-op. A rebalance stores offsets of committed batches only.
+//! - **Partition order.** A partition's messages are applied by one task at a time, in order. A
+//!   retriable failure applies the same batch again after a backoff while its partition waits;
+//!   only a permanent failure (or retries exhausted) moves past a message, to the dead-letter
+//!   topic, and only that message: the rest of its batch is applied, in order.
 //!
 //! # Errors
 //!

@@ -26,7 +26,8 @@ pub struct ConsumerStats {
     /// Partitions assigned to this consumer right now: 0 before it joined its group, and while
     /// the group gives it nothing to read.
     pub partitions: u64,
-    /// How long the message in hand has been failing and retried: `None` while messages flow.
+    /// How long a batch (or message) in hand has been failing and retried: `None` while messages
+    /// flow.
     /// A consumer stuck on one message (its partition waits) shows a growing duration.
     pub retrying_for: Option<Duration>,
 }
@@ -95,7 +96,7 @@ impl ConsumerHandle {
         ConsumerMonitor(Arc::clone(&self.counters))
     }
 
-    /// Graceful shutdown: stops polling, finishes the message in hand (a message waiting for a
+    /// Graceful shutdown: stops polling, finishes the batches in hand (a batch waiting for a
     /// retry is left for redelivery), commits the offsets, leaves the group, and returns.
     pub async fn shutdown(self) -> ConsumerStats {
         self.task.shutdown().await;
