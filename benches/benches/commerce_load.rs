@@ -386,6 +386,9 @@ fn main() {
             }
             None => println!("commerce_load: {target}: none met it"),
         }
-        stack.shutdown().await;
+        stack
+            .discard()
+            .await
+            .expect("the stack's databases dropped");
     });
 }

@@ -169,6 +169,9 @@ fn a_service_is_ready_only_while_its_consumers_hold_partitions() {
             "{body}"
         );
         lonely.shutdown().await;
+        commerce_platform::setup::drop_databases(&config)
+            .await
+            .expect("the service's database dropped");
     });
 }
 
@@ -220,5 +223,8 @@ fn a_service_whose_relay_cannot_publish_is_not_ready_until_it_publishes_again() 
         broker.restart().await;
         ready_until(&base, |status, _| status == StatusCode::OK).await;
         inventory.shutdown().await;
+        commerce_platform::setup::drop_databases(&config)
+            .await
+            .expect("the service's database dropped");
     });
 }

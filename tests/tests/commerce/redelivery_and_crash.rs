@@ -120,6 +120,9 @@ fn a_service_killed_mid_batch_and_restarted_leaves_every_order_final() {
             (stock["total"].as_i64(), stock["reserved"].as_i64()),
             (Some(80), Some(0))
         );
-        stack.shutdown().await;
+        stack
+            .discard()
+            .await
+            .expect("the stack's databases dropped");
     });
 }

@@ -147,6 +147,19 @@ impl Stack {
         }
     }
 
+    /// Stops every service gracefully, then drops the stack's databases
+    /// ([`setup::drop_databases`]): for a test or a benchmark that started a stack of its own.
+    ///
+    /// # Errors
+    ///
+    /// When a database cannot be dropped.
+    pub async fn discard(self) -> anyhow::Result<()> {
+        let config = self.config.clone();
+        self.shutdown().await;
+        setup::drop_databases(&config).await?;
+        Ok(())
+    }
+
     /// Replaces `service` by a new instance after stopping the old one abruptly (a crash), for
     /// fault tests.
     ///

@@ -55,6 +55,33 @@ pub async fn database(
     Ok(pool)
 }
 
+/// Drops every database of the stack configured by `config` (`<db_prefix>_<service>`), ending
+/// their sessions: what a test or a benchmark does with the stack it started once it passed.
+/// Never point it at a prefix whose data you keep.
+///
+/// # Errors
+///
+/// When the server cannot be reached or refuses a drop.
+pub async fn drop_databases(config: &Config) -> Result<(), sqlx::Error> {
+    let admin: PgConnectOptions = config.database_url.parse()?;
+    let mut conn = admin.connect().await?;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+            .bind(format!("{}_", config.db_prefix))
+            .fetch_all(&mut conn)
+            .await?;
+    for name in names {
+        let drop = format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            name.replace('"', "\"\"")
+        );
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Applies the toolkit's migrations and then the service's `own` (see [`migrators`]), after
 /// adopting the history of a database migrated by an earlier version (see CHANGELOG.md).
 ///
