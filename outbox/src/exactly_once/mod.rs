@@ -259,6 +259,11 @@ impl ExactlyOnceConfig {
         self.retention = retention;
         self
     }
+
+    /// The name of shard `shard`'s lease.
+    fn shard_lease(&self, shard: u32) -> String {
+        format!("outbox/{}/{shard}-of-{}", self.name, self.shards)
+    }
 }
 
 /// Publishes the outbox with Kafka transactions: see the [module documentation](self) for the
@@ -398,8 +403,7 @@ impl ExactlyOnceRelay {
         let shared = &self.shared;
         let earlier = format!("{}#", shared.config.owner);
         let member = format!("{}{}", members::prefix(shared), shared.config.owner);
-        let shards =
-            (0..shared.config.shards).map(|shard| shard::lease_name(&shared.config, shard));
+        let shards = (0..shared.config.shards).map(|shard| shared.config.shard_lease(shard));
         for name in shards.chain([member]) {
             let released = match shared.named.holder(&shared.pool, &name).await {
                 Ok(Some(lease))

@@ -109,7 +109,7 @@ async fn hold(shared: &Arc<Shared>, shard: u32, stop: &CancellationToken) {
     let mut keeper = match LeaseKeeper::start(
         shared.named.clone(),
         shared.pool.clone(),
-        lease_name(config, shard),
+        config.shard_lease(shard),
         shared.lease_owner.clone(),
         config.lease_ttl,
         config.lease_ttl / 3,
@@ -218,12 +218,15 @@ impl Shared {
                 continue;
             }
             let started = Instant::now();
-            match self.transact(&producer, &place, lease, &batch).await? {
+            let progress = Progress::of(self.outbox, lease, &batch);
+            match self
+                .transact(&producer, &place, lease, &batch, &progress)
+                .await?
+            {
                 Transaction::Committed => {
                     self.monitor.progressed();
                     failures = 0;
                     attempts.clear();
-                    let progress = Progress::of(self.outbox, lease, &batch);
                     self.mark(lease, &progress.seqs, &progress.ids).await?;
                     self.count("outbox_published_total", batch.len());
                     metrics::histogram!("outbox_batch_seconds", "relay" => config.name.clone())
@@ -265,6 +268,7 @@ impl Shared {
         place: &Place,
         lease: &NamedLease,
         batch: &[Event],
+        progress: &Progress,
     ) -> Result<Transaction, Ended> {
         let timeout = self.config.transaction_timeout;
         producer.get().begin_transaction()?;
@@ -280,8 +284,7 @@ impl Shared {
             }
         }
         if failed.is_empty() {
-            let progress = serde_json::to_vec(&Progress::of(self.outbox, lease, batch))
-                .map_err(crate::Error::from)?;
+            let progress = serde_json::to_vec(progress).map_err(crate::Error::from)?;
             match producer.get().send_result(place.record(&progress)) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((error, _)) => {
@@ -475,11 +478,6 @@ impl Shared {
     fn count(&self, counter: &'static str, n: usize) {
         metrics::counter!(counter, "relay" => self.config.name.clone()).increment(n as u64);
     }
-}
-
-/// The name of shard `shard`'s lease.
-pub(super) fn lease_name(config: &ExactlyOnceConfig, shard: u32) -> String {
-    format!("outbox/{}/{shard}-of-{}", config.name, config.shards)
 }
 
 /// Whether `current` (the keeper's state) is `lease`.
