@@ -258,6 +258,7 @@ impl<H: Handler> Shared<H> {
             .map(|(event, _, message)| (event, message))
             .collect();
         let applied = events.len() as u64;
+        self.handler.lock_batch(&mut tx, &events).await?;
         self.handler.handle_batch(&mut tx, events).await?;
         // A commit whose outcome is unknown is retried: the inbox then reports duplicates.
         tx.commit().await.map_err(HandlerError::from)?;

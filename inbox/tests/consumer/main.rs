@@ -2,6 +2,7 @@
 
 mod batches;
 mod inbox_records;
+mod locks;
 mod runner;
 
 use std::collections::HashMap;

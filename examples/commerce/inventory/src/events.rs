@@ -23,7 +23,7 @@ pub const PAYMENT_DECLINED: &str = "payment declined";
 /// The inventory consumer of the orders and payments topics (run it as `inventory.saga`):
 ///
 /// - `OrderPlaced`: reserves every line or none. The stock rows are locked `FOR UPDATE` in
-///   `product_id` order (so concurrent orders cannot deadlock), checked, then updated together
+///   `product_id` order, checked, then updated together
 ///   with the reservations and movements; publishes `StockReserved` and one
 ///   `StockLevelChanged` per product. If a product is short or has no stock, publishes
 ///   `StockReservationFailed` (naming the product) and changes nothing else.
@@ -34,6 +34,10 @@ pub const PAYMENT_DECLINED: &str = "payment declined";
 /// - `OrderCancelled` (its reason): gives every unit back to where it belongs: `RESERVED` ones
 ///   are released as above, `CONFIRMED` (sold) ones are restocked (`total += q`, reservation
 ///   `RESTOCKED`): `StockRestocked` and `StockLevelChanged`s.
+///
+/// A batch takes its locks up front ([`EventHandler::lock_batch`]): the reservations of the
+/// orders it settles, then the stock rows of every product it touches, each in key order, so
+/// concurrent batches of different partitions (and orders) cannot deadlock.
 ///
 /// Each step moves only reservations in the state it starts from, so a redelivered or late event
 /// changes nothing: a `PaymentApproved` that arrives after `OrderCancelled` released the units
@@ -115,6 +119,40 @@ impl EventHandler for Saga {
                 tracing::debug!(%event_id, event_type = other.event_type(), "inventory: ignoring event");
             }
         }
+        Ok(())
+    }
+
+    /// Locks the reservations of the orders the batch settles, then the stock rows of every
+    /// product it reserves or settles, each in one statement and in key order: batches of the
+    /// orders and the payments topics' partitions share these rows, and take them in that order.
+    async fn lock_batch(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: Vec<&Envelope>,
+    ) -> Result<(), HandlerError> {
+        let mut products = Vec::new();
+        let mut orders = Vec::new();
+        for envelope in envelopes {
+            match &envelope.event {
+                Event::OrderPlaced { lines, .. } => {
+                    products.extend(lines.iter().map(|line| line.product_id));
+                }
+                Event::PaymentApproved { order_id, .. }
+                | Event::PaymentDeclined { order_id, .. }
+                | Event::OrderCancelled { order_id, .. } => orders.push(*order_id),
+                _ => {}
+            }
+        }
+        products.extend(
+            repo::lock_orders_reservations(conn, &orders)
+                .await
+                .map_err(Error::from)?,
+        );
+        products.sort_unstable();
+        products.dedup();
+        repo::lock_stock(conn, &products)
+            .await
+            .map_err(Error::from)?;
         Ok(())
     }
 }

@@ -43,6 +43,24 @@ pub(crate) async fn lock_stock(
     Ok(rows.into_iter().map(stock_row).collect())
 }
 
+/// Locks the reservations of `order_ids` (`FOR UPDATE`, in `order_id`, `product_id` order) and
+/// returns their products.
+pub(crate) async fn lock_orders_reservations(
+    conn: &mut PgConnection,
+    order_ids: &[Uuid],
+) -> sqlx::Result<Vec<Uuid>> {
+    if order_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "SELECT product_id FROM reservations
+         WHERE order_id = ANY($1) ORDER BY order_id, product_id FOR UPDATE",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await
+}
+
 /// Creates an empty stock row for `product_id` unless it exists.
 pub(crate) async fn ensure_stock(conn: &mut PgConnection, product_id: Uuid) -> sqlx::Result<()> {
     sqlx::query(
