@@ -8,10 +8,11 @@
 //! is reachable, the fixture starts a container with `testcontainers` (once per test process);
 //! otherwise it panics with a message that says which script to run.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod broker;
 mod docker;
+pub mod exit;
 pub mod kafka;
 mod pg_server;
 pub mod postgres;

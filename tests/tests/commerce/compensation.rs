@@ -21,11 +21,7 @@ static STACK_QUICK_EXPIRY: OnceCell<Stack> = OnceCell::const_new();
 /// A stack without shipping (default test timeouts).
 async fn unshipped() -> &'static Stack {
     STACK_UNSHIPPED
-        .get_or_init(|| async {
-            Stack::start_only(&small(config().await), &UNSHIPPED)
-                .await
-                .expect("stack without shipping")
-        })
+        .get_or_init(|| async { shared(&small(config().await), &UNSHIPPED).await })
         .await
 }
 
@@ -44,9 +40,7 @@ async fn quick_expiry() -> &'static Stack {
                 Service::Payment,
                 Service::Order,
             ];
-            Stack::start_only(&config, &services)
-                .await
-                .expect("stack with quick expiry")
+            shared(&config, &services).await
         })
         .await
 }

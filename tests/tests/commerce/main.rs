@@ -42,6 +42,7 @@ static STACK: OnceCell<Stack> = OnceCell::const_new();
 const TEST_LIMIT: Duration = Duration::from_secs(600);
 
 fn run<F: std::future::Future<Output = ()>>(test: F) {
+    let _watch = testkit::exit::Watch;
     RUNTIME
         .block_on(async { tokio::time::timeout(TEST_LIMIT, test).await })
         .unwrap_or_else(|_| panic!("the test did not finish within {TEST_LIMIT:?}"));
@@ -84,8 +85,26 @@ fn small(config: Config) -> Config {
 
 async fn stack() -> &'static Stack {
     STACK
-        .get_or_init(|| async { Stack::start(&config().await).await.expect("stack starts") })
+        .get_or_init(|| async { shared(&config().await, &Service::ALL).await })
         .await
+}
+
+/// Starts `services` for the tests of this binary to share; their databases are dropped when
+/// the binary exits with every test passed (a `static` stack is never dropped).
+async fn shared(config: &Config, services: &[Service]) -> Stack {
+    let stack = Stack::start_only(config, services)
+        .await
+        .expect("stack starts");
+    let config = config.clone();
+    testkit::exit::on_success(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(commerce_platform::setup::drop_databases(&config))
+            .expect("the shared stack's databases dropped");
+    });
+    stack
 }
 
 /// A pool on one service's database.
