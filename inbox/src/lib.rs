@@ -94,6 +94,10 @@
 //!   retriable failure applies the same batch again after a backoff while its partition waits;
 //!   only a permanent failure (or retries exhausted) moves past a message, to the dead-letter
 //!   topic, and only that message: the rest of its batch is applied, in order.
+//! - **Partitions at once.** Batches of different partitions run in separate transactions at
+//!   the same time. If their events lock the same rows, take those locks at the start of the
+//!   batch in one order ([`Handler::lock_batch`]), or two batches can deadlock (PostgreSQL then
+//!   fails one after `deadlock_timeout`, and it is retried).
 //!
 //! # Errors
 //!

@@ -371,9 +371,11 @@ async fn seed_004(
     .await;
     let [c50, c95, c99] = api.create;
     println!(
-        "commerce_load seed-004: {} customers, {} orders; {:.1} requests/s; create p50 {} p95 \
-         {} p99 {} ms; API p99 {} ms; {} failed requests; orders ended: {}",
+        "commerce_load seed-004: {} customers started over 60 s, then {} s; {} orders; {:.1} \
+         requests/s; create p50 {} p95 {} p99 {} ms; API p99 {} ms; {} failed requests; orders \
+         ended: {}",
         run.users,
+        run.run_time.unwrap_or_default(),
         outcome.orders,
         api.rate,
         ms(c50).trim(),
