@@ -160,7 +160,6 @@ async fn a_broker_paused_past_the_delivery_timeout_aborts_the_transaction_and_bu
     assert!(committed.consecutive, "once each, in per-aggregate order");
 }
 
-/// The dead letters by reason and count.
 /// The relay's own account (`outbox` at INFO, `RUST_LOG` overrides), in the test's captured
 /// output: shown when the test fails.
 fn log_to_test_output() {
@@ -173,6 +172,7 @@ fn log_to_test_output() {
         .try_init();
 }
 
+/// The dead letters by reason and count.
 async fn dead_letters(pool: &PgPool) -> Vec<(String, i64)> {
     sqlx::query_as("SELECT reason, count(*) FROM outbox_dead_letters GROUP BY reason")
         .fetch_all(pool)
