@@ -20,6 +20,10 @@ pub enum Error {
     /// A configuration value is out of range (zero ttl, renew interval not shorter than the ttl, ...).
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// The caller's SQL handed to a statement builder is malformed: its parameters are not
+    /// exactly `$1` to `$n` for the `n` values bound to it.
+    #[error("invalid statement: {0}")]
+    InvalidStatement(String),
     /// The database returned an error or could not be reached.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -31,7 +35,9 @@ impl Error {
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Database(e) => is_retriable_db_error(e),
-            Error::InvalidIdentifier { .. } | Error::InvalidConfig(_) => false,
+            Error::InvalidIdentifier { .. }
+            | Error::InvalidConfig(_)
+            | Error::InvalidStatement(_) => false,
         }
     }
 }

@@ -9,7 +9,9 @@
 //!   [`complete_query`](RowLeases::complete_query), [`move_query`](RowLeases::move_query),
 //!   [`claim_key_query`](RowLeases::claim_key_query)): release with a reason, complete with a
 //!   stored result, move a row to another table, or claim one row by key, each one statement with
-//!   the same fencing, on the caller's executor. Callers never write the "still held" predicate.
+//!   the same fencing, on the caller's executor. Callers never write the "still held" predicate,
+//!   and number their own parameters from `$1` ([`Sql`], [`Binds`]): a fragment whose
+//!   parameters do not match its values is refused when the statement is built.
 //! - **Heartbeats** ([`Heartbeat`]) renew row leases while long work runs and report the ones lost.
 //! - **[`Background`]**: how every long-running task of this toolkit (relays, consumer runners,
 //!   heartbeats, lease keepers) runs and stops: graceful `shutdown().await`, crash-like `abort()`,
@@ -112,6 +114,7 @@ mod heartbeat;
 mod keeper;
 mod named;
 mod row;
+mod sql;
 mod statements;
 mod table;
 
@@ -119,11 +122,13 @@ pub use background::Background;
 pub use backoff::Backoff;
 pub use clock::{Clock, DatabaseClock, ManualClock, interval};
 pub use error::{Error, Result, is_retriable_db_error};
-pub use fenced::{FencedQuery, KeyClaim};
+pub use fenced::FencedQuery;
 pub use heartbeat::Heartbeat;
 pub use keeper::LeaseKeeper;
 pub use named::{NamedLease, NamedLeases};
 pub use row::{Lease, LeaseId, RowLeases};
+pub use sql::{Binds, Sql};
+pub use statements::KeyClaim;
 pub use table::{Completion, TableSpec, TableSpecBuilder};
 pub use tokio_util::sync::CancellationToken;
 

@@ -4,11 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, FromRow, PgExecutor};
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments as _, FromRow, PgExecutor};
 
 use crate::Result;
 use crate::clock::{Clock, DatabaseClock, positive_interval};
 use crate::fenced::FencedQuery;
+use crate::sql::Sql;
 
 /// A named lease held by one owner.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
@@ -144,8 +146,8 @@ impl NamedLeases {
     /// A statement of the caller's that takes effect only while `lease` is held: `statement` may
     /// use `lease_held` as a `FROM` (or `USING`) item, which has one row while the lease is held
     /// by its owner with its token, and none once it was released or taken over. It may start
-    /// with its own `WITH` list. `$1` to `$3` are bound to the lease; the caller's parameters are
-    /// `$4` onward.
+    /// with its own `WITH` list. Its parameters are numbered from `$1`, with the values bound to
+    /// `statement` (the lease's own are bound before them).
     ///
     /// The check and the write are one statement: `lease_held` locks the lease's row (`FOR
     /// SHARE`), so no takeover can commit between them, and a holder paused past its lease
@@ -153,19 +155,30 @@ impl NamedLeases {
     ///
     /// ```no_run
     /// # async fn example(named: leases::NamedLeases, pool: sqlx::PgPool, lease: leases::NamedLease) -> leases::Result<()> {
+    /// use leases::Sql;
+    ///
+    /// let delete = Sql::new("DELETE FROM reports USING lease_held WHERE reports.day < $1")
+    ///     .bind(chrono::Utc::now());
     /// let archived = named
-    ///     .fenced_query(&lease, "DELETE FROM reports USING lease_held WHERE reports.day < $4")
-    ///     .bind(chrono::Utc::now())
+    ///     .fenced_query(&lease, delete)?
     ///     .execute(&pool)
     ///     .await?
     ///     .rows_affected();
     /// # let _ = archived; Ok(()) }
     /// ```
-    pub fn fenced_query(&self, lease: &NamedLease, statement: &'static str) -> FencedQuery {
-        sqlx::query(AssertSqlSafe(with_lease_held(statement)))
-            .bind(lease.name.clone())
-            .bind(lease.owner.clone())
-            .bind(lease.token)
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidStatement`](crate::Error::InvalidStatement) when `statement`'s parameters
+    /// are not `$1` to `$n` for its `n` values.
+    pub fn fenced_query(&self, lease: &NamedLease, statement: Sql) -> Result<FencedQuery> {
+        let (statement, binds) = statement.after(3)?;
+        let mut own = PgArguments::default();
+        let added = own
+            .add(lease.name.clone())
+            .and_then(|()| own.add(lease.owner.clone()))
+            .and_then(|()| own.add(lease.token));
+        crate::sql::statement(with_lease_held(&statement), added.map(|()| own), binds)
     }
 
     /// The leases whose names start with `prefix` and that are valid now (held, not expired),

@@ -4,12 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::error::BoxDynError;
 use sqlx::postgres::types::PgInterval;
-use sqlx::postgres::{PgHasArrayType, PgRow};
-use sqlx::{AssertSqlSafe, FromRow, PgExecutor, Postgres, Row};
+use sqlx::postgres::{PgArguments, PgHasArrayType, PgRow};
+use sqlx::{Arguments as _, AssertSqlSafe, FromRow, PgExecutor, Postgres, Row};
 
 use crate::clock::{Clock, DatabaseClock, interval, positive_interval};
 use crate::cursor::ClaimCursor;
+use crate::sql::Binds;
 use crate::statements::Statements;
 use crate::table::TableSpec;
 use crate::{Error, Result};
@@ -249,7 +251,7 @@ impl RowLeases {
     ) -> Result<Vec<(I, DateTime<Utc>)>> {
         let ttl = positive_interval("ttl", ttl)?;
         let rows = self
-            .held_query(&self.sql.renew, leases, ttl)
+            .held_query(&self.sql.renew, leases, ttl)?
             .fetch_all(executor)
             .await?;
         let renewed: Vec<(I, DateTime<Utc>)> = rows
@@ -298,7 +300,7 @@ impl RowLeases {
     ) -> Result<Vec<I>> {
         let delay = self.retry_delay(retry_after)?;
         let rows = self
-            .held_query(&self.sql.release, leases, delay)
+            .held_query(&self.sql.release, leases, delay)?
             .fetch_all(executor)
             .await?;
         ids(&rows)
@@ -335,7 +337,7 @@ impl RowLeases {
         leases: &[Lease<I>],
     ) -> Result<Vec<I>> {
         let rows = self
-            .held_query(&self.sql.complete, leases, interval(Duration::ZERO))
+            .held_query(&self.sql.complete, leases, interval(Duration::ZERO))?
             .fetch_all(executor)
             .await?;
         ids(&rows)
@@ -358,17 +360,42 @@ impl RowLeases {
         sql: &Arc<str>,
         leases: &[Lease<I>],
         interval: PgInterval,
-    ) -> sqlx::query::Query<'static, Postgres, sqlx::postgres::PgArguments> {
+    ) -> Result<sqlx::query::Query<'static, Postgres, PgArguments>> {
+        let args = self
+            .held_arguments(leases, interval)
+            .map_err(sqlx::Error::Encode)?;
+        Ok(sqlx::query_with(AssertSqlSafe(Arc::clone(sql)), args))
+    }
+
+    /// [`held_query`](Self::held_query) over `sql` (a statement with the caller's SQL in it) for
+    /// one lease, with the caller's values `binds` bound after the lease's.
+    pub(crate) fn held_statement<I: LeaseId>(
+        &self,
+        sql: String,
+        lease: &Lease<I>,
+        interval: PgInterval,
+        binds: Binds,
+    ) -> Result<sqlx::query::Query<'static, Postgres, PgArguments>> {
+        let own = self.held_arguments(std::slice::from_ref(lease), interval);
+        crate::sql::statement(sql, own, binds)
+    }
+
+    fn held_arguments<I: LeaseId>(
+        &self,
+        leases: &[Lease<I>],
+        interval: PgInterval,
+    ) -> std::result::Result<PgArguments, BoxDynError> {
         let ids: Vec<I> = leases.iter().map(|l| l.id.clone()).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
         let holders: Vec<I> = leases.iter().map(|l| l.holder.clone()).collect();
-        sqlx::query(AssertSqlSafe(Arc::clone(sql)))
-            .bind(ids)
-            .bind(tokens)
-            .bind(self.owner.to_string())
-            .bind(self.clock.now())
-            .bind(interval)
-            .bind(holders)
+        let mut args = PgArguments::default();
+        args.add(ids)?;
+        args.add(tokens)?;
+        args.add(self.owner.to_string())?;
+        args.add(self.clock.now())?;
+        args.add(interval)?;
+        args.add(holders)?;
+        Ok(args)
     }
 }
 

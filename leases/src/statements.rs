@@ -7,13 +7,41 @@
 
 use std::sync::Arc;
 
-use crate::fenced::KeyClaim;
+use crate::sql::renumbered;
 use crate::table::{Completion, TableSpec};
 use crate::{Error, Result};
 
+/// How [`RowLeases::claim_key_query`](crate::RowLeases::claim_key_query) inserts a row or claims
+/// the existing one with the same key.
+///
+/// Every field is SQL written by the crate's user (`&'static str`, never input). Its parameters
+/// are numbered from `$1` across all fields, their values given to the claim as
+/// [`Binds`](crate::Binds); the statement binds its own (now, owner, ttl) before them. The
+/// lease columns (owner, token, expiry, and attempts and due time on a scheduled table) are set by
+/// the statement itself.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyClaim {
+    /// The unique key, the `ON CONFLICT` target: `"scope, route, idempotency_key"`.
+    pub conflict: &'static str,
+    /// The caller's columns of a new row: `"scope, route, idempotency_key, created_at"`.
+    pub columns: &'static str,
+    /// Their values, in order; `claim.now` is the claim's time: `"$1, $2, $3, claim.now"`.
+    pub values: &'static str,
+    /// More `FROM` items for `values`, after `claim` (usually `""`): `", other_table AS o"`.
+    pub from: &'static str,
+    /// Assignments made when an existing row is claimed, over `excluded` (the new values), for
+    /// example `"created_at = excluded.created_at, result = NULL"`; `""` for none.
+    pub on_claim: &'static str,
+    /// When an existing row whose lease is free (never held, released, finished or expired) may be
+    /// claimed, referring to it by the table's name and to the new values as `excluded`; `"true"`
+    /// for always. A row whose lease is valid is never claimed, whatever this says.
+    pub claim_when: &'static str,
+}
+
 /// "Now" in a claim (`$1`) and in a statement over held leases (`$4`). A statement over held
 /// leases binds `$1` ids, `$2` tokens, `$3` owner, `$4` now, `$5` an interval and `$6` the ids of
-/// the rows holding the leases (see [`held`]); the caller's parameters start at `$7`.
+/// the rows holding the leases (see [`held`]); the caller's parameters follow, renumbered from
+/// its `$1` ([`Sql`](crate::Sql)).
 const NOW_CLAIM: &str = "coalesce($1::timestamptz, statement_timestamp())";
 const NOW_HELD: &str = "coalesce($4::timestamptz, statement_timestamp())";
 
@@ -355,8 +383,8 @@ pub(crate) fn move_rows(t: &TableSpec, insert: &str) -> String {
 }
 
 /// Inserts a row by key, or claims the existing one when its lease is free and `claim.claim_when`
-/// holds: `$1` now, `$2` owner, `$3` ttl.
-pub(crate) fn claim_key(t: &TableSpec, claim: &KeyClaim) -> String {
+/// holds: `$1` now, `$2` owner, `$3` ttl, then the claim's `count` parameters.
+pub(crate) fn claim_key(t: &TableSpec, claim: &KeyClaim, count: usize) -> Result<String> {
     let TableSpec {
         table,
         owner,
@@ -366,14 +394,18 @@ pub(crate) fn claim_key(t: &TableSpec, claim: &KeyClaim) -> String {
         next_attempt_at,
         ..
     } = t;
-    let KeyClaim {
-        conflict,
-        columns,
-        values,
-        from,
-        on_claim,
-        claim_when,
-    } = claim;
+    let [conflict, columns, values, from, on_claim, claim_when] = renumbered(
+        &[
+            claim.conflict,
+            claim.columns,
+            claim.values,
+            claim.from,
+            claim.on_claim,
+            claim.claim_when,
+        ],
+        3,
+        count,
+    )?;
     let (schedule_columns, schedule_values, schedule_sets) = if t.scheduled {
         (
             format!(", {attempts}, {next_attempt_at}"),
@@ -388,9 +420,9 @@ pub(crate) fn claim_key(t: &TableSpec, claim: &KeyClaim) -> String {
             "{owner} = excluded.{owner}, {token} = {table}.{token} + 1, {expires_at} = excluded.{expires_at}"
         ),
         &schedule_sets,
-        on_claim,
+        &on_claim,
     ]);
-    format!(
+    Ok(format!(
         "INSERT INTO {table} ({columns}, {owner}, {token}, {expires_at}{schedule_columns})
          SELECT {values}, $2, 1, claim.now + $3::interval{schedule_values}
          FROM (SELECT {NOW_CLAIM} AS now) AS claim {from}
@@ -399,7 +431,7 @@ pub(crate) fn claim_key(t: &TableSpec, claim: &KeyClaim) -> String {
            AND ({claim_when})
          RETURNING {}",
         lease_columns(t, "")
-    )
+    ))
 }
 
 /// `a, b, c` from the non-empty parts.

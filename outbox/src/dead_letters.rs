@@ -1,7 +1,7 @@
 //! The dead-letter table: events that failed permanently, and the operations on them.
 
 use chrono::{DateTime, Utc};
-use leases::{Lease, RowLeases};
+use leases::{Lease, RowLeases, Sql};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
@@ -62,13 +62,11 @@ pub(crate) async fn bury(
     reason: &str,
     last_error: &str,
 ) -> Result<bool> {
-    let moved = leases
-        .move_query(lease, insert_moved!("$7", "$8", "$9"))
+    let insert = Sql::new(insert_moved!("$1", "$2", "$3"))
         .bind(lease.attempts)
-        .bind(reason)
-        .bind(last_error)
-        .execute(pool)
-        .await?;
+        .bind(reason.to_owned())
+        .bind(last_error.to_owned());
+    let moved = leases.move_query(lease, insert)?.execute(pool).await?;
     Ok(moved.rows_affected() == 1)
 }
 

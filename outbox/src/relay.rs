@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
-use leases::{Completion, Heartbeat, Lease, RowLeases, TableSpec};
+use leases::{Completion, Heartbeat, Lease, RowLeases, Sql, TableSpec};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::time::Instant;
@@ -299,8 +299,7 @@ impl<P: Publisher> Relay<P> {
                 tracing::warn!(event_id = %event.id, attempts, ?delay, %error, "outbox: publish failed; retrying");
                 let released = self
                     .leases
-                    .release_query(lease, delay, "last_error = $7")?
-                    .bind(error)
+                    .release_query(lease, delay, Sql::new("last_error = $1").bind(error))?
                     .execute(&self.pool)
                     .await?
                     .rows_affected()

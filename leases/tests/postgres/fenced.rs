@@ -1,7 +1,7 @@
 //! Fenced statements with the caller's columns, claims by key, and claim filters.
 
 use super::*;
-use leases::{Error, KeyClaim};
+use leases::{Binds, Error, KeyClaim};
 use sqlx::FromRow;
 
 /// How many rows of `jobs` satisfy `predicate`.
@@ -83,10 +83,22 @@ async fn release_complete_and_move_write_the_callers_columns_only_while_the_leas
     );
 
     let deleting = RowLeases::new(&TableSpec::builder("jobs").build().expect("spec"), "d");
-    let Err(err) = deleting.complete_query(&new[1], "result = $7") else {
+    let Err(err) = deleting.complete_query(&new[1], Sql::new("result = $1").bind("ok")) else {
         panic!("a deleted row has no columns left to set");
     };
     assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+
+    // Numbered after the statement's own parameters (the old contract), or a value short: both
+    // refused when the statement is built, before anything reaches PostgreSQL.
+    for set in [
+        Sql::new("last_error = $7").bind("x"),
+        Sql::new("last_error = $1, note = $2").bind("x"),
+    ] {
+        let Err(err) = current.release_query(&new[0], Duration::ZERO, set) else {
+            panic!("a statement with misnumbered parameters was built");
+        };
+        assert!(matches!(err, Error::InvalidStatement(_)), "{err}");
+    }
 }
 
 /// Retries the first lease with `last_error`, completes the second with `result`, moves the third
@@ -97,25 +109,28 @@ async fn release_complete_move(
     pool: &PgPool,
 ) -> (u64, u64, u64) {
     let released = holder
-        .release_query(&leases[0], Duration::from_secs(30), "last_error = $7")
+        .release_query(
+            &leases[0],
+            Duration::from_secs(30),
+            Sql::new("last_error = $1").bind("broker down"),
+        )
         .expect("release")
-        .bind("broker down")
         .execute(pool)
         .await
         .expect("release");
     let completed = holder
-        .complete_query(&leases[1], "result = $7")
+        .complete_query(&leases[1], Sql::new("result = $1").bind("ok"))
         .expect("complete")
-        .bind("ok")
         .execute(pool)
         .await
         .expect("complete");
     let moved = holder
         .move_query(
             &leases[2],
-            "INSERT INTO failed_jobs (id, reason) SELECT id, $7 FROM moved",
+            Sql::new("INSERT INTO failed_jobs (id, reason) SELECT id, $1 FROM moved")
+                .bind("poison"),
         )
-        .bind("poison")
+        .expect("move")
         .execute(pool)
         .await
         .expect("move");
@@ -130,7 +145,7 @@ async fn release_complete_move(
 const LOCK: KeyClaim = KeyClaim {
     conflict: "name",
     columns: "name, note",
-    values: "$4, $5",
+    values: "$1, $2",
     from: "",
     on_claim: "note = excluded.note",
     claim_when: "locks.note IS DISTINCT FROM 'frozen'",
@@ -138,10 +153,12 @@ const LOCK: KeyClaim = KeyClaim {
 
 async fn claim_lock(locks: &RowLeases, pool: &PgPool, note: &str) -> Option<Lease<i64>> {
     let row = locks
-        .claim_key_query(&LOCK, MINUTE)
+        .claim_key_query(
+            &LOCK,
+            MINUTE,
+            Binds::new().bind("report").bind(note.to_owned()),
+        )
         .expect("query")
-        .bind("report")
-        .bind(note)
         .fetch_optional(pool)
         .await
         .expect("claim");
@@ -197,9 +214,8 @@ async fn claim_by_key_inserts_or_takes_over_a_free_row_and_fences_the_previous_h
             .expect("release")
     );
     let stale = a
-        .complete_query(&first, "note = $7")
+        .complete_query(&first, Sql::new("note = $1").bind("stale"))
         .expect("query")
-        .bind("stale")
         .execute(&db.pool)
         .await
         .expect("complete");

@@ -214,7 +214,8 @@ async fn a_member_is_lost_with_its_head_and_held_by_whoever_takes_the_head_over(
     assert!(new[2].token > old[2].token);
 
     let moved = stale
-        .move_query(&old[2], "SELECT 1 FROM moved")
+        .move_query(&old[2], Sql::new("SELECT 1 FROM moved"))
+        .expect("a valid statement")
         .execute(&db.pool)
         .await
         .expect("move");

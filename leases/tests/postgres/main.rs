@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use leases::{
     Clock, Completion, Heartbeat, Lease, LeaseKeeper, ManualClock, NamedLease, NamedLeases,
-    RowLeases, TableSpec,
+    RowLeases, Sql, TableSpec,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

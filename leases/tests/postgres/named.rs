@@ -191,15 +191,21 @@ async fn a_fenced_statement_writes_while_its_named_lease_is_held_and_not_after_a
         .await
         .expect("acquire")
         .expect("free");
-    let delete =
-        |lease| named.fenced_query(lease, "DELETE FROM reports USING lease_held WHERE day = $4");
+    let delete = |lease, day: i32| {
+        named
+            .fenced_query(
+                lease,
+                Sql::new("DELETE FROM reports USING lease_held WHERE day = $1").bind(day),
+            )
+            .expect("a valid statement")
+    };
 
-    let held = delete(&a).bind(1).execute(&db.pool).await.expect("delete");
+    let held = delete(&a, 1).execute(&db.pool).await.expect("delete");
     assert_eq!(held.rows_affected(), 1, "the holder's write takes effect");
 
     // Expired but not taken over: still a's.
     clock.advance(ttl + Duration::from_secs(1));
-    let expired = delete(&a).bind(2).execute(&db.pool).await.expect("delete");
+    let expired = delete(&a, 2).execute(&db.pool).await.expect("delete");
     assert_eq!(expired.rows_affected(), 1);
 
     let b = named
@@ -207,7 +213,7 @@ async fn a_fenced_statement_writes_while_its_named_lease_is_held_and_not_after_a
         .await
         .expect("acquire")
         .expect("expired, so free");
-    let late = delete(&a).bind(3).execute(&db.pool).await.expect("delete");
+    let late = delete(&a, 3).execute(&db.pool).await.expect("delete");
     assert_eq!(
         late.rows_affected(),
         0,
@@ -218,10 +224,13 @@ async fn a_fenced_statement_writes_while_its_named_lease_is_held_and_not_after_a
     let counted: (i64, i64) = named
         .fenced_query(
             &b,
-            "WITH gone AS (DELETE FROM reports USING lease_held WHERE day = $4 RETURNING 1)
-             SELECT (SELECT count(*) FROM lease_held), (SELECT count(*) FROM gone)",
+            Sql::new(
+                "WITH gone AS (DELETE FROM reports USING lease_held WHERE day = $1 RETURNING 1)
+                 SELECT (SELECT count(*) FROM lease_held), (SELECT count(*) FROM gone)",
+            )
+            .bind(3),
         )
-        .bind(3)
+        .expect("a valid statement")
         .try_map(|row: sqlx::postgres::PgRow| {
             use sqlx::Row as _;
             Ok((row.try_get(0)?, row.try_get(1)?))

@@ -25,7 +25,9 @@ async fn assert_fenced_plan(db: &TestDb, spec: &TableSpec) {
     let leases = RowLeases::new(spec, "planner");
     let claimed: Vec<Lease<i64>> = leases.claim(&db.pool, 1000, MINUTE).await.expect("claim");
     assert_eq!(claimed.len(), 1000);
-    let complete = leases.complete_query(&claimed[0], "").expect("statement");
+    let complete = leases
+        .complete_query(&claimed[0], Sql::new(""))
+        .expect("statement");
     let sql = sqlx::Execute::sql(complete).as_str().to_owned();
 
     let mut conn = db.pool.acquire().await.expect("connection");

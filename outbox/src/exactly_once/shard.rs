@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::join_all;
-use leases::{CancellationToken, LeaseKeeper, NamedLease, NamedLeases};
+use leases::{CancellationToken, LeaseKeeper, NamedLease, NamedLeases, Sql};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer as _};
@@ -389,13 +389,15 @@ impl Shared {
                 continue;
             };
             tracing::error!(event_id = %event.id, %reason, %error, "outbox: dead-lettering event");
-            buried += self
-                .named
-                .fenced_query(lease, BURY)
+            let bury = Sql::new(BURY)
                 .bind(event.seq)
                 .bind(i32::try_from(*tried).unwrap_or(i32::MAX))
                 .bind(reason)
-                .bind(error.to_string())
+                .bind(error.to_string());
+            buried += self
+                .named
+                .fenced_query(lease, bury)
+                .map_err(crate::Error::from)?
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
@@ -457,11 +459,11 @@ impl Shared {
             Retention::Delete => MARK_DELETE,
             Retention::Keep => MARK_KEEP,
         };
+        let statement = Sql::new(statement).bind(seqs.to_vec()).bind(ids.to_vec());
         let (held, marked): (bool, i64) = self
             .named
             .fenced_query(lease, statement)
-            .bind(seqs)
-            .bind(ids)
+            .map_err(crate::Error::from)?
             .try_map(|row: sqlx::postgres::PgRow| {
                 use sqlx::Row as _;
                 Ok((row.try_get(0)?, row.try_get(1)?))

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use leases::{Clock, Completion, DatabaseClock, KeyClaim, Lease, RowLeases, TableSpec};
+use leases::{Binds, Clock, Completion, DatabaseClock, KeyClaim, Lease, RowLeases, Sql, TableSpec};
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgPool, Row};
 
@@ -15,12 +15,12 @@ use crate::{Error, Fingerprint, Result};
 
 /// Takes a key: inserts it, or claims the row when its lease is free and it is past retention,
 /// released, or left by an expired holder of the same request. One fenced statement of `leases`,
-/// which also lets the lock skip the disk flush unless `synchronous_locks` is on (`$9`).
+/// which also lets the lock skip the disk flush unless `synchronous_locks` is on (`$6`).
 const ACQUIRE: KeyClaim = KeyClaim {
     conflict: "scope, route, idempotency_key",
     columns: "scope, route, idempotency_key, fingerprint, created_at, retain_until",
-    values: "$4, $5, $6, $7, claim.now, claim.now + $8::interval",
-    from: ", (SELECT set_config('synchronous_commit', $9, true)) AS settings",
+    values: "$1, $2, $3, $4, claim.now, claim.now + $5::interval",
+    from: ", (SELECT set_config('synchronous_commit', $6, true)) AS settings",
     on_claim: "fingerprint = excluded.fingerprint, created_at = excluded.created_at,
         retain_until = excluded.retain_until, completed_at = NULL, status = NULL,
         header_names = NULL, header_values = NULL, body = NULL",
@@ -66,8 +66,8 @@ SELECT fingerprint, created_at, retain_until, lease_token, completed_at, lease_e
        coalesce($1::timestamptz, statement_timestamp()) AS now
 FROM idempotency_keys WHERE scope = $2 AND route = $3 AND idempotency_key = $4";
 
-/// The response, written by the fenced completion of the key's lease (`$7` onward).
-const RESPONSE: &str = "status = $7, header_names = $8, header_values = $9, body = $10";
+/// The response, written by the fenced completion of the key's lease.
+const RESPONSE: &str = "status = $1, header_names = $2, header_values = $3, body = $4";
 
 const PURGE: &str = "
 DELETE FROM idempotency_keys WHERE id IN (
@@ -238,13 +238,14 @@ impl PostgresStore {
         response: &StoredResponse,
     ) -> Result<bool> {
         let (names, values) = response.header_lists();
-        let completed = self
-            .leases
-            .complete_query(lease, RESPONSE)?
+        let set = Sql::new(RESPONSE)
             .bind(i32::from(response.status.as_u16()))
             .bind(names)
             .bind(values)
-            .bind(response.body.as_ref())
+            .bind(response.body.to_vec());
+        let completed = self
+            .leases
+            .complete_query(lease, set)?
             .execute(conn)
             .await?
             .rows_affected();
@@ -326,15 +327,16 @@ impl PostgresStore {
         }
         let mut last_seen = None;
         for _ in 0..ACQUIRE_ATTEMPTS {
+            let binds = Binds::new()
+                .bind(key.scope.clone())
+                .bind(key.route.clone())
+                .bind(key.key.as_str().to_owned())
+                .bind(fingerprint.as_bytes().to_vec())
+                .bind(leases::interval(retention))
+                .bind(if synchronous { "on" } else { "off" });
             let acquired = self
                 .leases
-                .claim_key_query(&ACQUIRE, lease_ttl)?
-                .bind(&key.scope)
-                .bind(&key.route)
-                .bind(key.key.as_str())
-                .bind(fingerprint.as_bytes().as_slice())
-                .bind(leases::interval(retention))
-                .bind(if synchronous { "on" } else { "off" })
+                .claim_key_query(&ACQUIRE, lease_ttl, binds)?
                 .fetch_optional(&mut *conn)
                 .await?;
             if let Some(row) = acquired {
