@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 ///
 /// A relay is *stalled* from the first batch that published nothing because the broker refused
 /// or timed out every event in it (or a claim or mark failed in the database), until a batch
-/// publishes again; and while a batch has waited more than [`STALLED_AFTER`] for the broker to
-/// acknowledge it (the publisher sets no delivery timeout, so a broker that is away shows as a
+/// publishes again; and while a batch has waited more than
+/// [`RelayConfig::stalled_after`](crate::RelayConfig::stalled_after) for the broker to acknowledge
+/// it (the publisher sets no delivery timeout, so a broker that is away shows as a
 /// wait, not as a failure). A relay with nothing to publish is not stalled; a batch whose events
 /// are dead-lettered made progress. The gauge `outbox_relay_publishing{relay}` is 1 while the
 /// relay publishes and 0 after a failed batch, until one publishes.
@@ -20,10 +21,9 @@ pub struct RelayMonitor {
     failing: Arc<Mutex<Option<Failing>>>,
     /// When each batch now waiting for the broker began to wait, by batch number.
     waiting: Arc<Mutex<(u64, BTreeMap<u64, Instant>)>>,
+    /// How long a batch may wait before the relay counts as stalled.
+    stalled_after: Duration,
 }
-
-/// How long a batch may wait for the broker's acknowledgement before the relay counts as stalled.
-pub const STALLED_AFTER: Duration = Duration::from_secs(10);
 
 /// A batch waiting for the broker, from [`RelayMonitor::waiting`] until dropped.
 pub(crate) struct Waiting {
@@ -55,11 +55,13 @@ pub struct Stalled {
 }
 
 impl RelayMonitor {
-    pub(crate) fn new(name: String) -> Self {
+    /// A monitor for relay `name`, stalled once a batch has waited `stalled_after`.
+    pub(crate) fn new(name: String, stalled_after: Duration) -> Self {
         Self {
             name,
             failing: Arc::default(),
             waiting: Arc::default(),
+            stalled_after,
         }
     }
 
@@ -73,7 +75,7 @@ impl RelayMonitor {
         }
         let oldest = lock(&self.waiting).1.values().min().copied()?;
         let since = oldest.elapsed();
-        (since > STALLED_AFTER).then(|| Stalled {
+        (since > self.stalled_after).then(|| Stalled {
             since,
             error: format!(
                 "a batch has waited {} s for the broker's acknowledgement",

@@ -104,7 +104,7 @@ pub use sqlx;
 
 pub use error::{Error, Result};
 pub use event::{NewEvent, enqueue, enqueue_many};
-pub use health::{RelayMonitor, STALLED_AFTER, Stalled};
+pub use health::{RelayMonitor, Stalled};
 pub use leases::{Background, Backoff};
 pub use publisher::kafka::KafkaPublisher;
 pub use publisher::{Event, PublishError, Publisher};

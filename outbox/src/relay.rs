@@ -102,7 +102,7 @@ impl<P: Publisher> Relay<P> {
         Ok(Self {
             pool,
             publisher: Arc::new(publisher),
-            monitor: RelayMonitor::new(config.name.clone()),
+            monitor: RelayMonitor::new(config.name.clone(), config.stalled_after),
             config,
             leases,
         })

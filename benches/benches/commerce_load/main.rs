@@ -88,7 +88,7 @@ async fn stack() -> Stack {
         config.addrs.notification,
     ) = (any, any, any, any, any, any);
     // Longer than any step takes to settle, so no reservation expires for want of payment.
-    config.reservation_timeout_secs = 3600;
+    config.reservation_timeout = Duration::from_secs(3600);
     Stack::start(&config).await.expect("stack")
 }
 

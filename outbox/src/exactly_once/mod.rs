@@ -338,7 +338,8 @@ impl ExactlyOnceRelay {
                 clients,
                 outbox,
                 lease_owner: format!("{}#{}", config.owner, &instance[..12]),
-                monitor: RelayMonitor::new(config.name.clone()),
+                // Its transactions fail after `transaction.timeout.ms`: no batch waits unbounded.
+                monitor: RelayMonitor::new(config.name.clone(), Duration::MAX),
                 config,
                 named: NamedLeases::new(),
                 wake: Notify::new(),

@@ -28,6 +28,7 @@ pub struct RelayConfig {
     pub(super) retention: Retention,
     pub(super) pipeline_depth: u32,
     pub(super) claim_cursor: Option<Duration>,
+    pub(super) stalled_after: Duration,
 }
 
 impl Default for RelayConfig {
@@ -43,6 +44,7 @@ impl Default for RelayConfig {
             retention: Retention::default(),
             pipeline_depth: 2,
             claim_cursor: None,
+            stalled_after: Duration::from_secs(10),
         }
     }
 }
@@ -131,6 +133,13 @@ impl RelayConfig {
     /// stepped over while an older event of its aggregate was in flight. Default: off.
     pub fn claim_cursor(mut self, rescan: Duration) -> Self {
         self.claim_cursor = Some(rescan);
+        self
+    }
+
+    /// How long a batch may wait for the broker's acknowledgement before the relay's
+    /// [`RelayMonitor`](crate::RelayMonitor) reports it stalled. Default: 10 s.
+    pub fn stalled_after(mut self, wait: Duration) -> Self {
+        self.stalled_after = wait;
         self
     }
 }

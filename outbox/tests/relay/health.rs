@@ -88,13 +88,15 @@ async fn a_relay_waiting_on_an_absent_broker_is_stalled_after_a_while_and_publis
     let mut conn = db.pool.acquire().await.expect("connection");
     outbox::enqueue(&mut conn, &event).await.expect("enqueue");
     cluster.broker_down(1).expect("broker down");
-    let relay = Relay::new(db.pool.clone(), publisher, RelayConfig::default()).expect("relay");
+    let stalled_after = Duration::from_secs(2);
+    let config = RelayConfig::default().stalled_after(stalled_after);
+    let relay = Relay::new(db.pool.clone(), publisher, config).expect("relay");
     let monitor = relay.monitor();
     let batch = tokio::spawn(async move { relay.run_once().await });
 
-    tokio::time::sleep(outbox::STALLED_AFTER / 2).await;
+    tokio::time::sleep(stalled_after / 2).await;
     assert_eq!(monitor.stalled(), None, "a short wait is not a stall");
-    tokio::time::sleep(outbox::STALLED_AFTER / 2 + Duration::from_secs(1)).await;
+    tokio::time::sleep(stalled_after / 2 + Duration::from_secs(1)).await;
     let stalled = monitor.stalled().expect("stalled while the batch waits");
     assert!(stalled.error.contains("waited"), "{}", stalled.error);
 

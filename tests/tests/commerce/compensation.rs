@@ -31,7 +31,7 @@ async fn quick_expiry() -> &'static Stack {
     STACK_QUICK_EXPIRY
         .get_or_init(|| async {
             let config = Config {
-                reservation_timeout_secs: 1,
+                reservation_timeout: Duration::from_secs(1),
                 ..small(config().await)
             };
             let services = [

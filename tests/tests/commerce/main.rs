@@ -67,7 +67,7 @@ async fn config() -> Config {
     config.addrs.shipping = any;
     config.addrs.notification = any;
     // Long enough for the saga under the load of the concurrent tests, short enough to test expiry.
-    config.reservation_timeout_secs = 15;
+    config.reservation_timeout = Duration::from_secs(15);
     // The stacks of this binary share the server's 100 connections (see `small`).
     config.db_pool_size = 6;
     config

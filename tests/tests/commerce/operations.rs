@@ -215,7 +215,7 @@ fn a_service_whose_relay_cannot_publish_is_not_ready_until_it_publishes_again() 
             .await
             .expect("the database still takes the stock add");
         // The broker check fails at once; the relay is stalled once a batch has waited for the
-        // broker for `outbox::STALLED_AFTER` (10 s).
+        // broker for `RelayConfig::stalled_after` (10 s by default).
         let (status, body) = ready_until(&base, |_, body| body.contains("relay:")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("relay: not publishing"), "{body}");

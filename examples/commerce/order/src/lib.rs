@@ -144,7 +144,7 @@ pub fn archive_after_from_env() -> anyhow::Result<Duration> {
 /// A message saying what could not be started.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let archive_after = archive_after_from_env()?;
-    let reservation_timeout = Duration::from_secs(config.reservation_timeout_secs);
+    let reservation_timeout = config.reservation_timeout;
     let pool = setup::database(config, "order", &MIGRATOR)
         .await
         .context("order: database")?;
@@ -152,7 +152,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     tracing::info!(
         service = "order",
         product_base_url = %state.product_base_url,
-        reservation_timeout_secs = config.reservation_timeout_secs,
+        reservation_timeout_secs = reservation_timeout.as_secs(),
         archive_after_days = archive_after.as_secs() / (24 * 60 * 60),
         "order: configuration resolved"
     );

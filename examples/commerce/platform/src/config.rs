@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 /// Everything a service reads from the environment.
 #[derive(Clone)]
@@ -32,7 +33,7 @@ pub struct Config {
     /// `NOTIFICATION_ADDR` (defaults 127.0.0.1:8081..8086).
     pub addrs: Addrs,
     /// `RESERVATION_TIMEOUT_SECS`: how long a reservation may wait for payment (default 30).
-    pub reservation_timeout_secs: u64,
+    pub reservation_timeout: Duration,
     /// `COMMERCE_INSTANCE_ID` (default unset): when set, every consumer joins its group as a static
     /// member (`group.instance.id = <group>.<instance id>`), so a restarted process gets its
     /// partitions back at once instead of after the session timeout. Each running process needs
@@ -70,7 +71,7 @@ impl std::fmt::Debug for Config {
             .field("api_key", &"<redacted>")
             .field("dev_mode", &self.dev_mode)
             .field("addrs", &self.addrs)
-            .field("reservation_timeout_secs", &self.reservation_timeout_secs)
+            .field("reservation_timeout", &self.reservation_timeout)
             .field("instance_id", &self.instance_id)
             .finish()
     }
@@ -156,9 +157,11 @@ impl Config {
                 shipping: addr("SHIPPING_ADDR", "127.0.0.1:8085")?,
                 notification: addr("NOTIFICATION_ADDR", "127.0.0.1:8086")?,
             },
-            reservation_timeout_secs: var("RESERVATION_TIMEOUT_SECS", "30")
-                .parse()
-                .context("RESERVATION_TIMEOUT_SECS")?,
+            reservation_timeout: Duration::from_secs(
+                var("RESERVATION_TIMEOUT_SECS", "30")
+                    .parse()
+                    .context("RESERVATION_TIMEOUT_SECS")?,
+            ),
             instance_id: lookup("COMMERCE_INSTANCE_ID").filter(|id| !id.is_empty()),
         })
     }
