@@ -20,7 +20,7 @@
 //! by default, as in the design).
 //!
 //! Run: `eval "$(scripts/services up)"; cargo bench -p benches --bench commerce_load [-- --hold
-//! 20 | --profile seed-004 --run-time 120]`. Under `cargo test` (no `--bench` argument) or with
+//! 20 --rates 100,200 | --profile seed-004 --run-time 120]`. Under `cargo test` (no `--bench` argument) or with
 //! `BENCH_SMOKE` set, it runs one step of 10 orders/s for 2 s and the seed-004 profile with two
 //! customers doing one iteration: every path once, in a few seconds.
 
@@ -64,6 +64,9 @@ struct Args {
     /// Seconds each step of the steps is held.
     #[arg(long, default_value_t = 20)]
     hold: u64,
+    /// The offered rates of the steps, orders per second (default: 50 to 1,600, doubling).
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<usize>,
     /// `seed-004`: the design's load test instead of the steps.
     #[arg(long)]
     profile: Option<String>,
@@ -252,7 +255,12 @@ fn main() {
         match args.profile.as_deref() {
             None => {
                 let (rates, hold): (&[usize], u64) = if full {
-                    (&RATES, args.hold)
+                    let rates = if args.rates.is_empty() {
+                        &RATES[..]
+                    } else {
+                        &args.rates[..]
+                    };
+                    (rates, args.hold)
                 } else {
                     (&[10], 2)
                 };
