@@ -33,6 +33,21 @@ impl OwnedBroker {
     ///
     /// When `OUTBOX_TOOLKIT_KAFKA_LIBS` is unset, or the broker does not start within 60 s.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// [`start`](Self::start), with the broker telling clients to come back on
+    /// `127.0.0.1:advertised` (where a [`KafkaProxy`](crate::KafkaProxy) listens) rather than on
+    /// its own port.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub async fn start_advertising(advertised: u16) -> Self {
+        Self::start_with(Some(advertised)).await
+    }
+
+    async fn start_with(advertised: Option<u16>) -> Self {
         let libs = PathBuf::from(std::env::var_os("OUTBOX_TOOLKIT_KAFKA_LIBS").expect(
             "OUTBOX_TOOLKIT_KAFKA_LIBS is not set: run `eval \"$(scripts/services up)\"` first",
         ));
@@ -42,11 +57,14 @@ impl OwnedBroker {
         ));
         std::fs::create_dir_all(dir.join("data")).expect("create the broker's directory");
         let (port, controller_port) = (crate::free_port(), crate::free_port());
-        std::fs::write(
-            dir.join("server.properties"),
-            server_properties(port, controller_port, &dir.join("data")),
-        )
-        .expect("write server.properties");
+        let mut properties = server_properties(port, controller_port, &dir.join("data"));
+        if let Some(advertised) = advertised {
+            properties = properties.replace(
+                &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{port}"),
+                &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{advertised}"),
+            );
+        }
+        std::fs::write(dir.join("server.properties"), properties).expect("write server.properties");
         std::fs::write(dir.join("log4j2.yaml"), LOG4J2).expect("write log4j2.yaml");
         let mut broker = Self {
             dir,

@@ -14,16 +14,18 @@ mod broker;
 mod docker;
 pub mod exit;
 pub mod kafka;
+mod kafka_proxy;
 mod pg_server;
 pub mod postgres;
 mod process;
 pub mod redis;
 
 pub use broker::OwnedBroker;
+pub use kafka_proxy::{END_TXN, KafkaProxy};
 pub use leases::ManualClock;
 pub use pg_server::OwnedPostgres;
 pub use postgres::{TestDb, database, database_on};
-use process::free_port;
+pub use process::free_port;
 pub use process::signal;
 
 /// Resolves a service address: the environment variable, else a container, else a clear panic.

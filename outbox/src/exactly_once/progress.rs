@@ -77,6 +77,36 @@ impl Progress {
         }
     }
 
+    /// Reports why the holder of `lease` over outbox `outbox` ignores this record (`verdict` is
+    /// not [`Verdict::Settle`]).
+    pub(super) fn report_ignored(
+        &self,
+        verdict: Verdict,
+        outbox: Uuid,
+        lease: &NamedLease,
+        shard: u32,
+    ) {
+        match verdict {
+            Verdict::Empty | Verdict::Settle => {}
+            Verdict::OtherOutbox => tracing::warn!(
+                shard,
+                record_outbox = %self.outbox,
+                %outbox,
+                "outbox: ignored the shard's last progress record: it came from another outbox \
+                 (a recreated database, or two outboxes under one relay name)"
+            ),
+            Verdict::NotEarlier => tracing::warn!(
+                shard,
+                previous_owner = %self.owner,
+                previous_token = self.token,
+                token = lease.token,
+                "outbox: ignored the shard's last progress record: its lease is not older than \
+                 this one (a database restored to an earlier point?); the events it lists may \
+                 be published again"
+            ),
+        }
+    }
+
     /// Reads a record's payload: a tombstone, or a record this version cannot read (written by
     /// an older version, or not by a relay), is reported and read as no record.
     fn parse(payload: Option<&[u8]>) -> Self {

@@ -56,6 +56,10 @@ enum Ended {
     /// The database or the progress topic failed.
     #[error(transparent)]
     Outbox(#[from] crate::Error),
+    /// A commit succeeded only after it was resumed: its outcome is learnt from the progress
+    /// topic by the next episode, not taken from librdkafka's answer.
+    #[error("a resumed commit reported success; its outcome is read back from the progress topic")]
+    Resumed,
 }
 
 impl From<sqlx::Error> for Ended {
@@ -139,7 +143,7 @@ async fn hold(shared: &Arc<Shared>, shard: u32, stop: &CancellationToken) {
         let wait = async {
             match error {
                 Ended::LeaseLost => replaced(&mut held, &lease).await,
-                Ended::Kafka(error) => {
+                Ended::Kafka(_) | Ended::Resumed => {
                     shared.monitor.publish_failed(error.to_string());
                     tokio::time::sleep(config.poll_interval).await;
                 }
@@ -319,7 +323,8 @@ impl Shared {
         }
         if deliveries_ok {
             match self.commit(producer, lease).await {
-                Ok(()) => {
+                Ok(true) => return Err(Ended::Resumed),
+                Ok(false) => {
                     tracing::debug!(
                         events = batch.len(),
                         delivered_ms = delivered_after.as_secs_f64() * 1e3,
@@ -342,12 +347,16 @@ impl Shared {
         Ok(Transaction::Aborted(failed))
     }
 
-    /// Commits the open transaction. A commit that times out (the broker is away) is called
-    /// again on the same producer, which resumes it, for as long as the shard lease is ours:
-    /// librdkafka keeps the commit under way, and giving up on it would leave its outcome to be
-    /// learnt by the next owner instead of known here.
-    async fn commit(&self, producer: &TxProducer, lease: &NamedLease) -> Result<(), KafkaError> {
+    /// Commits the open transaction; `Ok(true)` when it succeeded only after being resumed. A
+    /// commit that times out (the broker away) is called again on the same producer, which
+    /// resumes it, for as long as the shard lease is ours. Such a success is not proof: the
+    /// broker may have aborted the transaction on its own (`transaction.timeout.ms`) while it
+    /// was away, and librdkafka has reported the resumed commit a success even so. The caller
+    /// ends the episode instead; the next one fences the producer and reads the shard's last
+    /// committed progress record, which names these events only if the commit happened.
+    async fn commit(&self, producer: &TxProducer, lease: &NamedLease) -> Result<bool, KafkaError> {
         let timeout = self.config.transaction_timeout;
+        let mut resumed = false;
         loop {
             let committed = producer
                 .blocking(move |p| p.commit_transaction(timeout))
@@ -357,10 +366,11 @@ impl Shared {
                     tracing::warn!(%error, "outbox: commit not finished; resuming it");
                     self.monitor.publish_failed(error.to_string());
                     if self.mark(lease, &[], &[]).await.is_err() {
-                        return committed;
+                        return committed.map(|()| true);
                     }
+                    resumed = true;
                 }
-                _ => return committed,
+                _ => return committed.map(|()| resumed),
             }
         }
     }
@@ -416,37 +426,21 @@ impl Shared {
         lease: &NamedLease,
         previous: &Progress,
     ) -> Result<(), Ended> {
-        match previous.verdict(self.outbox, lease) {
-            Verdict::Empty => {}
-            Verdict::Settle => {
-                let marked = self.mark(lease, &previous.seqs, &previous.ids).await?;
-                if marked > 0 {
-                    tracing::info!(
-                        shard,
-                        events = marked,
-                        previous_owner = %previous.owner,
-                        previous_token = previous.token,
-                        "outbox: marked the events of the previous owner's last transaction, \
-                         which it had committed to Kafka but not marked"
-                    );
-                }
-            }
-            Verdict::OtherOutbox => tracing::warn!(
+        let verdict = previous.verdict(self.outbox, lease);
+        if verdict != Verdict::Settle {
+            previous.report_ignored(verdict, self.outbox, lease, shard);
+            return Ok(());
+        }
+        let marked = self.mark(lease, &previous.seqs, &previous.ids).await?;
+        if marked > 0 {
+            tracing::info!(
                 shard,
-                record_outbox = %previous.outbox,
-                outbox = %self.outbox,
-                "outbox: ignored the shard's last progress record: it came from another outbox \
-                 (a recreated database, or two outboxes under one relay name)"
-            ),
-            Verdict::NotEarlier => tracing::warn!(
-                shard,
+                events = marked,
                 previous_owner = %previous.owner,
                 previous_token = previous.token,
-                token = lease.token,
-                "outbox: ignored the shard's last progress record: its lease is not older than \
-                 this one (a database restored to an earlier point?); the events it lists may \
-                 be published again"
-            ),
+                "outbox: marked the events of the previous owner's last transaction, which it \
+                 had committed to Kafka but not marked"
+            );
         }
         Ok(())
     }
