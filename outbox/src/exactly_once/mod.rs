@@ -86,14 +86,14 @@
 //! while the broker is away is resumed on the same producer for as long as the shard lease is
 //! held, and nothing else is published before its outcome is known.
 //!
-//! That outcome is not taken from librdkafka's answer. A broker killed while a commit was on its
-//! way comes back with the transaction open, and aborts it on its own once it is older than
-//! `transaction.timeout.ms`; the resumed commit has then been reported a success all the same,
-//! and marking its rows lost the batch (found by the broker-restart test, one run in ten under
-//! a full test run's load). So after a commit that needed resuming the shard starts a new
-//! episode: its new producer's `init_transactions` completes or aborts whatever is pending, and
-//! the shard's last committed progress record tells which: the rows are marked only if it names
-//! them, and published again otherwise.
+//! That outcome is not taken from librdkafka's answer: across a broker restart, a resumed commit
+//! has been reported a success for a transaction the broker had aborted, and marking its rows
+//! lost the batch (found by the broker-restart test, about one run in ten under a full test
+//! run's load). So after a commit that needed resuming the shard starts a new episode: its new
+//! producer's `init_transactions` completes or aborts whatever is pending, then the shard waits
+//! until its partition's last stable offset is past the transaction's own progress record (the
+//! offset its delivery report gave) and reads that record `read_committed`. The rows are marked
+//! only if it is there, and published again otherwise.
 //!
 //! # What it does not cover
 //!
@@ -144,10 +144,12 @@
 //! - `leases_named` keeps one member row per relay owner; with the default owner (new for every
 //!   process) that is one row per process ever started, so prefer stable owners.
 
+mod bury;
 mod client;
 mod members;
 mod progress;
 mod rows;
+mod settle;
 mod shard;
 
 use std::sync::Arc;

@@ -161,16 +161,70 @@ impl Place {
         clients: &ClientConfig,
         limit: Duration,
     ) -> Result<Progress> {
+        let (config, place) = (self.reader(clients), self.clone());
+        tokio::task::spawn_blocking(move || place.read_last(&config, limit))
+            .await
+            .map_err(|e| Error::InvalidConfig(format!("progress reader panicked: {e}")))?
+    }
+
+    /// Whether the record a transaction wrote to this place at `offset` was committed: waits
+    /// until the partition's last stable offset is past it (the transaction ended, one way or
+    /// the other), then reads it `read_committed`, which skips it if it was aborted. Call it
+    /// after `init_transactions`, which ends a transaction still pending. A record compaction
+    /// removed reads as not committed (its events are published again).
+    pub(super) async fn committed_at(
+        &self,
+        clients: &ClientConfig,
+        offset: i64,
+        limit: Duration,
+    ) -> Result<bool> {
+        let (config, place) = (self.reader(clients), self.clone());
+        tokio::task::spawn_blocking(move || place.read_at(&config, offset, limit))
+            .await
+            .map_err(|e| Error::InvalidConfig(format!("progress reader panicked: {e}")))?
+    }
+
+    /// The progress reader's settings: `clients` ([`super::client::reader_config`]) reading
+    /// committed records to the end of the partition.
+    fn reader(&self, clients: &ClientConfig) -> ClientConfig {
         let mut config = clients.clone();
         config
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
             .set("enable.auto.commit", "false")
             .set("group.id", format!("{}.recovery", self.topic));
-        let place = self.clone();
-        tokio::task::spawn_blocking(move || place.read_last(&config, limit))
-            .await
-            .map_err(|e| Error::InvalidConfig(format!("progress reader panicked: {e}")))?
+        config
+    }
+
+    fn read_at(&self, config: &ClientConfig, offset: i64, limit: Duration) -> Result<bool> {
+        let consumer: BaseConsumer<Quiet> = config.create_with_context(Quiet)?;
+        let deadline = std::time::Instant::now() + limit;
+        while consumer
+            .fetch_watermarks(&self.topic, self.partition, limit)?
+            .1
+            <= offset
+        {
+            if std::time::Instant::now() >= deadline {
+                return Err(timed_out());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))?;
+        consumer.assign(&assignment)?;
+        while std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(false),
+                Some(Err(error)) => return Err(error.into()),
+                Some(Ok(message)) => {
+                    return Ok(
+                        message.offset() == offset && message.key() == Some(self.key.as_bytes())
+                    );
+                }
+            }
+        }
+        Err(timed_out())
     }
 
     /// Reads the tail of the partition, a window at a time: the last record is normally among
@@ -218,10 +272,15 @@ impl Place {
                 Some(Ok(_)) => {}
             }
         }
-        Err(Error::Kafka(KafkaError::MessageConsumption(
-            RDKafkaErrorCode::OperationTimedOut,
-        )))
+        Err(timed_out())
     }
+}
+
+/// A progress read that did not finish within its limit.
+fn timed_out() -> Error {
+    Error::Kafka(KafkaError::MessageConsumption(
+        RDKafkaErrorCode::OperationTimedOut,
+    ))
 }
 
 /// Creates the compacted progress topic with one partition per shard when it is missing, or

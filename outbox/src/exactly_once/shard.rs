@@ -18,8 +18,8 @@ use uuid::Uuid;
 use super::ExactlyOnceConfig;
 use super::client::{Quiet, TxProducer, blamed};
 use super::members::Assignment;
-use super::progress::{Place, Progress, Verdict};
-use super::rows::{BURY, CLAIM, MARK_DELETE, MARK_KEEP};
+use super::progress::{Place, Progress};
+use super::rows::{CLAIM, MARK_DELETE, MARK_KEEP};
 use crate::publisher::kafka::record;
 use crate::publisher::{Event, PublishError};
 use crate::{RelayMonitor, Retention};
@@ -46,7 +46,7 @@ pub(super) struct Shared {
 
 /// Why a shard's ownership episode ended.
 #[derive(Debug, thiserror::Error)]
-enum Ended {
+pub(super) enum Ended {
     /// The shard lease was taken over: another relay owns the shard now.
     #[error("the shard lease was lost")]
     LeaseLost,
@@ -56,10 +56,21 @@ enum Ended {
     /// The database or the progress topic failed.
     #[error(transparent)]
     Outbox(#[from] crate::Error),
-    /// A commit succeeded only after it was resumed: its outcome is learnt from the progress
+    /// A commit succeeded only after it was resumed: its outcome is read back from the progress
     /// topic by the next episode, not taken from librdkafka's answer.
     #[error("a resumed commit reported success; its outcome is read back from the progress topic")]
-    Resumed,
+    Resumed(Pending),
+}
+
+/// A transaction whose commit was resumed, to be checked by the lease's next episode.
+#[derive(Debug)]
+pub(super) struct Pending {
+    /// Its lease's token: another lease's episode does not check it.
+    pub(super) token: i64,
+    /// What it covered.
+    pub(super) progress: Progress,
+    /// Where its progress record went, in the shard's partition.
+    pub(super) offset: i64,
 }
 
 impl From<sqlx::Error> for Ended {
@@ -124,6 +135,7 @@ async fn hold(shared: &Arc<Shared>, shard: u32, stop: &CancellationToken) {
             return;
         }
     };
+    let mut pending = None;
     loop {
         let lease = tokio::select! {
             () = stop.cancelled() => break,
@@ -131,8 +143,9 @@ async fn hold(shared: &Arc<Shared>, shard: u32, stop: &CancellationToken) {
         };
         let span = tracing::info_span!("outbox.shard", shard, token = lease.token);
         let mut held = keeper.subscribe();
+        let pending_here = pending.take().filter(|p: &Pending| p.token == lease.token);
         let ended = shared
-            .own(shard, &lease, stop, &mut held)
+            .own(shard, &lease, stop, &mut held, pending_here)
             .instrument(span)
             .await;
         let error = match ended {
@@ -140,11 +153,15 @@ async fn hold(shared: &Arc<Shared>, shard: u32, stop: &CancellationToken) {
             Err(error) => error,
         };
         tracing::warn!(%error, shard, "outbox: shard stopped publishing");
+        let message = error.to_string();
         let wait = async {
             match error {
                 Ended::LeaseLost => replaced(&mut held, &lease).await,
-                Ended::Kafka(_) | Ended::Resumed => {
-                    shared.monitor.publish_failed(error.to_string());
+                Ended::Kafka(_) | Ended::Resumed(_) => {
+                    if let Ended::Resumed(resumed) = error {
+                        pending = Some(resumed);
+                    }
+                    shared.monitor.publish_failed(message);
                     tokio::time::sleep(config.poll_interval).await;
                 }
                 Ended::Outbox(error) => {
@@ -173,6 +190,7 @@ impl Shared {
         lease: &NamedLease,
         stop: &CancellationToken,
         held: &mut watch::Receiver<Option<NamedLease>>,
+        pending: Option<Pending>,
     ) -> Result<(), Ended> {
         let config = &self.config;
         let place = Place::new(&config.progress_topic, shard, config.shards);
@@ -191,6 +209,9 @@ impl Shared {
         producer
             .blocking(move |p| p.init_transactions(timeout))
             .await?;
+        if let Some(pending) = pending {
+            self.settle_resumed(shard, lease, &place, pending).await?;
+        }
         let previous = place.last_committed(&self.clients, timeout).await?;
         self.settle(shard, lease, &previous).await?;
         // The broker and the database answered: the shard is ready to publish.
@@ -306,6 +327,10 @@ impl Shared {
         // acknowledged either, the broker failed the transaction as a whole (an outage, a
         // restart), and a retriable failure is not an event's own.
         let outage = !matches!(delivered.get(batch.len()), Some(Ok(Ok(_))));
+        let progress_offset = match delivered.get(batch.len()) {
+            Some(Ok(Ok(delivery))) => delivery.offset,
+            _ => -1,
+        };
         for (index, delivered) in delivered.into_iter().enumerate() {
             let error = match delivered {
                 Ok(Ok(_)) => continue,
@@ -323,7 +348,13 @@ impl Shared {
         }
         if deliveries_ok {
             match self.commit(producer, lease).await {
-                Ok(true) => return Err(Ended::Resumed),
+                Ok(true) => {
+                    return Err(Ended::Resumed(Pending {
+                        token: lease.token,
+                        progress: progress.clone(),
+                        offset: progress_offset,
+                    }));
+                }
                 Ok(false) => {
                     tracing::debug!(
                         events = batch.len(),
@@ -375,80 +406,15 @@ impl Shared {
         }
     }
 
-    /// After an aborted transaction: dead-letters the events refused for good, and those whose
-    /// transactions failed [`Backoff::max_attempts`](crate::Backoff::max_attempts) times.
-    /// Returns how many it moved.
-    async fn bury_failed(
-        &self,
-        lease: &NamedLease,
-        batch: &[Event],
-        failed: &[(usize, PublishError)],
-        attempts: &mut HashMap<i64, u32>,
-    ) -> Result<u64, Ended> {
-        let mut buried = 0;
-        for (index, error) in failed {
-            let event = &batch[*index];
-            let tried = attempts.entry(event.seq).or_default();
-            *tried += 1;
-            let reason = if !error.is_retriable() {
-                "permanent publish failure".to_owned()
-            } else if *tried >= self.config.backoff.max_attempts() {
-                format!("attempts exhausted ({tried})")
-            } else {
-                tracing::warn!(event_id = %event.id, attempts = *tried, %error, "outbox: transaction aborted; retrying");
-                continue;
-            };
-            tracing::error!(event_id = %event.id, %reason, %error, "outbox: dead-lettering event");
-            let bury = Sql::new(BURY)
-                .bind(event.seq)
-                .bind(i32::try_from(*tried).unwrap_or(i32::MAX))
-                .bind(reason)
-                .bind(error.to_string());
-            buried += self
-                .named
-                .fenced_query(lease, bury)
-                .map_err(crate::Error::from)?
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            attempts.remove(&event.seq);
-        }
-        self.count("outbox_dead_lettered_total", buried as usize);
-        Ok(buried)
-    }
-
-    /// Settles the previous transaction of the shard, as its progress record describes it: marks
-    /// its rows when the record provably describes this outbox's events under an earlier lease
-    /// ([`Progress::verdict`]), and reports and ignores it otherwise.
-    async fn settle(
-        &self,
-        shard: u32,
-        lease: &NamedLease,
-        previous: &Progress,
-    ) -> Result<(), Ended> {
-        let verdict = previous.verdict(self.outbox, lease);
-        if verdict != Verdict::Settle {
-            previous.report_ignored(verdict, self.outbox, lease, shard);
-            return Ok(());
-        }
-        let marked = self.mark(lease, &previous.seqs, &previous.ids).await?;
-        if marked > 0 {
-            tracing::info!(
-                shard,
-                events = marked,
-                previous_owner = %previous.owner,
-                previous_token = previous.token,
-                "outbox: marked the events of the previous owner's last transaction, which it \
-                 had committed to Kafka but not marked"
-            );
-        }
-        Ok(())
-    }
-
     /// Marks the rows `seqs` (with the event ids `ids`, pairwise) published while `lease` is
     /// held, returning how many rows it marked (rows already marked, and pairs that name no row,
     /// are skipped); [`Ended::LeaseLost`] when the lease is not held.
-    async fn mark(&self, lease: &NamedLease, seqs: &[i64], ids: &[Uuid]) -> Result<i64, Ended> {
+    pub(super) async fn mark(
+        &self,
+        lease: &NamedLease,
+        seqs: &[i64],
+        ids: &[Uuid],
+    ) -> Result<i64, Ended> {
         let statement = match self.config.retention {
             Retention::Delete => MARK_DELETE,
             Retention::Keep => MARK_KEEP,
@@ -471,7 +437,7 @@ impl Shared {
         }
     }
 
-    fn count(&self, counter: &'static str, n: usize) {
+    pub(super) fn count(&self, counter: &'static str, n: usize) {
         metrics::counter!(counter, "relay" => self.config.name.clone()).increment(n as u64);
     }
 }
