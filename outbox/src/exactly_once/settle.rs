@@ -14,7 +14,7 @@ impl Shared {
         shard: u32,
         lease: &NamedLease,
         place: &Place,
-        pending: Pending,
+        pending: &Pending,
     ) -> Result<(), Ended> {
         let limit = self.config.transaction_timeout;
         let committed = place

@@ -62,11 +62,10 @@ pub(super) enum Ended {
     Resumed(Pending),
 }
 
-/// A transaction whose commit was resumed, to be checked by the lease's next episode.
+/// A transaction whose commit was resumed, kept until an episode has checked it (an episode that
+/// fails first leaves it to the next).
 #[derive(Debug)]
 pub(super) struct Pending {
-    /// Its lease's token: another lease's episode does not check it.
-    pub(super) token: i64,
     /// What it covered.
     pub(super) progress: Progress,
     /// Where its progress record went, in the shard's partition.
@@ -143,9 +142,8 @@ async fn hold(shared: &Arc<Shared>, shard: u32, stop: &CancellationToken) {
         };
         let span = tracing::info_span!("outbox.shard", shard, token = lease.token);
         let mut held = keeper.subscribe();
-        let pending_here = pending.take().filter(|p: &Pending| p.token == lease.token);
         let ended = shared
-            .own(shard, &lease, stop, &mut held, pending_here)
+            .own(shard, &lease, stop, &mut held, &mut pending)
             .instrument(span)
             .await;
         let error = match ended {
@@ -190,7 +188,7 @@ impl Shared {
         lease: &NamedLease,
         stop: &CancellationToken,
         held: &mut watch::Receiver<Option<NamedLease>>,
-        pending: Option<Pending>,
+        pending: &mut Option<Pending>,
     ) -> Result<(), Ended> {
         let config = &self.config;
         let place = Place::new(&config.progress_topic, shard, config.shards);
@@ -209,8 +207,9 @@ impl Shared {
         producer
             .blocking(move |p| p.init_transactions(timeout))
             .await?;
-        if let Some(pending) = pending {
-            self.settle_resumed(shard, lease, &place, pending).await?;
+        if let Some(resumed) = pending.as_ref() {
+            self.settle_resumed(shard, lease, &place, resumed).await?;
+            *pending = None;
         }
         let previous = place.last_committed(&self.clients, timeout).await?;
         self.settle(shard, lease, &previous).await?;
@@ -350,7 +349,6 @@ impl Shared {
             match self.commit(producer, lease).await {
                 Ok(true) => {
                     return Err(Ended::Resumed(Pending {
-                        token: lease.token,
                         progress: progress.clone(),
                         offset: progress_offset,
                     }));
