@@ -13,9 +13,8 @@ use super::{
 };
 use crate::{Error, Fingerprint, Result};
 
-/// Takes a key: inserts it, or claims the row when its lease is free and it is past retention,
-/// released, or left by an expired holder of the same request. One fenced statement of `leases`,
-/// which also lets the lock skip the disk flush unless `synchronous_locks` is on (`$6`).
+/// Takes a key: inserts it, or claims the row when free and past retention, released, or left by
+/// an expired holder of the same request; skips the disk flush unless `synchronous_locks` ($6).
 const ACQUIRE: KeyClaim = KeyClaim {
     conflict: "scope, route, idempotency_key",
     columns: "scope, route, idempotency_key, fingerprint, created_at, retain_until",
