@@ -342,3 +342,14 @@ pub fn event_ids(messages: &[OwnedMessage]) -> HashMap<Vec<u8>, (i32, i64)> {
     }
     ids
 }
+
+/// Sends the relay's own account (`outbox` at INFO; `RUST_LOG` overrides) to the test's captured
+/// output, shown when the test fails. Installs the subscriber once per test binary.
+pub fn log_to_test_output() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("outbox=info,warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

@@ -11,7 +11,8 @@ use outbox::{Backoff, RelayMonitor};
 use sqlx::PgPool;
 use testkit::OwnedBroker;
 use workspace_tests::relay_process::{
-    Wire, ends, enqueue_numbered, enqueue_numbers, event_ids, open_transaction, wait_for_remaining,
+    Wire, ends, enqueue_numbered, enqueue_numbers, event_ids, log_to_test_output, open_transaction,
+    wait_for_remaining,
 };
 
 const AGGREGATES: usize = 30;
@@ -158,18 +159,6 @@ async fn a_broker_paused_past_the_delivery_timeout_aborts_the_transaction_and_bu
         Wire::of(&testkit::kafka::read_to_end(&bootstrap, &topic, "read_committed").await);
     assert_eq!(committed.distinct, 220, "every event arrived");
     assert!(committed.consecutive, "once each, in per-aggregate order");
-}
-
-/// The relay's own account (`outbox` at INFO, `RUST_LOG` overrides), in the test's captured
-/// output: shown when the test fails.
-fn log_to_test_output() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("outbox=info,warn"));
-    // The other test of this binary may have installed it already.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
 }
 
 /// The dead letters by reason and count.

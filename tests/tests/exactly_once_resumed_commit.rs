@@ -12,7 +12,9 @@ use outbox::RelayMonitor;
 use outbox::exactly_once::{ExactlyOnceConfig, ExactlyOnceRelay};
 use sqlx::PgPool;
 use testkit::{END_TXN, KafkaProxy, OwnedBroker, TestDb};
-use workspace_tests::relay_process::{Wire, enqueue_numbers, open_transaction, wait_for_remaining};
+use workspace_tests::relay_process::{
+    Wire, enqueue_numbers, log_to_test_output, open_transaction, wait_for_remaining,
+};
 
 /// A broker behind a proxy, a database and a one-shard relay that has published a first batch
 /// of 20 events; the broker aborts transactions older than `transaction_timeout_ms` itself.
@@ -27,14 +29,7 @@ struct Setup {
 
 impl Setup {
     async fn start(transaction_timeout_ms: u32) -> Self {
-        // The relay's own account, shown when the test fails.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("outbox=info,warn")),
-            )
-            .with_test_writer()
-            .try_init();
+        log_to_test_output();
         let proxy_port = testkit::free_port();
         let broker = OwnedBroker::start_advertising(proxy_port).await;
         let upstream = broker.bootstrap_servers().parse().expect("broker address");
