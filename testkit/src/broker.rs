@@ -15,7 +15,8 @@ const LOG4J2: &str = include_str!("../../scripts/kafka/log4j2.yaml");
 
 /// A single-node KRaft broker (broker and controller in one JVM) on free loopback ports, with its
 /// data in a temporary directory that survives [`stop`](Self::stop) and [`kill`](Self::kill).
-/// Dropping it kills the process and removes the directory.
+/// Dropping it kills the process and removes the directory, unless the test is failing (then the
+/// directory, with the broker's log, is kept for inspection).
 ///
 /// Its jars are the ones `scripts/services up` fetched (`OUTBOX_TOOLKIT_KAFKA_LIBS`).
 #[derive(Debug)]
@@ -218,7 +219,14 @@ impl Drop for OwnedBroker {
             let _ = process.kill();
             let _ = process.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            eprintln!(
+                "the test failed: kept the broker's directory {} (its log: broker.log)",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -1,23 +1,37 @@
-//! A TCP proxy in front of a broker that understands just enough of the Kafka protocol to hold
-//! back one kind of request: a fault test can let a client's transaction reach the broker and
-//! then keep its commit (`EndTxn`) from arriving, for as long as the test needs. Start the broker
-//! with [`OwnedBroker::start_advertising`](crate::OwnedBroker::start_advertising) so that clients
-//! come back through the proxy after the bootstrap.
+//! A TCP proxy in front of a broker that understands just enough of the Kafka protocol to stand
+//! between a client's transactions and their commits (`EndTxn`): a fault test can let a
+//! transaction's records reach the broker and then hold its commit back for as long as the test
+//! needs, or answer the commit itself with a success the broker never saw. Start the broker with
+//! [`OwnedBroker::start_advertising`](crate::OwnedBroker::start_advertising) so that clients come
+//! back through the proxy after the bootstrap.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
 
 /// The Kafka API key of `EndTxn`, the request that commits or aborts a transaction.
-pub const END_TXN: i16 = 26;
+const END_TXN: i16 = 26;
+
+/// What the proxy does with an `EndTxn` request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commits {
+    /// Passes it to the broker.
+    Forward,
+    /// Keeps it (and what follows it on its connection) until told otherwise.
+    Hold,
+    /// Answers it with a success itself, without passing it on.
+    Answer,
+}
 
 /// A running proxy; dropping it stops accepting connections.
 #[derive(Debug)]
 pub struct KafkaProxy {
     port: u16,
-    held: watch::Sender<Option<i16>>,
+    commits: watch::Sender<Commits>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -31,13 +45,17 @@ impl KafkaProxy {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind the proxy's port");
-        let (held, watching) = watch::channel(None);
+        let (commits, watching) = watch::channel(Commits::Forward);
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 tokio::spawn(forward(client, upstream, watching.clone()));
             }
         });
-        Self { port, held, accept }
+        Self {
+            port,
+            commits,
+            accept,
+        }
     }
 
     /// The address clients dial (`127.0.0.1:<port>`).
@@ -45,15 +63,22 @@ impl KafkaProxy {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Holds back every request with API key `api_key` (and what follows it on its connection)
-    /// from now on, until [`release`](Self::release).
-    pub fn hold(&self, api_key: i16) {
-        self.held.send_replace(Some(api_key));
+    /// Holds back every commit or abort (`EndTxn`), and what follows it on its connection, from
+    /// now on, until [`release`](Self::release) or [`answer_commits`](Self::answer_commits).
+    pub fn hold_commits(&self) {
+        self.commits.send_replace(Commits::Hold);
     }
 
-    /// Lets held requests through.
+    /// Answers every `EndTxn`, held ones first, with a success the broker never sees: the
+    /// client believes its transaction committed while the broker keeps it open, and aborts it
+    /// once it is older than `transaction.timeout.ms`. Until [`release`](Self::release).
+    pub fn answer_commits(&self) {
+        self.commits.send_replace(Commits::Answer);
+    }
+
+    /// Passes commits, held ones first, to the broker again.
     pub fn release(&self) {
-        self.held.send_replace(None);
+        self.commits.send_replace(Commits::Forward);
     }
 }
 
@@ -64,36 +89,81 @@ impl Drop for KafkaProxy {
 }
 
 /// Copies `client` to a new connection to `upstream` and back, request by request towards the
-/// broker, waiting while a request's API key is held.
-async fn forward(client: TcpStream, upstream: SocketAddr, mut held: watch::Receiver<Option<i16>>) {
+/// broker and answer by answer back, treating each `EndTxn` as `commits` says.
+async fn forward(client: TcpStream, upstream: SocketAddr, mut commits: watch::Receiver<Commits>) {
     let Ok(broker) = TcpStream::connect(upstream).await else {
         return;
     };
-    let (mut client_read, mut client_write) = client.into_split();
+    let (mut client_read, client_write) = client.into_split();
     let (mut broker_read, mut broker_write) = broker.into_split();
-    let answers = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut broker_read, &mut client_write).await;
+    let client_write = Arc::new(Mutex::new(client_write));
+    let answers = tokio::spawn({
+        let client_write = Arc::clone(&client_write);
+        async move {
+            while let Some(answer) = read_frame(&mut broker_read).await {
+                if send(&client_write, &answer).await.is_err() {
+                    break;
+                }
+            }
+        }
     });
-    loop {
-        let mut size = [0u8; 4];
-        if client_read.read_exact(&mut size).await.is_err() {
-            break;
-        }
-        let mut request = vec![0u8; u32::from_be_bytes(size) as usize];
-        if client_read.read_exact(&mut request).await.is_err() {
-            break;
-        }
-        let api_key = request
-            .get(..2)
-            .map_or(-1, |key| i16::from_be_bytes([key[0], key[1]]));
-        if held.wait_for(|held| *held != Some(api_key)).await.is_err() {
-            break;
-        }
-        if broker_write.write_all(&size).await.is_err()
-            || broker_write.write_all(&request).await.is_err()
-        {
+    while let Some(request) = read_frame(&mut client_read).await {
+        let treat = if api_key(&request) == END_TXN {
+            match commits.wait_for(|commits| *commits != Commits::Hold).await {
+                Ok(commits) => *commits,
+                Err(_) => break,
+            }
+        } else {
+            Commits::Forward
+        };
+        let sent = if treat == Commits::Answer {
+            send(&client_write, &end_txn_success(&request)).await
+        } else {
+            broker_write.write_all(&request).await
+        };
+        if sent.is_err() {
             break;
         }
     }
     answers.abort();
+}
+
+/// One size-prefixed protocol frame (the size included), `None` once the connection is closed.
+async fn read_frame(from: &mut (impl AsyncRead + Unpin)) -> Option<Vec<u8>> {
+    let mut size = [0u8; 4];
+    from.read_exact(&mut size).await.ok()?;
+    let mut frame = size.to_vec();
+    frame.resize(4 + u32::from_be_bytes(size) as usize, 0);
+    from.read_exact(&mut frame[4..]).await.ok()?;
+    Some(frame)
+}
+
+async fn send(to: &Mutex<OwnedWriteHalf>, frame: &[u8]) -> std::io::Result<()> {
+    to.lock().await.write_all(frame).await
+}
+
+/// A request frame's API key (request header: size, api key, api version, correlation id, ...).
+fn api_key(request: &[u8]) -> i16 {
+    request
+        .get(4..6)
+        .map_or(-1, |key| i16::from_be_bytes([key[0], key[1]]))
+}
+
+/// The success answer to an `EndTxn` request of version 0 to 2 (the non-flexible ones, which
+/// librdkafka sends): correlation id, throttle time 0, error code 0.
+///
+/// # Panics
+///
+/// On a later version, whose answer this does not know how to write.
+fn end_txn_success(request: &[u8]) -> Vec<u8> {
+    let version = i16::from_be_bytes([request[6], request[7]]);
+    assert!(
+        version <= 2,
+        "the proxy answers EndTxn versions 0 to 2, not {version}"
+    );
+    let mut answer = 10u32.to_be_bytes().to_vec();
+    answer.extend_from_slice(&request[8..12]);
+    answer.extend_from_slice(&0i32.to_be_bytes());
+    answer.extend_from_slice(&0i16.to_be_bytes());
+    answer
 }

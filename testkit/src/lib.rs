@@ -21,7 +21,7 @@ mod process;
 pub mod redis;
 
 pub use broker::OwnedBroker;
-pub use kafka_proxy::{END_TXN, KafkaProxy};
+pub use kafka_proxy::KafkaProxy;
 pub use leases::ManualClock;
 pub use pg_server::OwnedPostgres;
 pub use postgres::{TestDb, database, database_on};

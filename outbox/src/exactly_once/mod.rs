@@ -88,8 +88,8 @@
 //!
 //! That outcome is not taken from librdkafka's answer: across a broker restart, a resumed commit
 //! has been reported a success for a transaction the broker had aborted, and marking its rows
-//! lost the batch (found by the broker-restart test, about one run in ten under a full test
-//! run's load). So after a commit that needed resuming the shard starts a new episode: its new
+//! would lose the batch (`tests/tests/exactly_once_resumed_commit.rs` gives that answer on
+//! purpose, from a proxy in front of the broker). So after a commit that needed resuming the shard starts a new episode: its new
 //! producer's `init_transactions` completes or aborts whatever is pending, then the shard waits
 //! until its partition's last stable offset is past the transaction's own progress record (the
 //! offset its delivery report gave) and reads that record `read_committed`. The rows are marked
@@ -117,6 +117,12 @@
 //!   is lost, but they stall each other: give each outbox its own name.
 //! - **A default [`Relay`](crate::Relay) beside this one** over the same outbox can publish an
 //!   event again: run one mode at a time.
+//! - **A hanging transaction on the broker**: a broker that crashes can leave a transaction open
+//!   on a partition while its coordinator no longer tracks it, so the partition's last stable
+//!   offset never moves again until an operator aborts it (`kafka-transactions.sh
+//!   find-hanging`, then `abort`). Every `read_committed` reader of that partition waits, this
+//!   relay included: a shard whose resumed commit's record sits behind it logs it at `ERROR` and
+//!   publishes nothing until it is aborted, then publishes the batch again.
 //! - **Effects in other systems** (a consumer's database, an email) still need the consumer's
 //!   inbox: exactly once on the wire does not make a consumer's own processing exactly once.
 //!
@@ -130,8 +136,8 @@
 //! previous owner's committed batch logs it at `INFO`. [`ExactlyOnceRelay::monitor`] feeds a
 //! readiness check, as [`Relay::monitor`](crate::Relay::monitor) does for the default relay.
 //! librdkafka's own reports (a broker away, a producer fenced by a takeover) are logged at
-//! `WARN` at most, with target `librdkafka`; `ERROR` is kept for dead-lettered events, so an
-//! operator can alert on it.
+//! `WARN` at most, with target `librdkafka`; `ERROR` is kept for dead-lettered events and a
+//! hanging transaction, so an operator can alert on it.
 //!
 //! # Costs and limits
 //!

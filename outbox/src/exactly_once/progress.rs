@@ -199,12 +199,15 @@ impl Place {
     fn read_at(&self, config: &ClientConfig, offset: i64, limit: Duration) -> Result<bool> {
         let consumer: BaseConsumer<Quiet> = config.create_with_context(Quiet)?;
         let deadline = std::time::Instant::now() + limit;
-        while consumer
-            .fetch_watermarks(&self.topic, self.partition, limit)?
-            .1
-            <= offset
-        {
+        loop {
+            let last_stable = consumer
+                .fetch_watermarks(&self.topic, self.partition, limit)?
+                .1;
+            if last_stable > offset {
+                break;
+            }
             if std::time::Instant::now() >= deadline {
+                self.report_hanging(offset, last_stable);
                 return Err(timed_out());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -225,6 +228,24 @@ impl Place {
             }
         }
         Err(timed_out())
+    }
+
+    /// The partition's last stable offset stays at or before `offset` although the caller's
+    /// `init_transactions` has ended its transaction: a transaction the broker's coordinator no
+    /// longer tracks (a *hanging* transaction, which a broker can leave behind after a crash)
+    /// holds the partition, and only an operator can end it. The shard publishes nothing until
+    /// then (that loses nothing; guessing the outcome could publish a batch twice).
+    fn report_hanging(&self, offset: i64, last_stable: i64) {
+        tracing::error!(
+            topic = %self.topic,
+            partition = self.partition,
+            offset,
+            last_stable,
+            "outbox: a transaction the broker no longer tracks holds the progress partition \
+             (its last stable offset does not move past this shard's resumed transaction); \
+             the shard waits until it is aborted: `kafka-transactions.sh find-hanging`, then \
+             `kafka-transactions.sh abort`"
+        );
     }
 
     /// Reads the tail of the partition, a window at a time: the last record is normally among
