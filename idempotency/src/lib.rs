@@ -120,9 +120,9 @@ mod http;
 #[cfg(feature = "http")]
 pub use self::http::{
     Acquire, Fingerprint, FingerprintOptions, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, Idempotency,
-    IdempotencyKey, IdempotencyLayer, KeyError, KeyPolicy, MAX_KEY_LEN, MemoryStore, PostgresStore,
-    Problem, Record, RecordState, ResponseFuture, ScopedKey, Store, StoredResponse, TakenIn,
-    TransactionalStore, Tx, problem, stores_by_default, stores_server_errors_too,
+    IdempotencyKey, IdempotencyLayer, KeyError, KeyPolicy, KeysStatus, MAX_KEY_LEN, MemoryStore,
+    PostgresStore, Problem, Record, RecordState, ResponseFuture, ScopedKey, Store, StoredResponse,
+    TakenIn, TransactionalStore, Tx, problem, stores_by_default, stores_server_errors_too,
 };
 pub use error::{Error, Result};
 

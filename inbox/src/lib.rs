@@ -8,7 +8,7 @@
 //!   `(consumer, event id)` in the `inbox` table, inside the handler's own transaction, and say
 //!   which events are fresh and which are duplicates. The record commits if and only if the
 //!   effects do, so a redelivered event finds its id and is skipped. [`purge`] forgets old
-//!   records.
+//!   records ([`count_purgeable`] is its dry run); [`status`] says how many there are.
 //! - **Consumer runner**: [`Consumer`] runs the whole consume loop over Kafka, one task per
 //!   assigned partition, the partitions in parallel: a batch of a partition's messages is
 //!   decoded (a [`Handler`] is an allowlist of event types) and applied in one transaction with
@@ -122,7 +122,7 @@ pub use consumer::{
     Handler, HandlerError, Message,
 };
 pub use error::{Error, Result};
-pub use table::{Delivery, purge, receive, receive_batch};
+pub use table::{Delivery, InboxStatus, count_purgeable, purge, receive, receive_batch, status};
 
 /// The crate's migrations: the `inbox` table (one row per consumer and event applied).
 ///

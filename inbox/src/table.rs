@@ -10,6 +10,7 @@
 //! consume events some other way.
 
 use std::collections::HashSet;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
@@ -107,8 +108,63 @@ pub async fn receive_batch(
     Ok(fresh.into_iter().collect())
 }
 
+/// The inbox's size, as [`status`] read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InboxStatus {
+    /// How many records it holds, of every consumer.
+    pub rows: i64,
+    /// How long ago the oldest record was written; `None` when there is none.
+    pub oldest_age: Option<Duration>,
+}
+
+/// Reads how many records the inbox holds and how old the oldest is: what [`purge`] keeps in
+/// check (the `outboxctl status` command prints it).
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> inbox::Result<()> {
+/// let status = inbox::status(&pool).await?;
+/// println!("{} records, oldest {:?}", status.rows, status.oldest_age);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Database`] when the statement fails (for example when the `inbox` table does not
+/// exist).
+pub async fn status(pool: &PgPool) -> Result<InboxStatus> {
+    let (rows, oldest): (i64, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), extract(epoch FROM now() - min(received_at))::float8 FROM inbox",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(InboxStatus {
+        rows,
+        // Zero for a negative age (a clock step on the server).
+        oldest_age: oldest.map(|seconds| Duration::try_from_secs_f64(seconds).unwrap_or_default()),
+    })
+}
+
+/// Which records a purge deletes: received more than `$1` (an interval) ago. The one predicate of
+/// [`purge`] and of its dry run, [`count_purgeable`].
+const PURGEABLE: &str = "received_at < now() - $1::interval";
+
+/// Deletes up to `$2` purgeable records, oldest first.
+static PURGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "DELETE FROM inbox WHERE (consumer, event_id) IN (
+            SELECT consumer, event_id FROM inbox WHERE {PURGEABLE}
+            ORDER BY received_at
+            LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    )
+});
+
+/// Counts the purgeable records.
+static COUNT_PURGEABLE: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT count(*) FROM inbox WHERE {PURGEABLE}"));
+
 /// Deletes inbox records older than `older_than`, `batch_size` rows per statement, until none is
-/// left. Returns how many were deleted.
+/// left. Returns how many were deleted. [`count_purgeable`] is its dry run.
 ///
 /// `older_than` must exceed the longest time the broker may redeliver an event (its retention,
 /// or how far back a consumer group may be reset): an event redelivered after its record was
@@ -127,21 +183,38 @@ pub async fn purge(pool: &PgPool, older_than: Duration, batch_size: u32) -> Resu
     let older_than = leases::interval(older_than);
     let mut total = 0;
     loop {
-        let deleted = sqlx::query(
-            "DELETE FROM inbox WHERE (consumer, event_id) IN (
-                SELECT consumer, event_id FROM inbox
-                WHERE received_at < now() - $1::interval
-                ORDER BY received_at
-                LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(older_than)
-        .bind(i64::from(batch_size))
-        .execute(pool)
-        .await?
-        .rows_affected();
+        let deleted = sqlx::query(PURGE.as_str())
+            .bind(older_than)
+            .bind(i64::from(batch_size))
+            .execute(pool)
+            .await?
+            .rows_affected();
         total += deleted;
         if deleted < u64::from(batch_size) {
             return Ok(total);
         }
     }
+}
+
+/// The dry run of [`purge`]: how many records it would delete now, with the same `older_than`.
+/// Deletes nothing.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// # async fn run(pool: sqlx::PgPool) -> inbox::Result<()> {
+/// let fortnight = Duration::from_secs(14 * 86_400);
+/// println!("{} records would go", inbox::count_purgeable(&pool, fortnight).await?);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Database`] when the statement fails.
+pub async fn count_purgeable(pool: &PgPool, older_than: Duration) -> Result<u64> {
+    let count: i64 = sqlx::query_scalar(COUNT_PURGEABLE.as_str())
+        .bind(leases::interval(older_than))
+        .fetch_one(pool)
+        .await?;
+    Ok(u64::try_from(count).unwrap_or_default())
 }

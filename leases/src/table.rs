@@ -91,6 +91,44 @@ impl TableSpec {
     pub fn table(&self) -> &str {
         &self.table
     }
+
+    /// SQL that is true for a row whose lease is held at `now`: its expiry is after `now`. For
+    /// statements that read leased rows without taking a lease (a status count), which must not
+    /// write their own "still leased" rule. (A held lease may still be lost to its owner: only
+    /// [`RowLeases`](crate::RowLeases)' fenced statements tell.)
+    ///
+    /// `now` is SQL written by the crate's user, never input: `"now()"`, or
+    /// `"coalesce($1::timestamptz, statement_timestamp())"` with a [`Clock`](crate::Clock)'s time
+    /// bound as `$1`.
+    ///
+    /// ```
+    /// let spec = leases::TableSpec::builder("jobs").build()?;
+    /// assert_eq!(spec.leased_at("now()"), "\"lease_expires_at\" > now()");
+    /// let in_flight = format!("SELECT count(*) FROM jobs WHERE {}", spec.leased_at("now()"));
+    /// # let _ = in_flight;
+    /// # Ok::<(), leases::Error>(())
+    /// ```
+    pub fn leased_at(&self, now: &'static str) -> String {
+        format!("{} > {now}", self.expires_at)
+    }
+
+    /// SQL that is true for a row whose lease is free at `now`: never held, released, finished or
+    /// expired; the negation of [`leased_at`](Self::leased_at). For statements that must leave
+    /// rows in flight alone without taking their lease (a retention purge). `now` as in
+    /// [`leased_at`](Self::leased_at).
+    ///
+    /// ```
+    /// let spec = leases::TableSpec::builder("jobs").build()?;
+    /// assert_eq!(
+    ///     spec.free_at("now()"),
+    ///     "(\"lease_expires_at\" IS NULL OR \"lease_expires_at\" <= now())"
+    /// );
+    /// # Ok::<(), leases::Error>(())
+    /// ```
+    pub fn free_at(&self, now: &'static str) -> String {
+        let expires_at = &self.expires_at;
+        format!("({expires_at} IS NULL OR {expires_at} <= {now})")
+    }
 }
 
 /// Builds a [`TableSpec`]; every name is checked by [`build`](Self::build).

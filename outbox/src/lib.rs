@@ -81,7 +81,9 @@
 //! `outbox_batch_seconds`; gauges (refreshed every 5 s by a running relay) `outbox_pending`,
 //! `outbox_oldest_pending_age_seconds`, `outbox_leased` (events leased right now) and
 //! `outbox_dead_letters` (dead-letter depth: alert when it is above zero). Each batch runs in an
-//! `outbox.batch` tracing span.
+//! `outbox.batch` tracing span. [`status`] reads the backlog, the leases and the dead letters in
+//! one call (what `outboxctl status` prints); [`purge_published`] deletes kept events and
+//! [`count_purgeable`] is its dry run.
 
 #![forbid(unsafe_code)]
 
@@ -93,6 +95,7 @@ mod health;
 mod publisher;
 mod relay;
 mod stats;
+mod status;
 mod trace;
 
 /// The Kafka client this crate is built on, re-exported so that the configuration a user hands
@@ -109,7 +112,8 @@ pub use leases::{Background, Backoff};
 pub use publisher::kafka::KafkaPublisher;
 pub use publisher::{Event, PublishError, Publisher};
 pub use relay::{BatchOutcome, Relay, RelayConfig, Retention};
-pub use stats::purge_published;
+pub use stats::{count_purgeable, purge_published};
+pub use status::{DeadLetterGroup, OutboxStatus, OwnerLeases, PendingEvent, status};
 
 /// The outbox's migrations: `outbox_events`, `outbox_dead_letters` and the notify trigger.
 ///

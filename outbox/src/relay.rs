@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
-use leases::{Completion, Heartbeat, Lease, RowLeases, Sql, TableSpec};
+use leases::{Completion, Heartbeat, Lease, RowLeases, Sql, TableSpec, TableSpecBuilder};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::time::Instant;
@@ -86,7 +86,7 @@ impl<P: Publisher> Relay<P> {
                     .into(),
             ));
         }
-        let mut spec = TableSpec::builder("outbox_events").id_column("seq");
+        let mut spec = events_table();
         if config.ordered {
             spec = spec.group_columns(&["aggregate_type", "aggregate_id"]);
         }
@@ -430,6 +430,12 @@ impl<P: Publisher> Relay<P> {
         gauges.shutdown().await;
         tracing::info!(owner = %self.config.owner, "outbox: relay stopped");
     }
+}
+
+/// `outbox_events` and its lease columns, as every statement on the table's leases names them
+/// (the relay's claims, the gauges' and [`status`](crate::status)' lease counts).
+pub(crate) fn events_table() -> TableSpecBuilder {
+    TableSpec::builder("outbox_events").id_column("seq")
 }
 
 /// Whether a batch is one aggregate's run: then nothing more of that aggregate is claimable until

@@ -1,11 +1,13 @@
 //! Gauges of the outbox's backlog, and retention of published events.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use leases::{Background, CancellationToken};
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::Result;
+use crate::relay::events_table;
 
 /// How often a relay records the gauges.
 const EVERY: Duration = Duration::from_secs(5);
@@ -33,14 +35,16 @@ async fn gauges(pool: PgPool, name: String, stop: CancellationToken) {
 /// `outbox_oldest_pending_age_seconds`, `outbox_leased` (events leased by a relay right now) and
 /// `outbox_dead_letters` (the dead-letter table's depth).
 async fn record(pool: &PgPool, name: &str) -> Result<()> {
-    let (pending, oldest, leased, dead): (i64, Option<f64>, i64, i64) = sqlx::query_as(
-        "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8,
-                count(*) FILTER (WHERE lease_expires_at > now()),
-                (SELECT count(*) FROM outbox_dead_letters)
-         FROM outbox_events WHERE next_attempt_at IS NOT NULL",
-    )
-    .fetch_one(pool)
-    .await?;
+    let held = events_table().build()?.leased_at("now()");
+    let (pending, oldest, leased, dead): (i64, Option<f64>, i64, i64) =
+        sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8,
+                    count(*) FILTER (WHERE {held}),
+                    (SELECT count(*) FROM outbox_dead_letters)
+             FROM outbox_events WHERE next_attempt_at IS NOT NULL"
+        )))
+        .fetch_one(pool)
+        .await?;
     let relay = name.to_owned();
     metrics::gauge!("outbox_pending", "relay" => relay.clone()).set(pending as f64);
     metrics::gauge!("outbox_oldest_pending_age_seconds", "relay" => relay.clone())
@@ -50,9 +54,35 @@ async fn record(pool: &PgPool, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Which events a purge deletes: published more than `$1` (an interval) ago. The one predicate
+/// of [`purge_published`] and of its dry run, [`count_purgeable`].
+const PURGEABLE: &str = "published_at < now() - $1::interval";
+
+/// Deletes up to `$2` purgeable events.
+static PURGE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "DELETE FROM outbox_events WHERE seq IN (
+            SELECT seq FROM outbox_events WHERE {PURGEABLE}
+            LIMIT $2 FOR UPDATE SKIP LOCKED)"
+    )
+});
+
+/// Counts the purgeable events.
+static COUNT_PURGEABLE: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT count(*) FROM outbox_events WHERE {PURGEABLE}"));
+
 /// With [`Retention::Keep`](crate::Retention::Keep): deletes events published more than
 /// `older_than` ago, `batch_size` rows per statement so no statement holds many locks for long,
-/// until none is left. Returns how many were deleted.
+/// until none is left. Returns how many were deleted. [`count_purgeable`] is its dry run.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// # async fn run(pool: sqlx::PgPool) -> outbox::Result<()> {
+/// let week = Duration::from_secs(7 * 86_400);
+/// let deleted = outbox::purge_published(&pool, week, 1000).await?;
+/// # let _ = deleted; Ok(()) }
+/// ```
 ///
 /// # Errors
 ///
@@ -68,20 +98,38 @@ pub async fn purge_published(pool: &PgPool, older_than: Duration, batch_size: u3
     let older_than = leases::interval(older_than);
     let mut total = 0;
     loop {
-        let deleted = sqlx::query(
-            "DELETE FROM outbox_events WHERE seq IN (
-                SELECT seq FROM outbox_events
-                WHERE published_at < now() - $1::interval
-                LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(older_than)
-        .bind(i64::from(batch_size))
-        .execute(pool)
-        .await?
-        .rows_affected();
+        let deleted = sqlx::query(PURGE.as_str())
+            .bind(older_than)
+            .bind(i64::from(batch_size))
+            .execute(pool)
+            .await?
+            .rows_affected();
         total += deleted;
         if deleted < u64::from(batch_size) {
             return Ok(total);
         }
     }
+}
+
+/// The dry run of [`purge_published`]: how many events it would delete now, with the same
+/// `older_than`. Deletes nothing.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// # async fn run(pool: sqlx::PgPool) -> outbox::Result<()> {
+/// let week = Duration::from_secs(7 * 86_400);
+/// println!("{} published events are older than a week", outbox::count_purgeable(&pool, week).await?);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Database`](crate::Error::Database) when the statement fails.
+pub async fn count_purgeable(pool: &PgPool, older_than: Duration) -> Result<u64> {
+    let count: i64 = sqlx::query_scalar(COUNT_PURGEABLE.as_str())
+        .bind(leases::interval(older_than))
+        .fetch_one(pool)
+        .await?;
+    Ok(u64::try_from(count).unwrap_or_default())
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use idempotency::PostgresStore;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -10,7 +11,7 @@ use crate::cli::{PurgeArgs, PurgeCommand};
 use crate::db::require_table;
 use crate::failure::Failure;
 
-/// One kind of purge: its name, table, and how to count and delete its rows.
+/// One kind of purge: its name, table, and the library calls that count and delete its rows.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Published(Duration),
@@ -35,37 +36,13 @@ impl Kind {
         }
     }
 
-    /// How many rows the purge would delete now.
-    async fn count(self, pool: &PgPool) -> sqlx::Result<i64> {
-        match self {
-            Self::Published(older_than) => {
-                sqlx::query_scalar(
-                    "SELECT count(*) FROM outbox_events
-                     WHERE published_at < now() - make_interval(secs => $1)",
-                )
-                .bind(older_than.as_secs_f64())
-                .fetch_one(pool)
-                .await
-            }
-            Self::Inbox(older_than) => {
-                sqlx::query_scalar(
-                    "SELECT count(*) FROM inbox
-                     WHERE received_at < now() - make_interval(secs => $1)",
-                )
-                .bind(older_than.as_secs_f64())
-                .fetch_one(pool)
-                .await
-            }
-            Self::IdempotencyKeys => {
-                sqlx::query_scalar(
-                    "SELECT count(*) FROM idempotency_keys
-                     WHERE retain_until <= now()
-                       AND (lease_expires_at IS NULL OR lease_expires_at <= now())",
-                )
-                .fetch_one(pool)
-                .await
-            }
-        }
+    /// How many rows the purge would delete now: the library's dry run of its purge.
+    async fn count(self, pool: &PgPool) -> Result<u64, Failure> {
+        Ok(match self {
+            Self::Published(older_than) => outbox::count_purgeable(pool, older_than).await?,
+            Self::Inbox(older_than) => inbox::count_purgeable(pool, older_than).await?,
+            Self::IdempotencyKeys => PostgresStore::new(pool.clone()).count_expired().await?,
+        })
     }
 
     /// Deletes the rows with the library's own purge, `batch_size` rows per statement.
@@ -76,7 +53,7 @@ impl Kind {
             }
             Self::Inbox(older_than) => inbox::purge(pool, older_than, batch_size).await?,
             Self::IdempotencyKeys => {
-                idempotency::PostgresStore::new(pool.clone())
+                PostgresStore::new(pool.clone())
                     .purge_expired(batch_size)
                     .await?
             }

@@ -24,7 +24,7 @@ pub use problem::Problem;
 pub use replay::IDEMPOTENT_REPLAYED;
 pub use service::{Idempotency, ResponseFuture};
 pub use store::memory::MemoryStore;
-pub use store::postgres::PostgresStore;
+pub use store::postgres::{KeysStatus, PostgresStore};
 pub use store::{
     Acquire, Record, RecordState, ScopedKey, Store, StoredResponse, TakenIn, TransactionalStore,
 };

@@ -4,6 +4,7 @@
 mod concurrency_and_reuse;
 mod contract;
 mod replay_and_leases;
+mod retention;
 mod scope_and_transaction;
 
 use std::sync::Arc;

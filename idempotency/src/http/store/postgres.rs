@@ -13,6 +13,10 @@ use super::{
 };
 use crate::{Error, Fingerprint, Result};
 
+mod retention;
+
+pub use retention::KeysStatus;
+
 /// Takes a key: inserts it, or claims the row when free and past retention, released, or left by
 /// an expired holder of the same request; skips the disk flush unless `synchronous_locks` ($6).
 const ACQUIRE: KeyClaim = KeyClaim {
@@ -67,15 +71,6 @@ FROM idempotency_keys WHERE scope = $2 AND route = $3 AND idempotency_key = $4";
 
 /// The response, written by the fenced completion of the key's lease.
 const RESPONSE: &str = "status = $1, header_names = $2, header_values = $3, body = $4";
-
-const PURGE: &str = "
-DELETE FROM idempotency_keys WHERE id IN (
-    SELECT id FROM idempotency_keys
-    WHERE retain_until <= coalesce($1::timestamptz, statement_timestamp())
-      AND (lease_expires_at IS NULL OR lease_expires_at <= coalesce($1::timestamptz, statement_timestamp()))
-    ORDER BY retain_until
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED)";
 
 /// Idempotency keys in PostgreSQL (table `idempotency_keys`, created by
 /// [`MIGRATOR`](crate::MIGRATOR)).
@@ -182,36 +177,6 @@ impl PostgresStore {
     pub fn synchronous_locks(mut self, on: bool) -> Self {
         self.synchronous_locks = on;
         self
-    }
-
-    /// Deletes keys past their retention (and not leased), `batch_size` rows per statement so
-    /// no statement holds many locks for long, until none is left. Returns how many were
-    /// deleted. Run it periodically (hourly, say); keys past retention are ignored on read
-    /// anyway.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidConfig`] for a zero `batch_size`; [`Error::Database`] when a statement
-    /// fails (batches already deleted stay deleted).
-    pub async fn purge_expired(&self, batch_size: u32) -> Result<u64> {
-        if batch_size == 0 {
-            return Err(Error::InvalidConfig(
-                "purge batch size must be greater than zero".into(),
-            ));
-        }
-        let mut total = 0;
-        loop {
-            let deleted = sqlx::query(PURGE)
-                .bind(self.clock.now())
-                .bind(i64::from(batch_size))
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-            total += deleted;
-            if deleted < u64::from(batch_size) {
-                return Ok(total);
-            }
-        }
     }
 
     async fn lookup(
