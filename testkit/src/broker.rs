@@ -12,6 +12,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 const SERVER_PROPERTIES: &str = include_str!("../../scripts/kafka/server.properties");
 /// The broker's logging configuration, shared with `scripts/services`.
 const LOG4J2: &str = include_str!("../../scripts/kafka/log4j2.yaml");
+/// The tool that formats a log directory.
+const STORAGE_TOOL: &str = "kafka.tools.StorageTool";
+/// The tool that finds and aborts hanging transactions.
+const TRANSACTIONS_TOOL: &str = "org.apache.kafka.tools.TransactionsCommand";
 
 /// A single-node KRaft broker (broker and controller in one JVM) on free loopback ports, with its
 /// data in a temporary directory that survives [`stop`](Self::stop) and [`kill`](Self::kill).
@@ -73,11 +77,14 @@ impl OwnedBroker {
             port,
             process: None,
         };
-        let cluster_id = broker.tool(&["random-uuid"]);
+        let cluster_id = broker.java(STORAGE_TOOL, &["random-uuid"]);
         let cluster_id = cluster_id.lines().last().expect("a cluster id").trim();
         let properties = broker.dir.join("server.properties");
         let properties = properties.to_str().expect("UTF-8 path");
-        broker.tool(&["format", "-t", cluster_id, "-c", properties]);
+        broker.java(
+            STORAGE_TOOL,
+            &["format", "-t", cluster_id, "-c", properties],
+        );
         broker.restart().await;
         broker
     }
@@ -183,8 +190,69 @@ impl OwnedBroker {
         }
     }
 
-    /// Runs `kafka.tools.StorageTool` with `args` and returns what it printed.
-    fn tool(&self, args: &[&str]) -> String {
+    /// Aborts the transactions Kafka left *hanging* on this broker (open on a partition while
+    /// their coordinator no longer tracks them), as an operator would with
+    /// `kafka-transactions.sh find-hanging` and `abort`; returns them as `topic-partition@offset`.
+    ///
+    /// A one-node cluster restarted after a crash can leave them: its controller fences the old
+    /// broker registration, every partition is leaderless for a moment, and the transaction
+    /// coordinator drops the commit or abort markers it was sending to them as if the partitions
+    /// had been deleted (the broker logs "these partitions are likely deleted already").
+    ///
+    /// # Panics
+    ///
+    /// When the tool fails.
+    pub fn abort_hanging_transactions(&self) -> Vec<String> {
+        let bootstrap = self.bootstrap_servers();
+        let found = self.java(
+            TRANSACTIONS_TOOL,
+            &[
+                "--bootstrap-server",
+                &bootstrap,
+                "find-hanging",
+                "--broker-id",
+                "1",
+                "--max-transaction-timeout",
+                "0",
+            ],
+        );
+        let mut lines = found.lines().filter(|line| !line.trim().is_empty());
+        let header: Vec<&str> = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let column = |name: &str| header.iter().position(|h| *h == name);
+        let (Some(topic), Some(partition), Some(offset)) =
+            (column("Topic"), column("Partition"), column("StartOffset"))
+        else {
+            return Vec::new();
+        };
+        let mut aborted = Vec::new();
+        for line in lines {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            let (topic, partition, offset) = (cells[topic], cells[partition], cells[offset]);
+            self.java(
+                TRANSACTIONS_TOOL,
+                &[
+                    "--bootstrap-server",
+                    &bootstrap,
+                    "abort",
+                    "--topic",
+                    topic,
+                    "--partition",
+                    partition,
+                    "--start-offset",
+                    offset,
+                ],
+            );
+            aborted.push(format!("{topic}-{partition}@{offset}"));
+        }
+        aborted
+    }
+
+    /// Runs the Kafka tool `class` with `args` and returns what it printed.
+    fn java(&self, class: &str, args: &[&str]) -> String {
         let output = Command::new("java")
             .arg("-cp")
             .arg(self.classpath())
@@ -192,13 +260,13 @@ impl OwnedBroker {
                 "-Dlog4j2.configurationFile={}",
                 self.dir.join("log4j2.yaml").display()
             ))
-            .arg("kafka.tools.StorageTool")
+            .arg(class)
             .args(args)
             .output()
             .expect("run java (is a JDK 17+ installed?)");
         assert!(
             output.status.success(),
-            "StorageTool {args:?} failed: {}",
+            "{class} {args:?} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()

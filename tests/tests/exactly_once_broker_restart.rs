@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use testkit::OwnedBroker;
 use workspace_tests::relay_process::{
     Wire, ends, enqueue_numbered, enqueue_numbers, event_ids, log_to_test_output, open_transaction,
-    wait_for_remaining,
+    remaining, wait_for_remaining,
 };
 
 const AGGREGATES: usize = 30;
@@ -65,12 +65,41 @@ async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again
         until_stalled(&monitor, false, Duration::from_secs(60)).await;
     }
 
-    wait_for_remaining(&db.pool, 0, Duration::from_secs(180)).await;
+    // Kafka itself can leave a transaction hanging after a restart of a one-node cluster (see
+    // `OwnedBroker::abort_hanging_transactions`). It blocks every read_committed reader of its
+    // partitions, the relay too when it is the relay's own progress partition: the relay then
+    // waits for an operator, and logs the remedy at ERROR. The test does what that operator
+    // does, then checks that nothing was lost or published twice all the same.
+    let mut aborted = Vec::new();
+    if !within(Duration::from_secs(90), || async {
+        remaining(&db.pool).await == 0
+    })
+    .await
+    {
+        aborted = broker.abort_hanging_transactions();
+        assert!(
+            !aborted.is_empty(),
+            "the outbox did not drain, and no hanging transaction explains it"
+        );
+        wait_for_remaining(&db.pool, 0, Duration::from_secs(120)).await;
+    }
     assert!(monitor.stalled().is_none(), "publishing again");
     relay.shutdown().await;
     // A read_committed reader stops at the last stable offset: a transaction left open would
     // hide every record after it, so say so rather than count those records as lost.
+    if !within(Duration::from_secs(30), || async {
+        !open_transaction(&bootstrap, &topic)
+    })
+    .await
+    {
+        aborted.extend(broker.abort_hanging_transactions());
+    }
     until_no_open_transaction(&bootstrap, &topic, Duration::from_secs(30)).await;
+    if !aborted.is_empty() {
+        println!(
+            "broker restart: aborted what Kafka left hanging, as an operator would: {aborted:?}"
+        );
+    }
     let committed_messages =
         testkit::kafka::read_to_end(&bootstrap, &topic, "read_committed").await;
     let uncommitted_messages =
@@ -169,8 +198,18 @@ async fn dead_letters(pool: &PgPool) -> Vec<(String, i64)> {
         .expect("dead letters")
 }
 
-/// Waits until the relay's monitor says it is stalled (`stalled`) or publishing, failing after
-/// `limit`.
+/// Whether `done` answers `true` within `limit`.
+async fn within<F: Future<Output = bool>>(limit: Duration, mut done: impl FnMut() -> F) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done().await {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}
+
 /// Waits until no partition of `topic` has a transaction open (last stable offset = high
 /// watermark); panics naming the ends when one stays open for `limit`.
 async fn until_no_open_transaction(bootstrap: &str, topic: &str, limit: Duration) {
@@ -186,6 +225,8 @@ async fn until_no_open_transaction(bootstrap: &str, topic: &str, limit: Duration
     }
 }
 
+/// Waits until the relay's monitor says it is stalled (`stalled`) or publishing, failing after
+/// `limit`.
 async fn until_stalled(monitor: &RelayMonitor, stalled: bool, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     while monitor.stalled().is_some() != stalled {
