@@ -117,10 +117,13 @@
 //!   is lost, but they stall each other: give each outbox its own name.
 //! - **A default [`Relay`](crate::Relay) beside this one** over the same outbox can publish an
 //!   event again: run one mode at a time.
-//! - **A hanging transaction on the broker**: a broker that crashes can leave a transaction open
-//!   on a partition while its coordinator no longer tracks it, so the partition's last stable
-//!   offset never moves again until an operator aborts it (`kafka-transactions.sh
-//!   find-hanging`, then `abort`). Every `read_committed` reader of that partition waits, this
+//! - **A hanging transaction on the broker**: Kafka can leave a transaction open on a partition
+//!   while its coordinator no longer tracks it. Seen here on a one-node cluster (Apache Kafka
+//!   4.4) restarted after a crash: its controller fences the old broker registration, every
+//!   partition is leaderless for a moment, and the coordinator drops the markers it was sending
+//!   to them as if the partitions had been deleted (it logs "likely deleted already"). The
+//!   partition's last stable offset never moves again until an operator aborts the transaction
+//!   (`kafka-transactions.sh find-hanging`, then `abort`). Every `read_committed` reader of that partition waits, this
 //!   relay included: a shard whose resumed commit's record sits behind it logs it at `ERROR` and
 //!   publishes nothing until it is aborted, then publishes the batch again.
 //! - **Effects in other systems** (a consumer's database, an email) still need the consumer's
