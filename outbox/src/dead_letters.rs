@@ -1,11 +1,10 @@
 //! The dead-letter table: events that failed permanently, and the operations on them.
 
 use chrono::{DateTime, Utc};
-use leases::{Lease, RowLeases, Sql};
-use sqlx::{PgExecutor, PgPool};
+use sqlx::PgExecutor;
 use uuid::Uuid;
 
-use crate::Result;
+use crate::{Result, table};
 
 /// An event that failed permanently.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -34,66 +33,14 @@ pub struct DeadLetter {
     pub dead_at: DateTime<Utc>,
 }
 
-/// The statement that inserts the outbox rows in `moved` into the dead-letter table, given SQL
-/// expressions for their attempts, reason and last error (a replaced dead letter takes the new
-/// values).
-macro_rules! insert_moved {
-    ($attempts:literal, $reason:literal, $last_error:literal) => {
-        concat!(
-            "INSERT INTO outbox_dead_letters
-                (id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key,
-                 created_at, attempts, reason, last_error)
-             SELECT id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key,
-                    created_at, ", $attempts, ", ", $reason, ", ", $last_error, "
-             FROM moved
-             ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, reason = EXCLUDED.reason,
-                last_error = EXCLUDED.last_error, dead_at = now()"
-        )
-    };
-}
-pub(crate) use insert_moved;
-
-/// Moves a leased event to the dead-letter table with `reason` and `last_error`, if the lease is
-/// still held: one fenced statement of `leases`.
-pub(crate) async fn bury(
-    pool: &PgPool,
-    leases: &RowLeases,
-    lease: &Lease<i64>,
-    reason: &str,
-    last_error: &str,
-) -> Result<bool> {
-    let insert = Sql::new(insert_moved!("$1", "$2", "$3"))
-        .bind(lease.attempts)
-        .bind(reason.to_owned())
-        .bind(last_error.to_owned());
-    let moved = leases.move_query(lease, insert)?.execute(pool).await?;
-    Ok(moved.rows_affected() == 1)
-}
-
 /// The oldest `limit` dead letters.
 ///
 /// # Errors
 ///
 /// [`Error::Database`](crate::Error::Database) when the query fails.
 pub async fn list<'e>(executor: impl PgExecutor<'e>, limit: i64) -> Result<Vec<DeadLetter>> {
-    Ok(sqlx::query_as(
-        "SELECT id, topic, aggregate_type, aggregate_id, event_type, payload, created_at, attempts,
-                reason, last_error, dead_at
-         FROM outbox_dead_letters ORDER BY dead_at, id LIMIT $1",
-    )
-    .bind(limit)
-    .fetch_all(executor)
-    .await?)
+    table::dead_letters::list(executor, limit).await
 }
-
-const REPLAY: &str = "WITH revived AS (
-        DELETE FROM outbox_dead_letters WHERE $1::uuid IS NULL OR id = $1
-        RETURNING id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key,
-                  created_at, dead_at)
-    INSERT INTO outbox_events
-        (id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key, created_at)
-    SELECT id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key, created_at
-    FROM revived ORDER BY dead_at, id";
 
 /// Puts dead letter `id` back in the outbox with fresh attempts. It is published after every
 /// event of its aggregate enqueued before the replay. Returns whether it existed.
@@ -102,8 +49,7 @@ const REPLAY: &str = "WITH revived AS (
 ///
 /// [`Error::Database`](crate::Error::Database) when the statement fails.
 pub async fn replay<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<bool> {
-    let done = sqlx::query(REPLAY).bind(Some(id)).execute(executor).await?;
-    Ok(done.rows_affected() == 1)
+    Ok(table::dead_letters::replay(executor, Some(id)).await? == 1)
 }
 
 /// Puts every dead letter back in the outbox, oldest first. Returns how many.
@@ -112,11 +58,7 @@ pub async fn replay<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<bool>
 ///
 /// [`Error::Database`](crate::Error::Database) when the statement fails.
 pub async fn replay_all<'e>(executor: impl PgExecutor<'e>) -> Result<u64> {
-    let done = sqlx::query(REPLAY)
-        .bind(None::<Uuid>)
-        .execute(executor)
-        .await?;
-    Ok(done.rows_affected())
+    table::dead_letters::replay(executor, None).await
 }
 
 /// Deletes dead letter `id` for good. Returns whether it existed.
@@ -125,11 +67,7 @@ pub async fn replay_all<'e>(executor: impl PgExecutor<'e>) -> Result<u64> {
 ///
 /// [`Error::Database`](crate::Error::Database) when the statement fails.
 pub async fn discard<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<bool> {
-    let done = sqlx::query("DELETE FROM outbox_dead_letters WHERE id = $1")
-        .bind(id)
-        .execute(executor)
-        .await?;
-    Ok(done.rows_affected() == 1)
+    table::dead_letters::discard(executor, id).await
 }
 
 /// A dead letter with everything stored about it: [`DeadLetter`] plus the event's extra headers
@@ -157,12 +95,12 @@ pub struct DeadLetterDetail {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
-    topic: Option<String>,
-    aggregate_type: Option<String>,
-    aggregate_id: Option<String>,
-    reason: Option<String>,
-    since: Option<DateTime<Utc>>,
-    until: Option<DateTime<Utc>>,
+    pub(crate) topic: Option<String>,
+    pub(crate) aggregate_type: Option<String>,
+    pub(crate) aggregate_id: Option<String>,
+    pub(crate) reason: Option<String>,
+    pub(crate) since: Option<DateTime<Utc>>,
+    pub(crate) until: Option<DateTime<Utc>>,
 }
 
 impl Filter {
@@ -222,29 +160,7 @@ impl Filter {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
-
-    /// Binds the filter's six parameters, in the order of [`FILTER`], to `query`.
-    fn bind<'q, O>(
-        &'q self,
-        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
-        query
-            .bind(self.topic.as_deref())
-            .bind(self.aggregate_type.as_deref())
-            .bind(self.aggregate_id.as_deref())
-            .bind(self.reason.as_deref())
-            .bind(self.since)
-            .bind(self.until)
-    }
 }
-
-/// The `WHERE` condition of a [`Filter`], on parameters `$1` to `$6`.
-const FILTER: &str = "($1::text IS NULL OR topic = $1)
-      AND ($2::text IS NULL OR aggregate_type = $2)
-      AND ($3::text IS NULL OR aggregate_id = $3)
-      AND ($4::text IS NULL OR strpos(lower(reason), lower($4)) > 0)
-      AND ($5::timestamptz IS NULL OR dead_at >= $5)
-      AND ($6::timestamptz IS NULL OR dead_at < $6)";
 
 /// The oldest `limit` dead letters that match `filter`, in dead-letter order (as [`list`]).
 ///
@@ -256,16 +172,7 @@ pub async fn list_matching<'e>(
     filter: &Filter,
     limit: i64,
 ) -> Result<Vec<DeadLetter>> {
-    let sql = format!(
-        "SELECT id, topic, aggregate_type, aggregate_id, event_type, payload, created_at, attempts,
-                reason, last_error, dead_at
-         FROM outbox_dead_letters WHERE {FILTER} ORDER BY dead_at, id LIMIT $7"
-    );
-    Ok(filter
-        .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
-        .bind(limit)
-        .fetch_all(executor)
-        .await?)
+    table::dead_letters::list_matching(executor, filter, limit).await
 }
 
 /// How many dead letters match `filter`.
@@ -274,12 +181,7 @@ pub async fn list_matching<'e>(
 ///
 /// [`Error::Database`](crate::Error::Database) when the query fails.
 pub async fn count_matching<'e>(executor: impl PgExecutor<'e>, filter: &Filter) -> Result<u64> {
-    let sql = format!("SELECT count(*) FROM outbox_dead_letters WHERE {FILTER}");
-    let (count,): (i64,) = filter
-        .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
-        .fetch_one(executor)
-        .await?;
-    Ok(u64::try_from(count).unwrap_or_default())
+    table::dead_letters::count_matching(executor, filter).await
 }
 
 /// Dead letter `id` with everything stored about it (headers and dedup key included), if it
@@ -289,14 +191,7 @@ pub async fn count_matching<'e>(executor: impl PgExecutor<'e>, filter: &Filter) 
 ///
 /// [`Error::Database`](crate::Error::Database) when the query fails.
 pub async fn get<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<Option<DeadLetterDetail>> {
-    Ok(sqlx::query_as(
-        "SELECT id, topic, aggregate_type, aggregate_id, event_type, payload, created_at, attempts,
-                reason, last_error, dead_at, headers, dedup_key
-         FROM outbox_dead_letters WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(executor)
-    .await?)
+    table::dead_letters::get(executor, id).await
 }
 
 /// Puts every dead letter that matches `filter` back in the outbox with fresh attempts, oldest
@@ -309,26 +204,7 @@ pub async fn replay_matching<'e>(
     executor: impl PgExecutor<'e>,
     filter: &Filter,
 ) -> Result<Vec<Uuid>> {
-    let sql = format!(
-        "WITH revived AS (
-            DELETE FROM outbox_dead_letters WHERE {FILTER}
-            RETURNING id, topic, aggregate_type, aggregate_id, event_type, payload, headers,
-                      dedup_key, created_at, dead_at),
-        inserted AS (
-            INSERT INTO outbox_events
-                (id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key,
-                 created_at)
-            SELECT id, topic, aggregate_type, aggregate_id, event_type, payload, headers,
-                   dedup_key, created_at
-            FROM revived ORDER BY dead_at, id
-            RETURNING id)
-        SELECT id FROM inserted"
-    );
-    let rows: Vec<(Uuid,)> = filter
-        .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
-        .fetch_all(executor)
-        .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    table::dead_letters::replay_matching(executor, filter).await
 }
 
 /// Deletes every dead letter that matches `filter` for good. Returns the ids deleted.
@@ -340,10 +216,5 @@ pub async fn discard_matching<'e>(
     executor: impl PgExecutor<'e>,
     filter: &Filter,
 ) -> Result<Vec<Uuid>> {
-    let sql = format!("DELETE FROM outbox_dead_letters WHERE {FILTER} RETURNING id");
-    let rows: Vec<(Uuid,)> = filter
-        .bind(sqlx::query_as(sqlx::AssertSqlSafe(sql)))
-        .fetch_all(executor)
-        .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    table::dead_letters::discard_matching(executor, filter).await
 }

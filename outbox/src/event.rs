@@ -130,58 +130,5 @@ pub async fn enqueue(conn: &mut PgConnection, event: &NewEvent) -> Result<bool> 
 ///
 /// As [`enqueue`].
 pub async fn enqueue_many(conn: &mut PgConnection, events: &[NewEvent]) -> Result<u64> {
-    let mut columns = Columns::default();
-    for e in events {
-        columns.push(e)?;
-    }
-    let inserted = sqlx::query(
-        "INSERT INTO outbox_events
-            (id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key)
-         SELECT id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                              $6::bytea[], $7::jsonb[], $8::text[]) WITH ORDINALITY
-                AS e(id, topic, aggregate_type, aggregate_id, event_type, payload, headers, dedup_key, n)
-         ORDER BY n
-         ON CONFLICT (aggregate_type, aggregate_id, dedup_key) WHERE dedup_key IS NOT NULL DO NOTHING",
-    )
-    .bind(columns.id)
-    .bind(columns.topic)
-    .bind(columns.aggregate_type)
-    .bind(columns.aggregate_id)
-    .bind(columns.event_type)
-    .bind(columns.payload)
-    .bind(columns.headers)
-    .bind(columns.dedup_key)
-    .execute(conn)
-    .await?;
-    Ok(inserted.rows_affected())
-}
-
-/// Events as column arrays, for one `unnest` insert.
-#[derive(Default)]
-struct Columns {
-    id: Vec<Uuid>,
-    topic: Vec<String>,
-    aggregate_type: Vec<String>,
-    aggregate_id: Vec<String>,
-    event_type: Vec<String>,
-    payload: Vec<Vec<u8>>,
-    headers: Vec<serde_json::Value>,
-    dedup_key: Vec<Option<String>>,
-}
-
-impl Columns {
-    fn push(&mut self, e: &NewEvent) -> Result<()> {
-        self.id.push(e.id);
-        self.topic.push(e.topic.clone());
-        self.aggregate_type.push(e.aggregate_type.clone());
-        self.aggregate_id.push(e.aggregate_id.clone());
-        self.event_type.push(e.event_type.clone());
-        self.payload.push(e.payload.clone());
-        let mut headers = e.headers.clone();
-        crate::trace::capture(&mut headers);
-        self.headers.push(serde_json::to_value(&headers)?);
-        self.dedup_key.push(e.dedup_key.clone());
-        Ok(())
-    }
+    crate::table::events::insert(conn, events).await
 }

@@ -96,6 +96,7 @@ mod publisher;
 mod relay;
 mod stats;
 mod status;
+mod table;
 mod trace;
 
 /// The Kafka client this crate is built on, re-exported so that the configuration a user hands

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
-use leases::{Completion, Heartbeat, Lease, RowLeases, Sql, TableSpec, TableSpecBuilder};
+use leases::{Heartbeat, Lease, RowLeases};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::time::Instant;
@@ -20,6 +20,7 @@ pub use config::{RelayConfig, Retention};
 
 use crate::health::RelayMonitor;
 use crate::publisher::{Event, PublishError, Publisher};
+use crate::table::{self, dead_letters::Burial};
 use crate::{Error, Result};
 use leases::{Background, CancellationToken};
 
@@ -86,19 +87,7 @@ impl<P: Publisher> Relay<P> {
                     .into(),
             ));
         }
-        let mut spec = events_table();
-        if config.ordered {
-            spec = spec.group_columns(&["aggregate_type", "aggregate_id"]);
-        }
-        if config.retention == Retention::Keep {
-            spec = spec
-                .completion(Completion::Keep)
-                .completed_at_column("published_at");
-        }
-        let mut leases = RowLeases::new(&spec.build()?, config.owner.clone());
-        if let Some(rescan) = config.claim_cursor {
-            leases = leases.claim_cursor(rescan);
-        }
+        let leases = table::relay::leases(&config)?;
         Ok(Self {
             pool,
             publisher: Arc::new(publisher),
@@ -288,22 +277,21 @@ impl<P: Publisher> Relay<P> {
         let held = match reason {
             Some(reason) => {
                 tracing::error!(event_id = %event.id, %reason, %error, "outbox: dead-lettering event");
+                let burial = Burial {
+                    attempts: lease.attempts,
+                    reason: &reason,
+                    last_error: &error,
+                };
                 let moved =
-                    crate::dead_letters::bury(&self.pool, &self.leases, lease, &reason, &error)
-                        .await?;
+                    table::dead_letters::bury(&self.pool, &self.leases, lease, burial).await?;
                 outcome.dead_lettered += usize::from(moved);
                 moved
             }
             None => {
                 let delay = self.config.backoff.delay(attempts);
                 tracing::warn!(event_id = %event.id, attempts, ?delay, %error, "outbox: publish failed; retrying");
-                let released = self
-                    .leases
-                    .release_query(lease, delay, Sql::new("last_error = $1").bind(error))?
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected()
-                    == 1;
+                let released =
+                    table::relay::retry(&self.pool, &self.leases, lease, delay, error).await?;
                 outcome.retried += usize::from(released);
                 released
             }
@@ -430,12 +418,6 @@ impl<P: Publisher> Relay<P> {
         gauges.shutdown().await;
         tracing::info!(owner = %self.config.owner, "outbox: relay stopped");
     }
-}
-
-/// `outbox_events` and its lease columns, as every statement on the table's leases names them
-/// (the relay's claims, the gauges' and [`status`](crate::status)' lease counts).
-pub(crate) fn events_table() -> TableSpecBuilder {
-    TableSpec::builder("outbox_events").id_column("seq")
 }
 
 /// Whether a batch is one aggregate's run: then nothing more of that aggregate is claimable until

@@ -1,13 +1,11 @@
 //! Gauges of the outbox's backlog, and retention of published events.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use leases::{Background, CancellationToken};
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::PgPool;
 
-use crate::Result;
-use crate::relay::events_table;
+use crate::{Result, table};
 
 /// How often a relay records the gauges.
 const EVERY: Duration = Duration::from_secs(5);
@@ -35,41 +33,20 @@ async fn gauges(pool: PgPool, name: String, stop: CancellationToken) {
 /// `outbox_oldest_pending_age_seconds`, `outbox_leased` (events leased by a relay right now) and
 /// `outbox_dead_letters` (the dead-letter table's depth).
 async fn record(pool: &PgPool, name: &str) -> Result<()> {
-    let held = events_table().build()?.leased_at("now()");
-    let (pending, oldest, leased, dead): (i64, Option<f64>, i64, i64) =
-        sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8,
-                    count(*) FILTER (WHERE {held}),
-                    (SELECT count(*) FROM outbox_dead_letters)
-             FROM outbox_events WHERE next_attempt_at IS NOT NULL"
-        )))
-        .fetch_one(pool)
-        .await?;
+    let table::status::Gauges {
+        pending,
+        oldest_pending_secs,
+        leased,
+        dead_letters,
+    } = table::status::gauges(pool).await?;
     let relay = name.to_owned();
     metrics::gauge!("outbox_pending", "relay" => relay.clone()).set(pending as f64);
     metrics::gauge!("outbox_oldest_pending_age_seconds", "relay" => relay.clone())
-        .set(oldest.unwrap_or(0.0));
+        .set(oldest_pending_secs.unwrap_or(0.0));
     metrics::gauge!("outbox_leased", "relay" => relay.clone()).set(leased as f64);
-    metrics::gauge!("outbox_dead_letters", "relay" => relay).set(dead as f64);
+    metrics::gauge!("outbox_dead_letters", "relay" => relay).set(dead_letters as f64);
     Ok(())
 }
-
-/// Which events a purge deletes: published more than `$1` (an interval) ago. The one predicate
-/// of [`purge_published`] and of its dry run, [`count_purgeable`].
-const PURGEABLE: &str = "published_at < now() - $1::interval";
-
-/// Deletes up to `$2` purgeable events.
-static PURGE: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "DELETE FROM outbox_events WHERE seq IN (
-            SELECT seq FROM outbox_events WHERE {PURGEABLE}
-            LIMIT $2 FOR UPDATE SKIP LOCKED)"
-    )
-});
-
-/// Counts the purgeable events.
-static COUNT_PURGEABLE: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT count(*) FROM outbox_events WHERE {PURGEABLE}"));
 
 /// With [`Retention::Keep`](crate::Retention::Keep): deletes events published more than
 /// `older_than` ago, `batch_size` rows per statement so no statement holds many locks for long,
@@ -95,15 +72,9 @@ pub async fn purge_published(pool: &PgPool, older_than: Duration, batch_size: u3
             "purge batch size must be greater than zero".into(),
         ));
     }
-    let older_than = leases::interval(older_than);
     let mut total = 0;
     loop {
-        let deleted = sqlx::query(PURGE.as_str())
-            .bind(older_than)
-            .bind(i64::from(batch_size))
-            .execute(pool)
-            .await?
-            .rows_affected();
+        let deleted = table::events::purge(pool, older_than, batch_size).await?;
         total += deleted;
         if deleted < u64::from(batch_size) {
             return Ok(total);
@@ -127,9 +98,5 @@ pub async fn purge_published(pool: &PgPool, older_than: Duration, batch_size: u3
 ///
 /// [`Error::Database`](crate::Error::Database) when the statement fails.
 pub async fn count_purgeable(pool: &PgPool, older_than: Duration) -> Result<u64> {
-    let count: i64 = sqlx::query_scalar(COUNT_PURGEABLE.as_str())
-        .bind(leases::interval(older_than))
-        .fetch_one(pool)
-        .await?;
-    Ok(u64::try_from(count).unwrap_or_default())
+    table::events::count_purgeable(pool, older_than).await
 }

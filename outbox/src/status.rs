@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::Result;
-use crate::relay::events_table;
+use crate::{Result, table};
 
 /// The outbox's backlog, leases and dead letters, as [`status`] read them.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,53 +99,21 @@ pub struct DeadLetterGroup {
 /// [`Error::Database`](crate::Error::Database) when a statement fails (for example when the
 /// outbox's tables do not exist).
 pub async fn status(pool: &PgPool) -> Result<OutboxStatus> {
-    let spec = events_table().build()?;
-    let (leased, free) = (spec.leased_at("now()"), spec.free_at("now()"));
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
-    let (pending, oldest_pending_age, waiting_for_retry, published_kept): (
-        i64,
-        Option<f64>,
-        i64,
-        i64,
-    ) = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT count(*) FILTER (WHERE next_attempt_at IS NOT NULL),
-                extract(epoch FROM now() - min(created_at) FILTER (WHERE next_attempt_at IS NOT NULL))::float8,
-                count(*) FILTER (WHERE next_attempt_at > now() AND attempts > 0 AND {free}),
-                count(*) FILTER (WHERE published_at IS NOT NULL)
-         FROM outbox_events"
-    )))
-    .fetch_one(&mut *tx)
-    .await?;
-    let oldest_pending = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT id, topic, aggregate_type, aggregate_id, attempts, last_error,
-                CASE WHEN {leased} THEN lease_owner END AS leased_by
-         FROM outbox_events WHERE next_attempt_at IS NOT NULL ORDER BY seq LIMIT 1"
-    )))
-    .fetch_optional(&mut *tx)
-    .await?;
-    let leases: Vec<(Option<String>, i64, f64)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT lease_owner, count(*), extract(epoch FROM max(lease_expires_at) - now())::float8
-         FROM outbox_events WHERE {leased}
-         GROUP BY lease_owner ORDER BY lease_owner"
-    )))
-    .fetch_all(&mut *tx)
-    .await?;
-    let dead_letters = sqlx::query_as(
-        "SELECT topic, reason, count(*) AS count, min(dead_at) AS oldest, max(dead_at) AS newest
-         FROM outbox_dead_letters GROUP BY topic, reason ORDER BY topic, reason",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    let backlog = table::status::backlog(&mut tx).await?;
+    let oldest_pending = table::status::oldest_pending(&mut tx).await?;
+    let leases = table::status::leases_by_owner(&mut tx).await?;
+    let dead_letters = table::status::dead_letter_groups(&mut tx).await?;
     tx.commit().await?;
     Ok(OutboxStatus {
-        pending,
-        oldest_pending_age: oldest_pending_age.map(seconds),
+        pending: backlog.pending,
+        oldest_pending_age: backlog.oldest_pending_secs.map(seconds),
         oldest_pending,
-        waiting_for_retry,
-        published_kept,
+        waiting_for_retry: backlog.waiting_for_retry,
+        published_kept: backlog.published_kept,
         leases: leases
             .into_iter()
             .map(|(owner, events, expires_in)| OwnerLeases {

@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 
-use leases::{NamedLease, Sql};
+use leases::NamedLease;
 
-use super::rows::BURY;
 use super::shard::Shared;
 use crate::publisher::{Event, PublishError};
+use crate::table::dead_letters::{Burial, bury_in_shard};
 
 impl Shared {
     /// After an aborted transaction: dead-letters the events refused for good, and those whose
@@ -34,17 +34,12 @@ impl Shared {
                 continue;
             };
             tracing::error!(event_id = %event.id, %reason, %error, "outbox: dead-lettering event");
-            let bury = Sql::new(BURY)
-                .bind(event.seq)
-                .bind(i32::try_from(*tried).unwrap_or(i32::MAX))
-                .bind(reason)
-                .bind(error.to_string());
-            buried += self
-                .named
-                .fenced_query(lease, bury)?
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+            let burial = Burial {
+                attempts: i32::try_from(*tried).unwrap_or(i32::MAX),
+                reason: &reason,
+                last_error: &error.to_string(),
+            };
+            buried += bury_in_shard(&self.pool, &self.named, lease, event.seq, burial).await?;
             attempts.remove(&event.seq);
         }
         self.count("outbox_dead_lettered_total", buried as usize);

@@ -157,7 +157,6 @@ mod bury;
 mod client;
 mod members;
 mod progress;
-mod rows;
 mod settle;
 mod shard;
 

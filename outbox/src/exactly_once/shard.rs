@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::join_all;
-use leases::{CancellationToken, LeaseKeeper, NamedLease, NamedLeases, Sql};
+use leases::{CancellationToken, LeaseKeeper, NamedLease, NamedLeases};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer as _};
@@ -19,10 +19,10 @@ use super::ExactlyOnceConfig;
 use super::client::{Quiet, TxProducer, blamed};
 use super::members::Assignment;
 use super::progress::{Place, Progress};
-use super::rows::{CLAIM, MARK_DELETE, MARK_KEEP};
+use crate::RelayMonitor;
 use crate::publisher::kafka::record;
 use crate::publisher::{Event, PublishError};
-use crate::{RelayMonitor, Retention};
+use crate::table::{self, shard::Shard};
 
 /// What every shard of a relay shares.
 #[derive(Debug)]
@@ -218,6 +218,10 @@ impl Shared {
         // Consecutive aborted transactions (the backoff), and failed transactions per event.
         let mut failures = 0u32;
         let mut attempts = HashMap::new();
+        let rows = Shard {
+            index: shard,
+            of: config.shards,
+        };
         while !stop.is_cancelled() {
             if !holds(&held.borrow(), lease) {
                 return Err(Ended::LeaseLost);
@@ -225,12 +229,7 @@ impl Shared {
             let woken = self.wake.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let batch: Vec<Event> = sqlx::query_as(CLAIM)
-                .bind(i64::from(config.shards))
-                .bind(i64::from(shard))
-                .bind(i64::from(config.batch_size))
-                .fetch_all(&self.pool)
-                .await?;
+            let batch = table::shard::claim(&self.pool, rows, config.batch_size).await?;
             if batch.is_empty() {
                 self.monitor.idle();
                 tokio::select! {
@@ -413,26 +412,10 @@ impl Shared {
         seqs: &[i64],
         ids: &[Uuid],
     ) -> Result<i64, Ended> {
-        let statement = match self.config.retention {
-            Retention::Delete => MARK_DELETE,
-            Retention::Keep => MARK_KEEP,
-        };
-        let statement = Sql::new(statement).bind(seqs.to_vec()).bind(ids.to_vec());
-        let (held, marked): (bool, i64) = self
-            .named
-            .fenced_query(lease, statement)
-            .map_err(crate::Error::from)?
-            .try_map(|row: sqlx::postgres::PgRow| {
-                use sqlx::Row as _;
-                Ok((row.try_get(0)?, row.try_get(1)?))
-            })
-            .fetch_one(&self.pool)
-            .await?;
-        if held {
-            Ok(marked)
-        } else {
-            Err(Ended::LeaseLost)
-        }
+        let retention = self.config.retention;
+        table::shard::mark(&self.pool, &self.named, lease, retention, seqs, ids)
+            .await?
+            .ok_or(Ended::LeaseLost)
     }
 
     pub(super) fn count(&self, counter: &'static str, n: usize) {

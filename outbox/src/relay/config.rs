@@ -18,17 +18,17 @@ pub enum Retention {
 /// How a relay works. Every setter documents its default.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    pub(super) owner: String,
-    pub(super) name: String,
-    pub(super) batch_size: u32,
-    pub(super) lease_ttl: Duration,
-    pub(super) poll_interval: Duration,
-    pub(super) backoff: Backoff,
-    pub(super) ordered: bool,
-    pub(super) retention: Retention,
-    pub(super) pipeline_depth: u32,
-    pub(super) claim_cursor: Option<Duration>,
-    pub(super) stalled_after: Duration,
+    pub(crate) owner: String,
+    pub(crate) name: String,
+    pub(crate) batch_size: u32,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) poll_interval: Duration,
+    pub(crate) backoff: Backoff,
+    pub(crate) ordered: bool,
+    pub(crate) retention: Retention,
+    pub(crate) pipeline_depth: u32,
+    pub(crate) claim_cursor: Option<Duration>,
+    pub(crate) stalled_after: Duration,
 }
 
 impl Default for RelayConfig {

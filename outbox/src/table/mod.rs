@@ -1,0 +1,32 @@
+//! The one module that knows the outbox's tables, `outbox_events` and `outbox_dead_letters`:
+//! every statement on them is written here, so a column change is made once.
+//!
+//! - [`events`]: enqueue (insert in the caller's transaction) and the retention purge.
+//! - [`relay`]: the default relay's statements, all through [`leases::RowLeases`] built from
+//!   [`spec`]: claim, complete, and the retry of a failed event.
+//! - [`shard`]: the exactly-once relay's statements, fenced by its shard lease through
+//!   [`leases::NamedLeases::fenced_query`]: the claim of a shard's batch and the mark of its
+//!   published rows.
+//! - [`dead_letters`]: moving a failed event to the dead letters (under either relay's lease),
+//!   and the operator's list, replay and discard.
+//! - [`status`]: the reads that count the backlog, the leases and the dead letters (the relay's
+//!   gauges and [`status`](crate::status)).
+//!
+//! Lease liveness is never written here: [`leases::TableSpec::leased_at`] and
+//! [`leases::TableSpec::free_at`] say it, over [`spec`]. The one lease column written outside
+//! `leases` is `lease_expires_at = NULL` in the exactly-once relay's mark of kept rows (which
+//! holds no row lease), the same clearing as [`leases::Completion::Keep`].
+
+pub(crate) mod dead_letters;
+pub(crate) mod events;
+pub(crate) mod relay;
+pub(crate) mod shard;
+pub(crate) mod status;
+
+use leases::{TableSpec, TableSpecBuilder};
+
+/// `outbox_events` and its lease columns, as every statement on the table's leases names them
+/// (the default relay's claims, the gauges' and [`status`](crate::status)' lease counts).
+pub(crate) fn spec() -> TableSpecBuilder {
+    TableSpec::builder("outbox_events").id_column("seq")
+}
