@@ -46,10 +46,24 @@ async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again
     let monitor = relay.monitor();
     let relay = relay.spawn();
 
+    // Kafka itself can leave a transaction hanging after a restart of a one-node cluster (see
+    // `OwnedBroker::abort_hanging_transactions`). It blocks every read_committed reader of its
+    // partitions, the relay too when it is the relay's own progress partition: the relay then
+    // waits for an operator, and logs the remedy at ERROR. The test does what that operator
+    // does (`drain_to`), then checks that nothing was lost or published twice all the same.
+    let mut aborted = Vec::new();
     // A kill lands in an open transaction only when its records reached the broker and the
     // commit had not: a race a single kill can lose. Four kills, 5,000 events apart.
     for round in 1..=ROUNDS {
-        wait_for_remaining(&db.pool, events - 5_000 * round, Duration::from_secs(120)).await;
+        let left = events - 5_000 * round;
+        drain_to(
+            &db.pool,
+            &broker,
+            left,
+            Duration::from_secs(120),
+            &mut aborted,
+        )
+        .await;
         let mut open = false;
         for _ in 0..200 {
             if open_transaction(&bootstrap, &topic) {
@@ -65,24 +79,7 @@ async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again
         until_stalled(&monitor, false, Duration::from_secs(60)).await;
     }
 
-    // Kafka itself can leave a transaction hanging after a restart of a one-node cluster (see
-    // `OwnedBroker::abort_hanging_transactions`). It blocks every read_committed reader of its
-    // partitions, the relay too when it is the relay's own progress partition: the relay then
-    // waits for an operator, and logs the remedy at ERROR. The test does what that operator
-    // does, then checks that nothing was lost or published twice all the same.
-    let mut aborted = Vec::new();
-    if !within(Duration::from_secs(90), || async {
-        remaining(&db.pool).await == 0
-    })
-    .await
-    {
-        aborted = broker.abort_hanging_transactions();
-        assert!(
-            !aborted.is_empty(),
-            "the outbox did not drain, and no hanging transaction explains it"
-        );
-        wait_for_remaining(&db.pool, 0, Duration::from_secs(120)).await;
-    }
+    drain_to(&db.pool, &broker, 0, Duration::from_secs(120), &mut aborted).await;
     assert!(monitor.stalled().is_none(), "publishing again");
     relay.shutdown().await;
     // A read_committed reader stops at the last stable offset: a transaction left open would
@@ -196,6 +193,28 @@ async fn dead_letters(pool: &PgPool) -> Vec<(String, i64)> {
         .fetch_all(pool)
         .await
         .expect("dead letters")
+}
+
+/// Waits until at most `at_most` events are left in the outbox. When they are not within
+/// `limit`, aborts the transactions Kafka left hanging, as an operator would (adding them to
+/// `aborted`; there must be some), and waits again as long.
+async fn drain_to(
+    pool: &PgPool,
+    broker: &OwnedBroker,
+    at_most: i64,
+    limit: Duration,
+    aborted: &mut Vec<String>,
+) {
+    if within(limit, || async { remaining(pool).await <= at_most }).await {
+        return;
+    }
+    let hanging = broker.abort_hanging_transactions();
+    assert!(
+        !hanging.is_empty(),
+        "the outbox did not get down to {at_most} events, and no hanging transaction explains it"
+    );
+    aborted.extend(hanging);
+    wait_for_remaining(pool, at_most, limit).await;
 }
 
 /// Whether `done` answers `true` within `limit`.
