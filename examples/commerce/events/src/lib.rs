@@ -3,8 +3,17 @@
 //!
 //! Decoding is an allowlist, and the allowlist is the [`Event`] enum itself: [`decode`] reads the
 //! envelope, checks `event_type` against the enum's variants and only then deserializes the
-//! payload into that variant, rejecting unknown fields. An unknown type or a malformed payload is
-//! a [`DecodeError`], which consumers dead-letter. Nothing here knows about the outbox: a service
+//! payload into that variant. An unknown type or a malformed payload (a field missing or of the
+//! wrong type) is a [`DecodeError`], which consumers dead-letter.
+//!
+//! # Events that evolve
+//!
+//! Events change additively, so producers deploy before their consumers: a producer may add a
+//! field to an envelope, a payload or a line, and a consumer that does not know it yet ignores it
+//! (a tolerant reader; the allowlist is on event *types*, not fields). Removing a field or
+//! changing what one means is a new event type, never an edit of an old one. Every envelope
+//! carries [`SCHEMA_VERSION`] (`schema_version`, `1` when absent); it changes only with the
+//! envelope's own layout. Nothing here knows about the outbox: a service
 //! turns an [`Envelope`] into an outbox event with `commerce_platform::events::to_outbox`.
 //!
 //! Topics are per producing service (`<prefix>.orders`, `<prefix>.inventory`,
@@ -17,6 +26,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use strum::VariantNames;
 use uuid::Uuid;
+
+/// The envelope's layout version, written in every envelope as `schema_version`.
+pub const SCHEMA_VERSION: u16 = 1;
 
 /// The topic names of one stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +94,6 @@ impl Topics {
 
 /// One line of an order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Line {
     /// The product.
     pub product_id: Uuid,
@@ -97,7 +108,7 @@ pub struct Line {
 #[derive(
     Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::VariantNames,
 )]
-#[serde(tag = "event_type", content = "payload", deny_unknown_fields)]
+#[serde(tag = "event_type", content = "payload")]
 pub enum Event {
     /// A customer placed an order (order service).
     OrderPlaced {
@@ -257,6 +268,7 @@ impl Event {
     pub fn into_envelope(self) -> Envelope {
         Envelope {
             event_id: Uuid::now_v7(),
+            schema_version: SCHEMA_VERSION,
             aggregate_id: self.aggregate().1,
             occurred_at: Utc::now(),
             event: self,
@@ -269,6 +281,8 @@ impl Event {
 pub struct Envelope {
     /// Unique per event; the inbox deduplicates on it.
     pub event_id: Uuid,
+    /// The envelope's layout version ([`SCHEMA_VERSION`] for the envelopes written here).
+    pub schema_version: u16,
     /// The aggregate's id (the Kafka key).
     pub aggregate_id: String,
     /// When the event happened.
@@ -281,21 +295,29 @@ pub struct Envelope {
 #[derive(Serialize)]
 struct WireOut<'a> {
     event_id: Uuid,
+    schema_version: u16,
     aggregate_id: &'a str,
     occurred_at: DateTime<Utc>,
     #[serde(flatten)]
     event: &'a Event,
 }
 
-/// The envelope on the wire, as read: strict, with the payload kept raw until its type is known.
+/// The envelope on the wire, as read, with the payload kept raw until its type is known; fields
+/// it does not know are ignored.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct WireIn {
     event_id: Uuid,
+    #[serde(default = "first_version")]
+    schema_version: u16,
     event_type: String,
     aggregate_id: String,
     occurred_at: DateTime<Utc>,
     payload: Box<serde_json::value::RawValue>,
+}
+
+/// The `schema_version` of an envelope written before it had one.
+fn first_version() -> u16 {
+    1
 }
 
 /// The typed half of the wire envelope, for [`Event`]'s adjacent tagging.
@@ -310,6 +332,7 @@ impl Envelope {
     pub fn to_json(&self) -> Vec<u8> {
         let wire = WireOut {
             event_id: self.event_id,
+            schema_version: self.schema_version,
             aggregate_id: &self.aggregate_id,
             occurred_at: self.occurred_at,
             event: &self.event,
@@ -344,7 +367,7 @@ pub enum DecodeError {
 /// # Errors
 ///
 /// [`DecodeError`] for malformed JSON, an unknown event type or a payload that does not match
-/// its type (including unknown fields).
+/// its type (a field missing or of the wrong type; fields it does not know are ignored).
 pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     let wire: WireIn = serde_json::from_slice(bytes).map_err(DecodeError::Envelope)?;
     if !Event::VARIANTS.contains(&wire.event_type.as_str()) {
@@ -362,6 +385,7 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         })?;
     Ok(Envelope {
         event_id: wire.event_id,
+        schema_version: wire.schema_version,
         aggregate_id: wire.aggregate_id,
         occurred_at: wire.occurred_at,
         event,
@@ -463,7 +487,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_unknown_types_unknown_fields_and_garbage() {
+    fn rejects_unknown_types_missing_fields_and_garbage() {
         let id = Uuid::now_v7();
         let unknown = format!(
             r#"{{"event_id":"{id}","event_type":"Evil","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{}}}}"#
@@ -471,13 +495,28 @@ mod tests {
         assert!(
             matches!(decode(unknown.as_bytes()), Err(DecodeError::UnknownType(t)) if t == "Evil")
         );
-        let extra = format!(
-            r#"{{"event_id":"{id}","event_type":"StockConfirmed","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{"order_id":"{id}","admin":true}}}}"#
+        let missing = format!(
+            r#"{{"event_id":"{id}","event_type":"StockConfirmed","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{}}}}"#
         );
         assert!(matches!(
-            decode(extra.as_bytes()),
+            decode(missing.as_bytes()),
             Err(DecodeError::Payload { .. })
         ));
         assert!(matches!(decode(b"not json"), Err(DecodeError::Envelope(_))));
+    }
+
+    #[test]
+    fn reads_a_newer_producers_fields_past_and_an_older_envelope_as_version_one() {
+        let id = Uuid::now_v7();
+        let newer = format!(
+            r#"{{"event_id":"{id}","schema_version":1,"tenant":"eu","event_type":"StockConfirmed","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{"order_id":"{id}","warehouse":"north"}}}}"#
+        );
+        let envelope = decode(newer.as_bytes()).expect("a newer producer's event decodes");
+        assert_eq!(envelope.event, Event::StockConfirmed { order_id: id });
+        let older = format!(
+            r#"{{"event_id":"{id}","event_type":"StockConfirmed","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{"order_id":"{id}"}}}}"#
+        );
+        let envelope = decode(older.as_bytes()).expect("an envelope without a version decodes");
+        assert_eq!(envelope.schema_version, 1);
     }
 }

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use commerce_events::{Envelope, Event};
-use commerce_inventory::Saga;
+use commerce_inventory::{SAGA_CONSUMER, Saga};
+use commerce_platform::testing;
 use common::*;
 use inbox::Delivery;
 use uuid::Uuid;
@@ -298,4 +299,27 @@ async fn a_multi_line_order_reserves_every_line_in_one_go() {
     assert_eq!(deliver(&db.pool, &saga, &again).await, Ok(Delivery::Fresh));
     assert_eq!(level(&db.pool, a).await, (5, 5, 1));
     assert_eq!(count(&db.pool, "outbox_events").await, 3);
+}
+
+#[tokio::test]
+async fn an_order_placed_by_a_newer_producer_with_fields_inventory_does_not_know_reserves() {
+    let db = db().await;
+    let saga = Saga::new(topics());
+    let product = Uuid::now_v7();
+    seed(&db.pool, product, 10).await;
+    let order = Uuid::now_v7();
+    let envelope = placed(order, vec![line(product, 3)]);
+    // What a newer order service might write: a field more in the envelope, the payload and a line.
+    let mut newer: serde_json::Value =
+        serde_json::from_slice(&envelope.to_json()).expect("an envelope is JSON");
+    newer["tenant"] = "eu".into();
+    newer["payload"]["coupon"] = "SPRING".into();
+    newer["payload"]["lines"][0]["gift_wrap"] = true.into();
+    let message = testing::message_with(&envelope, newer.to_string().into_bytes());
+    assert_eq!(
+        testing::try_deliver_message(&db.pool, SAGA_CONSUMER, &saga, &message).await,
+        Ok(Delivery::Fresh)
+    );
+    assert_eq!(level(&db.pool, product).await, (10, 3, 1));
+    assert_eq!(outbox_of(&db.pool, "StockReserved").await.len(), 1);
 }

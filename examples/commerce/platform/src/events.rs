@@ -88,17 +88,28 @@ pub fn decode(message: &Message) -> Result<Envelope, HandlerError> {
 }
 
 /// `envelope` as an outbox event on its producer's topic in `topics`, keyed by its aggregate,
-/// with its type and id.
+/// with its type and id, and the CloudEvents Kafka binding's headers (`ce_specversion`, `ce_id`,
+/// `ce_type` = `commerce.<event type>`, `ce_source` = `/<topic>`, `ce_time`), so a consumer
+/// that does not read the envelope can still tell what a record is.
 pub fn to_outbox(envelope: &Envelope, topics: &Topics) -> outbox::NewEvent {
     let (aggregate_type, aggregate_id) = envelope.event.aggregate();
+    let topic = topics.of(&envelope.event);
     let mut event = outbox::NewEvent::bytes(
-        topics.of(&envelope.event),
+        topic,
         aggregate_type,
         aggregate_id,
         envelope.event.event_type(),
         envelope.to_json(),
     )
-    .header("content-type", "application/json");
+    .header("content-type", "application/json")
+    .header("ce_specversion", "1.0")
+    .header("ce_id", envelope.event_id.to_string())
+    .header(
+        "ce_type",
+        format!("commerce.{}", envelope.event.event_type()),
+    )
+    .header("ce_source", format!("/{topic}"))
+    .header("ce_time", envelope.occurred_at.to_rfc3339());
     event.id = envelope.event_id;
     event
 }
@@ -153,6 +164,19 @@ mod tests {
         assert_eq!(event.id, envelope.event_id);
         assert_eq!(event.topic, "t.inventory");
         assert_eq!(event.event_type, "StockConfirmed");
+        let header = |name: &str| event.headers.get(name).map(String::as_str);
+        assert_eq!(header("ce_specversion"), Some("1.0"));
+        assert_eq!(
+            header("ce_id"),
+            Some(envelope.event_id.to_string().as_str())
+        );
+        assert_eq!(header("ce_type"), Some("commerce.StockConfirmed"));
+        assert_eq!(header("ce_source"), Some("/t.inventory"));
+        let time = header("ce_time").expect("ce_time");
+        assert_eq!(
+            chrono::DateTime::parse_from_rfc3339(time).expect("RFC 3339"),
+            envelope.occurred_at
+        );
         let message = Message::new("t.inventory", 0, 0, None, Some(envelope.to_json()), vec![]);
         assert_eq!(decode(&message).expect("decodes"), envelope);
     }

@@ -32,6 +32,11 @@ pub async fn database(own: &Migrator) -> TestDb {
 /// `test` prefix, keyed by its aggregate, with the envelope as JSON and the relay's headers
 /// (`event-id`, `event-type`, `aggregate-type`, `aggregate-id`, `content-type`).
 pub fn message(envelope: &Envelope) -> Message {
+    message_with(envelope, envelope.to_json())
+}
+
+/// [`message`] with `payload` in place of the envelope's JSON (a newer producer's envelope, say).
+pub fn message_with(envelope: &Envelope, payload: Vec<u8>) -> Message {
     let (aggregate_type, _) = envelope.event.aggregate();
     let header = |name: &str, value: &str| (name.to_owned(), Some(value.as_bytes().to_vec()));
     Message::new(
@@ -39,7 +44,7 @@ pub fn message(envelope: &Envelope) -> Message {
         0,
         0,
         Some(envelope.aggregate_id.clone().into_bytes()),
-        Some(envelope.to_json()),
+        Some(payload),
         vec![
             header("event-id", &envelope.event_id.to_string()),
             header("event-type", envelope.event.event_type()),
@@ -64,8 +69,21 @@ pub async fn try_deliver<H: EventHandler>(
     handler: &H,
     envelope: &Envelope,
 ) -> Result<Delivery, HandlerError> {
-    let message = message(envelope);
-    let event = decode(&message)?;
+    try_deliver_message(pool, consumer, handler, &message(envelope)).await
+}
+
+/// [`try_deliver`] of a message as it arrived ([`message`] or [`message_with`]).
+///
+/// # Errors
+///
+/// As [`try_deliver`].
+pub async fn try_deliver_message<H: EventHandler>(
+    pool: &PgPool,
+    consumer: &str,
+    handler: &H,
+    message: &Message,
+) -> Result<Delivery, HandlerError> {
+    let event = decode(message)?;
     let event_id = message
         .header_str("event-id")
         .expect("`message` sets the event-id header");
