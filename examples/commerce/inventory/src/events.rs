@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use commerce_events::{Envelope, Event, Line, Topics};
+use commerce_events::{Cause, Envelope, Event, Line, Topics};
 use commerce_platform::events::{EventHandler, publish};
 use inbox::HandlerError;
 use sqlx::{PgConnection, PgPool};
@@ -61,7 +61,8 @@ impl EventHandler for Saga {
         conn: &mut PgConnection,
         envelope: Envelope,
     ) -> Result<(), HandlerError> {
-        let event_id = envelope.event_id;
+        let cause = envelope.cause();
+        let event_id = cause.event_id;
         match envelope.event {
             Event::OrderPlaced {
                 order_id,
@@ -75,13 +76,13 @@ impl EventHandler for Saga {
                     lines,
                     total_cents,
                 };
-                reserve(conn, &self.topics, event_id, placed).await?;
+                reserve(conn, &self.topics, cause, placed).await?;
             }
             Event::PaymentApproved { order_id, .. } => {
                 settle(
                     conn,
                     &self.topics,
-                    event_id,
+                    cause,
                     order_id,
                     Settlement::Confirm,
                     None,
@@ -93,7 +94,7 @@ impl EventHandler for Saga {
                 settle(
                     conn,
                     &self.topics,
-                    event_id,
+                    cause,
                     order_id,
                     Settlement::Release,
                     reason,
@@ -107,7 +108,7 @@ impl EventHandler for Saga {
                     settle(
                         conn,
                         &self.topics,
-                        event_id,
+                        cause,
                         order_id,
                         settlement,
                         Some(reason.clone()),
@@ -169,10 +170,10 @@ struct Placed {
 async fn reserve(
     conn: &mut PgConnection,
     topics: &Topics,
-    event_id: Uuid,
+    cause: Cause,
     placed: Placed,
 ) -> Result<()> {
-    let order_id = placed.order_id;
+    let (order_id, event_id) = (placed.order_id, cause.event_id);
     if repo::has_reservations(conn, order_id).await? {
         tracing::info!(%order_id, %event_id, "inventory: order already reserved; ignoring");
         return Ok(());
@@ -180,7 +181,7 @@ async fn reserve(
     let demand = match domain::demand(&placed.lines) {
         Ok(demand) => demand,
         Err(rejection) => {
-            return reservation_failed(conn, topics, event_id, order_id, rejection).await;
+            return reservation_failed(conn, topics, cause, order_id, rejection).await;
         }
     };
     let product_ids: Vec<Uuid> = demand.iter().map(|&(product_id, _)| product_id).collect();
@@ -189,7 +190,7 @@ async fn reserve(
     let holds = match domain::can_reserve(&demand, &levels) {
         Ok(holds) => holds,
         Err(rejection) => {
-            return reservation_failed(conn, topics, event_id, order_id, rejection).await;
+            return reservation_failed(conn, topics, cause, order_id, rejection).await;
         }
     };
     let mut events = vec![Event::StockReserved {
@@ -218,7 +219,7 @@ async fn reserve(
         }
         return Err(e.into());
     }
-    publish(conn, topics, events).await?;
+    publish(conn, topics, Some(cause), events).await?;
     tracing::info!(%order_id, %event_id, products = holds.len(), "inventory: stock reserved");
     Ok(())
 }
@@ -226,14 +227,14 @@ async fn reserve(
 async fn reservation_failed(
     conn: &mut PgConnection,
     topics: &Topics,
-    event_id: Uuid,
+    cause: Cause,
     order_id: Uuid,
     rejection: domain::Rejection,
 ) -> Result<()> {
-    let reason = rejection.to_string();
+    let (event_id, reason) = (cause.event_id, rejection.to_string());
     tracing::info!(%order_id, %event_id, %reason, "inventory: reservation failed");
     let failed = Event::StockReservationFailed { order_id, reason };
-    publish(conn, topics, [failed]).await?;
+    publish(conn, topics, Some(cause), [failed]).await?;
     Ok(())
 }
 
@@ -242,11 +243,12 @@ async fn reservation_failed(
 async fn settle(
     conn: &mut PgConnection,
     topics: &Topics,
-    event_id: Uuid,
+    cause: Cause,
     order_id: Uuid,
     settlement: Settlement,
     reason: Option<String>,
 ) -> Result<()> {
+    let event_id = cause.event_id;
     let held = repo::lock_reservations(conn, order_id, settlement.from()).await?;
     if held.is_empty() {
         tracing::info!(%order_id, %event_id, ?settlement, "inventory: no reservation of the order to settle; nothing to do");
@@ -272,7 +274,7 @@ async fn settle(
         events.push(level_changed(&changed));
     }
     repo::set_reservations_state(conn, order_id, settlement.from(), settlement.target()).await?;
-    publish(conn, topics, events).await?;
+    publish(conn, topics, Some(cause), events).await?;
     tracing::info!(%order_id, %event_id, ?settlement, "inventory: reservation settled");
     Ok(())
 }
@@ -327,7 +329,7 @@ pub async fn publish_snapshot(pool: &PgPool, topics: &Topics) -> Result<u64> {
     let mut tx = pool.begin().await?;
     let rows = repo::all_stock_shared(&mut tx).await?;
     let count = rows.len() as u64;
-    publish(&mut tx, topics, rows.iter().map(level_changed)).await?;
+    publish(&mut tx, topics, None, rows.iter().map(level_changed)).await?;
     tx.commit().await?;
     tracing::info!(products = count, "inventory: stock snapshot published");
     Ok(count)

@@ -265,7 +265,7 @@ async fn add_stock(
         .ok_or_else(|| no_stock(product_id))?;
     let after = domain::add(row.level, quantity).map_err(Error::from)?;
     let changed = change(conn, row, after, MovementKind::Add, None).await?;
-    publish(conn, &state.topics, [level_changed(&changed)]).await?;
+    publish(conn, &state.topics, None, [level_changed(&changed)]).await?;
     tracing::info!(%product_id, admin = %admin.sub, quantity, version = changed.version, "inventory: stock added (commits with the response)");
     Ok(Json(StockView::from(&changed)))
 }
@@ -311,7 +311,7 @@ async fn adjust_stock(
         return Ok(Json(StockView::from(&row)));
     }
     let changed = change(&mut tx, row, after, MovementKind::Adjust, None).await?;
-    publish(&mut tx, &state.topics, [level_changed(&changed)]).await?;
+    publish(&mut tx, &state.topics, None, [level_changed(&changed)]).await?;
     tx.commit().await?;
     tracing::info!(%product_id, admin = %admin.sub, total = after.total, version = changed.version, "inventory: stock adjusted");
     Ok(Json(StockView::from(&changed)))

@@ -323,3 +323,19 @@ async fn an_order_placed_by_a_newer_producer_with_fields_inventory_does_not_know
     assert_eq!(level(&db.pool, product).await, (10, 3, 1));
     assert_eq!(outbox_of(&db.pool, "StockReserved").await.len(), 1);
 }
+
+#[tokio::test]
+async fn what_a_reservation_publishes_joins_the_orders_chain() {
+    let db = db().await;
+    let saga = Saga::new(topics());
+    let product = Uuid::now_v7();
+    seed(&db.pool, product, 10).await;
+    let envelope = placed(Uuid::now_v7(), vec![line(product, 3)]);
+    apply(&db.pool, &saga, &envelope).await;
+    let published = outbox(&db.pool).await;
+    assert_eq!(published.len(), 2, "StockReserved and StockLevelChanged");
+    for (_, caused) in published {
+        assert_eq!(caused.correlation_id, envelope.correlation_id);
+        assert_eq!(caused.causation_id, Some(envelope.event_id));
+    }
+}

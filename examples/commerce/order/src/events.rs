@@ -39,9 +39,9 @@ impl EventHandler for OrderSaga {
         let Some((order_id, input)) = Input::from_event(&envelope.event) else {
             return Ok(());
         };
-        let event_id = envelope.event_id;
-        let event_type = input.name();
-        match repo::transition(conn, &self.topics, order_id, &input).await? {
+        let (cause, event_type) = (envelope.cause(), input.name());
+        let event_id = cause.event_id;
+        match repo::transition(conn, &self.topics, cause, order_id, &input).await? {
             Outcome::Applied(transition) => {
                 tracing::info!(%order_id, %event_id, event_type, state = %transition.to, "saga: order moved");
             }

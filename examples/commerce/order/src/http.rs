@@ -275,7 +275,14 @@ async fn cancel_order(
     let customer_id = locked.customer_id.clone();
     let transition = domain::apply(locked.state, &Input::CustomerCancelled)
         .ok_or_else(|| cannot_cancel(locked.state))?;
-    repo::write(&mut tx, &state.topics, &[(id, customer_id)], &transition).await?;
+    repo::write(
+        &mut tx,
+        &state.topics,
+        None,
+        &[(id, customer_id)],
+        &transition,
+    )
+    .await?;
     let order = repo::find(&mut tx, id).await?.ok_or_else(not_found)?;
     tx.commit().await?;
     Ok(Json(order))

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use commerce_events::Topics;
+use commerce_events::{Cause, Topics};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -202,7 +202,8 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Locked>> {
 }
 
 /// Writes `transition` to `orders` (`(id, customer_id)`, locked by the caller's transaction)
-/// and enqueues their announcements (`OrderConfirmed`, `OrderCancelled`), if it has one.
+/// and enqueues their announcements (`OrderConfirmed`, `OrderCancelled`), if it has one, caused
+/// by `cause` (the event the saga is applying; `None` for a request or a job).
 ///
 /// # Errors
 ///
@@ -210,6 +211,7 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Locked>> {
 pub async fn write(
     conn: &mut PgConnection,
     topics: &Topics,
+    cause: Option<Cause>,
     orders: &[(Uuid, String)],
     transition: &Transition,
 ) -> Result<()> {
@@ -231,7 +233,10 @@ pub async fn write(
         let event_id = transition
             .announcement(*order_id, customer_id)
             .map(|event| {
-                let envelope = event.into_envelope();
+                let envelope = match cause {
+                    Some(cause) => event.caused_by(cause),
+                    None => event.into_envelope(),
+                };
                 events.push(commerce_platform::events::to_outbox(&envelope, topics));
                 envelope.event_id
             });
@@ -256,8 +261,8 @@ pub enum Outcome {
     Applied(Transition),
 }
 
-/// Applies `input` to the live order `id` in the caller's transaction: locks the row, asks
-/// [`domain::apply`], writes the transition and its event.
+/// Applies `input` (from the event `cause`) to the live order `id` in the caller's transaction:
+/// locks the row, asks [`domain::apply`], writes the transition and its event.
 ///
 /// # Errors
 ///
@@ -265,6 +270,7 @@ pub enum Outcome {
 pub async fn transition(
     conn: &mut PgConnection,
     topics: &Topics,
+    cause: Cause,
     id: Uuid,
     input: &Input,
 ) -> Result<Outcome> {
@@ -273,7 +279,8 @@ pub async fn transition(
     };
     match domain::apply(locked.state, input) {
         Some(transition) => {
-            write(conn, topics, &[(id, locked.customer_id)], &transition).await?;
+            let order = [(id, locked.customer_id)];
+            write(conn, topics, Some(cause), &order, &transition).await?;
             Ok(Outcome::Applied(transition))
         }
         None => Ok(Outcome::Unchanged(locked.state)),
@@ -313,7 +320,7 @@ pub async fn expire_reservations(
         if orders.is_empty() {
             return Ok(total);
         }
-        write(&mut tx, topics, &orders, &transition).await?;
+        write(&mut tx, topics, None, &orders, &transition).await?;
         tx.commit().await?;
         total += orders.len() as u64;
         if (orders.len() as i64) < chunk {

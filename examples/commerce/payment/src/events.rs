@@ -1,7 +1,7 @@
 //! The saga consumer (`payment.saga`, on the inventory and orders topics): charges reserved
 //! orders at most once, refunds cancelled ones.
 
-use commerce_events::{Envelope, Event, Topics};
+use commerce_events::{Cause, Envelope, Event, Topics};
 use commerce_platform::events::{self, EventHandler};
 use inbox::HandlerError;
 use sqlx::PgConnection;
@@ -40,11 +40,12 @@ impl Saga {
     async fn reserved(
         &self,
         conn: &mut PgConnection,
-        event_id: Uuid,
+        cause: Cause,
         order_id: Uuid,
         amount_cents: i64,
         customer_id: &str,
     ) -> Result<(), HandlerError> {
+        let event_id = cause.event_id;
         repo::lock_order(conn, order_id).await?;
         let cancelled = repo::is_cancelled(conn, order_id).await?;
         let existing = repo::payment_of(conn, order_id)
@@ -88,16 +89,17 @@ impl Saga {
             Status::Pending | Status::Refunded => return Ok(()),
         };
         repo::set_status(conn, order_id, status, reason).await?;
-        self.publish(conn, event).await
+        self.publish(conn, cause, event).await
     }
 
     async fn cancelled(
         &self,
         conn: &mut PgConnection,
-        event_id: Uuid,
+        cause: Cause,
         order_id: Uuid,
         reason: &str,
     ) -> Result<(), HandlerError> {
+        let event_id = cause.event_id;
         repo::lock_order(conn, order_id).await?;
         repo::record_cancellation(conn, order_id, reason).await?;
         let Some(payment) = repo::payment_of(conn, order_id).await? else {
@@ -110,6 +112,7 @@ impl Saga {
                 tracing::info!(%order_id, %event_id, payment_id = %payment.payment_id, "payment: refunded");
                 self.publish(
                     conn,
+                    cause,
                     Event::PaymentRefunded {
                         order_id,
                         payment_id: payment.payment_id,
@@ -134,8 +137,13 @@ impl Saga {
         }
     }
 
-    async fn publish(&self, conn: &mut PgConnection, event: Event) -> Result<(), HandlerError> {
-        events::publish(conn, &self.topics, [event])
+    async fn publish(
+        &self,
+        conn: &mut PgConnection,
+        cause: Cause,
+        event: Event,
+    ) -> Result<(), HandlerError> {
+        events::publish(conn, &self.topics, Some(cause), [event])
             .await
             .map_err(events::handler_error)
     }
@@ -147,19 +155,19 @@ impl EventHandler for Saga {
         conn: &mut PgConnection,
         envelope: Envelope,
     ) -> Result<(), HandlerError> {
-        let event_id = envelope.event_id;
+        let cause = envelope.cause();
         match envelope.event {
             Event::StockReserved {
                 order_id,
                 total_cents,
                 customer_id,
             } => {
-                self.reserved(conn, event_id, order_id, total_cents, &customer_id)
+                self.reserved(conn, cause, order_id, total_cents, &customer_id)
                     .await
             }
             Event::OrderCancelled {
                 order_id, reason, ..
-            } => self.cancelled(conn, event_id, order_id, &reason).await,
+            } => self.cancelled(conn, cause, order_id, &reason).await,
             _ => Ok(()),
         }
     }

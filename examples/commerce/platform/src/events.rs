@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use commerce_events::{DecodeError, Envelope, Event, Topics};
+use commerce_events::{Cause, DecodeError, Envelope, Event, Topics};
 use inbox::{Handler, HandlerError, Message};
 use sqlx::PgConnection;
 
@@ -116,7 +116,9 @@ pub fn to_outbox(envelope: &Envelope, topics: &Topics) -> outbox::NewEvent {
 
 /// Enqueues `events`, each in a fresh envelope on its producer's topic, in the outbox on the
 /// connection's transaction, in order (at most 500 rows per statement): they are published if and
-/// only if that transaction commits.
+/// only if that transaction commits. A consumer passes the event it is applying as `cause`
+/// ([`Envelope::cause`]), so what it publishes joins that event's chain; a request or a job
+/// passes `None`, and each event starts a chain.
 ///
 /// # Errors
 ///
@@ -125,12 +127,17 @@ pub fn to_outbox(envelope: &Envelope, topics: &Topics) -> outbox::NewEvent {
 pub async fn publish(
     conn: &mut PgConnection,
     topics: &Topics,
+    cause: Option<Cause>,
     events: impl IntoIterator<Item = Event>,
 ) -> Result<(), outbox::Error> {
     const CHUNK: usize = 500;
     let rows: Vec<outbox::NewEvent> = events
         .into_iter()
-        .map(|event| to_outbox(&event.into_envelope(), topics))
+        .map(|event| match cause {
+            Some(cause) => event.caused_by(cause),
+            None => event.into_envelope(),
+        })
+        .map(|envelope| to_outbox(&envelope, topics))
         .collect();
     for chunk in rows.chunks(CHUNK) {
         outbox::enqueue_many(conn, chunk).await?;

@@ -1,7 +1,7 @@
 //! The saga consumer (`shipping.saga`, on the orders topic): one shipment per confirmed order,
 //! cancelled if the order is cancelled before delivery.
 
-use commerce_events::{Envelope, Event, Topics};
+use commerce_events::{Cause, Envelope, Event, Topics};
 use commerce_platform::events::{self, EventHandler};
 use inbox::HandlerError;
 use sqlx::PgConnection;
@@ -42,10 +42,11 @@ impl Saga {
     async fn confirmed(
         &self,
         conn: &mut PgConnection,
-        event_id: Uuid,
+        cause: Cause,
         order_id: Uuid,
         customer_id: &str,
     ) -> Result<(), HandlerError> {
+        let event_id = cause.event_id;
         repo::lock_order(conn, order_id).await?;
         let existing = repo::lock_shipment(conn, order_id)
             .await?
@@ -69,6 +70,7 @@ impl Saga {
         tracing::info!(%order_id, %event_id, shipment_id = %shipment.shipment_id, %tracking_number, "shipping: shipment created");
         self.publish(
             conn,
+            cause,
             Event::ShipmentCreated {
                 order_id,
                 shipment_id: shipment.shipment_id,
@@ -83,11 +85,12 @@ impl Saga {
     async fn cancelled(
         &self,
         conn: &mut PgConnection,
-        event_id: Uuid,
+        cause: Cause,
         order_id: Uuid,
         customer_id: &str,
         reason: &str,
     ) -> Result<(), HandlerError> {
+        let event_id = cause.event_id;
         repo::lock_order(conn, order_id).await?;
         let existing = repo::lock_shipment(conn, order_id).await?;
         match domain::on_order_cancelled(existing.as_ref().map(|shipment| shipment.state)) {
@@ -114,8 +117,13 @@ impl Saga {
         Ok(())
     }
 
-    async fn publish(&self, conn: &mut PgConnection, event: Event) -> Result<(), HandlerError> {
-        events::publish(conn, &self.topics, [event])
+    async fn publish(
+        &self,
+        conn: &mut PgConnection,
+        cause: Cause,
+        event: Event,
+    ) -> Result<(), HandlerError> {
+        events::publish(conn, &self.topics, Some(cause), [event])
             .await
             .map_err(events::handler_error)
     }
@@ -127,18 +135,18 @@ impl EventHandler for Saga {
         conn: &mut PgConnection,
         envelope: Envelope,
     ) -> Result<(), HandlerError> {
-        let event_id = envelope.event_id;
+        let cause = envelope.cause();
         match envelope.event {
             Event::OrderConfirmed {
                 order_id,
                 customer_id,
-            } => self.confirmed(conn, event_id, order_id, &customer_id).await,
+            } => self.confirmed(conn, cause, order_id, &customer_id).await,
             Event::OrderCancelled {
                 order_id,
                 customer_id,
                 reason,
             } => {
-                self.cancelled(conn, event_id, order_id, &customer_id, &reason)
+                self.cancelled(conn, cause, order_id, &customer_id, &reason)
                     .await
             }
             _ => Ok(()),

@@ -109,7 +109,7 @@ async fn deliver(
                 shipment_id: shipment.shipment_id,
                 customer_id: shipment.customer_id.clone(),
             };
-            publish(&mut tx, &state.topics, [delivered]).await?;
+            publish(&mut tx, &state.topics, None, [delivered]).await?;
             tx.commit().await?;
             tracing::info!(%order_id, shipment_id = %shipment.shipment_id, admin = %admin.sub, "shipping: delivered");
             Ok(Json(shipment))
