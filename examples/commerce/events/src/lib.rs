@@ -79,6 +79,7 @@ impl Topics {
         match event {
             Event::OrderPlaced { .. }
             | Event::OrderConfirmed { .. }
+            | Event::OrderCompleted { .. }
             | Event::OrderCancelled { .. } => &self.orders,
             Event::PaymentApproved { .. }
             | Event::PaymentDeclined { .. }
@@ -125,6 +126,14 @@ pub enum Event {
     },
     /// An order is paid and its stock sold: it can be shipped (order service).
     OrderConfirmed {
+        /// The order.
+        order_id: Uuid,
+        /// Who placed it.
+        customer_id: String,
+    },
+    /// An order's shipment was delivered: the order is complete, and nothing moves it any more
+    /// (order service).
+    OrderCompleted {
         /// The order.
         order_id: Uuid,
         /// Who placed it.
@@ -252,6 +261,7 @@ impl Event {
             Event::StockLevelChanged { product_id, .. } => ("product", product_id.to_string()),
             Event::OrderPlaced { order_id, .. }
             | Event::OrderConfirmed { order_id, .. }
+            | Event::OrderCompleted { order_id, .. }
             | Event::OrderCancelled { order_id, .. }
             | Event::StockReserved { order_id, .. }
             | Event::StockReservationFailed { order_id, .. }

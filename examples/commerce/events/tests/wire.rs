@@ -23,6 +23,10 @@ fn round_trips_every_event_type() {
             order_id,
             customer_id: "alice".into(),
         },
+        Event::OrderCompleted {
+            order_id,
+            customer_id: "alice".into(),
+        },
         Event::OrderCancelled {
             order_id,
             customer_id: "alice".into(),

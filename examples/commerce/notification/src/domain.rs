@@ -85,7 +85,7 @@ pub struct Notification {
 
 /// The notification `event` makes, or `None` for events customers are not told about (stock
 /// movements, payment approvals and declines: a declined payment reaches the customer as the
-/// order's cancellation).
+/// order's cancellation; an order's completion: they were told of its delivery).
 pub fn notification_for(event: &Event) -> Option<Notification> {
     let (order_id, customer_id, kind, message) = match event {
         Event::OrderPlaced {
@@ -168,7 +168,8 @@ pub fn notification_for(event: &Event) -> Option<Notification> {
         | Event::StockRestocked { .. }
         | Event::StockLevelChanged { .. }
         | Event::PaymentApproved { .. }
-        | Event::PaymentDeclined { .. } => return None,
+        | Event::PaymentDeclined { .. }
+        | Event::OrderCompleted { .. } => return None,
     };
     Some(Notification {
         customer_id: customer_id.clone(),

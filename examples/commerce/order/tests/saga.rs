@@ -31,7 +31,7 @@ async fn state(pool: &PgPool, id: Uuid) -> (String, Option<String>, bool) {
 }
 
 #[tokio::test]
-async fn follows_the_happy_path_to_completed_and_announces_the_confirmation() {
+async fn follows_the_happy_path_to_completed_and_announces_the_confirmation_and_completion() {
     let h = Harness::new().await;
     let saga = OrderSaga::new(h.config.topics.clone());
     let id = h.place_one("alice").await;
@@ -78,14 +78,14 @@ async fn follows_the_happy_path_to_completed_and_announces_the_confirmation() {
             ("COMPLETED".into(), None, true),
         ]
     );
-    // OrderPlaced and OrderConfirmed (for shipping) are in the outbox; the other moves publish
-    // nothing.
+    // OrderPlaced, OrderConfirmed (for shipping) and OrderCompleted are in the outbox; the other
+    // moves publish nothing.
     let types: Vec<String> =
         sqlx::query_scalar("SELECT event_type FROM outbox_events ORDER BY seq")
             .fetch_all(h.pool())
             .await
             .expect("outbox");
-    assert_eq!(types, ["OrderPlaced", "OrderConfirmed"]);
+    assert_eq!(types, ["OrderPlaced", "OrderConfirmed", "OrderCompleted"]);
 }
 
 #[tokio::test]
