@@ -5,54 +5,27 @@ use axum::body::Body;
 use axum::extract::MatchedPath;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response};
-use leases::Lease;
 
 use super::body::{Limited, read_limited};
-use super::config::{Shared, Transactions};
+use super::mode::Held;
 use super::outcome::{count, problem};
 use super::replay::replay;
-use super::store::{Acquire, ScopedKey, Store, StoredResponse, TakenIn};
-use super::tx::TxSlot;
+use super::shared::Shared;
+use super::store::{Acquire, ScopedKey};
 use crate::{Error, Fingerprint, IdempotencyKey, KeyPolicy, Problem};
 
 /// What the checks decided for a request, before any handler runs.
-pub(super) enum Decision<St> {
+pub(super) enum Decision {
     /// Answered by the layer itself (rejected, replayed, in flight, store down); counted.
     Answer(Response<Body>),
     /// Runs without idempotency (safe method, no key, policy off, fail-open).
     PassThrough(Request<Body>),
     /// Runs holding the key.
-    Run(Request<Body>, Holder<St>),
-}
-
-/// How a running request holds its key.
-pub(super) enum Holder<St> {
-    /// Lease mode: a committed lease.
-    Lease(Lease<i64>),
-    /// Transactional mode: the request's transaction took it.
-    Transaction(InTx<St>),
-}
-
-/// A key held by the request's transaction, and what storing it needs.
-pub(super) struct InTx<St> {
-    pub(super) transactions: Transactions<St>,
-    pub(super) slot: TxSlot,
-    pub(super) key: ScopedKey,
-    pub(super) fingerprint: Fingerprint,
-    /// A lease of the lease mode, taken over in the transaction (rare; see [`TakenIn::Taken`]).
-    pub(super) lease: Option<Lease<i64>>,
-}
-
-/// What the store said about a key, in either mode.
-enum Found<St> {
-    Free(Holder<St>),
-    Busy,
-    Completed(StoredResponse),
-    Mismatch,
+    Run(Request<Body>, Box<dyn Held>),
 }
 
 /// The checks: key, scope, body, fingerprint, then the store's answer.
-pub(super) async fn decide<St: Store>(shared: &Shared<St>, request: Request<Body>) -> Decision<St> {
+pub(super) async fn decide<St>(shared: &Shared<St>, request: Request<Body>) -> Decision {
     let config = &shared.config;
     if config.policy == KeyPolicy::Off || request.method().is_safe() {
         return Decision::PassThrough(request);
@@ -98,27 +71,20 @@ pub(super) async fn decide<St: Store>(shared: &Shared<St>, request: Request<Body
     );
     let key = ScopedKey { scope, route, key };
     let request = Request::from_parts(parts, Body::from(body));
-    let found = match &shared.transactions {
-        Some(transactions) => take_in(shared, transactions, &key, &fingerprint).await,
-        None => shared
-            .store
-            .acquire(&key, &fingerprint, config.lease_ttl, config.retention)
-            .await
-            .map(|acquired| match acquired {
-                Acquire::Acquired(lease) => Found::Free(Holder::Lease(lease)),
-                Acquire::InFlight { .. } => Found::Busy,
-                Acquire::Completed(response) => Found::Completed(response),
-                Acquire::Mismatch => Found::Mismatch,
-            }),
-    };
+    let found = shared
+        .mode
+        .take(&shared.store, config, &key, &fingerprint)
+        .await;
     match found {
-        Ok(Found::Free(holder)) => Decision::Run(request, holder),
-        Ok(Found::Completed(response)) => {
+        Ok(Acquire::Acquired(held)) => Decision::Run(request, held),
+        Ok(Acquire::Completed(response)) => {
             count("replayed");
             Decision::Answer(replay(response))
         }
-        Ok(Found::Busy) => reject(Problem::in_progress(config.retry_after), "in_flight"),
-        Ok(Found::Mismatch) => reject(Problem::key_reused(), "mismatch"),
+        Ok(Acquire::InFlight { .. }) => {
+            reject(Problem::in_progress(config.retry_after), "in_flight")
+        }
+        Ok(Acquire::Mismatch) => reject(Problem::key_reused(), "mismatch"),
         Err(Error::InvalidConfig(reason)) => {
             tracing::error!(%reason, "idempotency: invalid layer configuration");
             reject(Problem::misconfigured(), "misconfigured")
@@ -140,34 +106,4 @@ pub(super) async fn decide<St: Store>(shared: &Shared<St>, request: Request<Body
             )
         }
     }
-}
-
-/// Transactional mode: begins the request's transaction and takes the key in it. A key that is
-/// not free rolls the transaction back before the answer, so its lock is gone by then.
-async fn take_in<St: Store>(
-    shared: &Shared<St>,
-    transactions: &Transactions<St>,
-    key: &ScopedKey,
-    fingerprint: &Fingerprint,
-) -> Result<Found<St>, Error> {
-    let config = &shared.config;
-    let mut tx = transactions.pool.begin().await?;
-    let lifetimes = (config.lease_ttl, config.retention);
-    let taken = (transactions.take_in)(&shared.store, &mut tx, key, fingerprint, lifetimes).await?;
-    let found = match taken {
-        TakenIn::Taken(lease) => {
-            return Ok(Found::Free(Holder::Transaction(InTx {
-                transactions: transactions.clone(),
-                slot: TxSlot::begun(&transactions.pool, tx),
-                key: key.clone(),
-                fingerprint: *fingerprint,
-                lease,
-            })));
-        }
-        TakenIn::Busy => Found::Busy,
-        TakenIn::Completed(response) => Found::Completed(response),
-        TakenIn::Mismatch => Found::Mismatch,
-    };
-    tx.rollback().await?;
-    Ok(found)
 }

@@ -8,12 +8,7 @@ use std::time::Duration;
 use http::StatusCode;
 use http::request::Parts;
 
-use futures::future::BoxFuture;
-use leases::Lease;
-use sqlx::{PgConnection, PgPool};
-
-use super::store::{ScopedKey, StoredResponse, TakenIn, TransactionalStore};
-use crate::{Fingerprint, FingerprintOptions, Result};
+use crate::FingerprintOptions;
 
 /// Whether a route takes an `Idempotency-Key`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -70,68 +65,6 @@ pub(crate) struct Config {
     pub(crate) release_on_cancel: bool,
     pub(crate) store_if: fn(StatusCode) -> bool,
     pub(crate) scope: Option<ScopeFn>,
-}
-
-/// What every request of one layer shares: its store and its settings.
-pub(crate) struct Shared<St> {
-    pub(crate) store: St,
-    pub(crate) config: Config,
-    pub(crate) transactions: Option<Transactions<St>>,
-}
-
-/// [`TransactionalStore`]'s methods, captured when the layer is built with
-/// [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional): the service itself
-/// asks only for a [`Store`](crate::Store).
-pub(crate) struct Transactions<St> {
-    pub(crate) pool: PgPool,
-    pub(crate) take_in: TakeIn<St>,
-    pub(crate) store_in: StoreIn<St>,
-    pub(crate) release_in: ReleaseIn<St>,
-}
-
-pub(crate) type TakeIn<St> = for<'a> fn(
-    &'a St,
-    &'a mut PgConnection,
-    &'a ScopedKey,
-    &'a Fingerprint,
-    (Duration, Duration),
-) -> BoxFuture<'a, Result<TakenIn>>;
-
-pub(crate) type StoreIn<St> = for<'a> fn(
-    &'a St,
-    &'a mut PgConnection,
-    (&'a ScopedKey, &'a Fingerprint, Option<&'a Lease<i64>>),
-    &'a StoredResponse,
-    Duration,
-) -> BoxFuture<'a, Result<bool>>;
-
-pub(crate) type ReleaseIn<St> =
-    for<'a> fn(&'a St, &'a mut PgConnection, &'a Lease<i64>) -> BoxFuture<'a, Result<bool>>;
-
-impl<St> Clone for Transactions<St> {
-    fn clone(&self) -> Self {
-        Self {
-            pool: self.pool.clone(),
-            take_in: self.take_in,
-            store_in: self.store_in,
-            release_in: self.release_in,
-        }
-    }
-}
-
-impl<St: TransactionalStore> Transactions<St> {
-    pub(crate) fn of(store: &St) -> Self {
-        Self {
-            pool: store.pool().clone(),
-            take_in: |store, conn, key, fingerprint, (lease_ttl, retention)| {
-                Box::pin(store.take_in(conn, key, fingerprint, lease_ttl, retention))
-            },
-            store_in: |store, conn, taken, response, retention| {
-                Box::pin(store.store_in(conn, taken, response, retention))
-            },
-            release_in: |store, conn, lease| Box::pin(store.release_in(conn, lease)),
-        }
-    }
 }
 
 impl fmt::Debug for Config {

@@ -8,9 +8,11 @@ use http::StatusCode;
 use http::request::Parts;
 use tower::Layer;
 
-use super::config::{Config, KeyPolicy, Shared, Transactions, stores_by_default};
+use super::config::{Config, KeyPolicy, stores_by_default};
+use super::mode::{LeaseMode, Mode, TransactionalMode};
 use super::service::Idempotency;
-use super::store::TransactionalStore;
+use super::shared::Shared;
+use super::store::{Store, TransactionalStore};
 use crate::{Error, FingerprintOptions, Result};
 
 /// A [`tower::Layer`] that makes requests with an `Idempotency-Key` header take effect once.
@@ -52,7 +54,7 @@ use crate::{Error, FingerprintOptions, Result};
 pub struct IdempotencyLayer<St> {
     store: St,
     config: Config,
-    transactions: Option<Transactions<St>>,
+    mode: Arc<dyn Mode<St>>,
 }
 
 impl<St: Clone> Clone for IdempotencyLayer<St> {
@@ -60,7 +62,7 @@ impl<St: Clone> Clone for IdempotencyLayer<St> {
         Self {
             store: self.store.clone(),
             config: self.config.clone(),
-            transactions: self.transactions.clone(),
+            mode: Arc::clone(&self.mode),
         }
     }
 }
@@ -88,20 +90,19 @@ impl<St: TransactionalStore> IdempotencyLayer<St> {
     /// # let _ = layer; }
     /// ```
     pub fn transactional(store: St) -> Self {
-        let transactions = Transactions::of(&store);
         Self {
-            transactions: Some(transactions),
+            mode: Arc::new(TransactionalMode),
             ..Self::new(store)
         }
     }
 }
 
-impl<St> IdempotencyLayer<St> {
+impl<St: Store> IdempotencyLayer<St> {
     /// Lease mode, over `store`, with the defaults every setter documents: for handlers with
     /// effects outside the database. The key is locked by a committed lease before the handler
     /// runs, renewed while it runs, and the response is stored after it returns. Handlers behind
     /// it cannot take a [`Tx`](crate::Tx); see [`transactional`](Self::transactional).
-    pub const fn new(store: St) -> Self {
+    pub fn new(store: St) -> Self {
         Self {
             store,
             config: Config {
@@ -117,10 +118,12 @@ impl<St> IdempotencyLayer<St> {
                 store_if: stores_by_default,
                 scope: None,
             },
-            transactions: None,
+            mode: Arc::new(LeaseMode),
         }
     }
+}
 
+impl<St> IdempotencyLayer<St> {
     /// Whether requests need a key. Default: [`KeyPolicy::Optional`].
     pub fn key_policy(mut self, policy: KeyPolicy) -> Self {
         self.config.policy = policy;
@@ -234,7 +237,7 @@ impl<St: fmt::Debug> fmt::Debug for IdempotencyLayer<St> {
         f.debug_struct("IdempotencyLayer")
             .field("store", &self.store)
             .field("config", &self.config)
-            .field("transactional", &self.transactions.is_some())
+            .field("mode", &self.mode)
             .finish()
     }
 }
@@ -246,9 +249,9 @@ impl<S, St: Clone> Layer<S> for IdempotencyLayer<St> {
         Idempotency::new(
             inner,
             Arc::new(Shared {
-                store: self.store.clone(),
+                store: Arc::new(self.store.clone()),
                 config: self.config.clone(),
-                transactions: self.transactions.clone(),
+                mode: Arc::clone(&self.mode),
             }),
         )
     }

@@ -5,14 +5,15 @@ mod body;
 mod checks;
 mod config;
 mod fingerprint;
-mod in_tx;
+mod handler;
 mod key;
 mod layer;
-mod lease_guard;
+mod mode;
 mod outcome;
 pub mod problem;
 mod replay;
 mod service;
+mod shared;
 mod store;
 mod tx;
 

@@ -220,7 +220,7 @@ impl Store for MemoryStore {
         Ok(match (&entry.response, entry.lease_expires_at) {
             (Some(response), _) => Acquire::Completed(response.clone()),
             (None, expiry) => Acquire::InFlight {
-                lease_expires_at: expiry.unwrap_or(now),
+                lease_expires_at: Some(expiry.unwrap_or(now)),
             },
         })
     }

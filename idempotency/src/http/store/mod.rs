@@ -75,21 +75,45 @@ impl StoredResponse {
     }
 }
 
-/// What [`Store::acquire`] found.
+/// What a store found when asked to take a key: [`Store::acquire`] (holding a lease) and
+/// [`TransactionalStore::take_in`] (holding the key in a transaction, see [`TakenIn`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Acquire {
+pub enum Acquire<H = Lease<i64>> {
     /// The key was free (new, released, past its retention, or its holder's lease expired on the
-    /// same request): the caller holds its lease and runs the request.
-    Acquired(Lease<i64>),
-    /// Another request with the key and the same fingerprint holds a valid lease.
+    /// same request): the caller holds it and runs the request.
+    Acquired(H),
+    /// Another request with the key and the same fingerprint holds it.
     InFlight {
-        /// When that lease runs out.
-        lease_expires_at: DateTime<Utc>,
+        /// When that request's lease runs out; `None` when a transaction holds the key (it has no
+        /// expiry: it ends with its transaction).
+        lease_expires_at: Option<DateTime<Utc>>,
     },
     /// The key completed with this response (within its retention).
     Completed(StoredResponse),
     /// The key was used with a different fingerprint (and is not released or past retention).
     Mismatch,
+}
+
+impl<H> Acquire<H> {
+    /// What the caller holds when the key was taken; otherwise the answer, which holds nothing.
+    #[expect(
+        clippy::result_large_err,
+        reason = "moved once per request, like every `Acquire`; boxing it would only allocate"
+    )]
+    pub(crate) fn held<T>(self) -> Result<H, Acquire<T>> {
+        match self {
+            Self::Acquired(held) => Ok(held),
+            Self::InFlight { lease_expires_at } => Err(Acquire::InFlight { lease_expires_at }),
+            Self::Completed(response) => Err(Acquire::Completed(response)),
+            Self::Mismatch => Err(Acquire::Mismatch),
+        }
+    }
+
+    /// The same answer, with what the caller holds replaced by `f` of it.
+    pub(crate) fn map<T>(self, f: impl FnOnce(H) -> T) -> Acquire<T> {
+        self.held()
+            .map_or_else(|answer| answer, |held| Acquire::Acquired(f(held)))
+    }
 }
 
 /// The state of a stored key, for inspection.
@@ -172,22 +196,13 @@ pub trait Store: Send + Sync + 'static {
     fn release(&self, lease: &Lease<i64>) -> impl Future<Output = Result<bool>> + Send;
 }
 
-/// What [`TransactionalStore::take_in`] found for a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TakenIn {
-    /// The key is this transaction's. The request runs, and its response is stored with
-    /// [`store_in`](TransactionalStore::store_in) before the commit. Usually nothing is written
-    /// before that (`None`); a key left by an expired lease of the lease mode is taken over with
-    /// a lease of its own, inside the transaction (`Some`).
-    Taken(Option<Lease<i64>>),
-    /// Another request holds the key (its transaction, or a lease of the lease mode): answer 409
-    /// at once.
-    Busy,
-    /// The key completed with this response (within its retention).
-    Completed(StoredResponse),
-    /// The key was used with a different fingerprint.
-    Mismatch,
-}
+/// What [`TransactionalStore::take_in`] found for a key. When the key is this transaction's
+/// (`Acquired`), the request runs and its response is stored with
+/// [`store_in`](TransactionalStore::store_in) before the commit. Usually nothing is written before
+/// that (`Acquired(None)`); a key left by an expired lease of the lease mode is taken over with a
+/// lease of its own, inside the transaction (`Acquired(Some(lease))`). A key held by another
+/// request (its transaction, or a lease of the lease mode) is `InFlight`: answer 409 at once.
+pub type TakenIn = Acquire<Option<Lease<i64>>>;
 
 /// A [`Store`] whose keys can also be taken inside the handler's PostgreSQL transaction: what
 /// [`IdempotencyLayer::transactional`](crate::IdempotencyLayer::transactional) needs for

@@ -320,7 +320,9 @@ impl PostgresStore {
             }
             match row.lease_expires_at {
                 Some(lease_expires_at) if !row.completed && lease_expires_at > now => {
-                    return Ok(Acquire::InFlight { lease_expires_at });
+                    return Ok(Acquire::InFlight {
+                        lease_expires_at: Some(lease_expires_at),
+                    });
                 }
                 Some(_) => continue,
                 None => {
@@ -331,7 +333,7 @@ impl PostgresStore {
             }
         }
         Ok(Acquire::InFlight {
-            lease_expires_at: last_seen.unwrap_or_else(Utc::now),
+            lease_expires_at: Some(last_seen.unwrap_or_else(Utc::now)),
         })
     }
 }
@@ -394,42 +396,39 @@ impl TransactionalStore for PostgresStore {
             .fetch_one(&mut *conn)
             .await?;
         if row.try_get::<Option<bool>, _>("locked")? == Some(false) {
-            return Ok(TakenIn::Busy);
+            return Ok(Acquire::InFlight {
+                lease_expires_at: None,
+            });
         }
         if row.try_get::<Option<Vec<u8>>, _>("fingerprint")?.is_none() {
-            return Ok(TakenIn::Taken(None));
+            return Ok(Acquire::Acquired(None));
         }
         let now: DateTime<Utc> = row.try_get("now")?;
         let found = KeyRow::decode(&row)?;
         if found.lease_expires_at.is_none() && (found.retain_until <= now || !found.completed) {
-            return Ok(TakenIn::Taken(None));
+            return Ok(Acquire::Acquired(None));
         }
         if found.fingerprint != *fingerprint {
-            return Ok(TakenIn::Mismatch);
+            return Ok(Acquire::Mismatch);
         }
         if found.completed {
             return match found.state()? {
-                RecordState::Completed(response) => Ok(TakenIn::Completed(response)),
+                RecordState::Completed(response) => Ok(Acquire::Completed(response)),
                 _ => Err(Error::Corrupt("completed key without a response".into())),
             };
         }
         // Held by a lease of the lease mode: busy while it runs, taken over (fenced, through
         // the lease) once it expired.
-        if found.lease_expires_at.is_some_and(|expires| expires > now) {
-            return Ok(TakenIn::Busy);
+        if let Some(expires) = found.lease_expires_at.filter(|expires| *expires > now) {
+            return Ok(Acquire::InFlight {
+                lease_expires_at: Some(expires),
+            });
         }
         let lifetimes = (lease_ttl, retention);
-        Ok(
-            match self
-                .acquire_on(conn, key, fingerprint, lifetimes, true)
-                .await?
-            {
-                Acquire::Acquired(lease) => TakenIn::Taken(Some(lease)),
-                Acquire::InFlight { .. } => TakenIn::Busy,
-                Acquire::Completed(response) => TakenIn::Completed(response),
-                Acquire::Mismatch => TakenIn::Mismatch,
-            },
-        )
+        let acquired = self
+            .acquire_on(conn, key, fingerprint, lifetimes, true)
+            .await?;
+        Ok(acquired.map(Some))
     }
 
     async fn store_in(
