@@ -23,6 +23,7 @@ async fn starts_serves_and_stops() {
     config.db_prefix = prefix.clone();
     config.topics = commerce_events::Topics::new(&prefix);
     config.addrs.order = "127.0.0.1:0".parse().expect("addr");
+    config.cors_origins = vec!["https://shop.example".parse().expect("origin")];
     let products = common::ProductStub::start(&config.api_key).await;
     config.addrs.product = products.addr;
     let product = products.add(700, true);
@@ -56,6 +57,35 @@ async fn starts_serves_and_stops() {
         .await
         .expect("orders");
     assert_eq!(anonymous.status(), 401);
+    // A page of the configured origin may call the API from a browser; another may not.
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, format!("{base}/api/v1/orders"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,idempotency-key",
+            )
+            .send()
+    };
+    let allowed = preflight("https://shop.example").await.expect("preflight");
+    let header = |reply: &reqwest::Response, name: &str| {
+        reply
+            .headers()
+            .get(name)
+            .map(|value| value.to_str().expect("ASCII").to_owned())
+    };
+    assert_eq!(
+        header(&allowed, "access-control-allow-origin").as_deref(),
+        Some("https://shop.example")
+    );
+    let allowed_headers = header(&allowed, "access-control-allow-headers").unwrap_or_default();
+    assert!(
+        allowed_headers.contains("idempotency-key"),
+        "{allowed_headers}"
+    );
+    let other = preflight("https://evil.example").await.expect("preflight");
+    assert_eq!(header(&other, "access-control-allow-origin"), None);
 
     // An order goes out through the relay, and a StockReserved coming in moves it.
     let token = common::token(&config, "alice", 60);

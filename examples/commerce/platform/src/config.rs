@@ -1,6 +1,7 @@
 //! Configuration from environment variables, with defaults that work with `scripts/services`.
 
 use anyhow::Context;
+use axum::http::{HeaderValue, Uri};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -39,6 +40,10 @@ pub struct Config {
     /// partitions back at once instead of after the session timeout. Each running process needs
     /// its own value: two live members with one id fence each other.
     pub instance_id: Option<String>,
+    /// `COMMERCE_CORS_ORIGINS` (default none): the origins whose pages may call the public API
+    /// from a browser, comma-separated (`https://shop.example,http://localhost:3000`). With none,
+    /// browsers refuse every cross-origin call.
+    pub cors_origins: Vec<HeaderValue>,
 }
 
 /// Where each service listens.
@@ -73,8 +78,31 @@ impl std::fmt::Debug for Config {
             .field("addrs", &self.addrs)
             .field("reservation_timeout", &self.reservation_timeout)
             .field("instance_id", &self.instance_id)
+            .field("cors_origins", &self.cors_origins)
             .finish()
     }
+}
+
+/// The origins of `list` (comma-separated; blanks ignored), each `scheme://host[:port]`.
+fn origins(list: &str) -> anyhow::Result<Vec<HeaderValue>> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|origin| !origin.is_empty())
+        .map(|origin| {
+            let is_origin = origin.parse::<Uri>().is_ok_and(|uri| {
+                uri.scheme().is_some()
+                    && uri.host().is_some()
+                    && uri
+                        .path_and_query()
+                        .is_none_or(|p| matches!(p.as_str(), "" | "/"))
+            });
+            anyhow::ensure!(
+                is_origin && !origin.ends_with('/'),
+                "COMMERCE_CORS_ORIGINS: {origin:?} is not an origin (scheme://host[:port])"
+            );
+            Ok(HeaderValue::from_str(origin)?)
+        })
+        .collect()
 }
 
 /// The shortest secret the services accept.
@@ -163,6 +191,7 @@ impl Config {
                     .context("RESERVATION_TIMEOUT_SECS")?,
             ),
             instance_id: lookup("COMMERCE_INSTANCE_ID").filter(|id| !id.is_empty()),
+            cors_origins: origins(&var("COMMERCE_CORS_ORIGINS", ""))?,
         })
     }
 
@@ -233,6 +262,31 @@ mod tests {
         assert_eq!(config.instance_id, None);
         assert!(!config.dev_mode);
         assert_eq!(config.db_pool_size, 10);
+        assert!(config.cors_origins.is_empty());
+    }
+
+    #[test]
+    fn cors_origins_are_a_list_of_origins() {
+        let config = config(&[
+            ("JWT_SECRET", JWT),
+            ("SERVICE_API_KEY", KEY),
+            (
+                "COMMERCE_CORS_ORIGINS",
+                "https://shop.example, http://localhost:3000",
+            ),
+        ])
+        .expect("config");
+        assert_eq!(
+            config.cors_origins,
+            ["https://shop.example", "http://localhost:3000"]
+        );
+        for wrong in ["shop.example", "https://shop.example/cart", "*"] {
+            let error = super::origins(wrong).expect_err(wrong);
+            assert!(
+                error.to_string().contains("COMMERCE_CORS_ORIGINS"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

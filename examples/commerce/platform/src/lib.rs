@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod cors;
 pub mod events;
 pub mod extract;
 pub mod openapi;

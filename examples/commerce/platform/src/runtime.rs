@@ -119,7 +119,8 @@ pub async fn start(
             .iter()
             .map(|c| crate::ops::consumer_check(c.name.clone(), c.handle.monitor())),
     );
-    let app = crate::ops::with_operations(name, parts.router, checks);
+    let public = parts.router.layer(crate::cors::layer(&config.cors_origins));
+    let app = crate::ops::with_operations(name, public, checks);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("{name}: cannot listen on {addr}"))?;
