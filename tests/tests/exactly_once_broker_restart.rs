@@ -1,7 +1,7 @@
 //! The exactly-once relay while its broker (one each test owns) fails: SIGKILLed in the middle of
-//! a transaction and started again, four times, the transactions that were open are aborted,
-//! invisible to `read_committed` consumers, and their events go out again in later transactions,
-//! once; the relay's monitor reports the outage and its end. Paused for longer than the delivery
+//! a transaction and started again, four times, every event reaches `read_committed` consumers
+//! once and in order (the transactions the kills caught are aborted, and their events go out
+//! again, or complete); the relay's monitor reports the outage and its end. Paused for longer than the delivery
 //! timeout, the transaction it caught is aborted and retried, and no event is dead-lettered.
 
 use std::time::Duration;
@@ -131,10 +131,9 @@ async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again
         );
     }
     assert!(committed.consecutive, "once each, in per-aggregate order");
-    assert!(
-        uncommitted.duplicates > 0,
-        "the transactions open at the kills were aborted and their events published again"
-    );
+    // Whether a transaction a kill caught is aborted (its events go out again: `aborted` above
+    // is not 0) or completes after the restart (its commit had reached the coordinator) is the
+    // broker's call; both are right. `exactly_once_resumed_commit.rs` drives each on purpose.
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
