@@ -14,6 +14,22 @@ const SERVER_PROPERTIES: &str = include_str!("../../scripts/kafka/server.propert
 const LOG4J2: &str = include_str!("../../scripts/kafka/log4j2.yaml");
 /// The tool that formats a log directory.
 const STORAGE_TOOL: &str = "kafka.tools.StorageTool";
+/// Logging for the tools: warnings only, on stderr, so their output is theirs alone.
+const TOOLS_LOG4J2: &str = "Configuration:
+  Appenders:
+    Console:
+      name: STDERR
+      target: SYSTEM_ERR
+      PatternLayout:
+        pattern: \"[%d] %p %m (%c)%n\"
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: STDERR
+";
+/// Where the tools' logging configuration is written, in the broker's directory.
+const TOOLS_LOG4J2_FILE: &str = "tools-log4j2.yaml";
 /// The tool that finds and aborts hanging transactions.
 const TRANSACTIONS_TOOL: &str = "org.apache.kafka.tools.TransactionsCommand";
 
@@ -71,20 +87,25 @@ impl OwnedBroker {
         }
         std::fs::write(dir.join("server.properties"), properties).expect("write server.properties");
         std::fs::write(dir.join("log4j2.yaml"), LOG4J2).expect("write log4j2.yaml");
+        std::fs::write(dir.join(TOOLS_LOG4J2_FILE), TOOLS_LOG4J2).expect("write the tools' log4j2");
         let mut broker = Self {
             dir,
             libs,
             port,
             process: None,
         };
-        let cluster_id = broker.java(STORAGE_TOOL, &["random-uuid"]);
+        let cluster_id = broker
+            .java(STORAGE_TOOL, &["random-uuid"])
+            .expect("a cluster id");
         let cluster_id = cluster_id.lines().last().expect("a cluster id").trim();
         let properties = broker.dir.join("server.properties");
         let properties = properties.to_str().expect("UTF-8 path");
-        broker.java(
-            STORAGE_TOOL,
-            &["format", "-t", cluster_id, "-c", properties],
-        );
+        broker
+            .java(
+                STORAGE_TOOL,
+                &["format", "-t", cluster_id, "-c", properties],
+            )
+            .expect("format the log directory");
         broker.restart().await;
         broker
     }
@@ -190,9 +211,10 @@ impl OwnedBroker {
         }
     }
 
-    /// Aborts the transactions Kafka left *hanging* on this broker (open on a partition while
-    /// their coordinator no longer tracks them), as an operator would with
+    /// Aborts the transactions Kafka left *hanging* on this broker (open on a partition for more
+    /// than a minute while their coordinator no longer tracks them), as an operator would with
     /// `kafka-transactions.sh find-hanging` and `abort`; returns them as `topic-partition@offset`.
+    /// One that ended meanwhile is skipped.
     ///
     /// A one-node cluster restarted after a crash can leave them: its controller fences the old
     /// broker registration, every partition is leaderless for a moment, and the transaction
@@ -201,42 +223,26 @@ impl OwnedBroker {
     ///
     /// # Panics
     ///
-    /// When the tool fails.
+    /// When `find-hanging` fails.
     pub fn abort_hanging_transactions(&self) -> Vec<String> {
         let bootstrap = self.bootstrap_servers();
-        let found = self.java(
-            TRANSACTIONS_TOOL,
-            &[
-                "--bootstrap-server",
-                &bootstrap,
-                "find-hanging",
-                "--broker-id",
-                "1",
-                "--max-transaction-timeout",
-                "0",
-            ],
-        );
-        let mut lines = found.lines().filter(|line| !line.trim().is_empty());
-        let header: Vec<&str> = lines
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect();
-        let column = |name: &str| header.iter().position(|h| *h == name);
-        let (Some(topic), Some(partition), Some(offset)) =
-            (column("Topic"), column("Partition"), column("StartOffset"))
-        else {
-            return Vec::new();
+        let tool = |args: &[&str]| {
+            let mut all = vec!["--bootstrap-server", &bootstrap];
+            all.extend_from_slice(args);
+            self.java(TRANSACTIONS_TOOL, &all)
         };
-        let mut aborted = Vec::new();
-        for line in lines {
-            let cells: Vec<&str> = line.split_whitespace().collect();
-            let (topic, partition, offset) = (cells[topic], cells[partition], cells[offset]);
-            self.java(
-                TRANSACTIONS_TOOL,
-                &[
-                    "--bootstrap-server",
-                    &bootstrap,
+        let found = tool(&[
+            "find-hanging",
+            "--broker-id",
+            "1",
+            "--max-transaction-timeout",
+            "1",
+        ])
+        .unwrap_or_else(|error| panic!("find-hanging failed: {error}"));
+        hanging(&found)
+            .into_iter()
+            .filter_map(|(topic, partition, offset)| {
+                let abort = [
                     "abort",
                     "--topic",
                     topic,
@@ -244,32 +250,40 @@ impl OwnedBroker {
                     partition,
                     "--start-offset",
                     offset,
-                ],
-            );
-            aborted.push(format!("{topic}-{partition}@{offset}"));
-        }
-        aborted
+                ];
+                match tool(&abort) {
+                    Ok(_) => Some(format!("{topic}-{partition}@{offset}")),
+                    Err(error) => {
+                        eprintln!("not aborted (it ended meanwhile?): {error}");
+                        None
+                    }
+                }
+            })
+            .collect()
     }
 
-    /// Runs the Kafka tool `class` with `args` and returns what it printed.
-    fn java(&self, class: &str, args: &[&str]) -> String {
+    /// Runs the Kafka tool `class` with `args` (its own logs on stderr) and returns what it
+    /// printed, or what it said when it failed.
+    fn java(&self, class: &str, args: &[&str]) -> Result<String, String> {
         let output = Command::new("java")
             .arg("-cp")
             .arg(self.classpath())
             .arg(format!(
                 "-Dlog4j2.configurationFile={}",
-                self.dir.join("log4j2.yaml").display()
+                self.dir.join(TOOLS_LOG4J2_FILE).display()
             ))
             .arg(class)
             .args(args)
             .output()
             .expect("run java (is a JDK 17+ installed?)");
-        assert!(
-            output.status.success(),
-            "{class} {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{class} {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
     }
 
     fn classpath(&self) -> String {
@@ -296,6 +310,30 @@ impl Drop for OwnedBroker {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The `(topic, partition, start offset)` of each row of `find-hanging`'s table in `output`:
+/// the rows after the header whose cells line up with it.
+fn hanging(output: &str) -> Vec<(&str, &str, &str)> {
+    let mut lines = output
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>());
+    let Some(header) = lines.by_ref().find(|cells| cells.first() == Some(&"Topic")) else {
+        return Vec::new();
+    };
+    let column = |name: &str| header.iter().position(|cell| *cell == name);
+    let (Some(topic), Some(partition), Some(offset)) =
+        (column("Topic"), column("Partition"), column("StartOffset"))
+    else {
+        return Vec::new();
+    };
+    let number = |cell: &str| cell.parse::<i64>().is_ok();
+    lines
+        .filter(|cells| {
+            cells.len() == header.len() && number(cells[partition]) && number(cells[offset])
+        })
+        .map(|cells| (cells[topic], cells[partition], cells[offset]))
+        .collect()
 }
 
 /// `scripts/kafka/server.properties` for a broker on `port` (and its controller on
@@ -329,5 +367,24 @@ mod tests {
         ] {
             assert!(properties.lines().any(|l| l == line), "missing {line}");
         }
+    }
+
+    #[test]
+    fn find_hanging_rows_are_read_past_any_other_line() {
+        let output = "[2026-12-07 21:15:40,318] WARN [AdminClient clientId=adminclient-1] \
+            Connection to node 1 could not be established. (org.apache.kafka.clients.NetworkClient)
+Topic\tPartition\tProducerId\tProducerEpoch\tCoordinatorEpoch\tStartOffset\tLastTimestamp\tDuration(min)
+restart.outbox-progress\t1\t1\t1\t2\t56\t1796676609092\t3
+test-abc\t0\t1\t1\t2\t4410\t1796676609090\t3
+[2026-12-07 21:15:41,000] WARN a line after the table (org.apache.kafka.clients.NetworkClient)
+";
+        assert_eq!(
+            hanging(output),
+            [
+                ("restart.outbox-progress", "1", "56"),
+                ("test-abc", "0", "4410")
+            ]
+        );
+        assert!(hanging("no table here").is_empty());
     }
 }

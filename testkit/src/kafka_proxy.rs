@@ -23,7 +23,7 @@ enum Commits {
     Forward,
     /// Keeps it (and what follows it on its connection) until told otherwise.
     Hold,
-    /// Answers it with a success itself, without passing it on.
+    /// Answers the next one with a success itself, without passing it on, then holds.
     Answer,
 }
 
@@ -31,7 +31,7 @@ enum Commits {
 #[derive(Debug)]
 pub struct KafkaProxy {
     port: u16,
-    commits: watch::Sender<Commits>,
+    commits: Arc<watch::Sender<Commits>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -45,10 +45,13 @@ impl KafkaProxy {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind the proxy's port");
-        let (commits, watching) = watch::channel(Commits::Forward);
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(forward(client, upstream, watching.clone()));
+        let commits = Arc::new(watch::channel(Commits::Forward).0);
+        let accept = tokio::spawn({
+            let commits = Arc::clone(&commits);
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    tokio::spawn(forward(client, upstream, Arc::clone(&commits)));
+                }
             }
         });
         Self {
@@ -69,10 +72,11 @@ impl KafkaProxy {
         self.commits.send_replace(Commits::Hold);
     }
 
-    /// Answers every `EndTxn`, held ones first, with a success the broker never sees: the
-    /// client believes its transaction committed while the broker keeps it open, and aborts it
-    /// once it is older than `transaction.timeout.ms`. Until [`release`](Self::release).
-    pub fn answer_commits(&self) {
+    /// Answers the next `EndTxn` (a held one first) with a success the broker never sees, then
+    /// holds the ones after it until [`release`](Self::release): the client believes its
+    /// transaction committed while the broker keeps it open, and aborts it once it is older than
+    /// `transaction.timeout.ms` (or when the client's next `init_transactions` fences it).
+    pub fn answer_commit(&self) {
         self.commits.send_replace(Commits::Answer);
     }
 
@@ -90,7 +94,7 @@ impl Drop for KafkaProxy {
 
 /// Copies `client` to a new connection to `upstream` and back, request by request towards the
 /// broker and answer by answer back, treating each `EndTxn` as `commits` says.
-async fn forward(client: TcpStream, upstream: SocketAddr, mut commits: watch::Receiver<Commits>) {
+async fn forward(client: TcpStream, upstream: SocketAddr, commits: Arc<watch::Sender<Commits>>) {
     let Ok(broker) = TcpStream::connect(upstream).await else {
         return;
     };
@@ -107,16 +111,10 @@ async fn forward(client: TcpStream, upstream: SocketAddr, mut commits: watch::Re
             }
         }
     });
+    let mut watching = commits.subscribe();
     while let Some(request) = read_frame(&mut client_read).await {
-        let treat = if api_key(&request) == END_TXN {
-            match commits.wait_for(|commits| *commits != Commits::Hold).await {
-                Ok(commits) => *commits,
-                Err(_) => break,
-            }
-        } else {
-            Commits::Forward
-        };
-        let sent = if treat == Commits::Answer {
+        let answer = api_key(&request) == END_TXN && to_answer(&commits, &mut watching).await;
+        let sent = if answer {
             send(&client_write, &end_txn_success(&request)).await
         } else {
             broker_write.write_all(&request).await
@@ -126,6 +124,34 @@ async fn forward(client: TcpStream, upstream: SocketAddr, mut commits: watch::Re
         }
     }
     answers.abort();
+}
+
+/// Waits until an `EndTxn` may go on: `true` when this one is to be answered (the proxy holds
+/// the ones after it), `false` when it is to be forwarded.
+async fn to_answer(
+    commits: &watch::Sender<Commits>,
+    watching: &mut watch::Receiver<Commits>,
+) -> bool {
+    loop {
+        let now = match watching.wait_for(|commits| *commits != Commits::Hold).await {
+            Ok(commits) => *commits,
+            Err(_) => return false,
+        };
+        if now == Commits::Forward {
+            return false;
+        }
+        // Several connections may wait with an `EndTxn`: one of them answers.
+        let answered = commits.send_if_modified(|commits| {
+            let ours = *commits == Commits::Answer;
+            if ours {
+                *commits = Commits::Hold;
+            }
+            ours
+        });
+        if answered {
+            return true;
+        }
+    }
 }
 
 /// One size-prefixed protocol frame (the size included), `None` once the connection is closed.

@@ -89,7 +89,7 @@ async fn a_broker_restart_aborts_open_transactions_and_their_events_go_out_again
     })
     .await
     {
-        aborted.extend(broker.abort_hanging_transactions());
+        abort_what_hangs(&broker, &mut aborted).await;
     }
     until_no_open_transaction(&bootstrap, &topic, Duration::from_secs(30)).await;
     if !aborted.is_empty() {
@@ -195,8 +195,8 @@ async fn dead_letters(pool: &PgPool) -> Vec<(String, i64)> {
 }
 
 /// Waits until at most `at_most` events are left in the outbox. When they are not within
-/// `limit`, aborts the transactions Kafka left hanging, as an operator would (adding them to
-/// `aborted`; there must be some), and waits again as long.
+/// `limit`, aborts the transactions Kafka left hanging, as an operator would
+/// ([`abort_what_hangs`]), and waits again as long.
 async fn drain_to(
     pool: &PgPool,
     broker: &OwnedBroker,
@@ -207,13 +207,26 @@ async fn drain_to(
     if within(limit, || async { remaining(pool).await <= at_most }).await {
         return;
     }
-    let hanging = broker.abort_hanging_transactions();
-    assert!(
-        !hanging.is_empty(),
-        "the outbox did not get down to {at_most} events, and no hanging transaction explains it"
-    );
-    aborted.extend(hanging);
+    abort_what_hangs(broker, aborted).await;
     wait_for_remaining(pool, at_most, limit).await;
+}
+
+/// Aborts what Kafka left hanging (`find-hanging` reports a transaction once it is a minute old),
+/// adding it to `aborted`; panics when nothing hangs within 90 s.
+async fn abort_what_hangs(broker: &OwnedBroker, aborted: &mut Vec<String>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let hanging = broker.abort_hanging_transactions();
+        if !hanging.is_empty() {
+            aborted.extend(hanging);
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay stopped short, and no hanging transaction explains it"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 /// Whether `done` answers `true` within `limit`.

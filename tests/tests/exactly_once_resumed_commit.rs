@@ -127,7 +127,7 @@ async fn a_resumed_commit_reported_a_success_the_broker_never_saw_loses_nothing(
     // batch unpublished.
     let setup = Setup::start(3_000).await;
     setup.hold_a_commit().await;
-    setup.proxy.answer_commits();
+    setup.proxy.answer_commit();
     wait_for_the_broker_to_abort(&setup).await;
     let (committed, uncommitted) = setup.finish().await;
     assert!(

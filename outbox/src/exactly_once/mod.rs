@@ -87,13 +87,13 @@
 //! held, and nothing else is published before its outcome is known.
 //!
 //! That outcome is not taken from librdkafka's answer: across a broker restart, a resumed commit
-//! has been reported a success for a transaction the broker had aborted, and marking its rows
-//! would lose the batch (`tests/tests/exactly_once_resumed_commit.rs` gives that answer on
-//! purpose, from a proxy in front of the broker). So after a commit that needed resuming the shard starts a new episode: its new
-//! producer's `init_transactions` completes or aborts whatever is pending, then the shard waits
-//! until its partition's last stable offset is past the transaction's own progress record (the
-//! offset its delivery report gave) and reads that record `read_committed`. The rows are marked
-//! only if it is there, and published again otherwise.
+//! has been reported a success for a transaction the broker had aborted, and marking its rows would
+//! lose the batch (`tests/tests/exactly_once_resumed_commit.rs` gives that answer on purpose, from
+//! a proxy in front of the broker). So after a commit that needed resuming the shard starts a new
+//! episode: its new producer's `init_transactions` completes or aborts whatever is pending, then
+//! the shard waits until its partition's last stable offset is past the transaction's own progress
+//! record (the offset its delivery report gave) and reads that record `read_committed`. The rows
+//! are marked only if it is there, and published again otherwise.
 //!
 //! # What it does not cover
 //!
@@ -123,9 +123,11 @@
 //!   partition is leaderless for a moment, and the coordinator drops the markers it was sending
 //!   to them as if the partitions had been deleted (it logs "likely deleted already"). The
 //!   partition's last stable offset never moves again until an operator aborts the transaction
-//!   (`kafka-transactions.sh find-hanging`, then `abort`). Every `read_committed` reader of that partition waits, this
-//!   relay included: a shard whose resumed commit's record sits behind it logs it at `ERROR` and
-//!   publishes nothing until it is aborted, then publishes the batch again.
+//!   (`kafka-transactions.sh find-hanging`, then `abort`). Every `read_committed` reader of that
+//!   partition waits, this relay included: a shard whose resumed commit's record sits behind it
+//!   logs it at `ERROR` and publishes nothing until it is aborted, then publishes the batch
+//!   again. Abort every partition `find-hanging` lists: if the coordinator had decided to commit
+//!   and some partitions got their markers, the batch reaches `read_committed` readers twice.
 //! - **Effects in other systems** (a consumer's database, an email) still need the consumer's
 //!   inbox: exactly once on the wire does not make a consumer's own processing exactly once.
 //!

@@ -199,6 +199,7 @@ impl Place {
     fn read_at(&self, config: &ClientConfig, offset: i64, limit: Duration) -> Result<bool> {
         let consumer: BaseConsumer<Quiet> = config.create_with_context(Quiet)?;
         let deadline = std::time::Instant::now() + limit;
+        let mut first = None;
         loop {
             let last_stable = consumer
                 .fetch_watermarks(&self.topic, self.partition, limit)?
@@ -207,9 +208,13 @@ impl Place {
                 break;
             }
             if std::time::Instant::now() >= deadline {
-                self.report_hanging(offset, last_stable);
+                // A broker still writing markers moves it; a hanging transaction does not.
+                if first == Some(last_stable) {
+                    self.report_hanging(offset, last_stable);
+                }
                 return Err(timed_out());
             }
+            first.get_or_insert(last_stable);
             std::thread::sleep(Duration::from_millis(100));
         }
         let mut assignment = TopicPartitionList::new();
@@ -230,11 +235,12 @@ impl Place {
         Err(timed_out())
     }
 
-    /// The partition's last stable offset stays at or before `offset` although the caller's
-    /// `init_transactions` has ended its transaction: a transaction the broker's coordinator no
-    /// longer tracks (a *hanging* transaction, which a broker can leave behind after a crash)
-    /// holds the partition, and only an operator can end it. The shard publishes nothing until
-    /// then (that loses nothing; guessing the outcome could publish a batch twice).
+    /// The partition's last stable offset stayed where it was, at or before `offset`, for a whole
+    /// wait although the caller's `init_transactions` has ended its transaction: a transaction
+    /// the broker's coordinator no longer tracks (a *hanging* transaction, which a broker can
+    /// leave behind after a crash) holds the partition, and only an operator can end it. The
+    /// shard publishes nothing until then (that loses nothing; guessing the outcome could publish
+    /// a batch twice).
     fn report_hanging(&self, offset: i64, last_stable: i64) {
         tracing::error!(
             topic = %self.topic,

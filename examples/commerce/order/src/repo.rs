@@ -202,8 +202,8 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Locked>> {
 }
 
 /// Writes `transition` to `orders` (`(id, customer_id)`, locked by the caller's transaction)
-/// and enqueues their announcements (`OrderConfirmed`, `OrderCancelled`), if it has one, caused
-/// by `cause` (the event the saga is applying; `None` for a request or a job).
+/// and enqueues their announcements (`OrderConfirmed`, `OrderCompleted`, `OrderCancelled`), if it
+/// has one, caused by `cause` (the event the saga is applying; `None` for a request or a job).
 ///
 /// # Errors
 ///

@@ -82,7 +82,7 @@ pub enum Acquire<H = Lease<i64>> {
     /// The key was free (new, released, past its retention, or its holder's lease expired on the
     /// same request): the caller holds it and runs the request.
     Acquired(H),
-    /// Another request with the key and the same fingerprint holds it.
+    /// Another request holds the key (with a lease: one with the same fingerprint).
     InFlight {
         /// When that request's lease runs out; `None` when a transaction holds the key (it has no
         /// expiry: it ends with its transaction).

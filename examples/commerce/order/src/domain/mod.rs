@@ -227,11 +227,12 @@ impl Transition {
         }
     }
 
-    /// The event the order service publishes for this transition of the order `order_id`
-    /// placed by `customer_id`: `OrderConfirmed` (shipping starts a shipment, the customer is
-    /// told), `OrderCompleted` (the shipment was delivered) and `OrderCancelled`, whatever the cause (inventory gives the units back, payment
-    /// refunds a charge, shipping cancels a shipment, the customer is told why; after a declined
-    /// payment inventory and payment have nothing left to do, which they find out themselves).
+    /// The event the order service publishes for this transition of the order `order_id` placed by
+    /// `customer_id`: `OrderConfirmed` (shipping starts a shipment, the customer is told),
+    /// `OrderCompleted` (the shipment was delivered) and `OrderCancelled`, whatever the cause
+    /// (inventory gives the units back, payment refunds a charge, shipping cancels a shipment, the
+    /// customer is told why; after a declined payment inventory and payment have nothing left to
+    /// do, which they find out themselves).
     pub fn announcement(&self, order_id: Uuid, customer_id: &str) -> Option<Event> {
         let customer_id = customer_id.to_owned();
         match self.to {
