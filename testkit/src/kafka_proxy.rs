@@ -67,7 +67,7 @@ impl KafkaProxy {
     }
 
     /// Holds back every commit or abort (`EndTxn`), and what follows it on its connection, from
-    /// now on, until [`release`](Self::release) or [`answer_commits`](Self::answer_commits).
+    /// now on, until [`release`](Self::release) or [`answer_commit`](Self::answer_commit).
     pub fn hold_commits(&self) {
         self.commits.send_replace(Commits::Hold);
     }

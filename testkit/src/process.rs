@@ -3,12 +3,22 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// A loopback TCP port that was free a moment ago (the OS picked it).
+/// A loopback TCP port nothing listened on a moment ago, below the kernel's ephemeral range, so
+/// no outgoing connection's local end takes it between now and a server binding it, nor while a
+/// test restarts the server that listens on it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
+    let ephemeral: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let low = 10_000;
+    loop {
+        let span = u128::from(ephemeral - low);
+        let port = low + u16::try_from(uuid::Uuid::new_v4().as_u128() % span).expect("in range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Sends SIGTERM to `process` and waits up to `limit` for it to exit, then SIGKILLs it.

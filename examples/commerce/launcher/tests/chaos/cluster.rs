@@ -47,22 +47,6 @@ pub(crate) struct Cluster {
     pools: Vec<(Service, PgPool)>,
 }
 
-/// A port nothing listens on, below the kernel's ephemeral range (so no outgoing connection
-/// takes it between now and the service binding it, nor while a killed process is restarted).
-fn free_port() -> u16 {
-    let ephemeral: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32768);
-    let low = 10_000;
-    loop {
-        let port = low + (Uuid::new_v4().as_u128() % u128::from(ephemeral - low)) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
 fn addr_var(service: Service) -> String {
     format!("{}_ADDR", service.name().to_uppercase())
 }
@@ -81,7 +65,7 @@ impl Cluster {
                 service,
                 id,
                 port: loop {
-                    let port = free_port();
+                    let port = testkit::free_port();
                     if !ports.contains(&port) {
                         ports.push(port);
                         break port;
