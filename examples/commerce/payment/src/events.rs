@@ -89,7 +89,7 @@ impl Saga {
             Status::Pending | Status::Refunded => return Ok(()),
         };
         repo::set_status(conn, order_id, status, reason).await?;
-        self.publish(conn, cause, event).await
+        events::publish_caused(conn, &self.topics, cause, [event]).await
     }
 
     async fn cancelled(
@@ -110,15 +110,16 @@ impl Saga {
             OnCancelled::Refund => {
                 repo::set_status(conn, order_id, Status::Refunded, Some(reason)).await?;
                 tracing::info!(%order_id, %event_id, payment_id = %payment.payment_id, "payment: refunded");
-                self.publish(
+                events::publish_caused(
                     conn,
+                    &self.topics,
                     cause,
-                    Event::PaymentRefunded {
+                    [Event::PaymentRefunded {
                         order_id,
                         payment_id: payment.payment_id,
                         customer_id: payment.customer_id.clone(),
                         amount_cents: payment.amount_cents,
-                    },
+                    }],
                 )
                 .await
             }
@@ -135,17 +136,6 @@ impl Saga {
             }
             OnCancelled::Nothing => Ok(()),
         }
-    }
-
-    async fn publish(
-        &self,
-        conn: &mut PgConnection,
-        cause: Cause,
-        event: Event,
-    ) -> Result<(), HandlerError> {
-        events::publish(conn, &self.topics, Some(cause), [event])
-            .await
-            .map_err(events::handler_error)
     }
 }
 

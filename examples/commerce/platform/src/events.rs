@@ -145,6 +145,23 @@ pub async fn publish(
     Ok(())
 }
 
+/// [`publish`] of what a handler publishes while applying the event `cause`, a failure turned
+/// into the handler's error ([`handler_error`]).
+///
+/// # Errors
+///
+/// As [`handler_error`].
+pub async fn publish_caused(
+    conn: &mut PgConnection,
+    topics: &Topics,
+    cause: Cause,
+    events: impl IntoIterator<Item = Event>,
+) -> Result<(), HandlerError> {
+    publish(conn, topics, Some(cause), events)
+        .await
+        .map_err(handler_error)
+}
+
 /// A failed [`publish`] as a handler's error: retried when transient, dead-lettered otherwise.
 pub fn handler_error(error: outbox::Error) -> HandlerError {
     if error.is_retriable() {

@@ -68,16 +68,17 @@ impl Saga {
             return Ok(());
         };
         tracing::info!(%order_id, %event_id, shipment_id = %shipment.shipment_id, %tracking_number, "shipping: shipment created");
-        self.publish(
+        events::publish_caused(
             conn,
+            &self.topics,
             cause,
-            Event::ShipmentCreated {
+            [Event::ShipmentCreated {
                 order_id,
                 shipment_id: shipment.shipment_id,
                 customer_id: shipment.customer_id,
                 carrier: domain::CARRIER.to_owned(),
                 tracking_number,
-            },
+            }],
         )
         .await
     }
@@ -115,17 +116,6 @@ impl Saga {
             }
         }
         Ok(())
-    }
-
-    async fn publish(
-        &self,
-        conn: &mut PgConnection,
-        cause: Cause,
-        event: Event,
-    ) -> Result<(), HandlerError> {
-        events::publish(conn, &self.topics, Some(cause), [event])
-            .await
-            .map_err(events::handler_error)
     }
 }
 
