@@ -52,15 +52,15 @@ fn security_rejects_bad_tokens_wrong_roles_bad_keys_and_other_peoples_orders() {
             .await
             .expect("reply");
         assert_eq!(status, StatusCode::FORBIDDEN, "customer on an admin route");
-        let internal = format!("/internal/v1/products/{product}");
+        let internal = format!("/internal/v1/catalogue/{product}");
         let (status, _) = c
-            .send(c.request(Method::GET, "product", &internal, None))
+            .send(c.request(Method::GET, "order", &internal, None))
             .await
             .expect("reply");
         assert_eq!(status, StatusCode::UNAUTHORIZED, "missing api key");
         let (status, _) = c
             .send(
-                c.request(Method::GET, "product", &internal, None)
+                c.request(Method::GET, "order", &internal, None)
                     .header("x-api-key", "wrong"),
             )
             .await
@@ -68,7 +68,7 @@ fn security_rejects_bad_tokens_wrong_roles_bad_keys_and_other_peoples_orders() {
         assert_eq!(status, StatusCode::UNAUTHORIZED, "wrong api key");
         let (status, _) = c
             .send(
-                c.request(Method::GET, "product", &internal, None)
+                c.request(Method::GET, "order", &internal, None)
                     .header("x-api-key", &stack.config.api_key),
             )
             .await

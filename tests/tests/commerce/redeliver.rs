@@ -3,24 +3,6 @@
 
 use super::*;
 
-/// Every consumer group of a stack and the topics it reads.
-fn groups(topics: &commerce_events::Topics) -> Vec<(&'static str, Vec<&str>)> {
-    vec![
-        (
-            "order.saga",
-            vec![&topics.inventory, &topics.payments, &topics.shipments],
-        ),
-        ("inventory.saga", vec![&topics.orders, &topics.payments]),
-        ("payment.saga", vec![&topics.orders, &topics.inventory]),
-        ("product.stock", vec![&topics.inventory]),
-        ("shipping.saga", vec![&topics.orders]),
-        (
-            "notification.events",
-            vec![&topics.orders, &topics.payments, &topics.shipments],
-        ),
-    ]
-}
-
 /// Offsets committed by `group` on `topic` reach the end of every partition.
 async fn caught_up(bootstrap: &str, group: &str, topic: &str) -> bool {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -63,7 +45,10 @@ pub(crate) async fn wait_caught_up(stack: &Stack) {
             .iter()
             .any(|service| name.split('.').next() == Some(service.name))
     };
-    for (name, group_topics) in groups(topics).into_iter().filter(|(n, _)| running(n)) {
+    for (name, group_topics) in commerce_launcher::consumers(topics)
+        .into_iter()
+        .filter(|(n, _)| running(n))
+    {
         let group = format!("{}.{name}", topics.prefix);
         for topic in group_topics {
             while !caught_up(&stack.config.kafka, &group, topic).await {

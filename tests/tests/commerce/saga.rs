@@ -1,4 +1,4 @@
-//! The saga end to end: confirmed, declined, short of stock, twenty identical posts, two hundred orders for a hundred units, a reservation timeout.
+//! The saga end to end: a product announced to order and inventory, confirmed, declined, short of stock, twenty identical posts, two hundred orders for a hundred units, a reservation timeout.
 
 use super::*;
 
@@ -32,6 +32,83 @@ fn happy_path_confirms_moves_stock_charges_once_and_updates_the_catalogue() {
             (Some("APPROVED"), Some(3000))
         );
         world.served_stock_converges(product, 8).await;
+    });
+}
+
+#[test]
+fn a_product_is_announced_to_order_and_inventory_and_a_price_change_prices_later_orders() {
+    run(async {
+        let stack = stack().await;
+        let world = World::new(stack);
+        let c = &world.client;
+        // `product` returns once the order service can price it.
+        let product = world.product(1200, 0).await;
+        // Inventory set up its stock row from the same announcement, with no units.
+        let deadline = tokio::time::Instant::now() + FINAL;
+        let path = format!("/api/v1/stock/{product}");
+        loop {
+            let (status, stock) = c
+                .send(c.request(Method::GET, "inventory", &path, Some(&world.admin)))
+                .await
+                .expect("stock");
+            if status == StatusCode::OK {
+                assert_eq!(
+                    (stock["total"].as_i64(), stock["reserved"].as_i64()),
+                    (Some(0), Some(0))
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no stock row: {status} {stock}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        world
+            .client
+            .add_stock(&world.admin, product, 5)
+            .await
+            .expect("stock");
+        let (_, alice) = world.customer("price-alice");
+        let first = world.place(&alice, &[(product, 1)]).await;
+
+        let (status, changed) = c
+            .send(
+                c.request(
+                    Method::PUT,
+                    "product",
+                    &format!("/api/v1/products/{product}"),
+                    Some(&world.admin),
+                )
+                .json(&json!({"price_cents": 1500})),
+            )
+            .await
+            .expect("change the price");
+        assert_eq!(status, StatusCode::OK, "{changed}");
+        let internal = format!("/internal/v1/catalogue/{product}");
+        loop {
+            let (_, known) = c
+                .send(
+                    c.request(Method::GET, "order", &internal, None)
+                        .header("x-api-key", &stack.config.api_key),
+                )
+                .await
+                .expect("catalogue");
+            if known["version"] == 2 {
+                assert_eq!(known["price_cents"], 1500, "{known}");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "price change not consumed: {known}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let second = world.place(&alice, &[(product, 1)]).await;
+        for (id, total) in [(first, 1200), (second, 1500)] {
+            let order = c.wait_settled(&alice, &id, FINAL).await.expect("final");
+            assert_eq!(order["total_cents"], total, "{order}");
+        }
     });
 }
 

@@ -18,7 +18,7 @@
 //! envelope's own layout. Nothing here knows about the outbox: a service
 //! turns an [`Envelope`] into an outbox event with `commerce_platform::events::to_outbox`.
 //!
-//! Topics are per producing service (`<prefix>.orders`, `<prefix>.inventory`,
+//! Topics are per producing service (`<prefix>.products`, `<prefix>.orders`, `<prefix>.inventory`,
 //! `<prefix>.payments`, `<prefix>.shipments`, see [`Topics`]); every consumer subscribes to the topics it needs with its
 //! own consumer group. The prefix (`commerce` by default) lets several stacks share a broker.
 
@@ -37,6 +37,8 @@ pub const SCHEMA_VERSION: u16 = 1;
 pub struct Topics {
     /// The prefix (also used to keep consumer groups of different stacks apart).
     pub prefix: String,
+    /// Events published by the product service.
+    pub products: String,
     /// Events published by the order service.
     pub orders: String,
     /// Events published by the inventory service.
@@ -50,11 +52,12 @@ pub struct Topics {
 }
 
 impl Topics {
-    /// `<prefix>.orders`, `<prefix>.inventory`, `<prefix>.payments`, `<prefix>.shipments`,
-    /// `<prefix>.dead-letters`.
+    /// `<prefix>.products`, `<prefix>.orders`, `<prefix>.inventory`, `<prefix>.payments`,
+    /// `<prefix>.shipments`, `<prefix>.dead-letters`.
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
+            products: format!("{prefix}.products"),
             orders: format!("{prefix}.orders"),
             inventory: format!("{prefix}.inventory"),
             payments: format!("{prefix}.payments"),
@@ -64,8 +67,9 @@ impl Topics {
     }
 
     /// Every topic, for creating them at start-up.
-    pub fn all(&self) -> [&str; 5] {
+    pub fn all(&self) -> [&str; 6] {
         [
+            &self.products,
             &self.orders,
             &self.inventory,
             &self.payments,
@@ -77,6 +81,7 @@ impl Topics {
     /// The topic `event` is published on (its producer's topic).
     pub fn of(&self, event: &Event) -> &str {
         match event {
+            Event::ProductChanged { .. } => &self.products,
             Event::OrderPlaced { .. }
             | Event::OrderConfirmed { .. }
             | Event::OrderCompleted { .. }
@@ -113,6 +118,22 @@ pub struct Line {
 )]
 #[serde(tag = "event_type", content = "payload")]
 pub enum Event {
+    /// A product was created or changed, or the product service's start-up snapshot of it
+    /// (product service). Carries the product's whole state as of `version`.
+    ProductChanged {
+        /// The product.
+        product_id: Uuid,
+        /// Its stock-keeping unit.
+        sku: String,
+        /// Its name.
+        name: String,
+        /// Its unit price, in cents.
+        price_cents: i64,
+        /// Whether it is for sale.
+        active: bool,
+        /// 1 at creation, one more with every change, so copies keep only the newest state.
+        version: i64,
+    },
     /// A customer placed an order (order service).
     OrderPlaced {
         /// The order.
@@ -254,11 +275,13 @@ impl Event {
         self.into()
     }
 
-    /// `(aggregate type, aggregate id)`: the order for saga events, the product for stock levels.
+    /// `(aggregate type, aggregate id)`: the order for saga events, the product for product and
+    /// stock-level events.
     /// The aggregate id is the Kafka key, so one order's events stay in order.
     pub fn aggregate(&self) -> (&'static str, String) {
         match self {
-            Event::StockLevelChanged { product_id, .. } => ("product", product_id.to_string()),
+            Event::StockLevelChanged { product_id, .. }
+            | Event::ProductChanged { product_id, .. } => ("product", product_id.to_string()),
             Event::OrderPlaced { order_id, .. }
             | Event::OrderConfirmed { order_id, .. }
             | Event::OrderCompleted { order_id, .. }

@@ -50,6 +50,14 @@ fn round_trips_every_event_type() {
             order_id,
             reason: "r".into(),
         },
+        Event::ProductChanged {
+            product_id: order_id,
+            sku: "s".into(),
+            name: "n".into(),
+            price_cents: 1,
+            active: true,
+            version: 1,
+        },
         Event::StockLevelChanged {
             product_id: order_id,
             total: 3,

@@ -20,8 +20,10 @@ use crate::{Error, Result};
 /// The reason published when a declined payment releases a reservation.
 pub const PAYMENT_DECLINED: &str = "payment declined";
 
-/// The inventory consumer of the orders and payments topics (run it as `inventory.saga`):
+/// The inventory consumer of the products, orders and payments topics (run it as
+/// `inventory.saga`):
 ///
+/// - `ProductChanged`: sets up the product's stock row (no units) unless it has one.
 /// - `OrderPlaced`: reserves every line or none. The stock rows are locked `FOR UPDATE` in
 ///   `product_id` order, checked, then updated together
 ///   with the reservations and movements; publishes `StockReserved` and one
@@ -115,6 +117,11 @@ impl EventHandler for Saga {
                     )
                     .await?;
                 }
+            }
+            Event::ProductChanged { product_id, .. } => {
+                repo::ensure_stock(conn, product_id)
+                    .await
+                    .map_err(Error::from)?;
             }
             other => {
                 tracing::debug!(%event_id, event_type = other.event_type(), "inventory: ignoring event");

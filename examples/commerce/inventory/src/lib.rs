@@ -6,8 +6,8 @@
 //! default `127.0.0.1:8082`, and uses the database `<COMMERCE_DB_PREFIX>_inventory`; see
 //! `docs/commerce.md`).
 //!
-//! - **Saga** ([`Saga`], consumer `inventory.saga` of the orders and payments topics):
-//!   `OrderPlaced` reserves every line or none and publishes `StockReserved` or
+//! - **Saga** ([`Saga`], consumer `inventory.saga` of the products, orders and payments
+//!   topics): a product's first `ProductChanged` sets up its stock row (no units); `OrderPlaced` reserves every line or none and publishes `StockReserved` or
 //!   `StockReservationFailed`; `PaymentApproved` confirms the reservation (`StockConfirmed`);
 //!   `PaymentDeclined` releases it (`StockReleased`); `OrderCancelled` releases units still
 //!   reserved and restocks units already sold (`StockRestocked`), so a cancelled order returns
@@ -77,7 +77,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config,
         &pool,
         SAGA_CONSUMER,
-        &[&config.topics.orders, &config.topics.payments],
+        &[
+            &config.topics.products,
+            &config.topics.orders,
+            &config.topics.payments,
+        ],
         Saga::new(config.topics.clone()),
     )
     .context("inventory: consumer")?;

@@ -38,6 +38,7 @@ where
 async fn fresh_topics() -> Topics {
     Topics {
         prefix: format!("test-{}", Uuid::new_v4().simple()),
+        products: testkit::kafka::topic(1).await,
         orders: testkit::kafka::topic(1).await,
         inventory: testkit::kafka::topic(1).await,
         payments: testkit::kafka::topic(1).await,

@@ -88,11 +88,13 @@ impl Client {
         }
     }
 
-    /// Creates a product (admin).
+    /// Creates a product (admin) and waits until it can be ordered: until the order service's
+    /// copy of the catalogue has it (the product service announces it with `ProductChanged`).
     ///
     /// # Errors
     ///
-    /// When the service cannot be reached or does not answer 201.
+    /// When a service cannot be reached, the product service does not answer 201, or the order
+    /// service does not know the product within 30 s.
     pub async fn create_product(
         &self,
         admin: &str,
@@ -119,10 +121,38 @@ impl Client {
         if status != StatusCode::CREATED {
             anyhow::bail!("create product {sku}: {status} {reply}");
         }
-        reply["id"]
+        let id = reply["id"]
             .as_str()
             .and_then(|id| id.parse().ok())
-            .with_context(|| format!("no id in {reply}"))
+            .with_context(|| format!("no id in {reply}"))?;
+        self.wait_orderable(id).await?;
+        Ok(id)
+    }
+
+    /// Waits until the order service's copy of the catalogue has `product`
+    /// (`GET /internal/v1/catalogue/{id}` answers 200), for at most 30 s.
+    ///
+    /// # Errors
+    ///
+    /// When the order service cannot be reached or does not know the product in time.
+    pub async fn wait_orderable(&self, product: Uuid) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let path = format!("/internal/v1/catalogue/{product}");
+        loop {
+            let request = self
+                .request(reqwest::Method::GET, "order", &path, None)
+                .header("x-api-key", self.config.api_key.as_str());
+            let (status, reply) = self.send(request).await?;
+            match status {
+                StatusCode::OK => return Ok(()),
+                StatusCode::NOT_FOUND if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => anyhow::bail!(
+                    "the order service does not know product {product}: {status} {reply}"
+                ),
+            }
+        }
     }
 
     /// Adds stock for a product (admin).

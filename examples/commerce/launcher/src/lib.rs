@@ -9,6 +9,7 @@ pub mod demo;
 use std::net::SocketAddr;
 
 use anyhow::Context;
+use commerce_events::Topics;
 use commerce_platform::{Addrs, Config, Running, setup};
 
 /// A commerce service.
@@ -29,7 +30,8 @@ pub enum Service {
 }
 
 impl Service {
-    /// Every service, in start order: the order service last, since it calls the product service.
+    /// Every service, in start order: the product service first (it announces the catalogue the
+    /// others copy), the order service, which takes customers' orders, last.
     pub const ALL: [Self; 6] = [
         Self::Product,
         Self::Inventory,
@@ -78,6 +80,29 @@ impl Service {
             Self::Notification => addrs.notification = addr,
         }
     }
+}
+
+/// Every consumer of the stack, by name (`<service>.<purpose>`, its consumer group is
+/// `<topic prefix>.<name>`), with the topics it reads: what tests and operators check for lag.
+pub fn consumers(topics: &Topics) -> Vec<(&'static str, Vec<&str>)> {
+    vec![
+        ("order.catalogue", vec![&topics.products]),
+        (
+            "order.saga",
+            vec![&topics.inventory, &topics.payments, &topics.shipments],
+        ),
+        (
+            "inventory.saga",
+            vec![&topics.products, &topics.orders, &topics.payments],
+        ),
+        ("payment.saga", vec![&topics.orders, &topics.inventory]),
+        ("product.stock", vec![&topics.inventory]),
+        ("shipping.saga", vec![&topics.orders]),
+        (
+            "notification.events",
+            vec![&topics.orders, &topics.payments, &topics.shipments],
+        ),
+    ]
 }
 
 /// Creates the stack's topics (the broker does not create them on first use).

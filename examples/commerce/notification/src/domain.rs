@@ -167,6 +167,7 @@ pub fn notification_for(event: &Event) -> Option<Notification> {
         | Event::StockReleased { .. }
         | Event::StockRestocked { .. }
         | Event::StockLevelChanged { .. }
+        | Event::ProductChanged { .. }
         | Event::PaymentApproved { .. }
         | Event::PaymentDeclined { .. }
         | Event::OrderCompleted { .. } => return None,

@@ -16,9 +16,6 @@ pub enum Error {
     /// A lease for a singleton job could not be kept.
     #[error("lease: {0}")]
     Lease(#[from] leases::Error),
-    /// The HTTP client for the product service could not be built.
-    #[error("http client: {0}")]
-    HttpClient(#[from] reqwest::Error),
 }
 
 /// `Result` with this crate's [`Error`].
@@ -31,7 +28,6 @@ impl Error {
             Error::Database(e) => leases::is_retriable_db_error(e),
             Error::Outbox(e) => e.is_retriable(),
             Error::Lease(e) => e.is_retriable(),
-            Error::HttpClient(_) => false,
         }
     }
 }

@@ -9,13 +9,13 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use commerce_platform::extract::PathId;
 use commerce_platform::openapi::{Problem, SecuritySchemes};
-use commerce_platform::{ApiError, Caller};
+use commerce_platform::{ApiError, Caller, ServiceKey};
 use idempotency::{IdempotencyLayer, KeyPolicy, PostgresStore, Tx};
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
-use crate::catalog::PriceError;
+use crate::catalogue::{self, PriceError, Product};
 use crate::domain::{self, Input, Order, OrderLine, OrderState};
 use crate::{AppState, repo};
 
@@ -63,10 +63,7 @@ impl From<PriceError> for ApiError {
             PriceError::Unknown(_) | PriceError::Inactive(_) => {
                 ApiError::Unprocessable(error.to_string())
             }
-            PriceError::Unavailable(detail) => {
-                tracing::warn!(%detail, "the product service is unavailable");
-                ApiError::Unavailable("the product service is unavailable; retry later".into())
-            }
+            PriceError::Database(error) => error.into(),
         }
     }
 }
@@ -94,6 +91,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/orders/{id}", get(get_order))
         .route("/api/v1/orders/{id}/cancel", post(cancel_order))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route("/internal/v1/catalogue/{id}", get(catalogue_get))
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -108,7 +106,8 @@ async fn authenticate(caller: Caller, mut request: Request, next: Next) -> Respo
 
 /// Places an order.
 ///
-/// Prices are read from the product service and kept with the order. The order (`PENDING`) and
+/// Prices are read from the service's copy of the catalogue (see [`crate::catalogue`]) and
+/// kept with the order. The order (`PENDING`) and
 /// its `OrderPlaced` event commit together with the idempotency key's stored response: a retry
 /// with the same key gets the same 201, and the order exists once.
 #[utoipa::path(
@@ -124,8 +123,8 @@ async fn authenticate(caller: Caller, mut request: Request, next: Next) -> Respo
         (status = 401, description = "Missing, invalid or expired token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A request with this key is in progress", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown or inactive product, or the key was used for another request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The product service or the database is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown (not yet announced) or inactive product, or the key was used for another request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -143,12 +142,13 @@ async fn create_order(
         .collect();
     domain::validate_lines(&requested).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let ids: Vec<Uuid> = requested.iter().map(|&(id, _)| id).collect();
-    // The layer's transaction holds the order's idempotency key, so its connection is held
-    // while the product service answers (its client gives up after its timeout).
-    let products = state
-        .catalog
-        .products(&state.product_base_url, &state.api_key, &ids)
-        .await?;
+    // The order, its prices and its event go into the layer's transaction, which commits them
+    // with the stored response. Prices come from the service's copy of the catalogue: no call
+    // to another service while the transaction is open.
+    let conn = tx.conn().await.map_err(|_| {
+        ApiError::Unavailable("the database is unavailable; retry with the same key".into())
+    })?;
+    let products = catalogue::for_sale(conn, &ids).await?;
     let lines: Vec<OrderLine> = requested
         .iter()
         .zip(&products)
@@ -160,12 +160,6 @@ async fn create_order(
         .collect();
     let total = domain::total_cents(&lines)
         .ok_or_else(|| ApiError::Unprocessable("the order's total is too large".into()))?;
-
-    // The order and its event go into the layer's transaction, which commits them with the
-    // stored response.
-    let conn = tx.conn().await.map_err(|_| {
-        ApiError::Unavailable("the database is unavailable; retry with the same key".into())
-    })?;
     let order = repo::insert(conn, Uuid::now_v7(), &claims.sub, &lines, total).await?;
     let event = order.placed_event().into_envelope();
     outbox::enqueue(
@@ -288,6 +282,34 @@ async fn cancel_order(
     Ok(Json(order))
 }
 
+/// A product as this service prices it (its copy of the catalogue), for other services and
+/// tools: a product can be ordered once it is answered here as active.
+#[utoipa::path(
+    get,
+    path = "/internal/v1/catalogue/{id}",
+    operation_id = "internalGetCatalogueProduct",
+    tag = "internal",
+    params(("id" = Uuid, Path, description = "The product")),
+    responses(
+        (status = 200, description = "The product's price and listing, and the version they are from", body = Product),
+        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong x-api-key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No announcement of this product consumed", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("apiKey" = []))
+)]
+async fn catalogue_get(
+    State(state): State<AppState>,
+    _: ServiceKey,
+    PathId(id): PathId,
+) -> Result<Json<Product>, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    catalogue::find(&mut conn, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no product {id} in the catalogue")))
+}
+
 fn cannot_cancel(state: OrderState) -> ApiError {
     ApiError::Conflict(format!("an order in state {state} cannot be cancelled"))
 }
@@ -299,10 +321,13 @@ fn cannot_cancel(state: OrderState) -> ApiError {
         title = "commerce order service",
         description = "Orders of the reference commerce system: place (with an Idempotency-Key), read, cancel."
     ),
-    paths(create_order, list_orders, get_order, cancel_order),
-    components(schemas(CreateOrder, LineRequest, Order, OrderLine, OrderState, Problem)),
+    paths(create_order, list_orders, get_order, cancel_order, catalogue_get),
+    components(schemas(CreateOrder, LineRequest, Order, OrderLine, OrderState, Product, Problem)),
     modifiers(&SecuritySchemes),
-    tags((name = "orders", description = "A customer's orders"))
+    tags(
+        (name = "orders", description = "A customer's orders"),
+        (name = "internal", description = "Lookups for other services (API key)")
+    )
 )]
 #[derive(Debug)]
 pub struct ApiDoc;

@@ -2,10 +2,14 @@
 //! follows each order through the saga (see `docs/commerce.md`).
 //!
 //! - **HTTP** (bearer JWT, any role; a customer sees only their own orders):
-//!   `POST /api/v1/orders` (an `Idempotency-Key` is required; prices are read from the product
-//!   service and kept with the order; the order, its `OrderPlaced` event and the key's stored
-//!   response commit in one transaction), `GET /api/v1/orders`, `GET /api/v1/orders/{id}`,
-//!   `POST /api/v1/orders/{id}/cancel`, and `GET /openapi.json`.
+//!   `POST /api/v1/orders` (an `Idempotency-Key` is required; prices are read from the service's
+//!   copy of the catalogue and kept with the order; the order, its `OrderPlaced` event and the
+//!   key's stored response commit in one transaction), `GET /api/v1/orders`,
+//!   `GET /api/v1/orders/{id}`, `POST /api/v1/orders/{id}/cancel`, and `GET /openapi.json`;
+//!   for services (`x-api-key`), `GET /internal/v1/catalogue/{product id}`: a product's price
+//!   and listing as orders are priced.
+//! - **Consumer** `order.catalogue` of the products topic ([`Catalogue`]): keeps the copy of the
+//!   catalogue at the newest `ProductChanged` of each product (see [`catalogue`] for why a copy).
 //! - **Consumer** `order.saga` of the inventory, payments and shipments topics ([`OrderSaga`]):
 //!   moves orders through `PENDING -> RESERVED -> PAID -> CONFIRMED -> SHIPPED -> COMPLETED`,
 //!   or to `FAILED` / `CANCELLED`, with the transitions of [`domain`]. Each event is applied once (the `inbox` crate).
@@ -32,7 +36,7 @@
 
 #![forbid(unsafe_code)]
 
-mod catalog;
+pub mod catalogue;
 pub mod domain;
 mod error;
 pub mod events;
@@ -41,7 +45,6 @@ pub mod jobs;
 pub mod repo;
 
 use anyhow::Context;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -52,62 +55,35 @@ use commerce_platform::{Authenticator, Config, Running, setup};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
+pub use catalogue::Catalogue;
 pub use error::{Error, Result};
 pub use events::OrderSaga;
 pub use http::{ApiDoc, CreateOrder, LineRequest, ListParams, MAX_BODY};
 pub use repo::{archive_finished, expire_reservations};
 
-/// The service's own migrations (orders, lines, the archive), versions `20260301...`.
+/// The service's own migrations (orders, lines, the archive, the catalogue copy), versions
+/// `20260301...`.
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// What the HTTP handlers share.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AppState {
     /// The service's database.
     pub pool: PgPool,
     /// Where events are published.
     pub topics: Topics,
-    /// Verifies bearer tokens.
+    /// Verifies bearer tokens and the service API key.
     pub auth: Authenticator,
-    /// The product service, e.g. `http://127.0.0.1:8084` (prices are read from
-    /// `{product_base_url}/internal/v1/products/{id}`).
-    pub product_base_url: String,
-    /// The key presented to the product service (`x-api-key`).
-    api_key: Arc<str>,
-    catalog: catalog::Catalog,
-}
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState")
-            .field("topics", &self.topics)
-            .field("product_base_url", &self.product_base_url)
-            .finish_non_exhaustive()
-    }
 }
 
 impl AppState {
-    /// The state for `config`: its topics, its JWT secret, the product service at
-    /// `http://{config.addrs.product}` called with `config.api_key`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::HttpClient`] when the HTTP client cannot be built.
-    pub fn new(pool: PgPool, config: &Config) -> Result<Self> {
-        Ok(Self {
+    /// The state for `config`: its topics, its JWT secret and API key.
+    pub fn new(pool: PgPool, config: &Config) -> Self {
+        Self {
             pool,
             topics: config.topics.clone(),
             auth: config.authenticator(),
-            product_base_url: format!("http://{}", config.addrs.product),
-            api_key: config.api_key.as_str().into(),
-            catalog: catalog::Catalog::new()?,
-        })
-    }
-
-    /// The same state with the product service at `url` (tests point it at a stub).
-    pub fn with_product_base_url(mut self, url: impl Into<String>) -> Self {
-        self.product_base_url = url.into();
-        self
+        }
     }
 }
 
@@ -135,8 +111,8 @@ pub fn archive_after_from_env() -> anyhow::Result<Duration> {
     Ok(Duration::from_secs(days.saturating_mul(24 * 60 * 60)))
 }
 
-/// Starts the order service: its database (`<prefix>_order`, migrated), the `order.saga`
-/// consumer, the expiry and archiver jobs, the outbox relay and the HTTP server on
+/// Starts the order service: its database (`<prefix>_order`, migrated), the `order.catalogue`
+/// and `order.saga` consumers, the expiry and archiver jobs, the outbox relay and the HTTP server on
 /// `config.addrs.order`.
 ///
 /// # Errors
@@ -148,10 +124,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let pool = setup::database(config, "order", &MIGRATOR)
         .await
         .context("order: database")?;
-    let state = AppState::new(pool.clone(), config).context("order")?;
+    let state = AppState::new(pool.clone(), config);
     tracing::info!(
         service = "order",
-        product_base_url = %state.product_base_url,
         reservation_timeout_secs = reservation_timeout.as_secs(),
         archive_after_days = archive_after.as_secs() / (24 * 60 * 60),
         "order: configuration resolved"
@@ -168,6 +143,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         OrderSaga::new(config.topics.clone()),
     )
     .context("order: consumer")?;
+    let catalogue = runtime::consume(
+        config,
+        &pool,
+        catalogue::CONSUMER,
+        &[&config.topics.products],
+        Catalogue,
+    )
+    .context("order: catalogue consumer")?;
     let owner = format!("order-{}", uuid::Uuid::now_v7());
     let jobs = vec![
         jobs::spawn_expiry(
@@ -185,7 +168,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.addrs.order,
         Parts {
             router: app(state),
-            consumers: vec![saga],
+            consumers: vec![catalogue, saga],
             jobs,
         },
     )

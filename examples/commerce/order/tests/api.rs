@@ -1,4 +1,4 @@
-//! The HTTP API against real PostgreSQL and a stub product service (a real HTTP server).
+//! The HTTP API against real PostgreSQL, with products announced to the catalogue consumer.
 
 mod common;
 
@@ -14,8 +14,8 @@ use uuid::Uuid;
 #[tokio::test]
 async fn places_an_order_with_snapshotted_prices_and_its_event() {
     let h = Harness::new().await;
-    let beans = h.products.add(450, true);
-    let grinder = h.products.add(12_999, true);
+    let beans = h.products.add(450, true).await;
+    let grinder = h.products.add(12_999, true).await;
     let reply = h
         .place(
             "alice",
@@ -47,11 +47,7 @@ async fn places_an_order_with_snapshotted_prices_and_its_event() {
     assert!(order["created_at"].is_string() && order["updated_at"].is_string());
 
     // A later price change does not touch the order.
-    h.products
-        .products
-        .lock()
-        .expect("lock")
-        .insert(beans, (999, true));
+    h.products.announce(beans, 999, true, 2).await;
     let read = h.get("alice", &format!("/api/v1/orders/{id}")).await;
     assert_eq!(read.status, StatusCode::OK);
     assert_eq!(&read.body, order);
@@ -87,7 +83,7 @@ async fn places_an_order_with_snapshotted_prices_and_its_event() {
 #[tokio::test]
 async fn a_replayed_key_places_one_order() {
     let h = Harness::new().await;
-    let product = h.products.add(100, true);
+    let product = h.products.add(100, true).await;
     let body = json!({"lines": [{"product_id": product, "quantity": 3}]});
     let first = h.place("alice", "same-key", &body).await;
     let second = h.place("alice", "same-key", &body).await;
@@ -114,7 +110,7 @@ async fn a_replayed_key_places_one_order() {
 #[tokio::test]
 async fn the_idempotency_key_is_required() {
     let h = Harness::new().await;
-    let product = h.products.add(100, true);
+    let product = h.products.add(100, true).await;
     let reply = h
         .send(
             testing::request(Method::POST, "/api/v1/orders", Some(&h.token("alice")))
@@ -146,8 +142,8 @@ async fn assert_nothing_written(h: &Harness) {
 #[tokio::test]
 async fn invalid_requests_get_problems_and_write_nothing() {
     let h = Harness::new().await;
-    let a = h.products.add(100, true);
-    let b = h.products.add(100, true);
+    let a = h.products.add(100, true).await;
+    let b = h.products.add(100, true).await;
     let line = |product: Uuid, quantity: i64| json!({"product_id": product, "quantity": quantity});
     let too_many: Vec<Value> = (0..51).map(|_| line(Uuid::now_v7(), 1)).collect();
     let cases: Vec<(&str, String)> = vec![
@@ -228,10 +224,10 @@ async fn invalid_requests_get_problems_and_write_nothing() {
 }
 
 #[tokio::test]
-async fn unknown_or_inactive_products_are_unprocessable_and_a_down_product_service_unavailable() {
-    let mut h = Harness::new().await;
-    let known = h.products.add(100, true);
-    let retired = h.products.add(100, false);
+async fn unknown_or_inactive_products_are_unprocessable() {
+    let h = Harness::new().await;
+    let known = h.products.add(100, true).await;
+    let retired = h.products.add(100, false).await;
     let unknown = Uuid::now_v7();
     let reply = h
         .place(
@@ -257,37 +253,83 @@ async fn unknown_or_inactive_products_are_unprocessable_and_a_down_product_servi
         )
         .await;
     reply.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
-
-    // Nothing listens on a port just released.
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
-    h.state = h
-        .state
-        .clone()
-        .with_product_base_url(format!("http://{closed}"));
-    let reply = h
-        .place(
-            "alice",
-            "k3",
-            &json!({"lines": [{"product_id": known, "quantity": 1}]}),
-        )
-        .await;
-    reply.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
     assert_nothing_written(&h).await;
 
-    // The key of a refused request is free: once the product service is back, the retry runs.
-    h.state = h.state.clone().with_product_base_url(h.products.url());
+    // Once the product is announced, an order for it is placed.
+    h.products.announce(unknown, 300, true, 1).await;
     let reply = h
         .place(
             "alice",
             "k3",
-            &json!({"lines": [{"product_id": known, "quantity": 1}]}),
+            &json!({"lines": [{"product_id": unknown, "quantity": 1}]}),
         )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_eq!(reply.body["total_cents"], 300);
+}
+
+#[tokio::test]
+async fn the_catalogue_keeps_the_newest_announcement_of_each_product() {
+    let h = Harness::new().await;
+    let product = h.products.add(100, true).await;
+    // A newer version replaces the copy; an older or a repeated one does not.
+    h.products.announce(product, 250, true, 3).await;
+    h.products.announce(product, 999, true, 2).await;
+    h.products.announce(product, 999, false, 3).await;
+    let reply = h
+        .place(
+            "alice",
+            "k1",
+            &json!({"lines": [{"product_id": product, "quantity": 2}]}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    assert_eq!(reply.body["total_cents"], 500);
+    // Withdrawn at version 4: no longer for sale.
+    h.products.announce(product, 250, false, 4).await;
+    let reply = h
+        .place(
+            "alice",
+            "k2",
+            &json!({"lines": [{"product_id": product, "quantity": 1}]}),
+        )
+        .await;
+    reply.assert_problem(StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn the_internal_catalogue_route_needs_the_service_key() {
+    let h = Harness::new().await;
+    let product = h.products.add(4200, true).await;
+    let uri = format!("/internal/v1/catalogue/{product}");
+    let internal = |key: Option<&str>| {
+        let mut builder = Request::get(&uri);
+        if let Some(key) = key {
+            builder = builder.header("x-api-key", key);
+        }
+        builder.body(Body::empty()).expect("request")
+    };
+    for key in [None, Some("wrong"), Some("")] {
+        h.send(internal(key))
+            .await
+            .assert_problem(StatusCode::UNAUTHORIZED);
+    }
+    let found = h.send(internal(Some(&h.config.api_key))).await;
+    assert_eq!(found.status, StatusCode::OK);
+    assert_eq!(
+        found.body,
+        json!({"product_id": product, "price_cents": 4200, "active": true, "version": 1})
+    );
+    let missing = format!("/internal/v1/catalogue/{}", Uuid::now_v7());
+    let reply = h
+        .send(
+            Request::get(&missing)
+                .header("x-api-key", &h.config.api_key)
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+    reply.assert_problem(StatusCode::NOT_FOUND);
 }
 
 #[tokio::test]
@@ -429,7 +471,7 @@ async fn cancels_until_shipped() {
 #[tokio::test]
 async fn tokens_are_required_and_checked() {
     let h = Harness::new().await;
-    let product = h.products.add(100, true);
+    let product = h.products.add(100, true).await;
     let body = json!({"lines": [{"product_id": product, "quantity": 1}]}).to_string();
     let other_secret = commerce_platform::Authenticator::new(b"another secret", "k").issue(
         &commerce_platform::Claims {
@@ -486,9 +528,14 @@ async fn serves_its_openapi_document() {
         "/api/v1/orders",
         "/api/v1/orders/{id}",
         "/api/v1/orders/{id}/cancel",
+        "/internal/v1/catalogue/{id}",
     ] {
         assert!(paths.contains_key(path), "{path} missing");
     }
+    assert_eq!(
+        reply.body["paths"]["/internal/v1/catalogue/{id}"]["get"]["security"],
+        json!([{ "apiKey": [] }])
+    );
     assert!(reply.body["paths"]["/api/v1/orders"]["post"].is_object());
     assert!(reply.body["paths"]["/api/v1/orders"]["get"].is_object());
     assert!(reply.body["components"]["schemas"]["Order"].is_object());

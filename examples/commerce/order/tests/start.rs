@@ -24,9 +24,6 @@ async fn starts_serves_and_stops() {
     config.topics = commerce_events::Topics::new(&prefix);
     config.addrs.order = "127.0.0.1:0".parse().expect("addr");
     config.cors_origins = vec!["https://shop.example".parse().expect("origin")];
-    let products = common::ProductStub::start(&config.api_key).await;
-    config.addrs.product = products.addr;
-    let product = products.add(700, true);
     commerce_platform::setup::topics(&config.kafka, &config.topics.all(), 1)
         .await
         .expect("topics");
@@ -87,6 +84,31 @@ async fn starts_serves_and_stops() {
     let other = preflight("https://evil.example").await.expect("preflight");
     assert_eq!(header(&other, "access-control-allow-origin"), None);
 
+    // A product announced on the products topic reaches the catalogue copy and can be ordered.
+    let producer: FutureProducer = config.producer_config().create().expect("producer");
+    let product = Uuid::now_v7();
+    let announced = Event::ProductChanged {
+        product_id: product,
+        sku: "START-1".into(),
+        name: "a product".into(),
+        price_cents: 700,
+        active: true,
+        version: 1,
+    }
+    .into_envelope();
+    produce(&producer, &config.topics.products, &announced).await;
+    common::eventually(
+        Duration::from_secs(60),
+        "the product is in the catalogue",
+        || {
+            let request = http
+                .get(format!("{base}/internal/v1/catalogue/{product}"))
+                .header("x-api-key", &config.api_key);
+            async move { request.send().await.expect("catalogue").status() == 200 }
+        },
+    )
+    .await;
+
     // An order goes out through the relay, and a StockReserved coming in moves it.
     let token = common::token(&config, "alice", 60);
     let placed = http
@@ -129,22 +151,7 @@ async fn starts_serves_and_stops() {
         customer_id: "alice".into(),
     }
     .into_envelope();
-    let producer: FutureProducer = config.producer_config().create().expect("producer");
-    let event_id = reserved.event_id.to_string();
-    producer
-        .send(
-            FutureRecord::to(&config.topics.inventory)
-                .key(&reserved.aggregate_id)
-                .payload(&reserved.to_json())
-                .headers(OwnedHeaders::new().insert(Header {
-                    key: "event-id",
-                    value: Some(&event_id),
-                })),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produced");
+    produce(&producer, &config.topics.inventory, &reserved).await;
     common::eventually(Duration::from_secs(60), "the order is RESERVED", || {
         let request = http
             .get(format!("{base}/api/v1/orders/{id}"))
@@ -171,4 +178,24 @@ async fn starts_serves_and_stops() {
     .execute(&mut conn)
     .await
     .expect("drop the database");
+}
+
+/// Sends `envelope` to `topic` as the relay would (keyed by its aggregate, with its event id).
+async fn produce(producer: &FutureProducer, topic: &str, envelope: &commerce_events::Envelope) {
+    let event_id = envelope.event_id.to_string();
+    let payload = envelope.to_json();
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(&envelope.aggregate_id)
+                .payload(&payload)
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "event-id",
+                    value: Some(&event_id),
+                })),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produced");
 }

@@ -24,6 +24,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::announce::announce;
 use crate::domain;
 use crate::http::{Page, invalid, page, stock};
 use crate::repo::{self, Product};
@@ -185,7 +186,8 @@ pub(crate) async fn create(
         Err(error) => return Err(error.into()),
     };
     savepoint.commit().await?;
-    tracing::info!(product_id = %product.id, sku = %product.sku, admin = %admin.sub, "product: created (commits with the response)");
+    announce(conn, &state.topics, &product).await?;
+    tracing::info!(product_id = %product.id, sku = %product.sku, admin = %admin.sub, "product: created and announced (commits with the response)");
     let available = stock(&state, &[product.id]).await?.pop().flatten();
     let location = format!("/api/v1/products/{}", product.id);
     Ok((
@@ -227,10 +229,13 @@ pub(crate) async fn update(
         body.active,
     )
     .map_err(invalid)?;
-    let product = repo::update(&state.pool, id, &changes)
+    let mut tx = state.pool.begin().await?;
+    let product = repo::update(&mut tx, id, &changes)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no product {id}")))?;
-    tracing::info!(product_id = %id, admin = %admin.sub, "product: updated");
+    announce(&mut tx, &state.topics, &product).await?;
+    tx.commit().await?;
+    tracing::info!(product_id = %id, version = product.version, admin = %admin.sub, "product: updated and announced");
     let available = stock(&state, &[id]).await?.pop().flatten();
     Ok(Json(AdminProduct::new(product, available)))
 }

@@ -1,4 +1,4 @@
-//! Routes and DTOs: the public catalogue with stock, the internal price lookup, and the OpenAPI
+//! Routes and DTOs: the public catalogue with stock and the OpenAPI
 //! document at `GET /openapi.json`; the admin catalogue's handlers are in [`crate::admin`].
 
 use std::collections::HashMap;
@@ -7,9 +7,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use commerce_platform::ApiError;
 use commerce_platform::extract::PathId;
 use commerce_platform::openapi::{Problem, SecuritySchemes};
-use commerce_platform::{ApiError, ServiceKey};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
@@ -27,7 +27,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/api/v1/products", create_route(&state).get(public_list))
         .route("/api/v1/products/{id}", get(public_get).put(admin::update))
         .route("/api/v1/admin/products", get(admin::admin_list))
-        .route("/internal/v1/products/{id}", get(internal_get))
         .route("/openapi.json", get(openapi))
         .with_state(state)
 }
@@ -76,18 +75,6 @@ impl PublicProduct {
             available,
         }
     }
-}
-
-/// What other services read (the order service snapshots prices from it).
-#[derive(Debug, Serialize, ToSchema)]
-struct InternalProduct {
-    id: Uuid,
-    sku: String,
-    name: String,
-    /// In cents.
-    price_cents: i64,
-    /// Whether it can be ordered.
-    active: bool,
 }
 
 pub(crate) fn page(query: Result<Query<Page>, QueryRejection>) -> Result<(i64, i64), ApiError> {
@@ -210,65 +197,30 @@ async fn public_get(
     Ok(Json(PublicProduct::new(product, available)))
 }
 
-/// A product's price and listing, for other services.
-#[utoipa::path(
-    get,
-    path = "/internal/v1/products/{id}",
-    operation_id = "internalGetProduct",
-    tag = "internal",
-    params(("id" = Uuid, Path, description = "The product")),
-    responses(
-        (status = 200, description = "The product, active or not", body = InternalProduct),
-        (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong x-api-key", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("apiKey" = []))
-)]
-async fn internal_get(
-    State(state): State<AppState>,
-    _: ServiceKey,
-    PathId(id): PathId,
-) -> Result<Json<InternalProduct>, ApiError> {
-    let p = repo::get(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no product {id}")))?;
-    Ok(Json(InternalProduct {
-        id: p.id,
-        sku: p.sku,
-        name: p.name,
-        price_cents: p.price_cents,
-        active: p.active,
-    }))
-}
-
 /// The service's OpenAPI document, served at `GET /openapi.json`.
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(
         title = "commerce product service",
-        description = "The catalogue (admins write it, everyone reads active products with their available stock) and the internal price lookup other services use."
+        description = "The catalogue (admins write it, everyone reads active products with their available stock)."
     ),
     paths(
         public_list,
         admin::create,
         public_get,
         admin::update,
-        admin::admin_list,
-        internal_get
+        admin::admin_list
     ),
     components(schemas(
         CreateProduct,
         UpdateProduct,
         AdminProduct,
         PublicProduct,
-        InternalProduct,
         Problem
     )),
     modifiers(&SecuritySchemes, &AtLeastOneChange),
     tags(
-        (name = "products", description = "The catalogue"),
-        (name = "internal", description = "Lookups for other services (API key)")
+        (name = "products", description = "The catalogue")
     )
 )]
 pub struct ApiDoc;

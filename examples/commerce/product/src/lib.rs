@@ -1,6 +1,6 @@
 //! The commerce system's product service: the catalogue (admins create and change products,
-//! everyone reads the active ones with their available stock), the internal price lookup the
-//! order service snapshots prices from, and a Redis cache of stock figures fed by inventory's
+//! everyone reads the active ones with their available stock), announced to the other services
+//! as `ProductChanged` events, and a Redis cache of stock figures fed by inventory's
 //! `StockLevelChanged` events (see `docs/commerce.md`).
 //!
 //! Run it (with the other services) with `cargo run -p commerce-launcher -- product`; it listens
@@ -16,8 +16,15 @@
 //! | `GET /api/v1/admin/products`         | admin                | every product, with stock                 |
 //! | `GET /api/v1/products`               | anyone               | active products, with stock               |
 //! | `GET /api/v1/products/{id}`          | anyone               | an active product, with stock             |
-//! | `GET /internal/v1/products/{id}`     | services (`x-api-key`) | `{id, sku, name, price_cents, active}`  |
 //! | `GET /openapi.json`                  | anyone               | the OpenAPI document                      |
+//!
+//! # What it publishes
+//!
+//! `ProductChanged { product_id, sku, name, price_cents, active, version }` on
+//! `<prefix>.products`, in the transaction that creates or changes the product (the version is 1
+//! at creation and grows with every change), and for every product at start-up. The order
+//! service prices orders from its copy of these events, and inventory sets up a product's stock
+//! row from the first one.
 //!
 //! Lists take `?limit=` (1 to 500, default 100) and `?offset=`, ordered by SKU. Bodies reject
 //! unknown fields; every error is problem+json and writes nothing. `POST /api/v1/products`
@@ -55,6 +62,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod announce;
 pub mod cache;
 pub mod domain;
 pub mod events;
@@ -64,11 +72,13 @@ mod repo;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::FromRef;
+use commerce_events::Topics;
 use commerce_platform::runtime::{self, Parts};
 use commerce_platform::{Authenticator, Config, Running, setup};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
+pub use announce::publish_snapshot;
 pub use cache::StockCache;
 pub use events::{CONSUMER, StockLevels};
 pub use http::ApiDoc;
@@ -81,7 +91,9 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 pub struct AppState {
     /// The service's database.
     pub pool: PgPool,
-    /// Verifies bearer tokens and the service API key.
+    /// Where `ProductChanged` is published.
+    pub topics: Topics,
+    /// Verifies bearer tokens.
     pub auth: Authenticator,
     /// The Redis stock cache.
     pub stock: StockCache,
@@ -98,8 +110,9 @@ pub fn app(state: AppState) -> Router {
     http::router(state)
 }
 
-/// Starts the service: its database (created and migrated), the `product.stock` consumer, the
-/// outbox relay and the HTTP server on `config.addrs.product`. Redis is connected on first use.
+/// Starts the service: its database (created and migrated), the catalogue snapshot
+/// ([`publish_snapshot`]), the `product.stock` consumer, the outbox relay and the HTTP server on
+/// `config.addrs.product`. Redis is connected on first use.
 ///
 /// # Errors
 ///
@@ -118,8 +131,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         StockLevels::new(stock.clone()),
     )
     .with_context(|| format!("product: consumer {CONSUMER}"))?;
+    publish_snapshot(&pool, &config.topics)
+        .await
+        .context("product: catalogue snapshot")?;
     let state = AppState {
         pool: pool.clone(),
+        topics: config.topics.clone(),
         auth: config.authenticator(),
         stock,
     };

@@ -15,6 +15,7 @@ pub(crate) struct Product {
     pub(crate) description: String,
     pub(crate) price_cents: i64,
     pub(crate) active: bool,
+    pub(crate) version: i64,
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) updated_at: DateTime<Utc>,
 }
@@ -29,7 +30,7 @@ pub(crate) async fn insert(
     sqlx::query_as(
         "INSERT INTO products (id, sku, name, description, price_cents)
          VALUES ($1, $2, $3, $4, $5)
-         RETURNING id, sku, name, description, price_cents, active, created_at, updated_at",
+         RETURNING id, sku, name, description, price_cents, active, version, created_at, updated_at",
     )
     .bind(id)
     .bind(&new.sku)
@@ -47,9 +48,10 @@ pub(crate) fn is_duplicate_sku(error: &sqlx::Error) -> bool {
         .is_some_and(|e| e.is_unique_violation() && e.constraint() == Some("products_sku_key"))
 }
 
-/// Applies `changes`; `None` when there is no such product.
+/// Applies `changes` and counts a version (on the caller's connection, normally the request's
+/// transaction); `None` when there is no such product.
 pub(crate) async fn update(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     id: Uuid,
     changes: &Changes,
 ) -> sqlx::Result<Option<Product>> {
@@ -59,27 +61,38 @@ pub(crate) async fn update(
              description = coalesce($3, description),
              price_cents = coalesce($4, price_cents),
              active = coalesce($5, active),
+             version = version + 1,
              updated_at = now()
          WHERE id = $1
-         RETURNING id, sku, name, description, price_cents, active, created_at, updated_at",
+         RETURNING id, sku, name, description, price_cents, active, version, created_at, updated_at",
     )
     .bind(id)
     .bind(changes.name.as_deref())
     .bind(changes.description.as_deref())
     .bind(changes.price_cents)
     .bind(changes.active)
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await
 }
 
 /// The product, active or not.
 pub(crate) async fn get(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Product>> {
     sqlx::query_as(
-        "SELECT id, sku, name, description, price_cents, active, created_at, updated_at
+        "SELECT id, sku, name, description, price_cents, active, version, created_at, updated_at
          FROM products WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(pool)
+    .await
+}
+
+/// Every product, for the start-up snapshot (on the caller's transaction).
+pub(crate) async fn all(conn: &mut PgConnection) -> sqlx::Result<Vec<Product>> {
+    sqlx::query_as(
+        "SELECT id, sku, name, description, price_cents, active, version, created_at, updated_at
+         FROM products ORDER BY id",
+    )
+    .fetch_all(conn)
     .await
 }
 
@@ -91,7 +104,7 @@ pub(crate) async fn list(
     offset: i64,
 ) -> sqlx::Result<Vec<Product>> {
     sqlx::query_as(
-        "SELECT id, sku, name, description, price_cents, active, created_at, updated_at
+        "SELECT id, sku, name, description, price_cents, active, version, created_at, updated_at
          FROM products WHERE active OR NOT $1
          ORDER BY sku LIMIT $2 OFFSET $3",
     )

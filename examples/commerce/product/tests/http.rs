@@ -3,7 +3,9 @@
 mod common;
 
 use axum::http::StatusCode;
-use common::{API_KEY, assert_problem, fixture, get, internal, level, post, put, token};
+use commerce_events::Event;
+use commerce_product::publish_snapshot;
+use common::{assert_problem, fixture, get, level, post, put, token};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -234,50 +236,49 @@ async fn admin_routes_need_an_admin_token() {
 }
 
 #[tokio::test]
-async fn the_internal_route_needs_the_service_key() {
+async fn creating_and_changing_a_product_announce_it_in_the_same_transaction() {
     let f = fixture().await;
-    let id = f.create("INT-1", 4200).await;
-    let uri = format!("/internal/v1/products/{id}");
-
-    for key in [None, Some("wrong"), Some("")] {
-        assert_problem(
-            &f.send(internal(&uri, key)).await,
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-        );
-    }
-    // A person's token is not a service key.
-    assert_problem(
-        &f.send(get(&uri, Some(&token("admin")))).await,
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-    );
-
-    let found = f.send(internal(&uri, Some(API_KEY))).await;
-    assert_eq!(found.status, StatusCode::OK);
-    assert_eq!(
-        found.json,
-        json!({ "id": id.to_string(), "sku": "INT-1", "name": "INT-1 name", "price_cents": 4200, "active": true })
-    );
-
-    // Withdrawn products are still answered, marked inactive, so the order service can refuse them.
-    f.send(put(
-        &format!("/api/v1/products/{id}"),
-        Some(&token("admin")),
-        r#"{"active": false}"#,
-    ))
-    .await;
-    let withdrawn = f.send(internal(&uri, Some(API_KEY))).await;
-    assert_eq!(withdrawn.json["active"], false);
-
-    assert_problem(
-        &f.send(internal(
-            &format!("/internal/v1/products/{}", Uuid::now_v7()),
-            Some(API_KEY),
+    let admin = token("admin");
+    let id = f.create("ANN-1", 4200).await;
+    let changed = f
+        .send(put(
+            &format!("/api/v1/products/{id}"),
+            Some(&admin),
+            r#"{"price_cents": 4500, "active": false}"#,
         ))
-        .await,
-        StatusCode::NOT_FOUND,
-        "not-found",
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{:?}", changed.json);
+    // A refused change writes nothing, so it announces nothing.
+    let refused = f
+        .send(put(
+            &format!("/api/v1/products/{id}"),
+            Some(&admin),
+            r#"{"price_cents": -1}"#,
+        ))
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+
+    let announced = f.announced(id).await;
+    let expected = |price_cents, active, version| Event::ProductChanged {
+        product_id: id,
+        sku: "ANN-1".into(),
+        name: "ANN-1 name".into(),
+        price_cents,
+        active,
+        version,
+    };
+    assert_eq!(
+        announced,
+        [expected(4200, true, 1), expected(4500, false, 2)]
+    );
+
+    // The start-up snapshot announces every product at its current version.
+    publish_snapshot(&f.db.pool, &f.state.topics)
+        .await
+        .expect("snapshot");
+    assert_eq!(
+        f.announced(id).await.last(),
+        Some(&expected(4500, false, 2))
     );
     f.cleanup().await;
 }
@@ -318,7 +319,6 @@ async fn serves_its_openapi_document() {
         "/api/v1/products",
         "/api/v1/products/{id}",
         "/api/v1/admin/products",
-        "/internal/v1/products/{id}",
     ] {
         assert!(doc.json["paths"][path].is_object(), "{path}");
     }
@@ -333,10 +333,6 @@ async fn serves_its_openapi_document() {
     assert_eq!(paths["/api/v1/products"]["post"]["security"], bearer);
     assert_eq!(paths["/api/v1/products/{id}"]["put"]["security"], bearer);
     assert_eq!(paths["/api/v1/admin/products"]["get"]["security"], bearer);
-    assert_eq!(
-        paths["/internal/v1/products/{id}"]["get"]["security"],
-        serde_json::json!([{ "apiKey": [] }])
-    );
     assert!(paths["/api/v1/products"]["get"]["security"].is_null());
     let schemes = &doc.json["components"]["securitySchemes"];
     assert_eq!(schemes["bearer"]["scheme"], "bearer");
@@ -347,7 +343,6 @@ async fn serves_its_openapi_document() {
         "UpdateProduct",
         "AdminProduct",
         "PublicProduct",
-        "InternalProduct",
         "Problem",
     ] {
         assert!(schemas[schema].is_object(), "{schema}");

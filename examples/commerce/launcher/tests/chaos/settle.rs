@@ -20,25 +20,15 @@ const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Every consumer group of a stack and the topics it reads (`<prefix>.<consumer name>`).
 fn groups(config: &Config) -> Vec<(String, Vec<String>)> {
     let t = &config.topics;
-    [
-        ("order.saga", vec![&t.inventory, &t.payments, &t.shipments]),
-        ("inventory.saga", vec![&t.orders, &t.payments]),
-        ("payment.saga", vec![&t.orders, &t.inventory]),
-        ("product.stock", vec![&t.inventory]),
-        ("shipping.saga", vec![&t.orders]),
-        (
-            "notification.events",
-            vec![&t.orders, &t.payments, &t.shipments],
-        ),
-    ]
-    .into_iter()
-    .map(|(name, topics)| {
-        (
-            format!("{}.{name}", t.prefix),
-            topics.into_iter().cloned().collect(),
-        )
-    })
-    .collect()
+    commerce_launcher::consumers(t)
+        .into_iter()
+        .map(|(name, topics)| {
+            (
+                format!("{}.{name}", t.prefix),
+                topics.into_iter().map(str::to_owned).collect(),
+            )
+        })
+        .collect()
 }
 
 /// A client that only reads a group's committed offsets (it never joins the group).

@@ -145,7 +145,7 @@ pub enum Input {
 
 impl Input {
     /// The order an event is about and what it means for it; `None` for events the order service
-    /// does not act on (its own, stock levels, refunds).
+    /// does not act on (its own, products, stock levels, refunds).
     pub fn from_event(event: &Event) -> Option<(Uuid, Input)> {
         match event {
             Event::StockReserved { order_id, .. } => Some((*order_id, Input::StockReserved)),
@@ -179,6 +179,7 @@ impl Input {
             | Event::OrderCancelled { .. }
             | Event::StockRestocked { .. }
             | Event::StockLevelChanged { .. }
+            | Event::ProductChanged { .. }
             | Event::PaymentRefunded { .. } => None,
         }
     }

@@ -1,21 +1,16 @@
-//! What the order service's tests share: a fresh database, a stub product service (a real HTTP
-//! server on 127.0.0.1:0), tokens, and requests through `app(state)` read whole.
+//! What the order service's tests share: a fresh database, products announced to the catalogue
+//! consumer, tokens, and requests through `app(state)` read whole.
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, Request, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use commerce_events::Event;
 use commerce_order::domain::{OrderLine, OrderState};
-use commerce_order::{AppState, app};
+use commerce_order::{AppState, Catalogue, app, catalogue};
 use commerce_platform::testing;
 use commerce_platform::{Claims, Config};
 use serde_json::{Value, json};
@@ -23,64 +18,31 @@ use sqlx::PgPool;
 use testkit::TestDb;
 use uuid::Uuid;
 
-/// A product the stub serves: `(price_cents, active)`.
-pub(crate) type Catalog = Arc<Mutex<HashMap<Uuid, (i64, bool)>>>;
-
-/// A stub of the product service's internal route, checking the API key.
-pub(crate) struct ProductStub {
-    pub(crate) addr: SocketAddr,
-    pub(crate) products: Catalog,
+/// The service's copy of the catalogue, fed as the `order.catalogue` consumer is fed.
+pub(crate) struct Products {
+    pool: PgPool,
 }
 
-impl ProductStub {
-    pub(crate) async fn start(api_key: &str) -> Self {
-        let products: Catalog = Arc::default();
-        let key = api_key.to_owned();
-        let router = Router::new()
-            .route(
-                "/internal/v1/products/{id}",
-                get(
-                    |State((products, key)): State<(Catalog, String)>,
-                     headers: HeaderMap,
-                     Path(id): Path<Uuid>| async move {
-                        if headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some(&key) {
-                            return StatusCode::UNAUTHORIZED.into_response();
-                        }
-                        let found = products.lock().expect("catalog lock").get(&id).copied();
-                        match found {
-                            Some((price_cents, active)) => axum::Json(json!({
-                                "id": id, "sku": format!("SKU-{}", &id.simple().to_string()[..8]),
-                                "name": "a product", "price_cents": price_cents, "active": active,
-                            }))
-                            .into_response(),
-                            None => StatusCode::NOT_FOUND.into_response(),
-                        }
-                    },
-                ),
-            )
-            .with_state((products.clone(), key));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the stub");
-        let addr = listener.local_addr().expect("stub address");
-        tokio::spawn(async move {
-            axum::serve(listener, router).await.expect("stub serves");
-        });
-        Self { addr, products }
-    }
-
-    /// Adds a product and returns its id.
-    pub(crate) fn add(&self, price_cents: i64, active: bool) -> Uuid {
+impl Products {
+    /// Announces a new product (version 1) and returns its id.
+    pub(crate) async fn add(&self, price_cents: i64, active: bool) -> Uuid {
         let id = Uuid::now_v7();
-        self.products
-            .lock()
-            .expect("catalog lock")
-            .insert(id, (price_cents, active));
+        self.announce(id, price_cents, active, 1).await;
         id
     }
 
-    pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.addr)
+    /// Delivers a fresh `ProductChanged` for `id` to the catalogue consumer.
+    pub(crate) async fn announce(&self, id: Uuid, price_cents: i64, active: bool, version: i64) {
+        let envelope = Event::ProductChanged {
+            product_id: id,
+            sku: format!("SKU-{}", &id.simple().to_string()[..8]),
+            name: "a product".into(),
+            price_cents,
+            active,
+            version,
+        }
+        .into_envelope();
+        testing::apply(&self.pool, catalogue::CONSUMER, &Catalogue, &envelope).await;
     }
 }
 
@@ -88,17 +50,17 @@ pub(crate) struct Harness {
     pub(crate) db: TestDb,
     pub(crate) config: Config,
     pub(crate) state: AppState,
-    pub(crate) products: ProductStub,
+    pub(crate) products: Products,
 }
 
 impl Harness {
     pub(crate) async fn new() -> Self {
         let db = testing::database(&commerce_order::MIGRATOR).await;
         let config = Config::from_env().expect("config");
-        let products = ProductStub::start(&config.api_key).await;
-        let state = AppState::new(db.pool.clone(), &config)
-            .expect("state")
-            .with_product_base_url(products.url());
+        let products = Products {
+            pool: db.pool.clone(),
+        };
+        let state = AppState::new(db.pool.clone(), &config);
         Self {
             db,
             config,
@@ -138,7 +100,7 @@ impl Harness {
 
     /// Places an order of one unit of a new product priced 500 and returns its id.
     pub(crate) async fn place_one(&self, sub: &str) -> Uuid {
-        let product = self.products.add(500, true);
+        let product = self.products.add(500, true).await;
         let reply = self
             .place(
                 sub,

@@ -5,7 +5,7 @@
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use commerce_events::{Envelope, Event};
+use commerce_events::{Envelope, Event, Topics};
 use commerce_platform::Authenticator;
 use commerce_platform::testing;
 use commerce_product::{AppState, CONSUMER, StockCache, StockLevels, app};
@@ -38,6 +38,7 @@ pub(crate) async fn fixture() -> Fixture {
     Fixture {
         state: AppState {
             pool: db.pool.clone(),
+            topics: Topics::new(&prefix),
             auth: auth(),
             stock: cache.clone(),
         },
@@ -70,6 +71,21 @@ impl Fixture {
             .hmget(self.state.stock.key(product_id), &["available", "version"])
             .await
             .expect("HMGET")
+    }
+
+    /// The events the outbox holds for `product_id`, in order.
+    pub(crate) async fn announced(&self, product_id: Uuid) -> Vec<Event> {
+        let payloads: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT payload FROM outbox_events WHERE aggregate_id = $1 ORDER BY seq",
+        )
+        .bind(product_id.to_string())
+        .fetch_all(&self.db.pool)
+        .await
+        .expect("outbox events");
+        payloads
+            .iter()
+            .map(|p| commerce_events::decode(p).expect("an event").event)
+            .collect()
     }
 
     /// `(available, version)` in `stock_levels`.
@@ -187,14 +203,6 @@ pub(crate) fn put(uri: &str, token: Option<&str>, body: &str) -> Request<Body> {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body.to_owned()))
         .expect("request")
-}
-
-pub(crate) fn internal(uri: &str, key: Option<&str>) -> Request<Body> {
-    let mut builder = Request::get(uri);
-    if let Some(key) = key {
-        builder = builder.header("x-api-key", key);
-    }
-    builder.body(Body::empty()).expect("request")
 }
 
 /// Asserts a problem+json response with `status` and `code`.
