@@ -92,6 +92,25 @@ impl NewEvent {
         self.dedup_key = Some(key.into());
         self
     }
+
+    /// Stores the current span's trace context in the headers now, instead of when the event is
+    /// enqueued (see [`enqueue_many`]): for events built on behalf of one trace and enqueued in
+    /// another span, as a set-based consumer does when it enqueues the events of a whole batch at
+    /// once. Nothing changes when the event already has a `traceparent`.
+    ///
+    /// ```
+    /// let caused = tracing::info_span!("consume");
+    /// let event = caused.in_scope(|| {
+    ///     outbox::NewEvent::bytes("orders", "order", "42", "OrderShipped", b"{}".to_vec())
+    ///         .with_trace_context()
+    /// });
+    /// # let _ = event;
+    /// ```
+    #[must_use]
+    pub fn with_trace_context(mut self) -> Self {
+        crate::trace::capture(&mut self.headers);
+        self
+    }
 }
 
 /// Enqueues one event on `conn`, normally the caller's open transaction: the event is published

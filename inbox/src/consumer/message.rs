@@ -60,8 +60,14 @@ impl Message {
         }
     }
 
-    /// The `consume` span its event is applied in ([`super::trace::span`]).
-    pub(super) fn span(&self) -> tracing::Span {
+    /// A `consume` span for this message: a child of the producer's trace when the message
+    /// carries a `traceparent` header, with the consumer, topic, partition and offset as fields.
+    /// The runner applies each event of the default
+    /// [`Handler::handle_batch`](crate::Handler::handle_batch) in one; a set-based
+    /// `handle_batch` enters it where it works on this message's behalf (while building the
+    /// events it enqueues, say, with `outbox::NewEvent::with_trace_context`), so what follows
+    /// from the message stays in its trace. Each call makes a new span.
+    pub fn span(&self) -> tracing::Span {
         super::trace::span(&self.consumer, self)
     }
 

@@ -5,17 +5,17 @@
 //! outbox) and, under the [`inbox::Consumer`], with the inbox record of the event that
 //! caused it: an event has its effect once, however often it is delivered.
 
-use std::collections::HashMap;
-
-use commerce_events::{Cause, Envelope, Event, Line, Topics};
+use commerce_events::{Envelope, Event, Topics};
 use commerce_platform::events::{EventHandler, publish};
-use inbox::HandlerError;
+use inbox::{HandlerError, Message};
 use sqlx::{PgConnection, PgPool};
+use tracing::Span;
 use uuid::Uuid;
 
-use crate::domain::{self, Level, MovementKind, Settlement};
+use crate::Result;
+use crate::domain::{Level, MovementKind};
+use crate::ledger::{self, Step};
 use crate::repo::{self, NewMovement, StockRow};
-use crate::{Error, Result};
 
 /// The reason published when a declined payment releases a reservation.
 pub const PAYMENT_DECLINED: &str = "payment declined";
@@ -24,10 +24,8 @@ pub const PAYMENT_DECLINED: &str = "payment declined";
 /// `inventory.saga`):
 ///
 /// - `ProductChanged`: sets up the product's stock row (no units) unless it has one.
-/// - `OrderPlaced`: reserves every line or none. The stock rows are locked `FOR UPDATE` in
-///   `product_id` order, checked, then updated together
-///   with the reservations and movements; publishes `StockReserved` and one
-///   `StockLevelChanged` per product. If a product is short or has no stock, publishes
+/// - `OrderPlaced`: reserves every line or none, with the reservations and movements;
+///   publishes `StockReserved`. If a product is short or has no stock, publishes
 ///   `StockReservationFailed` (naming the product) and changes nothing else.
 /// - `PaymentApproved`: confirms the order's `RESERVED` reservations (`total -= q`,
 ///   `reserved -= q`): `StockConfirmed` and `StockLevelChanged`s.
@@ -63,227 +61,21 @@ impl EventHandler for Saga {
         conn: &mut PgConnection,
         envelope: Envelope,
     ) -> Result<(), HandlerError> {
-        let cause = envelope.cause();
-        let event_id = cause.event_id;
-        match envelope.event {
-            Event::OrderPlaced {
-                order_id,
-                customer_id,
-                lines,
-                total_cents,
-            } => {
-                let placed = Placed {
-                    order_id,
-                    customer_id,
-                    lines,
-                    total_cents,
-                };
-                reserve(conn, &self.topics, cause, placed).await?;
-            }
-            Event::PaymentApproved { order_id, .. } => {
-                settle(
-                    conn,
-                    &self.topics,
-                    cause,
-                    order_id,
-                    Settlement::Confirm,
-                    None,
-                )
-                .await?;
-            }
-            Event::PaymentDeclined { order_id, .. } => {
-                let reason = Some(PAYMENT_DECLINED.to_owned());
-                settle(
-                    conn,
-                    &self.topics,
-                    cause,
-                    order_id,
-                    Settlement::Release,
-                    reason,
-                )
-                .await?;
-            }
-            Event::OrderCancelled {
-                order_id, reason, ..
-            } => {
-                for settlement in [Settlement::Release, Settlement::Restock] {
-                    settle(
-                        conn,
-                        &self.topics,
-                        cause,
-                        order_id,
-                        settlement,
-                        Some(reason.clone()),
-                    )
-                    .await?;
-                }
-            }
-            Event::ProductChanged { product_id, .. } => {
-                repo::ensure_stock(conn, product_id)
-                    .await
-                    .map_err(Error::from)?;
-            }
-            other => {
-                tracing::debug!(%event_id, event_type = other.event_type(), "inventory: ignoring event");
-            }
-        }
-        Ok(())
+        let steps = Step::of(envelope, Span::current()).into_iter().collect();
+        Ok(ledger::apply(conn, &self.topics, steps).await?)
     }
 
-    /// Locks the reservations of the orders the batch settles, then the stock rows of every
-    /// product it reserves or settles, each in one statement and in key order: batches of the
-    /// orders and the payments topics' partitions share these rows, and take them in that order.
-    async fn lock_batch(
-        &self,
-        conn: &mut PgConnection,
-        envelopes: Vec<&Envelope>,
+    async fn handle_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        batch: Vec<(Envelope, &'a Message)>,
     ) -> Result<(), HandlerError> {
-        let mut products = Vec::new();
-        let mut orders = Vec::new();
-        for envelope in envelopes {
-            match &envelope.event {
-                Event::OrderPlaced { lines, .. } => {
-                    products.extend(lines.iter().map(|line| line.product_id));
-                }
-                Event::PaymentApproved { order_id, .. }
-                | Event::PaymentDeclined { order_id, .. }
-                | Event::OrderCancelled { order_id, .. } => orders.push(*order_id),
-                _ => {}
-            }
-        }
-        products.extend(
-            repo::lock_orders_reservations(conn, &orders)
-                .await
-                .map_err(Error::from)?,
-        );
-        products.sort_unstable();
-        products.dedup();
-        repo::lock_stock(conn, &products)
-            .await
-            .map_err(Error::from)?;
-        Ok(())
+        let steps = batch
+            .into_iter()
+            .filter_map(|(envelope, message)| Step::of(envelope, message.span()))
+            .collect();
+        Ok(ledger::apply(conn, &self.topics, steps).await?)
     }
-}
-
-/// An `OrderPlaced` payload.
-struct Placed {
-    order_id: Uuid,
-    customer_id: String,
-    lines: Vec<Line>,
-    total_cents: i64,
-}
-
-/// All or nothing: see [`Saga`].
-async fn reserve(
-    conn: &mut PgConnection,
-    topics: &Topics,
-    cause: Cause,
-    placed: Placed,
-) -> Result<()> {
-    let (order_id, event_id) = (placed.order_id, cause.event_id);
-    if repo::has_reservations(conn, order_id).await? {
-        tracing::info!(%order_id, %event_id, "inventory: order already reserved; ignoring");
-        return Ok(());
-    }
-    let demand = match domain::demand(&placed.lines) {
-        Ok(demand) => demand,
-        Err(rejection) => {
-            return reservation_failed(conn, topics, cause, order_id, rejection).await;
-        }
-    };
-    let product_ids: Vec<Uuid> = demand.iter().map(|&(product_id, _)| product_id).collect();
-    let rows = repo::lock_stock(conn, &product_ids).await?;
-    let levels: HashMap<Uuid, Level> = rows.iter().map(|r| (r.product_id, r.level)).collect();
-    let holds = match domain::can_reserve(&demand, &levels) {
-        Ok(holds) => holds,
-        Err(rejection) => {
-            return reservation_failed(conn, topics, cause, order_id, rejection).await;
-        }
-    };
-    let mut events = vec![Event::StockReserved {
-        order_id,
-        total_cents: placed.total_cents,
-        customer_id: placed.customer_id,
-    }];
-    for hold in &holds {
-        let row = StockRow {
-            product_id: hold.product_id,
-            level: hold.before,
-            version: 0,
-        };
-        let changed = change(conn, row, hold.after, MovementKind::Reserve, Some(order_id)).await?;
-        events.push(level_changed(&changed));
-    }
-    if let Err(e) = repo::insert_reservations(conn, order_id, &demand).await {
-        // A concurrent OrderPlaced for the same order (another event id) committed first: retry,
-        // and the retry finds its reservations and does nothing.
-        if e.as_database_error()
-            .is_some_and(|d| d.is_unique_violation())
-        {
-            return Err(Error::Contention(format!(
-                "order {order_id} was reserved concurrently"
-            )));
-        }
-        return Err(e.into());
-    }
-    publish(conn, topics, Some(cause), events).await?;
-    tracing::info!(%order_id, %event_id, products = holds.len(), "inventory: stock reserved");
-    Ok(())
-}
-
-async fn reservation_failed(
-    conn: &mut PgConnection,
-    topics: &Topics,
-    cause: Cause,
-    order_id: Uuid,
-    rejection: domain::Rejection,
-) -> Result<()> {
-    let (event_id, reason) = (cause.event_id, rejection.to_string());
-    tracing::info!(%order_id, %event_id, %reason, "inventory: reservation failed");
-    let failed = Event::StockReservationFailed { order_id, reason };
-    publish(conn, topics, Some(cause), [failed]).await?;
-    Ok(())
-}
-
-/// Moves an order's reservations in `settlement.from()` on (confirm, release or restock): see
-/// [`Saga`].
-async fn settle(
-    conn: &mut PgConnection,
-    topics: &Topics,
-    cause: Cause,
-    order_id: Uuid,
-    settlement: Settlement,
-    reason: Option<String>,
-) -> Result<()> {
-    let event_id = cause.event_id;
-    let held = repo::lock_reservations(conn, order_id, settlement.from()).await?;
-    if held.is_empty() {
-        tracing::info!(%order_id, %event_id, ?settlement, "inventory: no reservation of the order to settle; nothing to do");
-        return Ok(());
-    }
-    let product_ids: Vec<Uuid> = held.iter().map(|&(product_id, _)| product_id).collect();
-    let rows: HashMap<Uuid, StockRow> = repo::lock_stock(conn, &product_ids)
-        .await?
-        .into_iter()
-        .map(|row| (row.product_id, row))
-        .collect();
-    let reason = reason.unwrap_or_default();
-    let mut events = vec![match settlement {
-        Settlement::Confirm => Event::StockConfirmed { order_id },
-        Settlement::Release => Event::StockReleased { order_id, reason },
-        Settlement::Restock => Event::StockRestocked { order_id, reason },
-    }];
-    for (product_id, quantity) in held {
-        // The foreign key keeps a reservation's stock row.
-        let row = *rows.get(&product_id).ok_or(sqlx::Error::RowNotFound)?;
-        let after = settlement.apply(row.level, quantity)?;
-        let changed = change(conn, row, after, settlement.kind(), Some(order_id)).await?;
-        events.push(level_changed(&changed));
-    }
-    repo::set_reservations_state(conn, order_id, settlement.from(), settlement.target()).await?;
-    publish(conn, topics, Some(cause), events).await?;
-    tracing::info!(%order_id, %event_id, ?settlement, "inventory: reservation settled");
-    Ok(())
 }
 
 /// Writes a locked row's new figures and records the movement; returns the new row.
@@ -294,23 +86,24 @@ pub(crate) async fn change(
     kind: MovementKind,
     order_id: Option<Uuid>,
 ) -> Result<StockRow> {
-    let version = repo::write_level(conn, row.product_id, after).await?;
-    repo::record_movement(
+    let changed = StockRow {
+        product_id: row.product_id,
+        level: after,
+        version: row.version + 1,
+    };
+    repo::write_levels(conn, &[(changed, 1)]).await?;
+    repo::record_movements(
         conn,
-        &NewMovement {
+        &[NewMovement {
             product_id: row.product_id,
             order_id,
             kind,
             before: row.level,
             after,
-        },
+        }],
     )
     .await?;
-    Ok(StockRow {
-        product_id: row.product_id,
-        level: after,
-        version,
-    })
+    Ok(changed)
 }
 
 /// `StockLevelChanged` for a row.

@@ -257,7 +257,7 @@ async fn add_stock(
     let conn = tx.conn().await.map_err(|_| {
         ApiError::Unavailable("the database is unavailable; retry with the same key".into())
     })?;
-    repo::ensure_stock(conn, product_id).await?;
+    repo::ensure_stocks(conn, &[product_id]).await?;
     let row = repo::lock_stock(conn, &[product_id])
         .await?
         .into_iter()

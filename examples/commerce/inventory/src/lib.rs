@@ -38,6 +38,7 @@ pub mod domain;
 mod error;
 pub mod events;
 pub mod http;
+mod ledger;
 mod repo;
 
 use anyhow::Context;

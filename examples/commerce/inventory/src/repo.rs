@@ -43,51 +43,89 @@ pub(crate) async fn lock_stock(
     Ok(rows.into_iter().map(stock_row).collect())
 }
 
+/// A stored reservation row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reservation {
+    pub(crate) order_id: Uuid,
+    pub(crate) product_id: Uuid,
+    pub(crate) quantity: i32,
+    pub(crate) state: ReservationState,
+}
+
 /// Locks the reservations of `order_ids` (`FOR UPDATE`, in `order_id`, `product_id` order) and
-/// returns their products.
+/// returns them.
 pub(crate) async fn lock_orders_reservations(
     conn: &mut PgConnection,
     order_ids: &[Uuid],
-) -> sqlx::Result<Vec<Uuid>> {
-    if order_ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    sqlx::query_scalar(
-        "SELECT product_id FROM reservations
+) -> sqlx::Result<Vec<Reservation>> {
+    let rows: Vec<(Uuid, Uuid, i32, String)> = sqlx::query_as(
+        "SELECT order_id, product_id, quantity, state FROM reservations
          WHERE order_id = ANY($1) ORDER BY order_id, product_id FOR UPDATE",
     )
     .bind(order_ids)
     .fetch_all(conn)
-    .await
+    .await?;
+    rows.into_iter()
+        .map(|(order_id, product_id, quantity, state)| {
+            let state = ReservationState::from_column(&state).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown reservation state {state:?}").into())
+            })?;
+            Ok(Reservation {
+                order_id,
+                product_id,
+                quantity,
+                state,
+            })
+        })
+        .collect()
 }
 
-/// Creates an empty stock row for `product_id` unless it exists.
-pub(crate) async fn ensure_stock(conn: &mut PgConnection, product_id: Uuid) -> sqlx::Result<()> {
+/// Creates an empty stock row for each of `product_ids` that has none.
+pub(crate) async fn ensure_stocks(
+    conn: &mut PgConnection,
+    product_ids: &[Uuid],
+) -> sqlx::Result<()> {
+    if product_ids.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
-        "INSERT INTO stock (product_id, total, reserved, version) VALUES ($1, 0, 0, 0)
+        "INSERT INTO stock (product_id, total, reserved, version)
+         SELECT id, 0, 0, 0 FROM unnest($1::uuid[]) AS p(id) ORDER BY id
          ON CONFLICT (product_id) DO NOTHING",
     )
-    .bind(product_id)
+    .bind(product_ids)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Writes a locked row's new figures and returns its new version (the old one plus one).
-pub(crate) async fn write_level(
+/// Writes locked rows' new figures, each row's version counting `changes` more.
+pub(crate) async fn write_levels(
     conn: &mut PgConnection,
-    product_id: Uuid,
-    level: Level,
-) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "UPDATE stock SET total = $2, reserved = $3, version = version + 1, updated_at = now()
-         WHERE product_id = $1 RETURNING version",
+    rows: &[(StockRow, i64)],
+) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let products: Vec<Uuid> = rows.iter().map(|(r, _)| r.product_id).collect();
+    let totals: Vec<i32> = rows.iter().map(|(r, _)| r.level.total).collect();
+    let reserved: Vec<i32> = rows.iter().map(|(r, _)| r.level.reserved).collect();
+    let changes: Vec<i64> = rows.iter().map(|&(_, c)| c).collect();
+    sqlx::query(
+        "UPDATE stock AS s
+         SET total = u.total, reserved = u.reserved, version = s.version + u.changes,
+             updated_at = now()
+         FROM unnest($1::uuid[], $2::int[], $3::int[], $4::bigint[])
+             AS u(product_id, total, reserved, changes)
+         WHERE s.product_id = u.product_id",
     )
-    .bind(product_id)
-    .bind(level.total)
-    .bind(level.reserved)
-    .fetch_one(conn)
-    .await
+    .bind(products)
+    .bind(totals)
+    .bind(reserved)
+    .bind(changes)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// One product's stock row, if any (no lock).
@@ -125,21 +163,36 @@ pub(crate) struct NewMovement {
     pub(crate) after: Level,
 }
 
-/// Records a movement.
-pub(crate) async fn record_movement(
+/// Records movements, in order.
+pub(crate) async fn record_movements(
     conn: &mut PgConnection,
-    movement: &NewMovement,
+    movements: &[NewMovement],
 ) -> sqlx::Result<()> {
-    let (delta_total, delta_reserved) = movement.before.delta_to(movement.after);
+    if movements.is_empty() {
+        return Ok(());
+    }
+    let mut products = Vec::with_capacity(movements.len());
+    let mut orders = Vec::with_capacity(movements.len());
+    let mut kinds = Vec::with_capacity(movements.len());
+    let mut totals = Vec::with_capacity(movements.len());
+    let mut reserved = Vec::with_capacity(movements.len());
+    for movement in movements {
+        let (delta_total, delta_reserved) = movement.before.delta_to(movement.after);
+        products.push(movement.product_id);
+        orders.push(movement.order_id);
+        kinds.push(movement.kind.as_str());
+        totals.push(delta_total);
+        reserved.push(delta_reserved);
+    }
     sqlx::query(
         "INSERT INTO movements (product_id, order_id, kind, delta_total, delta_reserved)
-         VALUES ($1, $2, $3, $4, $5)",
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::int[])",
     )
-    .bind(movement.product_id)
-    .bind(movement.order_id)
-    .bind(movement.kind.as_str())
-    .bind(delta_total)
-    .bind(delta_reserved)
+    .bind(products)
+    .bind(orders)
+    .bind(kinds)
+    .bind(totals)
+    .bind(reserved)
     .execute(conn)
     .await?;
     Ok(())
@@ -187,69 +240,51 @@ pub(crate) async fn movements(
         .collect())
 }
 
-/// Whether `order_id` has any reservation row, in any state.
-pub(crate) async fn has_reservations(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)")
-        .bind(order_id)
-        .fetch_one(conn)
-        .await
-}
-
-/// Inserts `RESERVED` rows for `order_id`.
+/// Inserts reservation rows `(order, product, quantity, state)`.
 pub(crate) async fn insert_reservations(
     conn: &mut PgConnection,
-    order_id: Uuid,
-    lines: &[(Uuid, i32)],
+    rows: &[(Uuid, Uuid, i32, ReservationState)],
 ) -> sqlx::Result<()> {
-    let (products, quantities): (Vec<Uuid>, Vec<i32>) = lines.iter().copied().unzip();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let orders: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let products: Vec<Uuid> = rows.iter().map(|r| r.1).collect();
+    let quantities: Vec<i32> = rows.iter().map(|r| r.2).collect();
+    let states: Vec<&str> = rows.iter().map(|r| r.3.as_str()).collect();
     sqlx::query(
         "INSERT INTO reservations (order_id, product_id, quantity, state)
-         SELECT $1, product_id, quantity, $4
-         FROM unnest($2::uuid[], $3::int[]) AS l(product_id, quantity)",
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[])",
     )
-    .bind(order_id)
+    .bind(orders)
     .bind(products)
     .bind(quantities)
-    .bind(ReservationState::Reserved.as_str())
+    .bind(states)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Locks `order_id`'s reservations in `state` and returns `(product_id, quantity)` in
-/// `product_id` order.
-pub(crate) async fn lock_reservations(
+/// Sets the state of locked reservation rows `(order, product, state)`.
+pub(crate) async fn set_reservations_states(
     conn: &mut PgConnection,
-    order_id: Uuid,
-    state: ReservationState,
-) -> sqlx::Result<Vec<(Uuid, i32)>> {
-    sqlx::query_as(
-        "SELECT product_id, quantity FROM reservations
-         WHERE order_id = $1 AND state = $2 ORDER BY product_id FOR UPDATE",
+    rows: &[(Uuid, Uuid, ReservationState)],
+) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let orders: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let products: Vec<Uuid> = rows.iter().map(|r| r.1).collect();
+    let states: Vec<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+    sqlx::query(
+        "UPDATE reservations AS r SET state = u.state, updated_at = now()
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS u(order_id, product_id, state)
+         WHERE r.order_id = u.order_id AND r.product_id = u.product_id",
     )
-    .bind(order_id)
-    .bind(state.as_str())
-    .fetch_all(conn)
-    .await
-}
-
-/// Moves `order_id`'s reservations from `from` to `to`.
-pub(crate) async fn set_reservations_state(
-    conn: &mut PgConnection,
-    order_id: Uuid,
-    from: ReservationState,
-    to: ReservationState,
-) -> sqlx::Result<u64> {
-    let result = sqlx::query(
-        "UPDATE reservations SET state = $3, updated_at = now() WHERE order_id = $1 AND state = $2",
-    )
-    .bind(order_id)
-    .bind(from.as_str())
-    .bind(to.as_str())
+    .bind(orders)
+    .bind(products)
+    .bind(states)
     .execute(conn)
     .await?;
-    Ok(result.rows_affected())
+    Ok(())
 }

@@ -7,6 +7,7 @@ use std::future::Future;
 use commerce_events::{Cause, DecodeError, Envelope, Event, Topics};
 use inbox::{Handler, HandlerError, Message};
 use sqlx::PgConnection;
+use tracing::Instrument as _;
 
 /// What a service writes to consume commerce events: what one event does, in the consumer's
 /// transaction (with the inbox record, the service's own rows and the events it publishes through
@@ -25,19 +26,28 @@ pub trait EventHandler: Send + Sync + 'static {
         envelope: Envelope,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
-    /// Locks, at the start of a batch, the rows its events share with other partitions'
-    /// batches, in one order (see [`Handler::lock_batch`]). The default locks nothing.
+    /// Applies a batch's fresh events, in partition order, each with its message (for its
+    /// `consume` span, [`Message::span`]). The default applies each with
+    /// [`handle`](Self::handle) in its span. Override it to apply the batch with set-based SQL,
+    /// and keep [`handle`](Self::handle) for one event (the runner uses it to isolate a poison
+    /// event); see [`Handler::handle_batch`].
     ///
     /// # Errors
     ///
-    /// As [`handle`](Self::handle).
-    fn lock_batch(
-        &self,
-        conn: &mut PgConnection,
-        envelopes: Vec<&Envelope>,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
-        let _ = (conn, envelopes);
-        async { Ok(()) }
+    /// As [`handle`](Self::handle), for the whole batch.
+    fn handle_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        batch: Vec<(Envelope, &'a Message)>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        async move {
+            for (envelope, message) in batch {
+                self.handle(&mut *conn, envelope)
+                    .instrument(message.span())
+                    .await?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -61,13 +71,12 @@ impl<H: EventHandler> Handler for Events<H> {
         self.0.handle(conn, envelope).await
     }
 
-    fn lock_batch(
-        &self,
-        conn: &mut PgConnection,
-        events: &[(Envelope, &Message)],
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
-        self.0
-            .lock_batch(conn, events.iter().map(|(envelope, _)| envelope).collect())
+    fn handle_batch<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        events: Vec<(Envelope, &'a Message)>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send + 'a {
+        self.0.handle_batch(conn, events)
     }
 }
 
@@ -130,15 +139,30 @@ pub async fn publish(
     cause: Option<Cause>,
     events: impl IntoIterator<Item = Event>,
 ) -> Result<(), outbox::Error> {
-    const CHUNK: usize = 500;
-    let rows: Vec<outbox::NewEvent> = events
+    let envelopes: Vec<Envelope> = events
         .into_iter()
         .map(|event| match cause {
             Some(cause) => event.caused_by(cause),
             None => event.into_envelope(),
         })
-        .map(|envelope| to_outbox(&envelope, topics))
         .collect();
+    let rows: Vec<outbox::NewEvent> = envelopes.iter().map(|e| to_outbox(e, topics)).collect();
+    enqueue(conn, &rows).await
+}
+
+/// Enqueues outbox events in order, at most 500 rows per statement, on the connection's
+/// transaction (what [`publish`] does once its envelopes are built; a set-based handler builds
+/// each with [`to_outbox`] in the span of the event that caused it, with
+/// [`outbox::NewEvent::with_trace_context`]).
+///
+/// # Errors
+///
+/// As [`publish`].
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    rows: &[outbox::NewEvent],
+) -> Result<(), outbox::Error> {
+    const CHUNK: usize = 500;
     for chunk in rows.chunks(CHUNK) {
         outbox::enqueue_many(conn, chunk).await?;
     }

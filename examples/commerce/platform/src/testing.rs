@@ -119,6 +119,37 @@ pub async fn deliver<H: EventHandler>(
         })
 }
 
+/// Delivers `envelopes` to `handler` as one batch of the consumer runner: records their event
+/// ids in the inbox in one statement, then applies the fresh ones in order with
+/// [`EventHandler::handle_batch`], in one transaction, which commits. Returns how many were
+/// fresh; a failure rolls everything back.
+///
+/// # Errors
+///
+/// A decoding error, a database error, or the handler's error.
+pub async fn try_deliver_batch<H: EventHandler>(
+    pool: &PgPool,
+    consumer: &str,
+    handler: &H,
+    envelopes: &[Envelope],
+) -> Result<usize, HandlerError> {
+    let messages: Vec<Message> = envelopes.iter().map(message).collect();
+    let ids: Vec<String> = envelopes.iter().map(|e| e.event_id.to_string()).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut tx = pool.begin().await?;
+    let fresh = inbox::receive_batch(&mut tx, consumer, &ids).await?;
+    let mut batch = Vec::new();
+    for (message, id) in messages.iter().zip(&ids) {
+        if fresh.contains(*id) {
+            batch.push((decode(message)?, message));
+        }
+    }
+    let applied = batch.len();
+    handler.handle_batch(&mut tx, batch).await?;
+    tx.commit().await?;
+    Ok(applied)
+}
+
 /// [`deliver`] of an event that must be fresh (its first delivery to `consumer`).
 ///
 /// # Panics

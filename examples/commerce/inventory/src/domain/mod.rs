@@ -350,6 +350,18 @@ impl ReservationState {
             ReservationState::Restocked => "RESTOCKED",
         }
     }
+
+    /// The state stored as `value` in the `state` column.
+    pub fn from_column(value: &str) -> Option<Self> {
+        [
+            ReservationState::Reserved,
+            ReservationState::Confirmed,
+            ReservationState::Released,
+            ReservationState::Restocked,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == value)
+    }
 }
 
 /// How a reservation moves on: `RESERVED` to `CONFIRMED` or `RELEASED`, `CONFIRMED` to
