@@ -54,4 +54,22 @@ impl EventHandler for OrderSaga {
         }
         Ok(())
     }
+
+    /// Locks the batch's orders in id order: batches of the inventory, payments and shipments
+    /// partitions move the same orders, and would otherwise lock them in different orders and
+    /// deadlock.
+    async fn lock_batch(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: Vec<&Envelope>,
+    ) -> Result<(), HandlerError> {
+        let mut orders: Vec<_> = envelopes
+            .iter()
+            .filter_map(|envelope| Input::from_event(&envelope.event).map(|(id, _)| id))
+            .collect();
+        orders.sort_unstable();
+        orders.dedup();
+        repo::lock_all(conn, &orders).await?;
+        Ok(())
+    }
 }

@@ -201,6 +201,23 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> Result<Option<Locked>> {
     }
 }
 
+/// Locks the live orders `ids` (`FOR UPDATE`), in id order, so that transactions locking several
+/// orders take them in one order.
+///
+/// # Errors
+///
+/// When the statement fails.
+pub async fn lock_all(conn: &mut PgConnection, ids: &[Uuid]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT 1 FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Writes `transition` to `orders` (`(id, customer_id)`, locked by the caller's transaction)
 /// and enqueues their announcements (`OrderConfirmed`, `OrderCompleted`, `OrderCancelled`), if it
 /// has one, caused by `cause` (the event the saga is applying; `None` for a request or a job).

@@ -161,4 +161,25 @@ impl EventHandler for Saga {
             _ => Ok(()),
         }
     }
+
+    /// Takes the batch's order locks in one order: batches of the inventory and the orders
+    /// partitions charge and refund the same orders, and would otherwise take them in different
+    /// orders and deadlock.
+    async fn lock_batch(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: Vec<&Envelope>,
+    ) -> Result<(), HandlerError> {
+        let orders: Vec<Uuid> = envelopes
+            .iter()
+            .filter_map(|envelope| match envelope.event {
+                Event::StockReserved { order_id, .. } | Event::OrderCancelled { order_id, .. } => {
+                    Some(order_id)
+                }
+                _ => None,
+            })
+            .collect();
+        repo::lock_orders(conn, &orders).await?;
+        Ok(())
+    }
 }

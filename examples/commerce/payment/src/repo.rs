@@ -63,13 +63,26 @@ fn payment(row: PaymentRow) -> Result<Payment, sqlx::Error> {
 /// cancellation of the same order, handled at the same time (they come from different topics,
 /// possibly on different instances), would otherwise both miss the other's uncommitted row.
 pub(crate) async fn lock_order(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Result<()> {
+    lock_orders(conn, &[order_id]).await
+}
+
+/// [`lock_order`] of each of `order_ids`, in one statement and in the order of their lock keys,
+/// so that transactions locking several orders take them in one order.
+pub(crate) async fn lock_orders(conn: &mut PgConnection, order_ids: &[Uuid]) -> sqlx::Result<()> {
+    if order_ids.is_empty() {
+        return Ok(());
+    }
     // Class 3 (payment saga) in the two-key advisory lock space; a hash collision only makes
     // two orders wait for each other.
-    sqlx::query("SELECT pg_advisory_xact_lock(3, hashtext($1::text))")
-        .bind(order_id)
-        .execute(conn)
-        .await
-        .map(drop)
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(3, key)
+         FROM (SELECT DISTINCT hashtext(id::text) AS key FROM unnest($1::uuid[]) AS o(id)) k
+         ORDER BY key",
+    )
+    .bind(order_ids)
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// Whether the order was cancelled.

@@ -26,6 +26,21 @@ pub trait EventHandler: Send + Sync + 'static {
         envelope: Envelope,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
+    /// Locks, at the start of a batch, the rows its events share with other partitions'
+    /// batches, in one order (see [`Handler::lock_batch`]). The default locks nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`handle`](Self::handle).
+    fn lock_batch(
+        &self,
+        conn: &mut PgConnection,
+        envelopes: Vec<&Envelope>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        let _ = (conn, envelopes);
+        async { Ok(()) }
+    }
+
     /// Applies a batch's fresh events, in partition order, each with its message (for its
     /// `consume` span, [`Message::span`]). The default applies each with
     /// [`handle`](Self::handle) in its span. Override it to apply the batch with set-based SQL,
@@ -69,6 +84,15 @@ impl<H: EventHandler> Handler for Events<H> {
         _message: &Message,
     ) -> Result<(), HandlerError> {
         self.0.handle(conn, envelope).await
+    }
+
+    fn lock_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[(Envelope, &Message)],
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send {
+        self.0
+            .lock_batch(conn, events.iter().map(|(envelope, _)| envelope).collect())
     }
 
     fn handle_batch<'a>(
