@@ -30,7 +30,7 @@ impl Error {
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Lease(e) => e.is_retriable(),
-            Error::Database(e) => leases::is_retriable_db_error(e),
+            Error::Database(e) => leases::retry::is_retriable_db_error(e),
             Error::InvalidConfig(_) | Error::Corrupt(_) => false,
         }
     }

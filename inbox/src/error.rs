@@ -26,7 +26,7 @@ impl Error {
     /// (serialization failure, deadlock, lost connection, pool timeout, server shutdown).
     pub fn is_retriable(&self) -> bool {
         match self {
-            Error::Database(e) => leases::is_retriable_db_error(e),
+            Error::Database(e) => leases::retry::is_retriable_db_error(e),
             Error::InvalidConfig(_) | Error::Kafka(_) => false,
         }
     }

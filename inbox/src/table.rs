@@ -180,7 +180,7 @@ pub async fn purge(pool: &PgPool, older_than: Duration, batch_size: u32) -> Resu
             "purge batch size must be greater than zero".into(),
         ));
     }
-    let older_than = leases::interval(older_than);
+    let older_than = leases::pg::interval(older_than);
     let mut total = 0;
     loop {
         let deleted = sqlx::query(PURGE.as_str())
@@ -213,7 +213,7 @@ pub async fn purge(pool: &PgPool, older_than: Duration, batch_size: u32) -> Resu
 /// [`Error::Database`] when the statement fails.
 pub async fn count_purgeable(pool: &PgPool, older_than: Duration) -> Result<u64> {
     let count: i64 = sqlx::query_scalar(COUNT_PURGEABLE.as_str())
-        .bind(leases::interval(older_than))
+        .bind(leases::pg::interval(older_than))
         .fetch_one(pool)
         .await?;
     Ok(u64::try_from(count).unwrap_or_default())

@@ -71,29 +71,6 @@ impl Clock for ManualClock {
     }
 }
 
-/// A duration as a PostgreSQL `interval`: the one way this toolkit binds a duration (bind it and
-/// write `$n::interval` in the statement). Exact to the microsecond, PostgreSQL's precision
-/// (anything finer is dropped), and capped at a century, so `now() ± interval` is always a valid
-/// timestamp.
-///
-/// ```
-/// use std::time::Duration;
-///
-/// let ttl = leases::interval(Duration::from_millis(1500));
-/// assert_eq!((ttl.months, ttl.days, ttl.microseconds), (0, 0, 1_500_000));
-/// assert_eq!(leases::interval(Duration::MAX), leases::interval(Duration::from_secs(100 * 366 * 86_400)));
-/// ```
-pub fn interval(d: Duration) -> PgInterval {
-    const CENTURY_MICROS: i64 = 100 * 366 * 24 * 60 * 60 * 1_000_000;
-    PgInterval {
-        months: 0,
-        days: 0,
-        microseconds: i64::try_from(d.as_micros())
-            .unwrap_or(i64::MAX)
-            .min(CENTURY_MICROS),
-    }
-}
-
 /// `d` as an interval, refused when zero (ttls).
 pub(crate) fn positive_interval(what: &str, d: Duration) -> crate::Result<PgInterval> {
     if d.is_zero() {
@@ -101,5 +78,5 @@ pub(crate) fn positive_interval(what: &str, d: Duration) -> crate::Result<PgInte
             "{what} must be greater than zero"
         )));
     }
-    Ok(interval(d))
+    Ok(crate::pg::interval(d))
 }

@@ -34,28 +34,11 @@ impl Error {
     /// refused connections, pool timeouts and server shutdowns.
     pub fn is_retriable(&self) -> bool {
         match self {
-            Error::Database(e) => is_retriable_db_error(e),
+            Error::Database(e) => crate::retry::is_retriable_db_error(e),
             Error::InvalidIdentifier { .. }
             | Error::InvalidConfig(_)
             | Error::InvalidStatement(_) => false,
         }
-    }
-}
-
-/// Whether a database error is transient: the classification behind [`Error::is_retriable`], for
-/// crates that run their own statements next to leases.
-pub fn is_retriable_db_error(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 40001 serialization_failure, 40P01 deadlock_detected, 08xxx connection exceptions,
-            // 57P01..57P03 admin/crash shutdown and cannot_connect_now, 53300 too_many_connections.
-            code == "40001"
-                || code == "40P01"
-                || code.starts_with("08")
-                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
-        }),
-        _ => false,
     }
 }
 

@@ -10,7 +10,8 @@ use sqlx::postgres::PgArguments;
 use sqlx::{Arguments as _, Postgres};
 
 use crate::Result;
-use crate::clock::{interval, positive_interval};
+use crate::clock::positive_interval;
+use crate::pg::interval;
 use crate::row::{Lease, LeaseId, RowLeases};
 use crate::sql::{self, Binds, Sql};
 use crate::statements::{self, KeyClaim};

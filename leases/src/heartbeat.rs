@@ -8,7 +8,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::row::{Lease, LeaseId, RowLeases};
-use crate::{Background, Error, Result};
+use crate::task::Background;
+use crate::{Error, Result};
 
 /// Renews a set of row leases every `every` until stopped, and reports the ones it lost.
 ///

@@ -9,7 +9,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::named::{NamedLease, NamedLeases};
-use crate::{Background, Error, Result};
+use crate::task::Background;
+use crate::{Error, Result};
 
 /// Keeps trying to hold the named lease `name` and renews it while held: leader election.
 ///

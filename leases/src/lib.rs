@@ -13,11 +13,14 @@
 //!   and number their own parameters from `$1` ([`Sql`], [`Binds`]): a fragment whose
 //!   parameters do not match its values is refused when the statement is built.
 //! - **Heartbeats** ([`Heartbeat`]) renew row leases while long work runs and report the ones lost.
-//! - **[`Background`]**: how every long-running task of this toolkit (relays, consumer runners,
-//!   heartbeats, lease keepers) runs and stops: graceful `shutdown().await`, crash-like `abort()`,
-//!   built on tokio-util's [`CancellationToken`].
 //! - **Named leases** ([`NamedLeases`], [`LeaseKeeper`]): one row per name for singleton jobs and
 //!   leader election, with the same fencing.
+//!
+//! Every crate of the toolkit depends on this one, so it also carries three small modules that
+//! are not about leases: [`task`] ([`Background`](task::Background): how every long-running task
+//! of the toolkit, relays, consumer runners, heartbeats, lease keepers, runs and stops),
+//! [`retry`] ([`Backoff`](retry::Backoff) and [`is_retriable_db_error`](retry::is_retriable_db_error))
+//! and [`pg`] ([`interval`](pg::interval), how a duration is bound).
 //!
 //! # Quick start
 //!
@@ -104,8 +107,6 @@
 
 #![forbid(unsafe_code)]
 
-mod background;
-mod backoff;
 mod clock;
 mod cursor;
 mod error;
@@ -113,15 +114,16 @@ mod fenced;
 mod heartbeat;
 mod keeper;
 mod named;
+pub mod pg;
+pub mod retry;
 mod row;
 mod sql;
 mod statements;
 mod table;
+pub mod task;
 
-pub use background::Background;
-pub use backoff::Backoff;
-pub use clock::{Clock, DatabaseClock, ManualClock, interval};
-pub use error::{Error, Result, is_retriable_db_error};
+pub use clock::{Clock, DatabaseClock, ManualClock};
+pub use error::{Error, Result};
 pub use fenced::FencedQuery;
 pub use heartbeat::Heartbeat;
 pub use keeper::LeaseKeeper;
@@ -130,7 +132,6 @@ pub use row::{Lease, LeaseId, RowLeases};
 pub use sql::{Binds, Sql};
 pub use statements::KeyClaim;
 pub use table::{Completion, TableSpec, TableSpecBuilder};
-pub use tokio_util::sync::CancellationToken;
 
 /// The crate's migrations: the `leases_named` table for named leases. Row leases live in the
 /// user's own tables (see [`TableSpec`]).

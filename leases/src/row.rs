@@ -9,8 +9,9 @@ use sqlx::postgres::types::PgInterval;
 use sqlx::postgres::{PgArguments, PgHasArrayType, PgRow};
 use sqlx::{Arguments as _, AssertSqlSafe, FromRow, PgExecutor, Postgres, Row};
 
-use crate::clock::{Clock, DatabaseClock, interval, positive_interval};
+use crate::clock::{Clock, DatabaseClock, positive_interval};
 use crate::cursor::ClaimCursor;
+use crate::pg::interval;
 use crate::sql::Binds;
 use crate::statements::Statements;
 use crate::table::TableSpec;

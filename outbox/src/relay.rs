@@ -22,7 +22,7 @@ use crate::health::RelayMonitor;
 use crate::publisher::{Event, PublishError, Publisher};
 use crate::table::{self, dead_letters::Burial};
 use crate::{Error, Result};
-use leases::{Background, CancellationToken};
+use leases::task::{Background, CancellationToken};
 
 /// What one batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use leases::{Background, CancellationToken};
+use leases::task::{Background, CancellationToken};
 use sqlx::PgPool;
 
 use crate::{Result, table};

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use leases::Backoff;
+use leases::retry::Backoff;
 use rdkafka::ClientConfig;
 
 /// How a [`Consumer`](crate::Consumer) runs. Every setter documents its default.

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use leases::{Background, CancellationToken};
+use leases::task::{Background, CancellationToken};
 
 /// Counts of what a consumer did since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -114,7 +114,7 @@ impl std::error::Error for HandlerError {}
 /// any other (a constraint violation, a missing table) is permanent.
 impl From<sqlx::Error> for HandlerError {
     fn from(error: sqlx::Error) -> Self {
-        if leases::is_retriable_db_error(&error) {
+        if leases::retry::is_retriable_db_error(&error) {
             Self::retriable(error)
         } else {
             Self::permanent(error)

@@ -24,7 +24,7 @@ use context::{RunnerContext, commit};
 pub use handle::{ConsumerHandle, ConsumerMonitor, ConsumerStats};
 use handle::{Counters, sleep_or_stop};
 pub use handler::{DeadLetterReason, Handler, HandlerError};
-use leases::{Background, CancellationToken};
+use leases::task::{Background, CancellationToken};
 pub use message::Message;
 use partition::Workers;
 
@@ -56,7 +56,7 @@ use crate::{Error, Result};
 ///
 /// Failures stay as precise as one message per transaction: a
 /// [retriable](HandlerError::retriable) one (a transient database error, a dependency down)
-/// rolls back and applies the same batch again after a backoff (a [`leases::Backoff`]): the
+/// rolls back and applies the same batch again after a backoff (a [`leases::retry::Backoff`]): the
 /// partition waits, so order is kept. A permanent one (cannot decode, unknown event type, no
 /// event id, the handler [refuses](HandlerError::permanent) an event) rolls the batch back, and
 /// the worker applies it again one message at a time, each with its own transaction and

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use leases::CancellationToken;
+use leases::task::CancellationToken;
 use rdkafka::consumer::Consumer as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;

@@ -207,7 +207,7 @@ async fn configured(config: ConsumerConfig, topic: &str, dead_letters: &str) -> 
         .dead_letter_topic(dead_letters)
         .dead_letter_producer(testkit::kafka::producer_config().await)
         .backoff(
-            leases::Backoff::new(
+            leases::retry::Backoff::new(
                 Duration::from_millis(10),
                 Duration::from_millis(100),
                 u32::MAX,

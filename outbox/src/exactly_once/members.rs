@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use leases::{CancellationToken, LeaseKeeper};
+use leases::LeaseKeeper;
+use leases::task::CancellationToken;
 use tokio::sync::watch;
 
 use super::shard::Shared;

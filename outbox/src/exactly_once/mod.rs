@@ -165,7 +165,8 @@ mod shard;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leases::{Backoff, NamedLeases};
+use leases::NamedLeases;
+use leases::retry::Backoff;
 use rdkafka::ClientConfig;
 use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
@@ -173,7 +174,7 @@ use tokio::task::JoinSet;
 
 use crate::relay::{listen, notified};
 use crate::{Background, Error, RelayMonitor, Result, Retention};
-use leases::CancellationToken;
+use leases::task::CancellationToken;
 
 /// The largest [`ExactlyOnceConfig::batch_size`].
 const MAX_BATCH: u32 = 10_000;

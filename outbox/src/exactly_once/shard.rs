@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::join_all;
-use leases::{CancellationToken, LeaseKeeper, NamedLease, NamedLeases};
+use leases::task::CancellationToken;
+use leases::{LeaseKeeper, NamedLease, NamedLeases};
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer as _};

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use leases::Backoff;
+use leases::retry::Backoff;
 
 /// What happens to a published event's row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -89,7 +89,7 @@ static COUNT_PURGEABLE: LazyLock<String> =
 /// another purge has locked are skipped). Returns how many it deleted.
 pub(crate) async fn purge(pool: &PgPool, older_than: Duration, limit: u32) -> Result<u64> {
     Ok(sqlx::query(PURGE.as_str())
-        .bind(leases::interval(older_than))
+        .bind(leases::pg::interval(older_than))
         .bind(i64::from(limit))
         .execute(pool)
         .await?
@@ -99,7 +99,7 @@ pub(crate) async fn purge(pool: &PgPool, older_than: Duration, limit: u32) -> Re
 /// How many events [`purge`] would delete now, with the same `older_than`.
 pub(crate) async fn count_purgeable(pool: &PgPool, older_than: Duration) -> Result<u64> {
     let count: i64 = sqlx::query_scalar(COUNT_PURGEABLE.as_str())
-        .bind(leases::interval(older_than))
+        .bind(leases::pg::interval(older_than))
         .fetch_one(pool)
         .await?;
     Ok(u64::try_from(count).unwrap_or_default())

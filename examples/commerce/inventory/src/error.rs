@@ -31,7 +31,7 @@ impl Error {
     /// failure, lost connection, pool timeout).
     pub fn is_retriable(&self) -> bool {
         match self {
-            Error::Database(e) => leases::is_retriable_db_error(e),
+            Error::Database(e) => leases::retry::is_retriable_db_error(e),
             Error::Outbox(e) => e.is_retriable(),
             Error::Contention(_) => true,
             Error::Stock(_) => false,

@@ -124,7 +124,7 @@ pub(crate) fn level_changed(row: &StockRow) -> Event {
 ///
 /// # Errors
 ///
-/// [`Error::Database`] or [`Error::Outbox`] when a statement fails; nothing is enqueued then.
+/// [`Error::Database`](crate::Error::Database) or [`Error::Outbox`](crate::Error::Outbox) when a statement fails; nothing is enqueued then.
 pub async fn publish_snapshot(pool: &PgPool, topics: &Topics) -> Result<u64> {
     let mut tx = pool.begin().await?;
     let rows = repo::all_stock_shared(&mut tx).await?;

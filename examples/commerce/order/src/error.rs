@@ -25,7 +25,7 @@ impl Error {
     /// Whether trying again may succeed (a transient database failure).
     pub fn is_retriable(&self) -> bool {
         match self {
-            Error::Database(e) => leases::is_retriable_db_error(e),
+            Error::Database(e) => leases::retry::is_retriable_db_error(e),
             Error::Outbox(e) => e.is_retriable(),
             Error::Lease(e) => e.is_retriable(),
         }

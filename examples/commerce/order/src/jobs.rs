@@ -11,7 +11,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use commerce_events::Topics;
-use leases::{Background, CancellationToken, LeaseKeeper, NamedLeases};
+use leases::task::{Background, CancellationToken};
+use leases::{LeaseKeeper, NamedLeases};
 use sqlx::PgPool;
 
 use crate::repo;

@@ -330,7 +330,7 @@ pub async fn expire_reservations(
              WHERE state = 'RESERVED' AND reserved_at < now() - $1::interval
              ORDER BY reserved_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
-        .bind(leases::interval(timeout))
+        .bind(leases::pg::interval(timeout))
         .bind(chunk)
         .fetch_all(&mut *tx)
         .await?;
@@ -365,7 +365,7 @@ pub async fn archive_finished(pool: &PgPool, older_than: Duration, chunk: i64) -
                AND updated_at < now() - $1::interval
              ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
-        .bind(leases::interval(older_than))
+        .bind(leases::pg::interval(older_than))
         .bind(chunk)
         .fetch_all(&mut *tx)
         .await?;

@@ -329,7 +329,7 @@ async fn through_a_consumer_a_duplicate_is_skipped_and_poison_dead_lettered() {
         .dead_letter_topic(&dead_letters)
         .dead_letter_producer(testkit::kafka::producer_config().await)
         .backoff(
-            leases::Backoff::new(
+            leases::retry::Backoff::new(
                 Duration::from_millis(50),
                 Duration::from_millis(500),
                 u32::MAX,

@@ -64,7 +64,7 @@ impl ApiError {
 /// serialization failure) is a 503 the client may retry; anything else is a 500.
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        if leases::is_retriable_db_error(&e) {
+        if leases::retry::is_retriable_db_error(&e) {
             tracing::warn!(error = %e, "database busy or unavailable");
             ApiError::Unavailable("the database is busy or unavailable; retry later".into())
         } else {

@@ -296,7 +296,7 @@ impl PostgresStore {
                 .bind(key.route.clone())
                 .bind(key.key.as_str().to_owned())
                 .bind(fingerprint.as_bytes().to_vec())
-                .bind(leases::interval(retention))
+                .bind(leases::pg::interval(retention))
                 .bind(if synchronous { "on" } else { "off" });
             let acquired = self
                 .leases
@@ -448,7 +448,7 @@ impl TransactionalStore for PostgresStore {
             .bind(&key.route)
             .bind(key.key.as_str())
             .bind(fingerprint.as_bytes().as_slice())
-            .bind(leases::interval(retention))
+            .bind(leases::pg::interval(retention))
             .bind(i32::from(response.status.as_u16()))
             .bind(names)
             .bind(values)

@@ -1,5 +1,8 @@
-//! [`Backoff`]: exponential backoff with full jitter, and the attempt limit: when a released
-//! lease may be claimed again, and when a consumer retries a message.
+//! Retrying: [`Backoff`] (exponential backoff with full jitter, and the attempt limit: when a
+//! released lease may be claimed again, when a consumer retries a message) and
+//! [`is_retriable_db_error`] (which database errors are worth a retry). Not about leases: they
+//! live here because every crate of the toolkit depends on this one (`outbox` re-exports
+//! [`Backoff`]).
 
 use std::time::Duration;
 
@@ -12,7 +15,7 @@ use crate::{Error, Result};
 ///
 /// ```
 /// use std::time::Duration;
-/// use leases::Backoff;
+/// use leases::retry::Backoff;
 ///
 /// let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(60), 10)?;
 /// assert!(backoff.delay(3) <= Duration::from_millis(400));
@@ -70,6 +73,23 @@ impl Backoff {
     /// A random delay in `[0, ceiling(attempt)]`.
     pub fn delay(&self, attempt: u32) -> Duration {
         self.ceiling(attempt).mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Whether a database error is transient: the classification behind [`Error::is_retriable`], for
+/// crates that run their own statements next to leases.
+pub fn is_retriable_db_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 40001 serialization_failure, 40P01 deadlock_detected, 08xxx connection exceptions,
+            // 57P01..57P03 admin/crash shutdown and cannot_connect_now, 53300 too_many_connections.
+            code == "40001"
+                || code == "40P01"
+                || code.starts_with("08")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
     }
 }
 

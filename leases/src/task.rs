@@ -1,9 +1,13 @@
-//! [`Background`]: how every long-running part of this toolkit runs and stops.
+//! How every long-running part of this toolkit runs and stops: [`Background`] over tokio-util's
+//! [`CancellationToken`]. Not about leases: it lives here because every crate of the toolkit
+//! depends on this one (`outbox` re-exports it).
 
 use std::future::Future;
 
 use tokio::task::JoinHandle;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::DropGuard;
+
+pub use tokio_util::sync::CancellationToken;
 
 /// A task running in the background: a relay, a consumer runner, a lease keeper, a heartbeat, a
 /// service's job. Every one stops the same two ways:
@@ -18,7 +22,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 ///
 /// ```
 /// use std::time::Duration;
-/// use leases::Background;
+/// use leases::task::Background;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let ticker = Background::spawn(|stop| async move {
