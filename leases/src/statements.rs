@@ -337,13 +337,7 @@ pub(crate) fn release(t: &TableSpec, set: &str) -> String {
 /// Finishes held leases as the table's [`Completion`] says, also setting `set` (only a kept row
 /// has columns left to set).
 pub(crate) fn complete(t: &TableSpec, set: &str) -> Result<String> {
-    let TableSpec {
-        table,
-        id,
-        expires_at,
-        next_attempt_at,
-        ..
-    } = t;
+    let TableSpec { table, id, .. } = t;
     match t.completion {
         Completion::Delete if set.trim().is_empty() => Ok(format!(
             "DELETE FROM {table} AS t {} RETURNING t.{id}",
@@ -353,18 +347,7 @@ pub(crate) fn complete(t: &TableSpec, set: &str) -> Result<String> {
             "completing with columns to set needs a table with Completion::Keep".into(),
         )),
         Completion::Keep => {
-            let never_due = format!("{next_attempt_at} = NULL");
-            let stamp = t
-                .completed_at
-                .as_ref()
-                .map(|column| format!("{column} = {NOW_HELD}"))
-                .unwrap_or_default();
-            let sets = assignments(&[
-                &format!("{expires_at} = NULL"),
-                if t.scheduled { &never_due } else { "" },
-                &stamp,
-                set,
-            ]);
+            let sets = assignments(&[&t.finished(NOW_HELD), set]);
             Ok(format!(
                 "UPDATE {table} AS t SET {sets} {} RETURNING t.{id}",
                 held(t)

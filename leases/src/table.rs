@@ -129,6 +129,33 @@ impl TableSpec {
         let expires_at = &self.expires_at;
         format!("({expires_at} IS NULL OR {expires_at} <= {now})")
     }
+
+    /// The SQL assignments that finish a row the way [`Completion::Keep`] does: its expiry
+    /// cleared, never due again (in a scheduled table), its completed-at column (if any) set to
+    /// `now`. For statements that finish rows under another kind of lock than a row lease (a
+    /// named lease held over a shard of the table). `now` as in [`leased_at`](Self::leased_at).
+    ///
+    /// ```
+    /// let spec = leases::TableSpec::builder("jobs")
+    ///     .completion(leases::Completion::Keep)
+    ///     .completed_at_column("done_at")
+    ///     .build()?;
+    /// assert_eq!(
+    ///     spec.finished("now()"),
+    ///     "\"lease_expires_at\" = NULL, \"next_attempt_at\" = NULL, \"done_at\" = now()"
+    /// );
+    /// # Ok::<(), leases::Error>(())
+    /// ```
+    pub fn finished(&self, now: &str) -> String {
+        let mut sets = vec![format!("{} = NULL", self.expires_at)];
+        if self.scheduled {
+            sets.push(format!("{} = NULL", self.next_attempt_at));
+        }
+        if let Some(column) = &self.completed_at {
+            sets.push(format!("{column} = {now}"));
+        }
+        sets.join(", ")
+    }
 }
 
 /// Builds a [`TableSpec`]; every name is checked by [`build`](Self::build).

@@ -12,10 +12,9 @@
 //! - [`status`]: the reads that count the backlog, the leases and the dead letters (the relay's
 //!   gauges and [`status`](crate::status)).
 //!
-//! Lease liveness is never written here: [`leases::TableSpec::leased_at`] and
-//! [`leases::TableSpec::free_at`] say it, over [`spec`]. The one lease column written outside
-//! `leases` is `lease_expires_at = NULL` in the exactly-once relay's mark of kept rows (which
-//! holds no row lease), the same clearing as [`leases::Completion::Keep`].
+//! Lease columns are never written here: [`leases::TableSpec::leased_at`] and
+//! [`leases::TableSpec::free_at`] say whether a lease is live, and the exactly-once relay (which
+//! holds no row lease) finishes kept rows with [`leases::TableSpec::finished`], over [`kept`].
 
 pub(crate) mod dead_letters;
 pub(crate) mod events;
@@ -23,10 +22,18 @@ pub(crate) mod relay;
 pub(crate) mod shard;
 pub(crate) mod status;
 
-use leases::{TableSpec, TableSpecBuilder};
+use leases::{Completion, TableSpec, TableSpecBuilder};
 
 /// `outbox_events` and its lease columns, as every statement on the table's leases names them
 /// (the default relay's claims, the gauges' and [`status`](crate::status)' lease counts).
 pub(crate) fn spec() -> TableSpecBuilder {
     TableSpec::builder("outbox_events").id_column("seq")
+}
+
+/// [`spec`] of a table whose published rows are kept ([`Retention::Keep`](crate::Retention)):
+/// finished with `published_at` set.
+pub(crate) fn kept() -> TableSpecBuilder {
+    spec()
+        .completion(Completion::Keep)
+        .completed_at_column("published_at")
 }

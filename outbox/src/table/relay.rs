@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use leases::{Completion, Lease, RowLeases, Sql};
+use leases::{Lease, RowLeases, Sql};
 use sqlx::PgPool;
 
 use crate::{RelayConfig, Result, Retention};
@@ -14,14 +14,12 @@ use crate::{RelayConfig, Result, Retention};
 /// aggregate when it keeps per-aggregate order, published rows kept with `published_at` under
 /// [`Retention::Keep`].
 pub(crate) fn leases(config: &RelayConfig) -> Result<RowLeases> {
-    let mut spec = super::spec();
+    let mut spec = match config.retention {
+        Retention::Delete => super::spec(),
+        Retention::Keep => super::kept(),
+    };
     if config.ordered {
         spec = spec.group_columns(&["aggregate_type", "aggregate_id"]);
-    }
-    if config.retention == Retention::Keep {
-        spec = spec
-            .completion(Completion::Keep)
-            .completed_at_column("published_at");
     }
     let mut leases = RowLeases::new(&spec.build()?, config.owner.clone());
     if let Some(rescan) = config.claim_cursor {

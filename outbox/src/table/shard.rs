@@ -3,6 +3,8 @@
 //! [`NamedLeases::fenced_query`]. (The move of a poison event to the dead letters is in
 //! [`dead_letters`](super::dead_letters).)
 
+use std::sync::LazyLock;
+
 use leases::{NamedLease, NamedLeases, Sql};
 use sqlx::PgPool;
 use sqlx::postgres::PgRow;
@@ -37,15 +39,22 @@ const MARK_DELETE: &str = "WITH marked AS (
         WHERE e.seq = published.seq AND e.id = published.id AND e.next_attempt_at IS NOT NULL
         RETURNING 1)
      SELECT EXISTS (SELECT FROM lease_held), (SELECT count(*) FROM marked)";
-/// As [`MARK_DELETE`], keeping the rows with `published_at` set, as
-/// [`Completion::Keep`](leases::Completion::Keep) keeps them.
-const MARK_KEEP: &str = "WITH marked AS (
-        UPDATE outbox_events e SET published_at = now(), next_attempt_at = NULL,
-            lease_expires_at = NULL
-        FROM lease_held, unnest($1::bigint[], $2::uuid[]) AS published (seq, id)
-        WHERE e.seq = published.seq AND e.id = published.id AND e.next_attempt_at IS NOT NULL
-        RETURNING 1)
-     SELECT EXISTS (SELECT FROM lease_held), (SELECT count(*) FROM marked)";
+/// As [`MARK_DELETE`], keeping the rows, finished as
+/// [`Completion::Keep`](leases::Completion::Keep) finishes them ([`super::kept`]).
+static MARK_KEEP: LazyLock<String> = LazyLock::new(|| {
+    let finished = super::kept()
+        .build()
+        .expect("the outbox table's names are valid identifiers")
+        .finished("now()");
+    format!(
+        "WITH marked AS (
+            UPDATE outbox_events e SET {finished}
+            FROM lease_held, unnest($1::bigint[], $2::uuid[]) AS published (seq, id)
+            WHERE e.seq = published.seq AND e.id = published.id AND e.next_attempt_at IS NOT NULL
+            RETURNING 1)
+         SELECT EXISTS (SELECT FROM lease_held), (SELECT count(*) FROM marked)"
+    )
+});
 
 /// Reads up to `limit` of `shard`'s oldest unpublished events, in `seq` order. Takes no lease:
 /// the shard's lease covers them.
@@ -71,7 +80,7 @@ pub(crate) async fn mark(
 ) -> Result<Option<i64>> {
     let statement = match retention {
         Retention::Delete => MARK_DELETE,
-        Retention::Keep => MARK_KEEP,
+        Retention::Keep => MARK_KEEP.as_str(),
     };
     let statement = Sql::new(statement).bind(seqs.to_vec()).bind(ids.to_vec());
     let (held, marked): (bool, i64) = named
@@ -83,4 +92,14 @@ pub(crate) async fn mark(
         .fetch_one(pool)
         .await?;
     Ok(held.then_some(marked))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_kept_mark_finishes_rows_as_the_leases_keep_completion_does() {
+        assert!(super::MARK_KEEP.contains(
+            "SET \"lease_expires_at\" = NULL, \"next_attempt_at\" = NULL, \"published_at\" = now()"
+        ));
+    }
 }
