@@ -42,6 +42,9 @@ fn security_rejects_bad_tokens_wrong_roles_bad_keys_and_other_peoples_orders() {
                 .expect("reply");
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
             assert_eq!(body["status"], 401);
+            // RFC 9457's `instance`: which request this answers, and when.
+            assert_eq!(body["instance"], path.as_str(), "{body}");
+            assert!(body["timestamp"].is_string(), "{body}");
         }
         let body = json!({"sku": "X", "name": "x", "description": "x", "price_cents": 1});
         let (status, _) = c
@@ -191,5 +194,80 @@ fn a_stock_add_sent_ten_times_at_once_with_one_key_adds_once() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
         assert_eq!(world.stock(product).await["total"], 7);
         world.served_stock_converges(product, 7).await;
+    });
+}
+
+#[test]
+fn over_a_rate_limit_the_answer_is_429_with_retry_after() {
+    run(async {
+        let mut config = small(config().await);
+        config.rate_limits = RateLimits {
+            per_address: Some(Rate {
+                per_second: 1,
+                burst: 8,
+            }),
+            per_user: Some(Rate {
+                per_second: 1,
+                burst: 2,
+            }),
+        };
+        let stack = Stack::start_only(&config, &[Service::Order])
+            .await
+            .expect("the order service starts");
+        let c = Client::new(&stack.config);
+        let (alice, bob) = (c.token("alice", &[]), c.token("bob", &[]));
+        let post = |token: &str| {
+            c.request(Method::POST, "order", "/api/v1/orders", Some(token))
+                .header("Idempotency-Key", Uuid::new_v4().to_string())
+                .json(&json!({"lines": []}))
+        };
+        // Per user, on writes: two at once, then one a second.
+        let mut answers = Vec::new();
+        for _ in 0..6 {
+            let reply = post(&alice).send().await.expect("reply");
+            let retry_after = reply.headers().get("retry-after").cloned();
+            let status = reply.status();
+            let body: Value = reply.json().await.expect("problem+json");
+            answers.push((status, retry_after, body));
+        }
+        assert!(
+            answers[..2]
+                .iter()
+                .all(|(status, ..)| *status == StatusCode::BAD_REQUEST),
+            "{answers:?}"
+        );
+        let (_, retry_after, problem) = answers
+            .iter()
+            .find(|(status, ..)| *status == StatusCode::TOO_MANY_REQUESTS)
+            .expect("alice's writes are limited");
+        assert_eq!(problem["code"], "too-many-requests", "{problem}");
+        assert_eq!(problem["instance"], "/api/v1/orders", "{problem}");
+        let retry_after: u64 = retry_after
+            .as_ref()
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse().ok())
+            .expect("Retry-After in seconds");
+        assert!(retry_after >= 1);
+        // Another user's writes have a bucket of their own.
+        let (status, _) = c.send(post(&bob)).await.expect("reply");
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // Per address, on every request: reads too, whoever sends them.
+        let mut refused = false;
+        for _ in 0..20 {
+            let (status, _) = c
+                .send(c.request(Method::GET, "order", "/api/v1/orders", Some(&bob)))
+                .await
+                .expect("reply");
+            refused |= status == StatusCode::TOO_MANY_REQUESTS;
+        }
+        assert!(refused, "the address's requests are limited");
+        // The operations routes are not.
+        let (status, _) = c
+            .send(c.request(Method::GET, "order", "/health", None))
+            .await
+            .expect("reply");
+        assert_eq!(status, StatusCode::OK);
+        stack.discard().await.expect("databases dropped");
     });
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 use commerce_launcher::client::Client;
 use commerce_launcher::{Service, Stack};
 use commerce_platform::Config;
+use commerce_platform::limits::{Rate, RateLimits};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -70,6 +71,8 @@ async fn config() -> Config {
     config.reservation_timeout = Duration::from_secs(15);
     // The stacks of this binary share the server's 100 connections (see `small`).
     config.db_pool_size = 6;
+    // The tests run at once, all from one address; one test turns the limits on.
+    config.rate_limits = RateLimits::off();
     config
 }
 

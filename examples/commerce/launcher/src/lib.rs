@@ -124,8 +124,8 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Creates the topics and starts the services. The order service starts last, told where the
-    /// product service really listens.
+    /// Creates the topics and starts the services, in [`Service::ALL`]'s order; the stack's
+    /// configuration records where each really listens.
     ///
     /// # Errors
     ///
@@ -134,9 +134,8 @@ impl Stack {
         Self::start_only(config, &Service::ALL).await
     }
 
-    /// Creates the topics and starts `services`, in the order given (the order service needs the
-    /// product service started before it). A stack without shipping keeps paid orders
-    /// `CONFIRMED`, for tests of what happens before an order ships.
+    /// Creates the topics and starts `services`, in the order given. A stack without shipping
+    /// keeps paid orders `CONFIRMED`, for tests of what happens before an order ships.
     ///
     /// # Errors
     ///

@@ -1,5 +1,6 @@
 //! Configuration from environment variables, with defaults that work with `scripts/services`.
 
+use crate::limits::RateLimits;
 use anyhow::Context;
 use axum::http::{HeaderValue, Uri};
 use std::net::SocketAddr;
@@ -44,6 +45,9 @@ pub struct Config {
     /// from a browser, comma-separated (`https://shop.example,http://localhost:3000`). With none,
     /// browsers refuse every cross-origin call.
     pub cors_origins: Vec<HeaderValue>,
+    /// `COMMERCE_RATE_PER_ADDRESS`, `COMMERCE_RATE_PER_USER`: the public routes' rate limits
+    /// ([`RateLimits::from_vars`]).
+    pub rate_limits: RateLimits,
 }
 
 /// Where each service listens.
@@ -79,6 +83,7 @@ impl std::fmt::Debug for Config {
             .field("reservation_timeout", &self.reservation_timeout)
             .field("instance_id", &self.instance_id)
             .field("cors_origins", &self.cors_origins)
+            .field("rate_limits", &self.rate_limits)
             .finish()
     }
 }
@@ -192,6 +197,7 @@ impl Config {
             ),
             instance_id: lookup("COMMERCE_INSTANCE_ID").filter(|id| !id.is_empty()),
             cors_origins: origins(&var("COMMERCE_CORS_ORIGINS", ""))?,
+            rate_limits: RateLimits::from_vars(&lookup)?,
         })
     }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod cors;
 pub mod events;
 pub mod extract;
+pub mod limits;
 pub mod openapi;
 pub mod ops;
 pub mod problem;

@@ -25,6 +25,12 @@ pub struct Problem {
     /// A stable code, for programs: `bad-request`, `unauthorized`, `forbidden`, `not-found`,
     /// `conflict`, ...
     pub code: String,
+    /// The request's path: which request this answers (every service's answers carry it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// When the error happened, RFC 3339 (every service's answers carry it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
 }
 
 /// The name of the bearer-token scheme (people: HS256 JWTs).
@@ -98,6 +104,8 @@ mod tests {
             status: 404,
             detail: "no such order".into(),
             code: "not-found".into(),
+            instance: Some("/api/v1/orders/1".into()),
+            timestamp: None,
         };
         let json = serde_json::to_value(&problem).expect("serializes");
         assert_eq!(json["type"], "https://errors.commerce.example/not-found");

@@ -1,6 +1,9 @@
 //! RFC 9457 problem+json errors with stable codes; internals are logged, never sent.
 
+use axum::body::Body;
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::openapi::Problem;
@@ -32,6 +35,12 @@ pub enum ApiError {
     /// 422: well-formed, but refers to something that cannot be used (an unknown product).
     #[error("{0}")]
     Unprocessable(String),
+    /// 429: over a rate limit; the answer carries `Retry-After`.
+    #[error("too many requests; retry in {retry_after} s")]
+    TooManyRequests {
+        /// Seconds until a request is allowed again.
+        retry_after: u64,
+    },
     /// 503: a dependency (database, another service) is unavailable.
     #[error("{0}")]
     Unavailable(String),
@@ -54,6 +63,9 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type")
             }
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            ApiError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too-many-requests")
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -112,6 +124,8 @@ fn problem(status: StatusCode, code: &str, detail: impl Into<String>) -> Respons
         status: status.as_u16(),
         detail: detail.into(),
         code: code.to_owned(),
+        instance: None,
+        timestamp: None,
     };
     let mut response = (status, axum::Json(body)).into_response();
     response.headers_mut().insert(
@@ -131,13 +145,96 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        problem(status, code, detail)
+        let mut response = problem(status, code, detail);
+        if let ApiError::TooManyRequests { retry_after } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        response
     }
+}
+
+/// The largest problem+json body [`stamp`] reads; problems are a few hundred bytes.
+const MAX_PROBLEM: usize = 64 * 1024;
+
+/// Middleware that adds `instance` (the request's path, unless the problem names one) and
+/// `timestamp` (now, RFC 3339) to every `application/problem+json` answer, whichever part of
+/// the stack wrote it (a handler's [`ApiError`], an extractor's rejection, the idempotency
+/// layer). Other answers pass untouched. [`runtime::start`](crate::runtime::start) puts it on
+/// every service's routes.
+pub async fn stamp(request: Request, next: Next) -> Response {
+    let instance = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/problem+json"));
+    if !is_problem {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_PROBLEM).await {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            tracing::error!(%error, "a problem+json body could not be read");
+            return problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the server failed to handle the request",
+            );
+        }
+    };
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    fields
+        .entry("instance")
+        .or_insert_with(|| serde_json::Value::String(instance));
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    fields.insert("timestamp".to_owned(), serde_json::Value::String(now));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = serde_json::to_vec(&fields).unwrap_or_else(|_| bytes.to_vec());
+    Response::from_parts(parts, Body::from(body))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn problems_carry_their_request_path_and_a_timestamp() {
+        use axum::routing::get;
+        use tower::ServiceExt as _;
+        let app = axum::Router::new()
+            .route(
+                "/things/{id}",
+                get(|| async { ApiError::NotFound("no such thing".into()) }),
+            )
+            .route("/ok", get(|| async { "fine" }))
+            .layer(axum::middleware::from_fn(stamp));
+        let call = |uri: &'static str| {
+            let app = app.clone();
+            async move {
+                let request = Request::get(uri).body(Body::empty()).expect("request");
+                let response = app.oneshot(request).await.expect("answer");
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), MAX_PROBLEM)
+                    .await
+                    .expect("body");
+                (status, body)
+            }
+        };
+        let (status, body) = call("/things/7?verbose=1").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let problem: Problem = serde_json::from_slice(&body).expect("a problem");
+        assert_eq!(problem.code, "not-found");
+        assert_eq!(problem.instance.as_deref(), Some("/things/7"));
+        let at = problem.timestamp.expect("a timestamp");
+        assert!(chrono::DateTime::parse_from_rfc3339(&at).is_ok(), "{at}");
+        let (status, body) = call("/ok").await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"fine"[..]));
+    }
 
     #[test]
     fn transient_database_errors_are_retryable_503s() {

@@ -119,13 +119,18 @@ pub async fn start(
             .iter()
             .map(|c| crate::ops::consumer_check(c.name.clone(), c.handle.monitor())),
     );
-    let public = parts.router.layer(crate::cors::layer(&config.cors_origins));
+    let (limited, forget) =
+        crate::limits::apply(parts.router, &config.rate_limits, &config.authenticator())?;
+    let public = limited
+        .layer(axum::middleware::from_fn(crate::problem::stamp))
+        .layer(crate::cors::layer(&config.cors_origins));
     let app = crate::ops::with_operations(name, public, checks);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("{name}: cannot listen on {addr}"))?;
     let addr = listener.local_addr()?;
     let server = Background::spawn(move |stop| async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(error) = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
@@ -135,6 +140,7 @@ pub async fn start(
     });
     let mut jobs = parts.jobs;
     jobs.push(retention(name, pool.clone()));
+    jobs.push(forget);
     tracing::info!(service = name, %addr, "service started");
     Ok(Running {
         name,
