@@ -15,8 +15,12 @@
 //!   or to `FAILED` / `CANCELLED`, with the transitions of [`domain`]. Each event is applied once (the `inbox` crate).
 //! - **Jobs** ([`jobs`], each run by one instance at a time through a named lease): reservations
 //!   waiting longer than `RESERVATION_TIMEOUT_SECS` for their payment are cancelled ("payment
-//!   timeout", with `OrderCancelled`); finished orders older than `ORDER_ARCHIVE_AFTER_DAYS`
-//!   (default 30) move to the archive tables, still readable through the API.
+//!   timeout", with `OrderCancelled`); orders `PENDING` or `PAID` for longer than
+//!   `ORDER_STUCK_AFTER_SECS` (default 3600) are cancelled ("stuck: no progress in time", with
+//!   `OrderCancelled`, so every unit and cent goes back); finished orders older than
+//!   `ORDER_ARCHIVE_AFTER_DAYS`
+//!   (default 30) move to the archive tables, still readable through the API, and are deleted
+//!   `ORDER_ARCHIVE_RETENTION_DAYS` (default 365) after that.
 //!
 //! Every event is written to the outbox in the transaction that changes the order, and
 //! published by the outbox relay: at least once, in order per order.
@@ -59,7 +63,7 @@ pub use catalogue::Catalogue;
 pub use error::{Error, Result};
 pub use events::OrderSaga;
 pub use http::{ApiDoc, CreateOrder, LineRequest, ListParams, MAX_BODY};
-pub use repo::{archive_finished, expire_reservations};
+pub use repo::{archive_finished, cancel_stuck, expire_reservations, prune_archive};
 
 /// The service's own migrations (orders, lines, the archive, the catalogue copy), versions
 /// `20260301...`.
@@ -98,6 +102,33 @@ pub fn app(state: AppState) -> Router {
     http::router(state)
 }
 
+/// `ORDER_STUCK_AFTER_SECS` (default 3600): how long an order may stay `PENDING` or `PAID`
+/// before the stuck-order job cancels it.
+///
+/// # Errors
+///
+/// When the variable is set but is not a whole number of seconds.
+pub fn stuck_after_from_env() -> anyhow::Result<Duration> {
+    let secs: u64 = match std::env::var("ORDER_STUCK_AFTER_SECS") {
+        Ok(value) => value.parse().context("ORDER_STUCK_AFTER_SECS")?,
+        Err(_) => 60 * 60,
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// `ORDER_ARCHIVE_RETENTION_DAYS` (default 365): how long archived orders are kept.
+///
+/// # Errors
+///
+/// When the variable is set but is not a whole number of days.
+pub fn archive_retention_from_env() -> anyhow::Result<Duration> {
+    let days: u64 = match std::env::var("ORDER_ARCHIVE_RETENTION_DAYS") {
+        Ok(value) => value.parse().context("ORDER_ARCHIVE_RETENTION_DAYS")?,
+        Err(_) => 365,
+    };
+    Ok(Duration::from_secs(days.saturating_mul(24 * 60 * 60)))
+}
+
 /// `ORDER_ARCHIVE_AFTER_DAYS` (default 30): how long finished orders stay in the live tables.
 ///
 /// # Errors
@@ -120,6 +151,8 @@ pub fn archive_after_from_env() -> anyhow::Result<Duration> {
 /// A message saying what could not be started.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let archive_after = archive_after_from_env()?;
+    let stuck_after = stuck_after_from_env()?;
+    let archive_retention = archive_retention_from_env()?;
     let reservation_timeout = config.reservation_timeout;
     let pool = setup::database(config, "order", &MIGRATOR)
         .await
@@ -128,7 +161,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     tracing::info!(
         service = "order",
         reservation_timeout_secs = reservation_timeout.as_secs(),
+        stuck_after_secs = stuck_after.as_secs(),
         archive_after_days = archive_after.as_secs() / (24 * 60 * 60),
+        archive_retention_days = archive_retention.as_secs() / (24 * 60 * 60),
         "order: configuration resolved"
     );
     let saga = runtime::consume(
@@ -159,7 +194,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             reservation_timeout,
             owner.clone(),
         ),
-        jobs::spawn_archiver(pool.clone(), archive_after, owner),
+        jobs::spawn_stuck(
+            pool.clone(),
+            config.topics.clone(),
+            stuck_after,
+            owner.clone(),
+        ),
+        jobs::spawn_archiver(pool.clone(), archive_after, archive_retention, owner),
     ];
     runtime::start(
         "order",

@@ -318,22 +318,58 @@ pub async fn expire_reservations(
     timeout: Duration,
     chunk: i64,
 ) -> Result<u64> {
-    let Some(transition) = domain::apply(OrderState::Reserved, &Input::ReservationExpired) else {
+    const WAITING: &str = "SELECT id, customer_id FROM orders
+         WHERE state = 'RESERVED' AND reserved_at < now() - $1::interval
+         ORDER BY reserved_at LIMIT $2 FOR UPDATE SKIP LOCKED";
+    let transition = domain::apply(OrderState::Reserved, &Input::ReservationExpired);
+    cancel_waiting(pool, topics, WAITING, timeout, transition, chunk).await
+}
+
+/// Cancels orders stuck in `PENDING` (no reservation answered) or `PAID` (no confirmation) for
+/// longer than `after` (by the database clock), with the reason "stuck: no progress in time" and
+/// an `OrderCancelled` each, so inventory gives back every unit it holds for them and payment
+/// refunds every charge (and charges none later). In `chunk`s, as [`expire_reservations`];
+/// returns how many were cancelled.
+///
+/// # Errors
+///
+/// When a statement fails (chunks already committed stay committed).
+pub async fn cancel_stuck(
+    pool: &PgPool,
+    topics: &Topics,
+    after: Duration,
+    chunk: i64,
+) -> Result<u64> {
+    const WAITING: &str = "SELECT id, customer_id FROM orders
+         WHERE state IN ('PENDING', 'PAID') AND updated_at < now() - $1::interval
+         ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED";
+    // PENDING and PAID orders are cancelled alike.
+    let transition = domain::apply(OrderState::Pending, &Input::Stuck);
+    cancel_waiting(pool, topics, WAITING, after, transition, chunk).await
+}
+
+/// Applies `transition` to the orders `waiting` selects (locked, `$1` the age, `$2` the chunk),
+/// a chunk per transaction, until none is left.
+async fn cancel_waiting(
+    pool: &PgPool,
+    topics: &Topics,
+    waiting: &'static str,
+    older_than: Duration,
+    transition: Option<Transition>,
+    chunk: i64,
+) -> Result<u64> {
+    let Some(transition) = transition else {
         return Ok(0);
     };
     let chunk = chunk.max(1);
     let mut total = 0;
     loop {
         let mut tx = pool.begin().await?;
-        let orders: Vec<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, customer_id FROM orders
-             WHERE state = 'RESERVED' AND reserved_at < now() - $1::interval
-             ORDER BY reserved_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(leases::pg::interval(timeout))
-        .bind(chunk)
-        .fetch_all(&mut *tx)
-        .await?;
+        let orders: Vec<(Uuid, String)> = sqlx::query_as(waiting)
+            .bind(leases::pg::interval(older_than))
+            .bind(chunk)
+            .fetch_all(&mut *tx)
+            .await?;
         if orders.is_empty() {
             return Ok(total);
         }
@@ -398,6 +434,33 @@ pub async fn archive_finished(pool: &PgPool, older_than: Duration, chunk: i64) -
         tracing::info!(orders = ids.len(), "archived finished orders");
         total += ids.len() as u64;
         if (ids.len() as i64) < chunk {
+            return Ok(total);
+        }
+    }
+}
+
+/// Deletes archived orders (and their lines) archived longer than `retention` ago, `chunk` per
+/// statement, until none is left. Returns how many were deleted.
+///
+/// # Errors
+///
+/// When a statement fails (chunks already deleted stay deleted).
+pub async fn prune_archive(pool: &PgPool, retention: Duration, chunk: i64) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        // The lines go with their orders (ON DELETE CASCADE).
+        let deleted = sqlx::query(
+            "DELETE FROM orders_archive WHERE id IN (
+                 SELECT id FROM orders_archive WHERE archived_at < now() - $1::interval
+                 ORDER BY archived_at LIMIT $2)",
+        )
+        .bind(leases::pg::interval(retention))
+        .bind(chunk.max(1))
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < chunk.max(1) as u64 {
             return Ok(total);
         }
     }

@@ -1,4 +1,5 @@
-//! The singleton jobs: reservation expiry and the archiver, against real PostgreSQL.
+//! The singleton jobs: reservation expiry, stuck orders and the archiver, against real
+//! PostgreSQL.
 
 mod common;
 
@@ -81,6 +82,49 @@ async fn the_expiry_job_cancels_stale_reservations_only() {
 }
 
 #[tokio::test]
+async fn the_stuck_order_job_cancels_orders_waiting_too_long_for_a_reservation_or_a_confirmation() {
+    let h = Harness::new().await;
+    let pending = insert_order(h.pool(), "alice", OrderState::Pending, HOUR).await;
+    let paid = insert_order(h.pool(), "bob", OrderState::Paid, HOUR).await;
+    let fresh = insert_order(h.pool(), "carol", OrderState::Pending, Duration::ZERO).await;
+    let reserved = insert_order(h.pool(), "dave", OrderState::Reserved, HOUR).await;
+    let confirmed = insert_order(h.pool(), "erin", OrderState::Confirmed, HOUR).await;
+
+    let job = jobs::spawn_stuck(
+        h.pool().clone(),
+        h.config.topics.clone(),
+        Duration::from_secs(30 * 60),
+        "test-instance",
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the stuck orders are cancelled",
+        || async {
+            h.state_of(paid).await.0 == "CANCELLED" && h.state_of(pending).await.0 == "CANCELLED"
+        },
+    )
+    .await;
+    job.shutdown().await.expect("the job stops");
+
+    let stuck = commerce_order::domain::STUCK.to_owned();
+    for id in [pending, paid] {
+        assert_eq!(
+            h.state_of(id).await,
+            ("CANCELLED".into(), Some(stuck.clone()))
+        );
+    }
+    assert_eq!(h.state_of(fresh).await.0, "PENDING");
+    assert_eq!(h.state_of(reserved).await.0, "RESERVED", "the expiry job's");
+    assert_eq!(h.state_of(confirmed).await.0, "CONFIRMED");
+    // OrderCancelled is what gives every unit and cent back (inventory, payment).
+    let mut cancelled = cancelled_events(&h).await;
+    cancelled.sort();
+    let mut expected = vec![(pending, stuck.clone()), (paid, stuck)];
+    expected.sort();
+    assert_eq!(cancelled, expected);
+}
+
+#[tokio::test]
 async fn expiry_works_in_chunks_and_only_once() {
     let h = Harness::new().await;
     let mut stale = Vec::new();
@@ -160,6 +204,43 @@ async fn the_archiver_moves_old_finished_orders_which_stay_readable() {
 }
 
 #[tokio::test]
+async fn archived_orders_are_deleted_after_their_retention() {
+    let h = Harness::new().await;
+    let [kept, expired, ancient] = [
+        insert_order(h.pool(), "alice", OrderState::Completed, 40 * DAY).await,
+        insert_order(h.pool(), "alice", OrderState::Cancelled, 40 * DAY).await,
+        insert_order(h.pool(), "alice", OrderState::Failed, 40 * DAY).await,
+    ];
+    commerce_order::archive_finished(h.pool(), 30 * DAY, 10)
+        .await
+        .expect("archives");
+    for (id, days) in [(kept, 10.0), (expired, 400.0), (ancient, 800.0)] {
+        sqlx::query(
+            "UPDATE orders_archive SET archived_at = now() - $2 * interval '1 day' WHERE id = $1",
+        )
+        .bind(id)
+        .bind(days)
+        .execute(h.pool())
+        .await
+        .expect("age the archived order");
+    }
+    let pruned = commerce_order::prune_archive(h.pool(), 365 * DAY, 1)
+        .await
+        .expect("prunes");
+    assert_eq!(pruned, 2);
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM orders_archive")
+        .fetch_all(h.pool())
+        .await
+        .expect("archive");
+    assert_eq!(left, [kept]);
+    assert_eq!(
+        count(h.pool(), "order_lines_archive").await,
+        1,
+        "lines go with their orders"
+    );
+}
+
+#[tokio::test]
 async fn the_archiver_job_runs_when_it_holds_its_lease() {
     let h = Harness::new().await;
     let old = insert_order(h.pool(), "alice", OrderState::Failed, 40 * DAY).await;
@@ -175,7 +256,7 @@ async fn the_archiver_job_runs_when_it_holds_its_lease() {
         .await
         .expect("acquire")
         .expect("free");
-    let job = jobs::spawn_archiver(h.pool().clone(), 30 * DAY, "this-instance");
+    let job = jobs::spawn_archiver(h.pool().clone(), 30 * DAY, 365 * DAY, "this-instance");
     assert_eq!(count(h.pool(), "orders_archive").await, 0);
     // The other instance steps down: this one takes over and archives.
     named.release(h.pool(), &other).await.expect("release");

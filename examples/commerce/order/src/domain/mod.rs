@@ -39,6 +39,9 @@ pub const MAX_QUANTITY: i32 = 100;
 pub const CANCELLED_BY_CUSTOMER: &str = "cancelled by customer";
 /// The reason recorded when a reservation waited too long for its payment.
 pub const PAYMENT_TIMEOUT: &str = "payment timeout";
+/// The reason of an order cancelled because it made no progress in time (see
+/// [`Input::Stuck`]).
+pub const STUCK: &str = "stuck: no progress in time";
 
 /// Where an order is in the saga.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -141,6 +144,9 @@ pub enum Input {
     CustomerCancelled,
     /// The reservation waited longer than the timeout for its payment.
     ReservationExpired,
+    /// The order waited longer than the stuck-order limit for its reservation (`PENDING`) or
+    /// its confirmation (`PAID`): an event lost upstream, or a service down for that long.
+    Stuck,
 }
 
 impl Input {
@@ -197,6 +203,7 @@ impl Input {
             Input::ShipmentDelivered => "ShipmentDelivered",
             Input::CustomerCancelled => "CustomerCancelled",
             Input::ReservationExpired => "ReservationExpired",
+            Input::Stuck => "Stuck",
         }
     }
 }
@@ -279,6 +286,7 @@ pub fn apply(state: OrderState, input: &Input) -> Option<Transition> {
             Some(Transition::cancelled(CANCELLED_BY_CUSTOMER))
         }
         (Reserved, Input::ReservationExpired) => Some(Transition::cancelled(PAYMENT_TIMEOUT)),
+        (Pending | Paid, Input::Stuck) => Some(Transition::cancelled(STUCK)),
         // A release follows a decline or a cancellation, which moves the order itself.
         (_, Input::StockReleased { .. }) => None,
         _ => None,

@@ -21,6 +21,7 @@ fn inputs() -> Vec<Input> {
         },
         Input::CustomerCancelled,
         Input::ReservationExpired,
+        Input::Stuck,
         Input::ShipmentCreated,
         Input::ShipmentDelivered,
     ]
@@ -149,6 +150,18 @@ fn only_reservations_expire() {
         Pending, Paid, Confirmed, Shipped, Completed, Cancelled, Failed,
     ] {
         assert_eq!(apply(state, &Input::ReservationExpired), None, "{state}");
+    }
+}
+
+#[test]
+fn only_orders_waiting_for_a_reservation_or_a_confirmation_get_stuck() {
+    for state in [Pending, Paid] {
+        let t = apply(state, &Input::Stuck).expect("cancels");
+        assert_eq!((t.to, t.reason.as_deref()), (Cancelled, Some(STUCK)));
+        assert!(t.announcement(Uuid::now_v7(), "alice").is_some());
+    }
+    for state in [Reserved, Confirmed, Shipped, Completed, Cancelled, Failed] {
+        assert_eq!(apply(state, &Input::Stuck), None, "{state}");
     }
 }
 
