@@ -107,6 +107,26 @@ impl World {
     }
 }
 
+/// Waits until the payment service has no charge of the order to make or in flight (the
+/// charger has settled it, or it was never asked for).
+async fn charges_done(stack: &Stack, order: &str) {
+    let pool = db(stack, "payment").await;
+    let order: Uuid = order.parse().expect("an order id");
+    eventually("the order's charge is settled", || async {
+        let pending: Option<bool> = sqlx::query_scalar(
+            "SELECT next_attempt_at IS NOT NULL FROM payments WHERE order_id = $1",
+        )
+        .bind(order)
+        .fetch_optional(&pool)
+        .await
+        .expect("payments");
+        (pending != Some(true))
+            .then_some(())
+            .ok_or("a charge is due or in flight".to_owned())
+    })
+    .await;
+}
+
 /// How many `PaymentRefunded` events (distinct event ids: a redelivered copy is the same
 /// event) the payments topic carries for `order`.
 async fn refunds_published(stack: &Stack, order: &str) -> usize {
@@ -250,15 +270,18 @@ fn reservations_expiring_before_a_slow_approval_are_refunded_and_restocked() {
         }
         eprintln!("expired before the slow approval: {} of 3", 3 - confirmed);
         world.stock_restored(product, 6 - 2 * confirmed).await;
-        // Every consumer has applied everything: the payments are final.
+        // Every consumer has applied everything, and the charger has settled every charge: the
+        // payments are final.
         wait_caught_up(stack).await;
         for (token, id) in &orders {
+            charges_done(stack, id).await;
             let cancelled =
                 world.client.order(token, id).await.expect("order").1["state"] == "CANCELLED";
             let status = world.payment_status(id).await;
             let refunded = match (cancelled, status.as_deref()) {
                 (true, Some("REFUNDED")) => true,
-                (true, None) | (false, Some("APPROVED")) => false,
+                // Abandoned before the charger asked the provider: never charged.
+                (true, None | Some("DECLINED")) | (false, Some("APPROVED")) => false,
                 other => panic!("{id}: order and payment disagree: {other:?}"),
             };
             assert_eq!(

@@ -1,7 +1,9 @@
 //! Payment states and the saga's decisions, without I/O.
 //!
 //! ```text
-//! StockReserved   (no payment, not cancelled) -> PENDING -> APPROVED | DECLINED | stays PENDING
+//! StockReserved   (no payment, not cancelled) -> PENDING (due for the charger)
+//! charger         PENDING -> APPROVED | DECLINED | asked again later (no answer);
+//!                 approved after the order was cancelled -> REFUNDED
 //! OrderCancelled  APPROVED -> REFUNDED;  PENDING -> DECLINED("order cancelled");  else nothing
 //! ```
 
@@ -75,12 +77,36 @@ pub fn on_stock_reserved(cancelled: bool, existing: Option<Status>) -> OnReserve
     }
 }
 
-/// The payment's state after the provider answered, with the reason to record.
-pub fn settle(outcome: &Outcome) -> (Status, Option<&str>) {
+/// What a charge comes to, decided under the order's lock once the provider answered (or was
+/// not asked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Charged {
+    /// `APPROVED`, `PaymentApproved`.
+    Approved,
+    /// `DECLINED` with the provider's reason, `PaymentDeclined`.
+    Declined(String),
+    /// The money was taken after the order was cancelled: `REFUNDED`, `PaymentApproved` then
+    /// `PaymentRefunded`.
+    Refunded,
+    /// No answer: asked again later.
+    NoAnswer,
+    /// Nothing to do: the payment was abandoned before it was asked for, or the provider took
+    /// nothing from an abandoned one.
+    Settled,
+}
+
+/// What a charge comes to: `status` is the payment's now, `cancelled` whether its order was
+/// cancelled, `outcome` the provider's answer (`None`: it was not asked, the payment was no
+/// longer pending when claimed).
+pub fn on_charged(status: Status, cancelled: bool, outcome: Option<&Outcome>) -> Charged {
+    let live = status == Status::Pending && !cancelled;
     match outcome {
-        Outcome::Approved => (Status::Approved, None),
-        Outcome::Declined(reason) => (Status::Declined, Some(reason.as_str())),
-        Outcome::NoAnswer => (Status::Pending, None),
+        None => Charged::Settled,
+        Some(Outcome::Approved) if live => Charged::Approved,
+        Some(Outcome::Approved) => Charged::Refunded,
+        Some(Outcome::Declined(reason)) if live => Charged::Declined(reason.clone()),
+        Some(Outcome::NoAnswer) if live => Charged::NoAnswer,
+        Some(Outcome::Declined(_) | Outcome::NoAnswer) => Charged::Settled,
     }
 }
 
@@ -148,13 +174,21 @@ mod tests {
     }
 
     #[test]
-    fn settles_by_the_providers_answer() {
-        assert_eq!(settle(&Outcome::Approved), (Status::Approved, None));
-        assert_eq!(
-            settle(&Outcome::Declined("card declined".into())),
-            (Status::Declined, Some("card declined"))
-        );
-        assert_eq!(settle(&Outcome::NoAnswer), (Status::Pending, None));
+    fn a_charge_settles_by_the_answer_and_by_whether_the_order_was_cancelled_meanwhile() {
+        let declined = Outcome::Declined("card declined".into());
+        let live = |outcome| on_charged(Status::Pending, false, Some(outcome));
+        assert_eq!(live(&Outcome::Approved), Charged::Approved);
+        assert_eq!(live(&declined), Charged::Declined("card declined".into()));
+        assert_eq!(live(&Outcome::NoAnswer), Charged::NoAnswer);
+        // Cancelled while the charge was made: the payment was abandoned.
+        for (status, cancelled) in [(Status::Declined, true), (Status::Pending, true)] {
+            let charged = |outcome| on_charged(status, cancelled, Some(outcome));
+            assert_eq!(charged(&Outcome::Approved), Charged::Refunded);
+            assert_eq!(charged(&declined), Charged::Settled);
+            assert_eq!(charged(&Outcome::NoAnswer), Charged::Settled);
+        }
+        // Not asked: abandoned before its turn.
+        assert_eq!(on_charged(Status::Declined, true, None), Charged::Settled);
     }
 
     #[test]

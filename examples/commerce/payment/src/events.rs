@@ -8,7 +8,6 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::domain::{self, OnCancelled, OnReserved, Status};
-use crate::provider::{self, Charge};
 use crate::repo;
 
 /// The consumer's name: its consumer group and its inbox records.
@@ -19,9 +18,8 @@ pub const CONSUMER: &str = "payment.saga";
 /// inbox record.
 ///
 /// - `StockReserved`: unless the order was cancelled or already has a payment, inserts a
-///   `PENDING` payment and asks the [provider]: approved ->
-///   `APPROVED` + `PaymentApproved`; declined -> `DECLINED` + `PaymentDeclined`; no answer -> stays
-///   `PENDING`, nothing published.
+///   `PENDING` payment, due for the [charger](crate::charger), which asks the provider outside
+///   this transaction.
 /// - `OrderCancelled`: records the cancellation (so the order is never charged afterwards); an
 ///   `APPROVED` payment becomes `REFUNDED` + `PaymentRefunded`, a `PENDING` one
 ///   `DECLINED("order cancelled")`.
@@ -63,33 +61,24 @@ impl Saga {
             OnReserved::Charge => {}
         }
         let payment_id = Uuid::now_v7();
-        if !repo::insert_pending(conn, order_id, payment_id, customer_id, amount_cents).await? {
-            tracing::info!(%order_id, %event_id, "payment: order already has a payment; not charging again");
-            return Ok(());
-        }
-        let outcome = provider::charge(&Charge {
+        let traceparent = commerce_platform::telemetry::traceparent();
+        if !repo::insert_pending(
+            conn,
+            order_id,
             payment_id,
             customer_id,
             amount_cents,
-        })
-        .await;
-        let (status, reason) = domain::settle(&outcome);
-        tracing::info!(%order_id, %event_id, %payment_id, %status, reason, "payment: provider answered");
-        let event = match status {
-            Status::Approved => Event::PaymentApproved {
-                order_id,
-                payment_id,
-                amount_cents,
-            },
-            Status::Declined => Event::PaymentDeclined {
-                order_id,
-                reason: reason.unwrap_or_default().to_owned(),
-            },
-            // No answer: the payment waits; the order's reservation expiry cancels it.
-            Status::Pending | Status::Refunded => return Ok(()),
-        };
-        repo::set_status(conn, order_id, status, reason).await?;
-        events::publish_caused(conn, &self.topics, cause, [event]).await
+            cause,
+            traceparent,
+        )
+        .await?
+        {
+            tracing::info!(%order_id, %event_id, "payment: order already has a payment; not charging again");
+            return Ok(());
+        }
+        // The charger makes the charge, outside this transaction.
+        tracing::info!(%order_id, %event_id, %payment_id, "payment: charge requested");
+        Ok(())
     }
 
     async fn cancelled(

@@ -10,10 +10,10 @@
 //!
 //! One consumer, `payment.saga`, reads the inventory and orders topics ([`Saga`]):
 //!
-//! - `StockReserved` -> a `PENDING` payment, then the [provider]'s answer: `APPROVED`
-//!   and `PaymentApproved`, `DECLINED` and `PaymentDeclined`, or no answer (the payment stays
-//!   `PENDING` and nothing is published; the order service's reservation expiry cancels the
-//!   order).
+//! - `StockReserved` -> a `PENDING` payment, due for the [`charger`], which asks the
+//!   [provider] with no transaction open: `APPROVED` and `PaymentApproved`, `DECLINED` and
+//!   `PaymentDeclined`, or no answer (asked again every few seconds until the order service's
+//!   reservation expiry cancels the order).
 //! - `OrderCancelled` -> the order is recorded as cancelled; an `APPROVED` payment is refunded
 //!   (`REFUNDED`, `PaymentRefunded`), a `PENDING` one is abandoned (`DECLINED`, "order
 //!   cancelled").
@@ -26,22 +26,25 @@
 //! - **At most one charge per order.** The `payments` table's primary key is the order id, so
 //!   no second payment row can exist, whether the same `StockReserved` is redelivered (the
 //!   inbox skips it anyway) or two different events ask for the same order.
-//! - **Never a charge after a cancellation.** Cancellations are recorded in `cancelled_orders`,
-//!   and a reservation for a recorded order is not charged. Both handlers take a per-order
-//!   advisory lock first, so a reservation and a cancellation of the same order handled at
-//!   the same time (they travel on different topics) are serialized: either the charge comes
-//!   first and the cancellation refunds it, or the cancellation comes first and there is no
-//!   charge.
+//! - **No charge kept after a cancellation.** Cancellations are recorded in
+//!   `cancelled_orders`: a reservation for a recorded order is not charged, a pending payment
+//!   is abandoned (and not charged when its turn comes), and a charge the provider approved
+//!   while the order was being cancelled is refunded at once (`PaymentApproved`, then
+//!   `PaymentRefunded`). The saga's handlers and the charger's settlement take a per-order
+//!   advisory lock first, so they see each other's writes.
 //! - **Exactly-once effect per event.** Each event's effects (payment row, cancellation record,
 //!   published events through the outbox) commit in one transaction with the consumer's inbox
 //!   record; the events then reach Kafka at least once through the outbox relay.
 //!
-//! The fake provider is called inside that transaction: it is instantaneous and has no side
-//! effects. A real provider would be called with the payment id as its idempotency key, so
-//! that a transaction retried after the call cannot charge twice.
+//! - **A charge is never made inside a transaction.** The [`charger`] claims due payments with
+//!   row leases, asks the provider with no transaction open, then settles each payment, fenced
+//!   by its lease, with the events it publishes in one transaction. The provider gets the
+//!   payment id as its idempotency key, so a charge asked again (a charger that died
+//!   mid-charge, a lost lease) is made once.
 
 #![forbid(unsafe_code)]
 
+pub mod charger;
 pub mod domain;
 pub mod events;
 mod http;
@@ -83,7 +86,7 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Starts the service: its database (created and migrated), the `payment.saga` consumer, the
-/// outbox relay and the HTTP server on `config.addrs.payment`.
+/// [`charger`], the outbox relay and the HTTP server on `config.addrs.payment`.
 ///
 /// # Errors
 ///
@@ -100,6 +103,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         Saga::new(config.topics.clone()),
     )
     .with_context(|| format!("payment: consumer {CONSUMER}"))?;
+    let charges =
+        charger::leases(format!("payment-{}", uuid::Uuid::now_v7())).context("payment: charger")?;
+    let charger = charger::spawn(pool.clone(), config.topics.clone(), charges);
     let state = AppState {
         pool: pool.clone(),
         auth: config.authenticator(),
@@ -112,7 +118,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         Parts {
             router: app(state),
             consumers: vec![saga],
-            jobs: Vec::new(),
+            jobs: vec![charger],
         },
     )
     .await

@@ -2,6 +2,7 @@
 //! saga's writes share the consumer's transaction.
 
 use chrono::{DateTime, Utc};
+use commerce_events::Cause;
 use serde::Serialize;
 use sqlx::PgConnection;
 use utoipa::ToSchema;
@@ -127,28 +128,57 @@ pub(crate) async fn payment_of(
         .transpose()
 }
 
-/// Inserts a `PENDING` payment. Returns `false`, writing nothing, when the order already has
-/// one: the primary key on `order_id` is the last word on "at most one charge per order".
+/// Inserts a `PENDING` payment, due for the charger at once, asked for by `cause` in the trace
+/// `traceparent`. Returns `false`, writing nothing, when the order already has one: the primary
+/// key on `order_id` is the last word on "at most one charge per order".
 pub(crate) async fn insert_pending(
     conn: &mut PgConnection,
     order_id: Uuid,
     payment_id: Uuid,
     customer_id: &str,
     amount_cents: i64,
+    cause: Cause,
+    traceparent: Option<String>,
 ) -> sqlx::Result<bool> {
     let inserted = sqlx::query(
-        "INSERT INTO payments (order_id, payment_id, customer_id, amount_cents, status)
-         VALUES ($1, $2, $3, $4, 'PENDING')
+        "INSERT INTO payments (order_id, payment_id, customer_id, amount_cents, status,
+             next_attempt_at, cause_event_id, correlation_id, traceparent)
+         VALUES ($1, $2, $3, $4, 'PENDING', now(), $5, $6, $7)
          ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id)
     .bind(payment_id)
     .bind(customer_id)
     .bind(amount_cents)
+    .bind(cause.event_id)
+    .bind(cause.correlation_id)
+    .bind(traceparent)
     .execute(conn)
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// The event that asked for the order's payment and its trace, for the events its charge
+/// publishes (`None` for payments recorded before they were stored).
+pub(crate) async fn asked_by(
+    conn: &mut PgConnection,
+    order_id: Uuid,
+) -> sqlx::Result<(Option<Cause>, Option<String>)> {
+    let (event_id, correlation_id, traceparent): (Option<Uuid>, Option<Uuid>, Option<String>) =
+        sqlx::query_as(
+            "SELECT cause_event_id, correlation_id, traceparent FROM payments WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .fetch_one(conn)
+        .await?;
+    let cause = event_id
+        .zip(correlation_id)
+        .map(|(event_id, correlation_id)| Cause {
+            event_id,
+            correlation_id,
+        });
+    Ok((cause, traceparent))
 }
 
 /// Sets the order's payment's status and reason.

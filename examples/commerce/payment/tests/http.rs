@@ -46,6 +46,10 @@ async fn admins_read_payments_and_others_are_refused() {
         &envelope,
     )
     .await;
+    let leases = commerce_payment::charger::leases("test-charger").expect("leases");
+    commerce_payment::charger::charge_due(&db.pool, &Topics::new("test"), &leases)
+        .await
+        .expect("charged");
 
     let uri = format!("/api/v1/payments/{order_id}");
     let (status, _, body) = get(&state, &uri, Some(&token("admin"))).await;

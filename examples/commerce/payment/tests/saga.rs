@@ -1,11 +1,12 @@
-//! The saga consumer against a real PostgreSQL database: each event is delivered as the consumer
-//! runner delivers it (inbox record and handler in one transaction), plus one run of a real
-//! `inbox::Consumer` over a test topic.
+//! The saga consumer and the charger against a real PostgreSQL database: each event is delivered
+//! as the consumer runner delivers it (inbox record and handler in one transaction), then the
+//! charger makes what charges are due; plus one run of a real `inbox::Consumer` over a test
+//! topic.
 
 use std::time::Duration;
 
 use commerce_events::{Envelope, Event, Topics};
-use commerce_payment::{CONSUMER, Saga};
+use commerce_payment::{CONSUMER, Saga, charger};
 use commerce_platform::events::{Events, decode};
 use commerce_platform::testing::{self, published, published_types};
 use inbox::{DeadLetterReason, Delivery, Message};
@@ -24,6 +25,16 @@ async fn deliver(pool: &PgPool, saga: &Saga, envelope: &Envelope) -> Delivery {
 /// [`testing::apply`] to the saga, as the service's consumer: the event must be fresh.
 async fn apply(pool: &PgPool, envelope: &Envelope) {
     testing::apply(pool, CONSUMER, &saga(), envelope).await;
+}
+
+/// Runs the charger until no payment is due.
+async fn charge(pool: &PgPool) {
+    let leases = charger::leases("test-charger").expect("leases");
+    while charger::charge_due(pool, &Topics::new("test"), &leases)
+        .await
+        .expect("charges")
+        > 0
+    {}
 }
 
 fn reserved(order_id: Uuid, customer_id: &str, total_cents: i64) -> Envelope {
@@ -79,6 +90,7 @@ async fn approves_and_publishes_payment_approved() {
     let db = database().await;
     let order_id = Uuid::now_v7();
     apply(&db.pool, &reserved(order_id, "alice", 1500)).await;
+    charge(&db.pool).await;
 
     let rows = payments(&db.pool, order_id).await;
     assert_eq!(rows.len(), 1);
@@ -102,6 +114,7 @@ async fn declines_and_publishes_payment_declined() {
     let db = database().await;
     let order_id = Uuid::now_v7();
     apply(&db.pool, &reserved(order_id, "decline-bob", 900)).await;
+    charge(&db.pool).await;
 
     let rows = payments(&db.pool, order_id).await;
     assert_eq!(rows.len(), 1);
@@ -124,14 +137,22 @@ async fn a_provider_timeout_leaves_the_payment_pending_until_the_order_is_cancel
     let db = database().await;
     let order_id = Uuid::now_v7();
     apply(&db.pool, &reserved(order_id, "timeout-carol", 700)).await;
+    charge(&db.pool).await;
 
     let rows = payments(&db.pool, order_id).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, "PENDING");
     assert_eq!(published(&db.pool, order_id).await, []);
 
-    // The order's reservation expires: the pending payment is abandoned, nothing is published.
+    // The order's reservation expires: the pending payment is abandoned, nothing is published,
+    // and when its next turn comes it is not charged.
     apply(&db.pool, &cancelled(order_id)).await;
+    sqlx::query("UPDATE payments SET next_attempt_at = now() WHERE order_id = $1")
+        .bind(order_id)
+        .execute(&db.pool)
+        .await
+        .expect("due again");
+    charge(&db.pool).await;
     let rows = payments(&db.pool, order_id).await;
     assert_eq!(rows[0].status, "DECLINED");
     assert_eq!(rows[0].reason.as_deref(), Some("order cancelled"));
@@ -148,6 +169,7 @@ async fn the_same_event_twice_charges_once() {
         deliver(&db.pool, &saga(), &event).await,
         Delivery::Duplicate
     );
+    charge(&db.pool).await;
 
     assert_eq!(payments(&db.pool, order_id).await.len(), 1);
     assert_eq!(published(&db.pool, order_id).await.len(), 1);
@@ -165,6 +187,7 @@ async fn two_different_events_for_one_order_charge_once() {
         deliver(&db.pool, &saga(), &reserved(order_id, "alice", 1000)).await,
         Delivery::Fresh
     );
+    charge(&db.pool).await;
 
     let rows = payments(&db.pool, order_id).await;
     assert_eq!(rows.len(), 1);
@@ -189,6 +212,7 @@ async fn concurrent_events_for_one_order_charge_once() {
     for delivery in futures_join(deliveries.collect()).await {
         assert_eq!(delivery, Delivery::Fresh);
     }
+    charge(&db.pool).await;
     for order_id in orders {
         assert_eq!(payments(&db.pool, order_id).await.len(), 1);
         let events = published(&db.pool, order_id).await;
@@ -212,6 +236,7 @@ async fn a_cancellation_after_the_charge_refunds_it_once() {
     let db = database().await;
     let order_id = Uuid::now_v7();
     apply(&db.pool, &reserved(order_id, "alice", 2500)).await;
+    charge(&db.pool).await;
     apply(&db.pool, &cancelled(order_id)).await;
     // A second cancellation event (another event id) refunds nothing more.
     apply(&db.pool, &cancelled(order_id)).await;
@@ -250,6 +275,7 @@ async fn a_declined_payment_is_not_refunded() {
     let db = database().await;
     let order_id = Uuid::now_v7();
     apply(&db.pool, &reserved(order_id, "decline-x", 100)).await;
+    charge(&db.pool).await;
     apply(&db.pool, &cancelled(order_id)).await;
 
     assert_eq!(payments(&db.pool, order_id).await[0].status, "DECLINED");
@@ -295,20 +321,46 @@ async fn a_concurrent_reservation_and_cancellation_never_leave_a_charge() {
     for delivery in futures_join(tasks).await {
         assert_eq!(delivery, Delivery::Fresh);
     }
+    charge(&db.pool).await;
     for order_id in orders {
         let rows = payments(&db.pool, order_id).await;
         let events = published_types(&db.pool, order_id).await;
         match rows.as_slice() {
-            // The cancellation came first: no charge at all.
+            // The cancellation came first: no payment at all.
             [] => assert_eq!(events, Vec::<&str>::new()),
-            // The charge came first: refunded.
+            // The reservation came first: its payment was abandoned before its charge.
             [row] => {
-                assert_eq!(row.status, "REFUNDED");
-                assert_eq!(events, ["PaymentApproved", "PaymentRefunded"]);
+                assert_eq!(row.status, "DECLINED");
+                assert_eq!(row.reason.as_deref(), Some("order cancelled"));
+                assert_eq!(events, Vec::<&str>::new());
             }
             more => panic!("more than one payment: {more:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn a_charge_approved_while_its_order_was_cancelled_is_refunded() {
+    let db = database().await;
+    let order_id = Uuid::now_v7();
+    // The provider takes a few seconds to approve `slow` customers.
+    apply(&db.pool, &reserved(order_id, "slow-sam", 800)).await;
+    let charging = tokio::spawn({
+        let pool = db.pool.clone();
+        async move { charge(&pool).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The charge holds no transaction and no lock while the provider thinks.
+    apply(&db.pool, &cancelled(order_id)).await;
+    assert_eq!(payments(&db.pool, order_id).await[0].status, "DECLINED");
+    charging.await.expect("the charger ran");
+
+    let rows = payments(&db.pool, order_id).await;
+    assert_eq!(rows[0].status, "REFUNDED");
+    assert_eq!(
+        published_types(&db.pool, order_id).await,
+        ["PaymentApproved", "PaymentRefunded"]
+    );
 }
 
 #[tokio::test]
@@ -405,6 +457,7 @@ async fn a_real_consumer_charges_once_and_dead_letters_poison() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     consumer.shutdown().await;
+    charge(&db.pool).await;
 
     let rows = payments(&db.pool, order_id).await;
     assert_eq!(rows.len(), 1);

@@ -68,6 +68,18 @@ pub(crate) fn request_span<B>(request: &Request<B>) -> tracing::Span {
     span
 }
 
+/// The current span's trace context as a W3C `traceparent`, written by the global propagator;
+/// `None` outside a trace. For work that is recorded now and done later, outside the span (a
+/// charge made by a job): its events then carry it, and stay in the trace.
+pub fn traceparent() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let mut fields = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut fields);
+    });
+    fields.remove("traceparent")
+}
+
 /// Request headers as a propagator reads them.
 struct Headers<'a>(&'a HeaderMap);
 
