@@ -186,8 +186,12 @@ async fn a_sigkilled_inventory_instance_is_taken_over_by_its_peer_and_the_books_
     .await;
     let survivor = run.cluster.slot(Service::Inventory, "a");
     let victim = run.cluster.slot(Service::Inventory, "b");
-    // The orders and payments topics, three partitions each.
-    let all = 6.0;
+    // The topics inventory reads, three partitions each.
+    let topics = commerce_launcher::consumers(&run.cluster.config.topics)
+        .into_iter()
+        .find(|(name, _)| *name == "inventory.saga")
+        .map_or(0, |(_, topics)| topics.len());
+    let all = (topics * 3) as f64;
     let partitions = "inbox_consumer_partitions";
     let deadline = Instant::now() + TAKEOVER_WITHIN;
     loop {
