@@ -42,6 +42,7 @@ struct Due {
     payment_id: Uuid,
     customer_id: String,
     amount_cents: i64,
+    currency: String,
     status: String,
 }
 
@@ -122,6 +123,7 @@ async fn charge(
                 payment_id: due.payment_id,
                 customer_id: &due.customer_id,
                 amount_cents: due.amount_cents,
+                currency: &due.currency,
             })
             .await,
         )
@@ -135,19 +137,26 @@ async fn charge(
     };
     let cancelled = repo::is_cancelled(&mut tx, order_id).await?;
     let charged = domain::on_charged(payment.status, cancelled, outcome.as_ref());
-    let (status, reason, events) = match &charged {
-        Charged::Approved => (Status::Approved, None, vec![approved(&payment)]),
+    let (status, reason, charge, events) = match &charged {
+        Charged::Approved(charge) => (
+            Status::Approved,
+            None,
+            Some(charge.clone()),
+            vec![approved(&payment)],
+        ),
         Charged::Declined(reason) => (
             Status::Declined,
             Some(reason.clone()),
+            None,
             vec![Event::PaymentDeclined {
                 order_id,
                 reason: reason.clone(),
             }],
         ),
-        Charged::Refunded => (
+        Charged::Refunded(charge) => (
             Status::Refunded,
             Some(domain::ABANDONED_REASON.to_owned()),
+            Some(charge.clone()),
             vec![
                 approved(&payment),
                 Event::PaymentRefunded {
@@ -164,11 +173,15 @@ async fn charge(
             tracing::info!(%order_id, held, "payment: the provider did not answer; asking again later");
             return Ok(());
         }
-        Charged::Settled => (payment.status, None, Vec::new()),
+        Charged::Settled => (payment.status, None, None, Vec::new()),
     };
-    let set = Sql::new("status = $1, reason = coalesce($2, reason), updated_at = now()")
-        .bind(status.as_str())
-        .bind(reason.clone());
+    let set = Sql::new(
+        "status = $1, reason = coalesce($2, reason),
+         provider_payment_id = coalesce($3, provider_payment_id), updated_at = now()",
+    )
+    .bind(status.as_str())
+    .bind(reason.clone())
+    .bind(charge);
     let held = leases
         .complete_query(&lease, set)?
         .execute(&mut *tx)

@@ -81,13 +81,13 @@ pub fn on_stock_reserved(cancelled: bool, existing: Option<Status>) -> OnReserve
 /// not asked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Charged {
-    /// `APPROVED`, `PaymentApproved`.
-    Approved,
+    /// `APPROVED`, `PaymentApproved`; the provider's id of the charge.
+    Approved(String),
     /// `DECLINED` with the provider's reason, `PaymentDeclined`.
     Declined(String),
     /// The money was taken after the order was cancelled: `REFUNDED`, `PaymentApproved` then
-    /// `PaymentRefunded`.
-    Refunded,
+    /// `PaymentRefunded`; the provider's id of the charge.
+    Refunded(String),
     /// No answer: asked again later.
     NoAnswer,
     /// Nothing to do: the payment was abandoned before it was asked for, or the provider took
@@ -102,8 +102,8 @@ pub fn on_charged(status: Status, cancelled: bool, outcome: Option<&Outcome>) ->
     let live = status == Status::Pending && !cancelled;
     match outcome {
         None => Charged::Settled,
-        Some(Outcome::Approved) if live => Charged::Approved,
-        Some(Outcome::Approved) => Charged::Refunded,
+        Some(Outcome::Approved(charge)) if live => Charged::Approved(charge.clone()),
+        Some(Outcome::Approved(charge)) => Charged::Refunded(charge.clone()),
         Some(Outcome::Declined(reason)) if live => Charged::Declined(reason.clone()),
         Some(Outcome::NoAnswer) if live => Charged::NoAnswer,
         Some(Outcome::Declined(_) | Outcome::NoAnswer) => Charged::Settled,
@@ -176,14 +176,15 @@ mod tests {
     #[test]
     fn a_charge_settles_by_the_answer_and_by_whether_the_order_was_cancelled_meanwhile() {
         let declined = Outcome::Declined("card declined".into());
+        let approved = Outcome::Approved("ch_1".into());
         let live = |outcome| on_charged(Status::Pending, false, Some(outcome));
-        assert_eq!(live(&Outcome::Approved), Charged::Approved);
+        assert_eq!(live(&approved), Charged::Approved("ch_1".into()));
         assert_eq!(live(&declined), Charged::Declined("card declined".into()));
         assert_eq!(live(&Outcome::NoAnswer), Charged::NoAnswer);
         // Cancelled while the charge was made: the payment was abandoned.
         for (status, cancelled) in [(Status::Declined, true), (Status::Pending, true)] {
             let charged = |outcome| on_charged(status, cancelled, Some(outcome));
-            assert_eq!(charged(&Outcome::Approved), Charged::Refunded);
+            assert_eq!(charged(&approved), Charged::Refunded("ch_1".into()));
             assert_eq!(charged(&declined), Charged::Settled);
             assert_eq!(charged(&Outcome::NoAnswer), Charged::Settled);
         }

@@ -7,6 +7,9 @@
 //! | `slow`                  | [`Outcome::Approved`], after [`SLOW_ANSWER`]        |
 //! | anything else           | [`Outcome::Approved`]                               |
 //!
+//! An approval carries the provider's id of the charge, `ch_<payment id>`: the same for every
+//! request with one payment id, as a real provider's idempotency key makes it.
+//!
 //! A slow answer lets a reservation expire, or a customer cancel, while the charge is being
 //! made: the approval then arrives after the cancellation, which the saga must refund.
 //!
@@ -28,15 +31,17 @@ pub struct Charge<'a> {
     pub payment_id: Uuid,
     /// Who pays.
     pub customer_id: &'a str,
-    /// How much, in cents.
+    /// How much, in cents of `currency`.
     pub amount_cents: i64,
+    /// The ISO 4217 code of the amount's currency.
+    pub currency: &'a str,
 }
 
 /// What the provider answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The money was taken.
-    Approved,
+    /// The money was taken; the provider's id of the charge.
+    Approved(String),
     /// The charge was refused, with the provider's reason.
     Declined(String),
     /// No answer: the payment stays pending (until the order is cancelled).
@@ -61,7 +66,7 @@ pub fn answer(request: &Charge<'_>) -> Outcome {
     } else if request.customer_id.starts_with("timeout") {
         Outcome::NoAnswer
     } else {
-        Outcome::Approved
+        Outcome::Approved(format!("ch_{}", request.payment_id.simple()))
     }
 }
 
@@ -69,17 +74,24 @@ pub fn answer(request: &Charge<'_>) -> Outcome {
 mod tests {
     use super::*;
 
+    const PAYMENT: Uuid = Uuid::from_u128(7);
+
     fn answer(customer_id: &str, amount_cents: i64) -> Outcome {
         super::answer(&Charge {
-            payment_id: Uuid::now_v7(),
+            payment_id: PAYMENT,
             customer_id,
             amount_cents,
+            currency: "USD",
         })
+    }
+
+    fn approved() -> Outcome {
+        Outcome::Approved(format!("ch_{}", PAYMENT.simple()))
     }
 
     #[test]
     fn answers_by_customer_id() {
-        assert_eq!(answer("alice", 1000), Outcome::Approved);
+        assert_eq!(answer("alice", 1000), approved());
         assert_eq!(
             answer("decline-bob", 1000),
             Outcome::Declined("card declined".into())
@@ -89,10 +101,10 @@ mod tests {
             Outcome::Declined("card declined".into())
         );
         assert_eq!(answer("timeout-carol", 1000), Outcome::NoAnswer);
-        assert_eq!(answer("slow-dora", 1000), Outcome::Approved);
+        assert_eq!(answer("slow-dora", 1000), approved());
         // Only a prefix counts.
-        assert_eq!(answer("carol-timeout", 1000), Outcome::Approved);
-        assert_eq!(answer("Decline", 1000), Outcome::Approved);
+        assert_eq!(answer("carol-timeout", 1000), approved());
+        assert_eq!(answer("Decline", 1000), approved());
     }
 
     #[test]

@@ -19,33 +19,52 @@ pub(crate) struct Payment {
     pub(crate) payment_id: Uuid,
     /// Who placed the order.
     pub(crate) customer_id: String,
-    /// The amount charged, in cents.
+    /// The amount charged, in cents of `currency`.
     pub(crate) amount_cents: i64,
+    /// The amount's currency, an ISO 4217 code.
+    pub(crate) currency: String,
     /// Where the payment stands.
     pub(crate) status: Status,
     /// Why it was declined or refunded.
     #[schema(required = true)]
     pub(crate) reason: Option<String>,
+    /// The provider's id of the charge, once it approved it.
+    #[schema(required = true)]
+    pub(crate) provider_payment_id: Option<String>,
     /// When the payment was asked for.
     pub(crate) created_at: DateTime<Utc>,
     /// When its status last changed.
     pub(crate) updated_at: DateTime<Utc>,
 }
 
-type PaymentRow = (
-    Uuid,
-    Uuid,
-    String,
-    i64,
-    String,
-    Option<String>,
-    DateTime<Utc>,
-    DateTime<Utc>,
-);
+/// A `payments` row as [`SELECT_PAYMENT`] reads it.
+#[derive(sqlx::FromRow)]
+struct PaymentRow {
+    order_id: Uuid,
+    payment_id: Uuid,
+    customer_id: String,
+    amount_cents: i64,
+    currency: String,
+    status: String,
+    reason: Option<String>,
+    provider_payment_id: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
 
 fn payment(row: PaymentRow) -> Result<Payment, sqlx::Error> {
-    let (order_id, payment_id, customer_id, amount_cents, status, reason, created_at, updated_at) =
-        row;
+    let PaymentRow {
+        order_id,
+        payment_id,
+        customer_id,
+        amount_cents,
+        currency,
+        status,
+        reason,
+        provider_payment_id,
+        created_at,
+        updated_at,
+    } = row;
     let status = Status::parse(&status)
         .ok_or_else(|| sqlx::Error::Decode(format!("unknown payment status {status:?}").into()))?;
     Ok(Payment {
@@ -53,8 +72,10 @@ fn payment(row: PaymentRow) -> Result<Payment, sqlx::Error> {
         payment_id,
         customer_id,
         amount_cents,
+        currency,
         status,
         reason,
+        provider_payment_id,
         created_at,
         updated_at,
     })
@@ -111,8 +132,8 @@ pub(crate) async fn record_cancellation(
     .map(drop)
 }
 
-const SELECT_PAYMENT: &str =
-    "SELECT order_id, payment_id, customer_id, amount_cents, status, reason, created_at, updated_at
+const SELECT_PAYMENT: &str = "SELECT order_id, payment_id, customer_id, amount_cents, currency,
+         status, reason, provider_payment_id, created_at, updated_at
      FROM payments WHERE order_id = $1";
 
 /// The order's payment, if it has one.

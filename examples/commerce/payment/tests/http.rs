@@ -58,6 +58,15 @@ async fn admins_read_payments_and_others_are_refused() {
     assert_eq!(body["customer_id"], "alice");
     assert_eq!(body["amount_cents"], 1234);
     assert_eq!(body["status"], "APPROVED");
+    assert_eq!(body["currency"], "USD");
+    let payment_id: Uuid = body["payment_id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("a payment id");
+    assert_eq!(
+        body["provider_payment_id"],
+        format!("ch_{}", payment_id.simple())
+    );
     assert!(
         body["payment_id"]
             .as_str()
