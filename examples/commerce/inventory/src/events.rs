@@ -10,7 +10,6 @@ use commerce_platform::events::{EventHandler, publish};
 use inbox::{HandlerError, Message};
 use sqlx::{PgConnection, PgPool};
 use tracing::Span;
-use uuid::Uuid;
 
 use crate::Result;
 use crate::domain::{Level, MovementKind};
@@ -78,13 +77,14 @@ impl EventHandler for Saga {
     }
 }
 
-/// Writes a locked row's new figures and records the movement; returns the new row.
+/// Writes a locked row's new figures and records the movement (an admin's, with `reason` for a
+/// removal); returns the new row.
 pub(crate) async fn change(
     conn: &mut PgConnection,
     row: StockRow,
     after: Level,
     kind: MovementKind,
-    order_id: Option<Uuid>,
+    reason: Option<String>,
 ) -> Result<StockRow> {
     let changed = StockRow {
         product_id: row.product_id,
@@ -96,10 +96,11 @@ pub(crate) async fn change(
         conn,
         &[NewMovement {
             product_id: row.product_id,
-            order_id,
+            order_id: None,
             kind,
             before: row.level,
             after,
+            reason,
         }],
     )
     .await?;

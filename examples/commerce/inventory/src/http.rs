@@ -30,7 +30,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use uuid::Uuid;
 
 use crate::Error;
-use crate::domain::{self, MAX_ADD, MovementKind};
+use crate::domain::{self, Level, MAX_ADD, MovementKind, StockError};
 use commerce_platform::events::publish;
 
 use crate::events::{change, level_changed};
@@ -57,7 +57,7 @@ impl FromRef<AppState> for Authenticator {
 pub const MAX_BODY: usize = 16 * 1024;
 
 /// The API's routes (the operations routes are added by `commerce_platform::runtime::start`),
-/// with the idempotency layer on the restock route, behind the admin check.
+/// with the idempotency layer on the add and remove routes, behind the admin check.
 pub(crate) fn router(state: AppState) -> Router {
     let idempotency = IdempotencyLayer::transactional(PostgresStore::new(state.pool.clone()))
         .key_policy(KeyPolicy::Required)
@@ -76,6 +76,12 @@ pub(crate) fn router(state: AppState) -> Router {
         .route(
             "/api/v1/stock/{product_id}/add",
             post(add_stock)
+                .route_layer(idempotency.clone())
+                .route_layer(middleware::from_fn_with_state(state.clone(), require_admin)),
+        )
+        .route(
+            "/api/v1/stock/{product_id}/remove",
+            post(remove_stock)
                 .route_layer(idempotency)
                 .route_layer(middleware::from_fn_with_state(state.clone(), require_admin)),
         )
@@ -98,6 +104,17 @@ pub struct AddStock {
     /// Units to add, `1..=1_000_000`.
     #[schema(minimum = 1, maximum = 1_000_000)]
     pub quantity: i64,
+}
+
+/// `POST /api/v1/stock/{product_id}/remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveStock {
+    /// Units to take out, `1..=1_000_000`, no more than are not reserved.
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub quantity: i64,
+    /// Why (`shipped to the outlet`, `damaged`), 1 to 200 characters; kept with the movement.
+    pub reason: String,
 }
 
 /// `PUT /api/v1/stock/{product_id}`.
@@ -143,12 +160,14 @@ pub struct MovementView {
     pub id: i64,
     /// The order that caused it (reserve, confirm, release).
     pub order_id: Option<Uuid>,
-    /// `add`, `adjust`, `reserve`, `confirm` or `release`.
+    /// `add`, `adjust`, `reserve`, `confirm`, `release`, `restock` or `remove`.
     pub kind: String,
     /// Change of the total.
     pub delta_total: i32,
     /// Change of the reserved units.
     pub delta_reserved: i32,
+    /// Why, for an admin's removal.
+    pub reason: Option<String>,
     /// When.
     pub at: DateTime<Utc>,
 }
@@ -253,21 +272,99 @@ async fn add_stock(
         .ok()
         .filter(|q| (1..=MAX_ADD).contains(q))
         .ok_or_else(|| ApiError::BadRequest(format!("quantity must be between 1 and {MAX_ADD}")))?;
-    // The layer commits this transaction with the stored response (or rolls it back).
+    let changed = change_in(
+        &mut tx,
+        &state,
+        product_id,
+        MovementKind::Add,
+        None,
+        |level| domain::add(level, quantity),
+    )
+    .await?;
+    tracing::info!(%product_id, admin = %admin.sub, quantity, version = changed.version, "inventory: stock added (commits with the response)");
+    Ok(Json(StockView::from(&changed)))
+}
+
+/// Takes units out of a product's stock (outbound, write-off), with a reason; refused below
+/// the reserved units.
+#[utoipa::path(
+    post,
+    path = "/api/v1/stock/{product_id}/remove",
+    tag = "stock",
+    params(
+        ("product_id" = Uuid, Path, description = "The product"),
+        ("Idempotency-Key" = String, Header, description = "Required; one key per removal the client means to make."),
+    ),
+    request_body = RemoveStock,
+    responses(
+        (status = 200, description = "The new figures (or the first answer replayed, with `Idempotent-Replayed: true`)", body = StockView),
+        (status = 400, description = "Invalid body or product id, or no Idempotency-Key", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No stock for the product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Fewer units than reserved would be left, or a request with this key is in progress", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The key was used for another request", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+async fn remove_stock(
+    State(state): State<AppState>,
+    Extension(Admin(admin)): Extension<Admin>,
+    PathId(product_id): PathId,
+    mut tx: Tx,
+    json: Result<Json<Value>, JsonRejection>,
+) -> Result<Json<StockView>, ApiError> {
+    let body: RemoveStock = object(json)?;
+    let quantity = i32::try_from(body.quantity)
+        .ok()
+        .filter(|q| (1..=MAX_ADD).contains(q))
+        .ok_or_else(|| ApiError::BadRequest(format!("quantity must be between 1 and {MAX_ADD}")))?;
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 200 {
+        return Err(ApiError::BadRequest(
+            "reason must be 1 to 200 characters".into(),
+        ));
+    }
+    let why = Some(reason.to_owned());
+    let changed = change_in(
+        &mut tx,
+        &state,
+        product_id,
+        MovementKind::Remove,
+        why,
+        |level| domain::remove(level, quantity),
+    )
+    .await?;
+    tracing::info!(%product_id, admin = %admin.sub, quantity, reason, version = changed.version, "inventory: stock removed (commits with the response)");
+    Ok(Json(StockView::from(&changed)))
+}
+
+/// Applies `op` to the product's locked stock row in the idempotency layer's transaction (which
+/// commits it with the stored response), with its movement and its `StockLevelChanged`. An add
+/// sets up a row the product does not have yet; anything else needs one (404).
+async fn change_in(
+    tx: &mut Tx,
+    state: &AppState,
+    product_id: Uuid,
+    kind: MovementKind,
+    reason: Option<String>,
+    op: impl FnOnce(Level) -> Result<Level, StockError>,
+) -> Result<StockRow, ApiError> {
     let conn = tx.conn().await.map_err(|_| {
         ApiError::Unavailable("the database is unavailable; retry with the same key".into())
     })?;
-    repo::ensure_stocks(conn, &[product_id]).await?;
+    if kind == MovementKind::Add {
+        repo::ensure_stocks(conn, &[product_id]).await?;
+    }
     let row = repo::lock_stock(conn, &[product_id])
         .await?
         .into_iter()
         .next()
         .ok_or_else(|| no_stock(product_id))?;
-    let after = domain::add(row.level, quantity).map_err(Error::from)?;
-    let changed = change(conn, row, after, MovementKind::Add, None).await?;
+    let after = op(row.level).map_err(Error::from)?;
+    let changed = change(conn, row, after, kind, reason).await?;
     publish(conn, &state.topics, None, [level_changed(&changed)]).await?;
-    tracing::info!(%product_id, admin = %admin.sub, quantity, version = changed.version, "inventory: stock added (commits with the response)");
-    Ok(Json(StockView::from(&changed)))
+    Ok(changed)
 }
 
 /// Sets the total (a stock count); refused below the reserved units.
@@ -358,6 +455,7 @@ async fn list_movements(
             kind: m.kind,
             delta_total: m.delta_total,
             delta_reserved: m.delta_reserved,
+            reason: m.reason,
             at: m.at,
         })
         .collect();
@@ -374,8 +472,8 @@ async fn list_movements(
         title = "commerce inventory",
         description = "Stock of the reference commerce system: figures, restocks (with an Idempotency-Key), counts and movements. Every route needs a bearer JWT with the admin role."
     ),
-    paths(get_stock, add_stock, adjust_stock, list_movements),
-    components(schemas(AddStock, AdjustStock, StockView, MovementView, MovementsView, Problem)),
+    paths(get_stock, add_stock, remove_stock, adjust_stock, list_movements),
+    components(schemas(AddStock, RemoveStock, AdjustStock, StockView, MovementView, MovementsView, Problem)),
     modifiers(&SecuritySchemes),
     tags((name = "stock", description = "Stock figures and their changes"))
 )]

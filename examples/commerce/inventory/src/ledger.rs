@@ -325,6 +325,7 @@ impl Ledger<'_> {
                 kind,
                 before: row.level,
                 after,
+                reason: None,
             });
             row.level = after;
             let changes = self.changed.entry(product_id).or_insert((0, index));

@@ -13,10 +13,11 @@
 //!   reserved and restocks units already sold (`StockRestocked`), so a cancelled order returns
 //!   every unit.
 //! - **Admin API** ([`app`], bearer JWT with the `admin` role): `GET /api/v1/stock/{id}`,
-//!   `POST /api/v1/stock/{id}/add`, `PUT /api/v1/stock/{id}`,
+//!   `POST /api/v1/stock/{id}/add`, `POST /api/v1/stock/{id}/remove` (units out, with a reason,
+//!   never below the reserved ones), `PUT /api/v1/stock/{id}`,
 //!   `GET /api/v1/stock/{id}/movements`, and the OpenAPI document at `GET /openapi.json`.
-//!   `POST /api/v1/stock/{id}/add` requires an `Idempotency-Key`: a retry with the same key
-//!   replays the first answer and the units are added once.
+//!   `POST /api/v1/stock/{id}/add` and `.../remove` require an `Idempotency-Key`: a retry with
+//!   the same key replays the first answer and the units are added or removed once.
 //!
 //! # Guarantees
 //!

@@ -154,13 +154,15 @@ pub(crate) async fn all_stock_shared(conn: &mut PgConnection) -> sqlx::Result<Ve
 }
 
 /// A movement to record.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct NewMovement {
     pub(crate) product_id: Uuid,
     pub(crate) order_id: Option<Uuid>,
     pub(crate) kind: MovementKind,
     pub(crate) before: Level,
     pub(crate) after: Level,
+    /// Why, for an admin's removal.
+    pub(crate) reason: Option<String>,
 }
 
 /// Records movements, in order.
@@ -176,6 +178,7 @@ pub(crate) async fn record_movements(
     let mut kinds = Vec::with_capacity(movements.len());
     let mut totals = Vec::with_capacity(movements.len());
     let mut reserved = Vec::with_capacity(movements.len());
+    let mut reasons = Vec::with_capacity(movements.len());
     for movement in movements {
         let (delta_total, delta_reserved) = movement.before.delta_to(movement.after);
         products.push(movement.product_id);
@@ -183,16 +186,18 @@ pub(crate) async fn record_movements(
         kinds.push(movement.kind.as_str());
         totals.push(delta_total);
         reserved.push(delta_reserved);
+        reasons.push(movement.reason.as_deref());
     }
     sqlx::query(
-        "INSERT INTO movements (product_id, order_id, kind, delta_total, delta_reserved)
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::int[])",
+        "INSERT INTO movements (product_id, order_id, kind, delta_total, delta_reserved, reason)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::int[], $6::text[])",
     )
     .bind(products)
     .bind(orders)
     .bind(kinds)
     .bind(totals)
     .bind(reserved)
+    .bind(reasons)
     .execute(conn)
     .await?;
     Ok(())
@@ -206,10 +211,19 @@ pub(crate) struct Movement {
     pub(crate) kind: String,
     pub(crate) delta_total: i32,
     pub(crate) delta_reserved: i32,
+    pub(crate) reason: Option<String>,
     pub(crate) at: DateTime<Utc>,
 }
 
-type MovementTuple = (i64, Option<Uuid>, String, i32, i32, DateTime<Utc>);
+type MovementTuple = (
+    i64,
+    Option<Uuid>,
+    String,
+    i32,
+    i32,
+    Option<String>,
+    DateTime<Utc>,
+);
 
 /// A product's newest `limit` movements, newest first.
 pub(crate) async fn movements(
@@ -218,7 +232,7 @@ pub(crate) async fn movements(
     limit: i64,
 ) -> sqlx::Result<Vec<Movement>> {
     let rows: Vec<MovementTuple> = sqlx::query_as(
-        "SELECT id, order_id, kind, delta_total, delta_reserved, at FROM movements
+        "SELECT id, order_id, kind, delta_total, delta_reserved, reason, at FROM movements
          WHERE product_id = $1 ORDER BY id DESC LIMIT $2",
     )
     .bind(product_id)
@@ -228,12 +242,13 @@ pub(crate) async fn movements(
     Ok(rows
         .into_iter()
         .map(
-            |(id, order_id, kind, delta_total, delta_reserved, at)| Movement {
+            |(id, order_id, kind, delta_total, delta_reserved, reason, at)| Movement {
                 id,
                 order_id,
                 kind,
                 delta_total,
                 delta_reserved,
+                reason,
                 at,
             },
         )

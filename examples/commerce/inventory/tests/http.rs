@@ -1,4 +1,5 @@
-//! The admin API against PostgreSQL: authentication, validation, restocks, counts, movements.
+//! The admin API against PostgreSQL: authentication, validation, restocks, removals, counts,
+//! movements.
 
 mod common;
 
@@ -75,6 +76,11 @@ async fn every_route_needs_an_admin() {
             "POST",
             format!("/api/v1/stock/{product}/add"),
             Some(json!({"quantity": 1})),
+        ),
+        (
+            "POST",
+            format!("/api/v1/stock/{product}/remove"),
+            Some(json!({"quantity": 1, "reason": "damaged"})),
         ),
         (
             "PUT",
@@ -351,6 +357,98 @@ async fn adjusting_below_the_reserved_units_is_a_conflict() {
     )
     .await;
     assert_problem(&response, StatusCode::CONFLICT, "conflict");
+}
+
+#[tokio::test]
+async fn removing_takes_units_out_with_a_reason_but_never_below_the_reserved_ones() {
+    let db = db().await;
+    let state = state(&db.pool);
+    let admin = token(&["admin"]);
+    let product = Uuid::now_v7();
+    seed(&db.pool, product, 10).await;
+    let saga = Saga::new(state.topics.clone());
+    apply(
+        &db.pool,
+        &saga,
+        &placed(Uuid::now_v7(), vec![line(product, 6)]),
+    )
+    .await;
+    let remove = format!("/api/v1/stock/{product}/remove");
+    let before = count(&db.pool, "outbox_events").await;
+
+    // 4 of the 10 units are free: taking 5 is refused, nothing is written.
+    let refused = call(
+        &state,
+        "POST",
+        &remove,
+        Some(&admin),
+        Some(json!({"quantity": 5, "reason": "damaged"})),
+    )
+    .await;
+    assert_problem(&refused, StatusCode::CONFLICT, "conflict");
+    assert_eq!(level(&db.pool, product).await, (10, 6, 1));
+    assert_eq!(count(&db.pool, "outbox_events").await, before);
+    for body in [
+        json!({"quantity": 1}),
+        json!({"quantity": 1, "reason": " "}),
+        json!({"quantity": 0, "reason": "damaged"}),
+        json!({"quantity": 1, "reason": "x".repeat(201)}),
+    ] {
+        let response = call(&state, "POST", &remove, Some(&admin), Some(body)).await;
+        assert_problem(&response, StatusCode::BAD_REQUEST, "bad-request");
+    }
+
+    let (status, _, body) = call(
+        &state,
+        "POST",
+        &remove,
+        Some(&admin),
+        Some(json!({"quantity": 4, "reason": "shipped to the outlet"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"product_id": product, "total": 6, "reserved": 6, "available": 0, "version": 2})
+    );
+    let (_, _, movements) = call(
+        &state,
+        "GET",
+        &format!("/api/v1/stock/{product}/movements"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    let newest = &movements["movements"][0];
+    assert_eq!(
+        (&newest["kind"], &newest["delta_total"], &newest["reason"]),
+        (
+            &json!("remove"),
+            &json!(-4),
+            &json!("shipped to the outlet")
+        )
+    );
+    assert!(
+        outbox_of(&db.pool, "StockLevelChanged")
+            .await
+            .contains(&Event::StockLevelChanged {
+                product_id: product,
+                total: 6,
+                reserved: 6,
+                available: 0,
+                version: 2,
+            })
+    );
+    // A product without stock has nothing to remove.
+    let missing = call(
+        &state,
+        "POST",
+        &format!("/api/v1/stock/{}/remove", Uuid::now_v7()),
+        Some(&admin),
+        Some(json!({"quantity": 1, "reason": "lost"})),
+    )
+    .await;
+    assert_problem(&missing, StatusCode::NOT_FOUND, "not-found");
 }
 
 #[tokio::test]

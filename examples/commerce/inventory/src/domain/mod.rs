@@ -105,6 +105,20 @@ pub fn add(level: Level, quantity: i32) -> Result<Level, StockError> {
     Ok(Level { total, ..level })
 }
 
+/// Takes `quantity` units out (an admin's outbound or write-off): `total -= quantity`,
+/// `1..=MAX_ADD` at a time, refused below what is reserved.
+///
+/// # Errors
+///
+/// [`StockError::InvalidQuantity`] outside `1..=MAX_ADD`, [`StockError::BelowReserved`] when
+/// fewer units than reserved would be left.
+pub fn remove(level: Level, quantity: i32) -> Result<Level, StockError> {
+    if !(1..=MAX_ADD).contains(&quantity) {
+        return Err(StockError::InvalidQuantity(quantity.into()));
+    }
+    adjust(level, i64::from(level.total) - i64::from(quantity))
+}
+
 /// Sets the total (an admin stock count): refused below what is reserved.
 ///
 /// # Errors
@@ -432,6 +446,8 @@ pub enum MovementKind {
     Release,
     /// Sold units of a cancelled order went back into stock.
     Restock,
+    /// An admin took units out (outbound, write-off), with a reason.
+    Remove,
 }
 
 impl MovementKind {
@@ -444,6 +460,7 @@ impl MovementKind {
             MovementKind::Confirm => "confirm",
             MovementKind::Release => "release",
             MovementKind::Restock => "restock",
+            MovementKind::Remove => "remove",
         }
     }
 }
