@@ -268,10 +268,7 @@ async fn add_stock(
     json: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<StockView>, ApiError> {
     let body: AddStock = object(json)?;
-    let quantity = i32::try_from(body.quantity)
-        .ok()
-        .filter(|q| (1..=MAX_ADD).contains(q))
-        .ok_or_else(|| ApiError::BadRequest(format!("quantity must be between 1 and {MAX_ADD}")))?;
+    let quantity = quantity(body.quantity)?;
     let changed = change_in(
         &mut tx,
         &state,
@@ -315,10 +312,7 @@ async fn remove_stock(
     json: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<StockView>, ApiError> {
     let body: RemoveStock = object(json)?;
-    let quantity = i32::try_from(body.quantity)
-        .ok()
-        .filter(|q| (1..=MAX_ADD).contains(q))
-        .ok_or_else(|| ApiError::BadRequest(format!("quantity must be between 1 and {MAX_ADD}")))?;
+    let quantity = quantity(body.quantity)?;
     let reason = body.reason.trim();
     if reason.is_empty() || reason.chars().count() > 200 {
         return Err(ApiError::BadRequest(
@@ -337,6 +331,14 @@ async fn remove_stock(
     .await?;
     tracing::info!(%product_id, admin = %admin.sub, quantity, reason, version = changed.version, "inventory: stock removed (commits with the response)");
     Ok(Json(StockView::from(&changed)))
+}
+
+/// A body's quantity of units: `1..=MAX_ADD`.
+fn quantity(requested: i64) -> Result<i32, ApiError> {
+    i32::try_from(requested)
+        .ok()
+        .filter(|q| (1..=MAX_ADD).contains(q))
+        .ok_or_else(|| ApiError::BadRequest(format!("quantity must be between 1 and {MAX_ADD}")))
 }
 
 /// Applies `op` to the product's locked stock row in the idempotency layer's transaction (which
