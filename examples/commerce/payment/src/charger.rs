@@ -1,11 +1,12 @@
 //! The charger: makes the charges of `PENDING` payments, outside any database transaction.
 //!
 //! The saga consumer only records a `PENDING` payment, due at once, in the transaction that
-//! applies `StockReserved`. The charger claims due payments with row leases ([`leases`], over
-//! `payments`), asks the provider with no transaction open and no connection held, then
-//! settles each in one transaction, under the order's lock and fenced by its lease: the
-//! payment's new status and the events it publishes commit together, or not at all. So a
-//! partition of the saga never waits on the provider, and a slow provider holds no connection.
+//! applies `StockReserved`. The charger claims a batch of due payments with row leases
+//! ([`leases`], over `payments`), asks the provider for all of them at once with no
+//! transaction open and no connection held, then settles the batch in one transaction, under
+//! the orders' locks and fenced by the leases: the payments' new statuses and the events they
+//! publish commit together, or not at all. So a partition of the saga never waits on the
+//! provider, and a slow provider holds no connection.
 //!
 //! What a charge comes to ([`domain::on_charged`]): approved, `APPROVED` and `PaymentApproved`;
 //! declined, `DECLINED` and `PaymentDeclined`; no answer, asked again after [`RETRY_AFTER`].
@@ -14,17 +15,18 @@
 //! that dies mid-charge loses its lease; another asks again with the same payment id, which a
 //! real provider takes as the request's idempotency key.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use commerce_events::{Event, Topics};
 use commerce_platform::events::{enqueue, to_outbox};
 use leases::task::Background;
-use leases::{Completion, Lease, RowLeases, Sql, TableSpec};
+use leases::{Completion, Lease, RowLeases, TableSpec};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::{self, Charged, Status};
-use crate::provider::{self, Charge};
+use crate::provider::{self, Charge, Outcome};
 use crate::repo;
 
 /// Payments claimed at once.
@@ -83,73 +85,125 @@ pub fn spawn(pool: PgPool, topics: Topics, leases: RowLeases) -> Background {
     })
 }
 
-/// Claims up to [`BATCH`] due payments, charges them at once and settles each. Returns how many
-/// it claimed.
+/// Claims up to [`BATCH`] due payments, asks the provider for all of them at once (no
+/// transaction open), then settles the batch in one transaction. Returns how many it claimed.
 ///
 /// # Errors
 ///
-/// When the claim fails; a payment whose settlement fails is logged and charged again once its
-/// lease expires.
+/// When the claim or the settlement fails; the batch's payments are then charged again once
+/// their leases expire (the provider takes the payment id as its idempotency key).
 pub async fn charge_due(
     pool: &PgPool,
     topics: &Topics,
     leases: &RowLeases,
 ) -> anyhow::Result<usize> {
     let claimed: Vec<(Lease<Uuid>, Due)> = leases.claim_rows(pool, BATCH, LEASE_TTL).await?;
-    let count = claimed.len();
-    let charges = claimed.into_iter().map(|(lease, due)| async move {
-        let order_id = lease.id;
-        if let Err(error) = charge(pool, topics, leases, lease, due).await {
-            tracing::warn!(%order_id, %error, "payment: charge not settled; it is made again later");
-        }
-    });
-    futures::future::join_all(charges).await;
-    Ok(count)
+    if claimed.is_empty() {
+        return Ok(0);
+    }
+    let answers = futures::future::join_all(claimed.iter().map(|(_, due)| ask(due))).await;
+    settle(pool, topics, leases, &claimed, answers).await?;
+    Ok(claimed.len())
 }
 
-/// Asks the provider, then settles what it answered.
-async fn charge(
+/// The provider's answer for `due`, or `None` when it is no longer pending (abandoned since it
+/// became due: not charged).
+async fn ask(due: &Due) -> Option<Outcome> {
+    if due.status != Status::Pending.as_str() {
+        return None;
+    }
+    Some(
+        provider::charge(&Charge {
+            payment_id: due.payment_id,
+            customer_id: &due.customer_id,
+            amount_cents: due.amount_cents,
+            currency: &due.currency,
+        })
+        .await,
+    )
+}
+
+/// Settles a charged batch in one transaction, under its orders' locks: each payment's status
+/// and events by [`domain::on_charged`], finished (or released for another try) through its
+/// lease, so a payment whose lease was lost meanwhile is left to its new holder.
+async fn settle(
     pool: &PgPool,
     topics: &Topics,
     leases: &RowLeases,
-    lease: Lease<Uuid>,
-    due: Due,
+    claimed: &[(Lease<Uuid>, Due)],
+    answers: Vec<Option<Outcome>>,
 ) -> anyhow::Result<()> {
-    let order_id = lease.id;
-    // A payment abandoned since it became due is not charged.
-    let outcome = if due.status == Status::Pending.as_str() {
-        Some(
-            provider::charge(&Charge {
-                payment_id: due.payment_id,
-                customer_id: &due.customer_id,
-                amount_cents: due.amount_cents,
-                currency: &due.currency,
-            })
-            .await,
-        )
-    } else {
-        None
-    };
+    let ids: Vec<Uuid> = claimed.iter().map(|(lease, _)| lease.id).collect();
     let mut tx = pool.begin().await?;
-    repo::lock_order(&mut tx, order_id).await?;
-    let Some(payment) = repo::payment_of(&mut tx, order_id).await? else {
-        return Ok(());
+    repo::lock_orders(&mut tx, &ids).await?;
+    let payments = repo::settling(&mut tx, &ids).await?;
+    let (mut finished, mut again) = (Vec::new(), Vec::new());
+    let mut settled: Vec<(Uuid, Charged)> = Vec::new();
+    for ((lease, _), answer) in claimed.iter().zip(&answers) {
+        let Some(payment) = payments.get(&lease.id) else {
+            finished.push(lease.clone());
+            continue;
+        };
+        match domain::on_charged(payment.status, payment.cancelled, answer.as_ref()) {
+            Charged::NoAnswer => again.push(lease.clone()),
+            charged => {
+                finished.push(lease.clone());
+                settled.push((lease.id, charged));
+            }
+        }
+    }
+    let held: HashSet<Uuid> = leases
+        .complete_many(&mut *tx, &finished)
+        .await?
+        .into_iter()
+        .collect();
+    leases.release_many(&mut *tx, &again, RETRY_AFTER).await?;
+    let mut outcomes = Vec::new();
+    let mut rows = Vec::new();
+    for (order_id, charged) in settled.into_iter().filter(|(id, _)| held.contains(id)) {
+        let payment = &payments[&order_id];
+        let Some((status, reason, charge, events)) = effects(payment, &charged) else {
+            continue;
+        };
+        tracing::info!(%order_id, payment_id = %payment.payment_id, %status, "payment: charge settled");
+        outcomes.push((order_id, status, reason, charge));
+        rows.extend(events.into_iter().map(|event| {
+            let envelope = match payment.cause {
+                Some(cause) => event.caused_by(cause),
+                None => event.into_envelope(),
+            };
+            let row = to_outbox(&envelope, topics);
+            match &payment.traceparent {
+                Some(parent) => row.header("traceparent", parent.clone()),
+                None => row,
+            }
+        }));
+    }
+    repo::set_outcomes(&mut tx, &outcomes).await?;
+    enqueue(&mut tx, &rows).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What `charged` writes to `payment` and publishes: `(status, reason, provider's charge id,
+/// events)`; `None` when nothing changes.
+fn effects(
+    payment: &repo::Settling,
+    charged: &Charged,
+) -> Option<(Status, Option<String>, Option<String>, Vec<Event>)> {
+    let approved = Event::PaymentApproved {
+        order_id: payment.order_id,
+        payment_id: payment.payment_id,
+        amount_cents: payment.amount_cents,
     };
-    let cancelled = repo::is_cancelled(&mut tx, order_id).await?;
-    let charged = domain::on_charged(payment.status, cancelled, outcome.as_ref());
-    let (status, reason, charge, events) = match &charged {
-        Charged::Approved(charge) => (
-            Status::Approved,
-            None,
-            Some(charge.clone()),
-            vec![approved(&payment)],
-        ),
+    Some(match charged {
+        Charged::Approved(charge) => (Status::Approved, None, Some(charge.clone()), vec![approved]),
         Charged::Declined(reason) => (
             Status::Declined,
             Some(reason.clone()),
             None,
             vec![Event::PaymentDeclined {
-                order_id,
+                order_id: payment.order_id,
                 reason: reason.clone(),
             }],
         ),
@@ -158,65 +212,15 @@ async fn charge(
             Some(domain::ABANDONED_REASON.to_owned()),
             Some(charge.clone()),
             vec![
-                approved(&payment),
+                approved,
                 Event::PaymentRefunded {
-                    order_id,
+                    order_id: payment.order_id,
                     payment_id: payment.payment_id,
                     customer_id: payment.customer_id.clone(),
                     amount_cents: payment.amount_cents,
                 },
             ],
         ),
-        Charged::NoAnswer => {
-            let held = leases.release(&mut *tx, &lease, RETRY_AFTER).await?;
-            tx.commit().await?;
-            tracing::info!(%order_id, held, "payment: the provider did not answer; asking again later");
-            return Ok(());
-        }
-        Charged::Settled => (payment.status, None, None, Vec::new()),
-    };
-    let set = Sql::new(
-        "status = $1, reason = coalesce($2, reason),
-         provider_payment_id = coalesce($3, provider_payment_id), updated_at = now()",
-    )
-    .bind(status.as_str())
-    .bind(reason.clone())
-    .bind(charge);
-    let held = leases
-        .complete_query(&lease, set)?
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-        == 1;
-    if !held {
-        tracing::warn!(%order_id, "payment: lease lost while charging; another charger settles it");
-        return Ok(());
-    }
-    let (cause, traceparent) = repo::asked_by(&mut tx, order_id).await?;
-    let rows: Vec<outbox::NewEvent> = events
-        .into_iter()
-        .map(|event| {
-            let envelope = match cause {
-                Some(cause) => event.caused_by(cause),
-                None => event.into_envelope(),
-            };
-            let row = to_outbox(&envelope, topics);
-            match &traceparent {
-                Some(parent) => row.header("traceparent", parent.clone()),
-                None => row,
-            }
-        })
-        .collect();
-    enqueue(&mut tx, &rows).await?;
-    tx.commit().await?;
-    tracing::info!(%order_id, payment_id = %payment.payment_id, ?charged, %status, "payment: charge settled");
-    Ok(())
-}
-
-fn approved(payment: &repo::Payment) -> Event {
-    Event::PaymentApproved {
-        order_id: payment.order_id,
-        payment_id: payment.payment_id,
-        amount_cents: payment.amount_cents,
-    }
+        Charged::NoAnswer | Charged::Settled => return None,
+    })
 }

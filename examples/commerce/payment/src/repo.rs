@@ -1,6 +1,8 @@
 //! SQL on the payment service's tables. Every function takes the caller's connection, so the
 //! saga's writes share the consumer's transaction.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use commerce_events::Cause;
 use serde::Serialize;
@@ -180,26 +182,101 @@ pub(crate) async fn insert_pending(
     Ok(inserted == 1)
 }
 
-/// The event that asked for the order's payment and its trace, for the events its charge
-/// publishes (`None` for payments recorded before they were stored).
-pub(crate) async fn asked_by(
+/// A payment as the charger settles it.
+#[derive(Debug, Clone)]
+pub(crate) struct Settling {
+    pub(crate) order_id: Uuid,
+    pub(crate) payment_id: Uuid,
+    pub(crate) customer_id: String,
+    pub(crate) amount_cents: i64,
+    pub(crate) status: Status,
+    /// Whether the order was cancelled.
+    pub(crate) cancelled: bool,
+    /// The event that asked for it (`None` for payments recorded before it was stored).
+    pub(crate) cause: Option<Cause>,
+    /// The trace it was asked for in.
+    pub(crate) traceparent: Option<String>,
+}
+
+type SettlingRow = (
+    Uuid,
+    Uuid,
+    String,
+    i64,
+    String,
+    bool,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<String>,
+);
+
+/// The payments of `order_ids` (locked by the caller) as the charger settles them, by order.
+pub(crate) async fn settling(
     conn: &mut PgConnection,
-    order_id: Uuid,
-) -> sqlx::Result<(Option<Cause>, Option<String>)> {
-    let (event_id, correlation_id, traceparent): (Option<Uuid>, Option<Uuid>, Option<String>) =
-        sqlx::query_as(
-            "SELECT cause_event_id, correlation_id, traceparent FROM payments WHERE order_id = $1",
-        )
-        .bind(order_id)
-        .fetch_one(conn)
-        .await?;
-    let cause = event_id
-        .zip(correlation_id)
-        .map(|(event_id, correlation_id)| Cause {
-            event_id,
-            correlation_id,
-        });
-    Ok((cause, traceparent))
+    order_ids: &[Uuid],
+) -> sqlx::Result<HashMap<Uuid, Settling>> {
+    let rows: Vec<SettlingRow> = sqlx::query_as(
+        "SELECT p.order_id, p.payment_id, p.customer_id, p.amount_cents, p.status,
+             EXISTS (SELECT 1 FROM cancelled_orders c WHERE c.order_id = p.order_id),
+             p.cause_event_id, p.correlation_id, p.traceparent
+         FROM payments p WHERE p.order_id = ANY($1)",
+    )
+    .bind(order_ids)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let (order_id, payment_id, customer_id, amount_cents, status, cancelled) =
+                (row.0, row.1, row.2, row.3, row.4, row.5);
+            let status = Status::parse(&status).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown payment status {status:?}").into())
+            })?;
+            let cause = row.6.zip(row.7).map(|(event_id, correlation_id)| Cause {
+                event_id,
+                correlation_id,
+            });
+            let settling = Settling {
+                order_id,
+                payment_id,
+                customer_id,
+                amount_cents,
+                status,
+                cancelled,
+                cause,
+                traceparent: row.8,
+            };
+            Ok((order_id, settling))
+        })
+        .collect()
+}
+
+/// Writes charges' outcomes: `(order, status, reason, provider's charge id)`, the reason and
+/// the charge id kept when `None`.
+pub(crate) async fn set_outcomes(
+    conn: &mut PgConnection,
+    outcomes: &[(Uuid, Status, Option<String>, Option<String>)],
+) -> sqlx::Result<()> {
+    if outcomes.is_empty() {
+        return Ok(());
+    }
+    let orders: Vec<Uuid> = outcomes.iter().map(|o| o.0).collect();
+    let statuses: Vec<&str> = outcomes.iter().map(|o| o.1.as_str()).collect();
+    let reasons: Vec<Option<&str>> = outcomes.iter().map(|o| o.2.as_deref()).collect();
+    let charges: Vec<Option<&str>> = outcomes.iter().map(|o| o.3.as_deref()).collect();
+    sqlx::query(
+        "UPDATE payments AS p SET status = u.status, reason = coalesce(u.reason, p.reason),
+             provider_payment_id = coalesce(u.charge, p.provider_payment_id), updated_at = now()
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
+             AS u(order_id, status, reason, charge)
+         WHERE p.order_id = u.order_id",
+    )
+    .bind(orders)
+    .bind(statuses)
+    .bind(reasons)
+    .bind(charges)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Sets the order's payment's status and reason.
