@@ -162,12 +162,12 @@ async fn settle(
     let mut rows = Vec::new();
     for (order_id, charged) in settled.into_iter().filter(|(id, _)| held.contains(id)) {
         let payment = &payments[&order_id];
-        let Some((status, reason, charge, events)) = effects(payment, &charged) else {
+        let Some(effects) = effects(payment, &charged) else {
             continue;
         };
-        tracing::info!(%order_id, payment_id = %payment.payment_id, %status, "payment: charge settled");
-        outcomes.push((order_id, status, reason, charge));
-        rows.extend(events.into_iter().map(|event| {
+        tracing::info!(%order_id, payment_id = %payment.payment_id, status = %effects.status, "payment: charge settled");
+        outcomes.push((order_id, effects.status, effects.reason, effects.charge));
+        rows.extend(effects.events.into_iter().map(|event| {
             let envelope = match payment.cause {
                 Some(cause) => event.caused_by(cause),
                 None => event.into_envelope(),
@@ -185,33 +185,43 @@ async fn settle(
     Ok(())
 }
 
-/// What `charged` writes to `payment` and publishes: `(status, reason, provider's charge id,
-/// events)`; `None` when nothing changes.
-fn effects(
-    payment: &repo::Settling,
-    charged: &Charged,
-) -> Option<(Status, Option<String>, Option<String>, Vec<Event>)> {
+/// What a settled charge writes to its payment and publishes.
+struct Effects {
+    status: Status,
+    reason: Option<String>,
+    /// The provider's id of the charge.
+    charge: Option<String>,
+    events: Vec<Event>,
+}
+
+/// What `charged` writes to `payment` and publishes; `None` when nothing changes.
+fn effects(payment: &repo::Settling, charged: &Charged) -> Option<Effects> {
     let approved = Event::PaymentApproved {
         order_id: payment.order_id,
         payment_id: payment.payment_id,
         amount_cents: payment.amount_cents,
     };
     Some(match charged {
-        Charged::Approved(charge) => (Status::Approved, None, Some(charge.clone()), vec![approved]),
-        Charged::Declined(reason) => (
-            Status::Declined,
-            Some(reason.clone()),
-            None,
-            vec![Event::PaymentDeclined {
+        Charged::Approved(charge) => Effects {
+            status: Status::Approved,
+            reason: None,
+            charge: Some(charge.clone()),
+            events: vec![approved],
+        },
+        Charged::Declined(reason) => Effects {
+            status: Status::Declined,
+            reason: Some(reason.clone()),
+            charge: None,
+            events: vec![Event::PaymentDeclined {
                 order_id: payment.order_id,
                 reason: reason.clone(),
             }],
-        ),
-        Charged::Refunded(charge) => (
-            Status::Refunded,
-            Some(domain::ABANDONED_REASON.to_owned()),
-            Some(charge.clone()),
-            vec![
+        },
+        Charged::Refunded(charge) => Effects {
+            status: Status::Refunded,
+            reason: Some(domain::ABANDONED_REASON.to_owned()),
+            charge: Some(charge.clone()),
+            events: vec![
                 approved,
                 Event::PaymentRefunded {
                     order_id: payment.order_id,
@@ -220,7 +230,7 @@ fn effects(
                     amount_cents: payment.amount_cents,
                 },
             ],
-        ),
+        },
         Charged::NoAnswer | Charged::Settled => return None,
     })
 }
