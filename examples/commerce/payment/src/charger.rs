@@ -2,7 +2,7 @@
 //!
 //! The saga consumer only records a `PENDING` payment, due at once, in the transaction that
 //! applies `StockReserved`. The charger claims a batch of due payments with row leases
-//! ([`leases`], over `payments`), asks the provider for all of them at once with no
+//! ([`leases()`], over `payments`), asks the provider for all of them at once with no
 //! transaction open and no connection held, then settles the batch in one transaction, under
 //! the orders' locks and fenced by the leases: the payments' new statuses and the events they
 //! publish commit together, or not at all. So a partition of the saga never waits on the
@@ -13,7 +13,10 @@
 //! An order cancelled while its charge was being made (the saga abandoned the payment) and
 //! approved anyway is refunded: `REFUNDED`, `PaymentApproved` then `PaymentRefunded`. A charger
 //! that dies mid-charge loses its lease; another asks again with the same payment id, which a
-//! real provider takes as the request's idempotency key.
+//! real provider takes as the request's idempotency key, even when the payment was abandoned
+//! meanwhile (a charge found then is refunded). The fake provider's "no answer" means nothing
+//! was taken; a real provider's timeout may hide a charge, so a port to one would have to ask
+//! for the charge's status before giving an abandoned payment up.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -98,18 +101,30 @@ pub async fn charge_due(
     leases: &RowLeases,
 ) -> anyhow::Result<usize> {
     let claimed: Vec<(Lease<Uuid>, Due)> = leases.claim_rows(pool, BATCH, LEASE_TTL).await?;
-    if claimed.is_empty() {
+    let claimed_count = claimed.len();
+    if claimed_count == 0 {
         return Ok(0);
     }
-    let answers = futures::future::join_all(claimed.iter().map(|(_, due)| ask(due))).await;
-    settle(pool, topics, leases, &claimed, answers).await?;
-    Ok(claimed.len())
+    let answers =
+        futures::future::join_all(claimed.iter().map(|(lease, due)| ask(lease, due))).await;
+    if let Err(error) = settle(pool, topics, leases, &claimed, answers).await {
+        // Give the batch back at once rather than when its leases expire: the sooner a charge
+        // the provider made is settled (or refunded), the better.
+        let held: Vec<Lease<Uuid>> = claimed.into_iter().map(|(lease, _)| lease).collect();
+        if let Err(release) = leases.release_many(pool, &held, Duration::ZERO).await {
+            tracing::warn!(%release, "payment: a failed batch's leases are left to expire");
+        }
+        return Err(error);
+    }
+    Ok(claimed_count)
 }
 
-/// The provider's answer for `due`, or `None` when it is no longer pending (abandoned since it
-/// became due: not charged).
-async fn ask(due: &Due) -> Option<Outcome> {
-    if due.status != Status::Pending.as_str() {
+/// The provider's answer for `due`, or `None` when it need not be asked: the payment was
+/// abandoned before any attempt to charge it. A payment claimed again (an earlier attempt may
+/// have been charged and not settled) is always asked: the provider answers the same payment
+/// id with the same charge, which is then refunded if the order was cancelled meanwhile.
+async fn ask(lease: &Lease<Uuid>, due: &Due) -> Option<Outcome> {
+    if due.status != Status::Pending.as_str() && lease.attempts <= 1 {
         return None;
     }
     Some(

@@ -364,6 +364,38 @@ async fn a_charge_approved_while_its_order_was_cancelled_is_refunded() {
 }
 
 #[tokio::test]
+async fn a_charge_made_but_not_settled_before_its_order_was_cancelled_is_refunded_on_the_next_try()
+{
+    let db = database().await;
+    let order_id = Uuid::now_v7();
+    apply(&db.pool, &reserved(order_id, "alice", 600)).await;
+    // A charger claims the payment and asks the provider, then dies before settling it.
+    let lost = charger::leases("dead-charger").expect("leases");
+    let claimed: Vec<(leases::Lease<Uuid>, (Uuid,))> = lost
+        .claim_rows(&db.pool, 1, Duration::from_secs(30))
+        .await
+        .expect("claimed");
+    assert_eq!(claimed.len(), 1);
+    // The order is cancelled meanwhile: the payment is abandoned.
+    apply(&db.pool, &cancelled(order_id)).await;
+    assert_eq!(payments(&db.pool, order_id).await[0].status, "DECLINED");
+    // Its lease expires; the next charger asks again, finds the charge, and refunds it.
+    sqlx::query(
+        "UPDATE payments SET lease_expires_at = now() - interval '1 second' WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .execute(&db.pool)
+    .await
+    .expect("expire the lease");
+    charge(&db.pool).await;
+    assert_eq!(payments(&db.pool, order_id).await[0].status, "REFUNDED");
+    assert_eq!(
+        published_types(&db.pool, order_id).await,
+        ["PaymentApproved", "PaymentRefunded"]
+    );
+}
+
+#[tokio::test]
 async fn ignores_other_events_and_refuses_unknown_ones() {
     let db = database().await;
     let order_id = Uuid::now_v7();
