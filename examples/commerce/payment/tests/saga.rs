@@ -349,8 +349,21 @@ async fn a_charge_approved_while_its_order_was_cancelled_is_refunded() {
         let pool = db.pool.clone();
         async move { charge(&pool).await }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // The charge holds no transaction and no lock while the provider thinks.
+    // Once the charger has claimed the payment, the provider is thinking for seconds; the charge
+    // holds no transaction and no lock meanwhile.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, Option<String>>(
+        "SELECT lease_owner FROM payments WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_one(&db.pool)
+    .await
+    .expect("payment")
+    .is_none()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     apply(&db.pool, &cancelled(order_id)).await;
     assert_eq!(payments(&db.pool, order_id).await[0].status, "DECLINED");
     charging.await.expect("the charger ran");
